@@ -1,0 +1,192 @@
+"""Triton FWHT kernel and its launcher.
+
+A row of length n = K * 2**m is held in registers as a tensor of up to three modes
+``[M0, M1, M2]`` (the K mode, zero-padded to a power of two, comes first; the power-of-two part
+is split into factors of 16..128). Each mode is multiplied by its (small, ±1) Hadamard factor on
+the tensor cores with ``tl.dot``, then the modes are rotated so the next one is last; after the
+last mode the original order is back and the row is stored. H is exact in bf16, so the dot is
+exact for bf16/fp16 inputs; fp32 operands (the input when fp32, and every intermediate) are split
+into 2 (bf16/fp16 data) or 3 (fp32 data) bf16 pieces, which keeps fp32 accuracy; accumulation is
+fp32 and the result is rounded once at the store.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hlwq_kernels._triton import launch, require_triton, tl, triton
+from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor
+
+__all__ = ["fwht_rows_triton", "kernel_modes", "MAX_KERNEL_SIZE"]
+
+MAX_KERNEL_SIZE = 1 << 16  # padded elements per row held by one program
+_MIN_DOT = 16
+_MAX_DENSE_MODE = 256
+
+
+@triton.jit
+def _mode_product(v, h_ptr, F: tl.constexpr, NATIVE: tl.constexpr, PIECES: tl.constexpr):
+    """v [R, F] @ Hm [F, F] with fp32 accumulation (Hm given row-major at h_ptr, exact in bf16).
+
+    PIECES = 1 (interpreter only: Triton's interpreter has no bf16 dot) multiplies in fp32.
+    """
+    offs = tl.arange(0, F)
+    hm = tl.load(h_ptr + offs[:, None] * F + offs[None, :])
+    if NATIVE:
+        acc = tl.dot(v, hm.to(v.dtype))
+    elif PIECES == 1:
+        acc = tl.dot(v.to(tl.float32), hm.to(tl.float32))
+    else:
+        hi = v.to(tl.bfloat16)
+        rest = v - hi.to(tl.float32)
+        acc = tl.dot(hi, hm)
+        mid = rest.to(tl.bfloat16)
+        acc = tl.dot(mid, hm, acc)
+        if PIECES == 3:
+            lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+            acc = tl.dot(lo, hm, acc)
+    return acc
+
+
+@triton.jit
+def _fwht_kernel(
+    x_ptr, y_ptr, s_ptr, h0_ptr, h1_ptr, h2_ptr,
+    rows, blocks_per_row, stride_xr, stride_xc, scale,
+    N: tl.constexpr, K0: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
+    NUM_MODES: tl.constexpr, BM: tl.constexpr, HAS_SIGNS: tl.constexpr, INVERSE: tl.constexpr,
+    NATIVE: tl.constexpr, PIECES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r = pid * BM + tl.arange(0, BM)
+    i0 = tl.arange(0, M0)
+    if NUM_MODES == 1:
+        col = i0[None, :]
+        row = r[:, None]
+        valid = (row < rows) & (col < K0)
+    elif NUM_MODES == 2:
+        i1 = tl.arange(0, M1)
+        col = i0[None, :, None] * M1 + i1[None, None, :]
+        row = r[:, None, None]
+        valid = (row < rows) & (i0[None, :, None] < K0)
+    else:
+        i1 = tl.arange(0, M1)
+        i2 = tl.arange(0, M2)
+        col = i0[None, :, None, None] * (M1 * M2) + i1[None, None, :, None] * M2 + i2[None, None, None, :]
+        row = r[:, None, None, None]
+        valid = (row < rows) & (i0[None, :, None, None] < K0)
+    v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
+    if HAS_SIGNS:
+        sign_idx = (row % blocks_per_row) * N + col
+        sgn = tl.load(s_ptr + sign_idx, mask=valid, other=0.0)
+        if not INVERSE:
+            v = v * sgn.to(v.dtype)  # ±1: exact in every dtype
+    if NUM_MODES == 1:
+        acc = _mode_product(v, h0_ptr, M0, NATIVE, PIECES)
+    elif NUM_MODES == 2:
+        acc = _mode_product(tl.reshape(v, (BM * M0, M1)), h1_ptr, M1, NATIVE, PIECES)
+        acc = tl.permute(tl.reshape(acc, (BM, M0, M1)), (0, 2, 1))
+        acc = _mode_product(tl.reshape(acc, (BM * M1, M0)), h0_ptr, M0, False, PIECES)
+        acc = tl.permute(tl.reshape(acc, (BM, M1, M0)), (0, 2, 1))
+    else:
+        acc = _mode_product(tl.reshape(v, (BM * M0 * M1, M2)), h2_ptr, M2, NATIVE, PIECES)
+        acc = tl.permute(tl.reshape(acc, (BM, M0, M1, M2)), (0, 3, 1, 2))
+        acc = _mode_product(tl.reshape(acc, (BM * M2 * M0, M1)), h1_ptr, M1, False, PIECES)
+        acc = tl.permute(tl.reshape(acc, (BM, M2, M0, M1)), (0, 3, 1, 2))
+        acc = _mode_product(tl.reshape(acc, (BM * M1 * M2, M0)), h0_ptr, M0, False, PIECES)
+        acc = tl.permute(tl.reshape(acc, (BM, M1, M2, M0)), (0, 3, 1, 2))
+    out = acc * scale
+    if HAS_SIGNS:
+        if INVERSE:
+            out = out * sgn.to(tl.float32)
+    tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
+
+
+def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
+    """Split 2**m into the fewest near-equal factors of 2**4..2**max_bits, at most max_parts."""
+    count = max(1, -(-m // max_bits))
+    if count > max_parts or m < 4 * count:
+        return None
+    base, extra = divmod(m, count)
+    return [1 << (base + (i < extra)) for i in range(count)]
+
+
+def kernel_modes(n: int, max_factor: int = 64) -> tuple[int, list[int]] | None:
+    """(real size of mode 0, padded mode sizes) for an n-point transform, or None if too large."""
+    k, p = hadamard_factors(n)
+    m = p.bit_length() - 1
+    max_bits = max_factor.bit_length() - 1
+    if k == 1:
+        parts = _pow2_parts(m, max_bits, 3) or _pow2_parts(m, 7, 3)
+        if parts is None:
+            dense = max(_MIN_DOT, p)
+            return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
+        return parts[0], parts
+    pad_k = max(_MIN_DOT, triton.next_power_of_2(k))
+    parts = _pow2_parts(m, max_bits, 2) or _pow2_parts(m, 7, 2)
+    if parts is None or pad_k > _MAX_DENSE_MODE:
+        dense = max(_MIN_DOT, triton.next_power_of_2(n))
+        return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
+    return k, [pad_k] + parts
+
+
+def _mode_matrices(n: int, k0: int, modes: list[int], inverse: bool, device: torch.device) -> list[torch.Tensor]:
+    """Right-multiplication matrices (H.T forward, H inverse) for each mode, bf16, zero-padded."""
+    sizes = [k0] + modes[1:]
+    # mode 0 carries H_K (or the whole dense H_n); Sylvester modes are symmetric.
+    return [
+        hadamard_tensor(size, transpose=not inverse, pad=pad, dtype=torch.bfloat16, device=device)
+        for size, pad in zip(sizes, modes)
+    ]
+
+
+def _block_rows(padded: int, modes: list[int]) -> int:
+    """Rows per program: about 8K padded elements, and at least 16 rows in every dot."""
+    bm = max(1, 8192 // padded)
+    smallest_rows = padded // max(modes)
+    while bm * smallest_rows < _MIN_DOT:
+        bm *= 2
+    return bm
+
+
+def fwht_rows_triton(
+    x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
+    max_factor: int = 64, num_warps: int | None = None, block_rows: int | None = None,
+) -> torch.Tensor:
+    """Unscaled-by-caller transform of each length-b block of the rows of x2 [R, n] (any strides)."""
+    require_triton()
+    rows, n = x2.shape
+    plan = kernel_modes(b, max_factor)
+    if plan is None:
+        raise ValueError(f"n={b} is too large for the Triton FWHT kernel (padded size > {MAX_KERNEL_SIZE})")
+    k0, modes = plan
+    padded = 1
+    for mode in modes:
+        padded *= mode
+    if padded > MAX_KERNEL_SIZE:
+        raise ValueError(f"n={b} is too large for the Triton FWHT kernel (padded size > {MAX_KERNEL_SIZE})")
+    if b != n:
+        x2 = x2.contiguous().view(rows * (n // b), b)
+    out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+    if out.numel() == 0:
+        return out.view(rows, n)
+    mats = _mode_matrices(b, k0, modes, inverse, x2.device)
+    mats += [mats[0]] * (3 - len(mats))
+    bm = block_rows or _block_rows(padded, modes)
+    warps = num_warps or (4 if padded * bm <= 4096 else 8)
+    signs = sign_row if sign_row is not None else out
+    native = x2.dtype in (torch.bfloat16, torch.float16)
+    if x2.is_cuda:
+        pieces = 2 if native else 3
+    else:  # the interpreter cannot multiply bf16 operands: exact fp32 products instead
+        native, pieces = x2.dtype == torch.float16, 1
+    grid = (triton.cdiv(x2.shape[0], bm),)
+    launch(
+        _fwht_kernel, grid, x2.device,
+        x2, out, signs, mats[0], mats[1], mats[2],
+        x2.shape[0], n // b, x2.stride(0), x2.stride(1), scale,
+        N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
+        M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
+        HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
+        PIECES=pieces, num_warps=warps,
+    )
+    return out.view(rows, n)
