@@ -89,7 +89,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + KSIZES
     variants = [{}]
     if args.sweep:
-        variants = [{"max_factor": f, "num_warps": w} for f in (32, 64, 128) for w in (4, 8)]
+        variants = [
+            {"num_warps": w, "tile_elems": t, "programs_per_sm": pps, "stages": st}
+            for w in (4, 8, 16) for t in (2048, 8192, 16384) for pps, st in ((None, 1), (4, 2))
+        ]
     results = []
     for dtype in [getattr(torch, d) for d in args.dtypes.split(",")]:
         for n in sizes:

@@ -48,6 +48,17 @@ def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
     return y.reshape(x2.shape)
 
 
+def _kernel_takes(b: int) -> bool:
+    """True when Triton is installed and the kernel handles blocks of length b."""
+    from hlwq_kernels._triton import HAVE_TRITON
+
+    if not HAVE_TRITON:
+        return False
+    from hlwq_kernels.fwht_triton import kernel_modes
+
+    return kernel_modes(b) is not None
+
+
 def _check_inputs(
     x: torch.Tensor, dim: int, block_size: int | None, signs: torch.Tensor | None
 ) -> tuple[int, int]:
@@ -101,7 +112,7 @@ def fwht(
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     if backend == "auto":
-        backend = "triton" if x.is_cuda else "torch"
+        backend = "triton" if x.is_cuda and _kernel_takes(b) else "torch"
     if x.dtype == torch.float64 and backend == "triton":
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")

@@ -51,54 +51,54 @@ def _mode_product(v, h_ptr, F: tl.constexpr, NATIVE: tl.constexpr, PIECES: tl.co
 @triton.jit
 def _fwht_kernel(
     x_ptr, y_ptr, s_ptr, h0_ptr, h1_ptr, h2_ptr,
-    rows, blocks_per_row, stride_xr, stride_xc, scale,
+    rows, num_tiles, blocks_per_row, stride_xr, stride_xc, scale,
     N: tl.constexpr, K0: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
     NUM_MODES: tl.constexpr, BM: tl.constexpr, HAS_SIGNS: tl.constexpr, INVERSE: tl.constexpr,
-    NATIVE: tl.constexpr, PIECES: tl.constexpr,
+    NATIVE: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    r = pid * BM + tl.arange(0, BM)
-    i0 = tl.arange(0, M0)
-    if NUM_MODES == 1:
-        col = i0[None, :]
-        row = r[:, None]
-        valid = (row < rows) & (col < K0)
-    elif NUM_MODES == 2:
-        i1 = tl.arange(0, M1)
-        col = i0[None, :, None] * M1 + i1[None, None, :]
-        row = r[:, None, None]
-        valid = (row < rows) & (i0[None, :, None] < K0)
-    else:
-        i1 = tl.arange(0, M1)
-        i2 = tl.arange(0, M2)
-        col = i0[None, :, None, None] * (M1 * M2) + i1[None, None, :, None] * M2 + i2[None, None, None, :]
-        row = r[:, None, None, None]
-        valid = (row < rows) & (i0[None, :, None, None] < K0)
-    v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
-    if HAS_SIGNS:
-        sign_idx = (row % blocks_per_row) * N + col
-        sgn = tl.load(s_ptr + sign_idx, mask=valid, other=0.0)
-        if not INVERSE:
-            v = v * sgn.to(v.dtype)  # ±1: exact in every dtype
-    if NUM_MODES == 1:
-        acc = _mode_product(v, h0_ptr, M0, NATIVE, PIECES)
-    elif NUM_MODES == 2:
-        acc = _mode_product(tl.reshape(v, (BM * M0, M1)), h1_ptr, M1, NATIVE, PIECES)
-        acc = tl.permute(tl.reshape(acc, (BM, M0, M1)), (0, 2, 1))
-        acc = _mode_product(tl.reshape(acc, (BM * M1, M0)), h0_ptr, M0, False, PIECES)
-        acc = tl.permute(tl.reshape(acc, (BM, M1, M0)), (0, 2, 1))
-    else:
-        acc = _mode_product(tl.reshape(v, (BM * M0 * M1, M2)), h2_ptr, M2, NATIVE, PIECES)
-        acc = tl.permute(tl.reshape(acc, (BM, M0, M1, M2)), (0, 3, 1, 2))
-        acc = _mode_product(tl.reshape(acc, (BM * M2 * M0, M1)), h1_ptr, M1, False, PIECES)
-        acc = tl.permute(tl.reshape(acc, (BM, M2, M0, M1)), (0, 3, 1, 2))
-        acc = _mode_product(tl.reshape(acc, (BM * M1 * M2, M0)), h0_ptr, M0, False, PIECES)
-        acc = tl.permute(tl.reshape(acc, (BM, M1, M2, M0)), (0, 3, 1, 2))
-    out = acc * scale
-    if HAS_SIGNS:
-        if INVERSE:
-            out = out * sgn.to(tl.float32)
-    tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
+        r = tile * BM + tl.arange(0, BM)
+        i0 = tl.arange(0, M0)
+        if NUM_MODES == 1:
+            col = i0[None, :]
+            row = r[:, None]
+            valid = (row < rows) & (col < K0)
+        elif NUM_MODES == 2:
+            i1 = tl.arange(0, M1)
+            col = i0[None, :, None] * M1 + i1[None, None, :]
+            row = r[:, None, None]
+            valid = (row < rows) & (i0[None, :, None] < K0)
+        else:
+            i1 = tl.arange(0, M1)
+            i2 = tl.arange(0, M2)
+            col = i0[None, :, None, None] * (M1 * M2) + i1[None, None, :, None] * M2 + i2[None, None, None, :]
+            row = r[:, None, None, None]
+            valid = (row < rows) & (i0[None, :, None, None] < K0)
+        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
+        if HAS_SIGNS:
+            sign_idx = (row % blocks_per_row) * N + col
+            sgn = tl.load(s_ptr + sign_idx, mask=valid, other=0.0)
+            if not INVERSE:
+                v = v * sgn.to(v.dtype)  # ±1: exact in every dtype
+        if NUM_MODES == 1:
+            acc = _mode_product(v, h0_ptr, M0, NATIVE, PIECES)
+        elif NUM_MODES == 2:
+            acc = _mode_product(tl.reshape(v, (BM * M0, M1)), h1_ptr, M1, NATIVE, PIECES)
+            acc = tl.permute(tl.reshape(acc, (BM, M0, M1)), (0, 2, 1))
+            acc = _mode_product(tl.reshape(acc, (BM * M1, M0)), h0_ptr, M0, False, PIECES)
+            acc = tl.permute(tl.reshape(acc, (BM, M1, M0)), (0, 2, 1))
+        else:
+            acc = _mode_product(tl.reshape(v, (BM * M0 * M1, M2)), h2_ptr, M2, NATIVE, PIECES)
+            acc = tl.permute(tl.reshape(acc, (BM, M0, M1, M2)), (0, 3, 1, 2))
+            acc = _mode_product(tl.reshape(acc, (BM * M2 * M0, M1)), h1_ptr, M1, False, PIECES)
+            acc = tl.permute(tl.reshape(acc, (BM, M2, M0, M1)), (0, 3, 1, 2))
+            acc = _mode_product(tl.reshape(acc, (BM * M1 * M2, M0)), h0_ptr, M0, False, PIECES)
+            acc = tl.permute(tl.reshape(acc, (BM, M1, M2, M0)), (0, 3, 1, 2))
+        out = acc * scale
+        if HAS_SIGNS:
+            if INVERSE:
+                out = out * sgn.to(tl.float32)
+        tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
 
 
 def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
@@ -110,7 +110,7 @@ def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
     return [1 << (base + (i < extra)) for i in range(count)]
 
 
-def kernel_modes(n: int, max_factor: int = 64) -> tuple[int, list[int]] | None:
+def kernel_modes(n: int, max_factor: int = 128) -> tuple[int, list[int]] | None:
     """(real size of mode 0, padded mode sizes) for an n-point transform, or None if too large."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
@@ -139,20 +139,33 @@ def _mode_matrices(n: int, k0: int, modes: list[int], inverse: bool, device: tor
     ]
 
 
-def _block_rows(padded: int, modes: list[int]) -> int:
-    """Rows per program: about 8K padded elements, and at least 16 rows in every dot."""
-    bm = max(1, 8192 // padded)
+def _block_rows(padded: int, modes: list[int], tile_elems: int) -> int:
+    """Rows per tile: about tile_elems padded elements, and at least 16 rows in every dot."""
+    bm = max(1, tile_elems // padded)
     smallest_rows = padded // max(modes)
     while bm * smallest_rows < _MIN_DOT:
         bm *= 2
     return bm
 
 
+def _launch_config(padded: int) -> dict[str, int | None]:
+    """Launch parameters by padded row length (from the H100 sweep in bench/results/)."""
+    if padded <= 2048:
+        return {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": None, "stages": 1}
+    if padded <= 4096:
+        return {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": 4, "stages": 2}
+    return {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2}
+
+
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
-    max_factor: int = 64, num_warps: int | None = None, block_rows: int | None = None,
+    max_factor: int = 128, **config: int | None,
 ) -> torch.Tensor:
-    """Unscaled-by-caller transform of each length-b block of the rows of x2 [R, n] (any strides)."""
+    """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
+
+    ``config`` overrides the launch heuristic (num_warps, tile_elems, programs_per_sm, stages);
+    the GPU benchmark uses it to sweep configurations.
+    """
     require_triton()
     rows, n = x2.shape
     plan = kernel_modes(b, max_factor)
@@ -171,22 +184,28 @@ def fwht_rows_triton(
         return out.view(rows, n)
     mats = _mode_matrices(b, k0, modes, inverse, x2.device)
     mats += [mats[0]] * (3 - len(mats))
-    bm = block_rows or _block_rows(padded, modes)
-    warps = num_warps or (4 if padded * bm <= 4096 else 8)
+    cfg = {**_launch_config(padded), **{k: v for k, v in config.items() if v is not None}}
+    bm = _block_rows(padded, modes, cfg["tile_elems"])
+    programs_per_sm, stages = cfg["programs_per_sm"], cfg["stages"]
     signs = sign_row if sign_row is not None else out
     native = x2.dtype in (torch.bfloat16, torch.float16)
     if x2.is_cuda:
         pieces = 2 if native else 3
     else:  # the interpreter cannot multiply bf16 operands: exact fp32 products instead
         native, pieces = x2.dtype == torch.float16, 1
-    grid = (triton.cdiv(x2.shape[0], bm),)
+    num_tiles = triton.cdiv(x2.shape[0], bm)
+    programs = num_tiles
+    if programs_per_sm and x2.is_cuda:
+        sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
+        programs = min(num_tiles, sms * programs_per_sm)
+    grid = (programs,)
     launch(
         _fwht_kernel, grid, x2.device,
         x2, out, signs, mats[0], mats[1], mats[2],
-        x2.shape[0], n // b, x2.stride(0), x2.stride(1), scale,
+        x2.shape[0], num_tiles, n // b, x2.stride(0), x2.stride(1), scale,
         N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
         M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
         HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
-        PIECES=pieces, num_warps=warps,
+        PIECES=pieces, STAGES=stages, num_warps=cfg["num_warps"],
     )
     return out.view(rows, n)
