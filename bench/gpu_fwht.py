@@ -17,7 +17,8 @@ import torch
 import triton.testing
 
 from hlwq_kernels import fwht, hadamard_factors
-from hlwq_kernels.fwht_triton import fwht_rows_triton
+from hlwq_kernels import fwht_triton
+from hlwq_kernels.fwht_triton import fwht_rows_triton, kernel_modes
 from hlwq_kernels.hadamard import hadamard_tensor
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -57,6 +58,8 @@ def _measure(n: int, dtype: torch.dtype, variants: list[dict]) -> list[dict]:
         scale = 1.0 / math.sqrt(n)
 
         def run():
+            if not var:  # the public API: Triton (tuned on first use) or the torch fallback
+                return fwht(x)
             return fwht_rows_triton(x, n, False, scale, None, **var)
 
         try:
@@ -69,6 +72,12 @@ def _measure(n: int, dtype: torch.dtype, variants: list[dict]) -> list[dict]:
         except Exception as exc:  # report a variant that fails to compile instead of stopping
             out.append({"n": n, "dtype": str(dtype).removeprefix("torch."), "variant": var, "error": repr(exc)[:200]})
             continue
+        if not var:
+            plan = kernel_modes(n)
+            tuned = [v for key, v in fwht_triton._tuned.items() if key[0] == n and key[1] == dtype]
+            var = {"path": "triton" if plan else "torch (cuBLAS mode products)"}
+            if tuned:
+                var.update(tuned[-1])
         out.append({
             "n": n, "dtype": str(dtype).removeprefix("torch."), "variant": var,
             "clone": nbytes / t_clone / 1e9, "fwht": nbytes / t / 1e9, "finite": finite, "err": err,
@@ -87,7 +96,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + KSIZES
-    variants = [{}]
+    variants = [{}]  # the library's own choice (tuned on first use)
     if args.sweep:
         variants = [
             {"num_warps": w, "tile_elems": t, "programs_per_sm": pps, "stages": st}

@@ -19,9 +19,9 @@ from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor
 
 __all__ = ["fwht_rows_triton", "kernel_modes", "MAX_KERNEL_SIZE"]
 
-MAX_KERNEL_SIZE = 1 << 16  # padded elements per row held by one program
+MAX_KERNEL_SIZE = 1 << 15  # padded elements per row held by one program (shared-memory bound)
 _MIN_DOT = 16
-_MAX_DENSE_MODE = 256
+_MAX_DENSE_MODE = 128
 
 
 @triton.jit
@@ -148,13 +148,35 @@ def _block_rows(padded: int, modes: list[int], tile_elems: int) -> int:
     return bm
 
 
-def _launch_config(padded: int) -> dict[str, int | None]:
-    """Launch parameters by padded row length (from the H100 sweep in bench/results/)."""
-    if padded <= 2048:
-        return {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": None, "stages": 1}
-    if padded <= 4096:
-        return {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": 4, "stages": 2}
-    return {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2}
+# Launch configurations tried by the tuner (num_warps, tile_elems, programs_per_sm, stages); the
+# first is the untuned default. Chosen from the H100 sweeps in bench/results/fwht-*.md.
+_CANDIDATES = [
+    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
+    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": None, "stages": 1},
+    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
+    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": 4, "stages": 2},
+    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
+    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
+]
+_TUNE_MIN_ELEMENTS = 1 << 22
+_tuned: dict[tuple, dict[str, int | None]] = {}
+
+
+def _tuned_config(key: tuple, run) -> dict[str, int | None]:
+    """Time every candidate once on the real input (CUDA events, 3 reps) and cache the fastest."""
+    if key not in _tuned:
+        times = []
+        for cfg in _CANDIDATES:
+            run(cfg)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(3):
+                run(cfg)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        _tuned[key] = _CANDIDATES[times.index(min(times))]
+    return _tuned[key]
 
 
 def fwht_rows_triton(
@@ -184,28 +206,36 @@ def fwht_rows_triton(
         return out.view(rows, n)
     mats = _mode_matrices(b, k0, modes, inverse, x2.device)
     mats += [mats[0]] * (3 - len(mats))
-    cfg = {**_launch_config(padded), **{k: v for k, v in config.items() if v is not None}}
-    bm = _block_rows(padded, modes, cfg["tile_elems"])
-    programs_per_sm, stages = cfg["programs_per_sm"], cfg["stages"]
     signs = sign_row if sign_row is not None else out
     native = x2.dtype in (torch.bfloat16, torch.float16)
     if x2.is_cuda:
         pieces = 2 if native else 3
     else:  # the interpreter cannot multiply bf16 operands: exact fp32 products instead
         native, pieces = x2.dtype == torch.float16, 1
-    num_tiles = triton.cdiv(x2.shape[0], bm)
-    programs = num_tiles
-    if programs_per_sm and x2.is_cuda:
-        sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
-        programs = min(num_tiles, sms * programs_per_sm)
-    grid = (programs,)
-    launch(
-        _fwht_kernel, grid, x2.device,
-        x2, out, signs, mats[0], mats[1], mats[2],
-        x2.shape[0], num_tiles, n // b, x2.stride(0), x2.stride(1), scale,
-        N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
-        M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
-        HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
-        PIECES=pieces, STAGES=stages, num_warps=cfg["num_warps"],
-    )
+
+    def run(cfg: dict[str, int | None]) -> None:
+        bm = _block_rows(padded, modes, cfg["tile_elems"])
+        num_tiles = triton.cdiv(x2.shape[0], bm)
+        programs = num_tiles
+        if cfg["programs_per_sm"] and x2.is_cuda:
+            sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
+            programs = min(num_tiles, sms * cfg["programs_per_sm"])
+        launch(
+            _fwht_kernel, (programs,), x2.device,
+            x2, out, signs, mats[0], mats[1], mats[2],
+            x2.shape[0], num_tiles, n // b, x2.stride(0), x2.stride(1), scale,
+            N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
+            M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
+            HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
+            PIECES=pieces, STAGES=cfg["stages"], num_warps=cfg["num_warps"],
+        )
+
+    if config:
+        cfg = {**_CANDIDATES[0], **config}
+    elif x2.is_cuda and out.numel() >= _TUNE_MIN_ELEMENTS:
+        size_class = out.numel().bit_length()
+        cfg = _tuned_config((b, x2.dtype, sign_row is not None, size_class, x2.device.index), run)
+    else:
+        cfg = _CANDIDATES[0]
+    run(cfg)
     return out.view(rows, n)
