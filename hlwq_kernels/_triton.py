@@ -26,7 +26,7 @@ def require_triton() -> None:
 
 
 def _call_interpreted(self: Any, *args: Any, **kwargs: Any) -> Any:
-    return InterpretedFunction(self.fn).rewrite()(*args, **kwargs)
+    return InterpretedFunction(self.fn)(*args, **kwargs)
 
 
 @contextlib.contextmanager
