@@ -1,0 +1,363 @@
+"""Lloyd–Max scalar quantizers: exact Gaussian codebooks and weighted empirical codebooks.
+
+A codebook with ``n`` sorted levels ``y_0 < ... < y_{n-1}`` and thresholds ``t_k = (y_k + y_{k+1}) / 2``
+maps ``x`` to ``idx = #{k : x >= t_k}``: a value exactly on a threshold goes to the upper cell, NaN
+goes to cell 0, ``±inf`` to the outer cells. Comparisons run in float64 for float64 inputs and in
+float32 otherwise (thresholds rounded to float32); the NumPy/JAX references, the torch path and the
+Triton kernels all use this rule.
+
+Gaussian case (``samples=None``): Newton's method on the stationarity equations
+``F_k(t) = t_k - (c_k(t) + c_{k+1}(t)) / 2 = 0`` with the tridiagonal Jacobian, where
+``c_j = (φ(a) - φ(b)) / (Φ(b) - Φ(a))`` is the centroid of cell ``j = [a, b)``; tail masses use erfc.
+Steps are damped (halved until ``max|F|`` decreases); when damping fails a plain Lloyd step is taken.
+
+Empirical case: weighted Lloyd iterations (one pass over the samples per step: Triton on CUDA, torch
+on CPU) from a deterministic start, the weighted quantiles at ``(2i + 1) / 2n`` taken among the
+distinct sample values and made strictly increasing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import torch
+from scipy.linalg import solve_banded
+from scipy.special import erfc, ndtri
+
+from hlwq_kernels import lloyd_triton as _lt
+from hlwq_kernels._triton import require_triton
+
+__all__ = ["Codebook", "lloyd_max", "gaussian_codebook", "original_release_codebook"]
+
+_SQRT2 = math.sqrt(2.0)
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _index_dtype(levels: int) -> torch.dtype:
+    if levels <= 256:
+        return torch.uint8
+    return torch.int16 if levels <= 32768 else torch.int32
+
+
+def _use_triton(t: torch.Tensor, backend: str) -> bool:
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+    if backend == "auto":
+        return t.is_cuda
+    if backend == "triton":
+        require_triton()
+        return True
+    return False
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _thresholds_tensor(thr: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(thr, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def _assign_torch(x: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+    """``#{k : x >= thr_k}`` as int64 (NaN -> 0)."""
+    idx = torch.bucketize(x, thr, right=True)
+    return idx.masked_fill_(torch.isnan(x), 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Codebook:
+    """A scalar quantizer: sorted ``levels``, midpoint ``thresholds`` and its MSE.
+
+    ``mse`` is the expected squared error under N(0,1) for Gaussian codebooks and the weighted mean
+    squared error over the samples for empirical ones.
+    """
+
+    levels: np.ndarray
+    thresholds: np.ndarray
+    mse: float
+    iterations: int
+    converged: bool
+
+    @property
+    def index_dtype(self) -> torch.dtype:
+        """uint8 up to 256 levels, int16 up to 32768, else int32."""
+        return _index_dtype(self.levels.size)
+
+    def quantize(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """Index of the nearest level of every element: ``#{k : x >= thresholds[k]}``."""
+        if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
+            raise TypeError("quantize expects a floating-point torch.Tensor")
+        cd = _compute_dtype(x.dtype)
+        if _use_triton(x, backend):
+            table = _lt.assign_table(self.thresholds, cd, x.device)
+            return _lt.quantize_triton(x.contiguous(), table, self.index_dtype)
+        thr = _thresholds_tensor(self.thresholds, cd, x.device)
+        return _assign_torch(x.to(cd), thr).to(self.index_dtype)
+
+    def dequantize(self, idx: torch.Tensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
+        """``levels[idx]`` in ``dtype`` (levels rounded from float64 once).
+
+        Indices outside ``[0, len(levels))`` raise ValueError on the torch path; the Triton path
+        clamps them (it does not spend a pass on checking).
+        """
+        if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype.is_complex:
+            raise TypeError("dequantize expects an integer torch.Tensor of indices")
+        lev = torch.tensor(self.levels, dtype=torch.float64).to(dtype).to(idx.device)
+        if _use_triton(idx, backend):
+            return _lt.dequantize_triton(idx.contiguous(), lev)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.levels.size):
+            raise ValueError(f"indices must lie in [0, {self.levels.size})")
+        return lev[idx.long()]
+
+
+def _codebook(levels: np.ndarray, mse: float, iterations: int, converged: bool) -> Codebook:
+    levels = np.array(levels, dtype=np.float64)
+    thresholds = (levels[:-1] + levels[1:]) / 2
+    levels.setflags(write=False)
+    thresholds.setflags(write=False)
+    return Codebook(levels, thresholds, float(mse), int(iterations), bool(converged))
+
+
+# ----------------------------------------------------------------------------- Gaussian
+
+
+def _phi(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x * x) / _SQRT2PI
+
+
+def _upper_tail(x: np.ndarray) -> np.ndarray:
+    return 0.5 * erfc(x / _SQRT2)
+
+
+def _gaussian_cells(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (a, b), masses P and first moments N = φ(a) − φ(b) of the cells cut by thresholds t."""
+    a = np.concatenate([[-np.inf], t])
+    b = np.concatenate([t, [np.inf]])
+    # Difference of the two tail masses on the side where both are small (no cancellation).
+    mass = np.where(a >= 0, _upper_tail(a) - _upper_tail(b), _upper_tail(-b) - _upper_tail(-a))
+    return a, b, mass, _phi(a) - _phi(b)
+
+
+def _gaussian_mse(levels: np.ndarray) -> float:
+    """E[(X − q(X))²] for X ~ N(0,1) and the midpoint quantizer of ``levels``."""
+    _, _, mass, first = _gaussian_cells((levels[:-1] + levels[1:]) / 2)
+    return math.fsum([1.0, *(-2 * levels * first), *(levels * levels * mass)])
+
+
+def _centroids(t: np.ndarray) -> np.ndarray:
+    _, _, mass, first = _gaussian_cells(t)
+    return first / mass
+
+
+def _residual(t: np.ndarray) -> np.ndarray:
+    c = _centroids(t)
+    return t - (c[:-1] + c[1:]) / 2
+
+
+def _newton_step(t: np.ndarray) -> np.ndarray:
+    """Solve J d = −F for the tridiagonal Jacobian of the stationarity equations."""
+    a, b, mass, first = _gaussian_cells(t)
+    c = first / mass
+    with np.errstate(invalid="ignore"):
+        dca = np.where(np.isfinite(a), _phi(a) * (c - a) / mass, 0.0)  # ∂c_j/∂a_j
+        dcb = np.where(np.isfinite(b), _phi(b) * (b - c) / mass, 0.0)  # ∂c_j/∂b_j
+    m = t.size
+    ab = np.zeros((3, m))
+    ab[1] = 1 - (dcb[:-1] + dca[1:]) / 2  # ∂F_k/∂t_k
+    ab[0, 1:] = -dcb[1:-1] / 2  # ∂F_k/∂t_{k+1}
+    ab[2, :-1] = -dca[1:-1] / 2  # ∂F_{k+1}/∂t_k
+    f = t - (c[:-1] + c[1:]) / 2
+    return solve_banded((1, 1), ab, -f)
+
+
+def _solve_gaussian(n: int, tol: float, max_iter: int) -> Codebook:
+    if n == 1:
+        return _codebook(np.zeros(1), 1.0, 0, True)
+    # Start from the compander approximation (point density ∝ φ^(1/3), i.e. N(0, 3) quantiles).
+    t = math.sqrt(3.0) * ndtri(np.arange(1, n) / n)
+    converged = False
+    it = 0
+    while it < max_iter:
+        it += 1
+        f_norm = np.abs(_residual(t)).max()
+        d = _newton_step(t)
+        alpha = 1.0
+        while alpha > 1e-6:
+            cand = t + alpha * d
+            if np.all(np.diff(cand) > 0) and np.abs(_residual(cand)).max() < f_norm:
+                break
+            alpha /= 2
+        else:
+            cand = None
+        if cand is None:  # damping failed: one Lloyd step (centroids, then midpoints)
+            c = _centroids(t)
+            cand = (c[:-1] + c[1:]) / 2
+        step = np.abs(cand - t).max()
+        t = cand
+        if step <= tol or f_norm == 0.0:
+            converged = True
+            break
+    levels = _centroids(t)
+    levels = (levels - levels[::-1]) / 2  # exact symmetry
+    return _codebook(levels, _gaussian_mse(levels), it, converged)
+
+
+@functools.lru_cache(maxsize=None)
+def gaussian_codebook(levels: int) -> Codebook:
+    """The MSE-optimal codebook of N(0,1) with ``levels`` levels (cached; arrays are read-only)."""
+    return lloyd_max(levels=levels)
+
+
+def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
+    """The original HLWQ release's codebook (design.md §1), recomputed.
+
+    Cell boundaries start evenly spaced on [-4, 4] (``2**bits + 1`` of them); the outer two are set
+    to ±inf (``outer="inf"``) or kept at ±4 (``outer="clip"``, centroids of the truncated cells); then
+    100 alternating updates (levels = centroids of the cells, inner boundaries = midpoints of the
+    levels). The levels of the last centroid update are returned; ``mse`` is measured on N(0,1) with
+    midpoint thresholds, like every Gaussian codebook here.
+    """
+    if outer not in ("inf", "clip"):
+        raise ValueError(f"outer must be 'inf' or 'clip', got {outer!r}")
+    n = 1 << bits
+    edges = np.linspace(-4.0, 4.0, n + 1)
+    if outer == "inf":
+        edges[0], edges[-1] = -np.inf, np.inf
+    for _ in range(100):
+        a, b = edges[:-1], edges[1:]
+        mass = np.where(a >= 0, _upper_tail(a) - _upper_tail(b), _upper_tail(-b) - _upper_tail(-a))
+        levels = (_phi(a) - _phi(b)) / mass
+        edges[1:-1] = (levels[:-1] + levels[1:]) / 2
+    return _codebook(levels, _gaussian_mse(levels), 100, False)
+
+
+# ----------------------------------------------------------------------------- empirical
+
+
+def _as_tensor(v, name: str) -> torch.Tensor:
+    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be real numbers")
+    if not t.dtype.is_floating_point:
+        t = t.to(torch.float64)
+    return t.reshape(-1)
+
+
+def _lloyd_step(x: torch.Tensor, w: torch.Tensor | None, levels: np.ndarray, triton: bool):
+    """Per-cell weight and weighted sum (float64 numpy) and total weighted squared error."""
+    cd = _compute_dtype(x.dtype)
+    thr = (levels[:-1] + levels[1:]) / 2
+    if triton and levels.size <= _lt.MAX_STEP_LEVELS:
+        return _lt.lloyd_step_triton(x, w, _lt.assign_table(thr, cd, x.device), levels)
+    xc = x.to(cd)
+    idx = _assign_torch(xc, _thresholds_tensor(thr, cd, x.device))
+    x64 = xc.to(torch.float64)
+    w64 = torch.ones_like(x64) if w is None else w.to(torch.float64)
+    lev = torch.tensor(levels, dtype=cd, device=x.device).to(torch.float64)
+    wsum = torch.zeros(levels.size, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w64)
+    ssum = torch.zeros(levels.size, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w64 * x64)
+    err = float((w64 * (x64 - lev[idx]) ** 2).sum())
+    return wsum.cpu().numpy(), ssum.cpu().numpy(), err
+
+
+def _initial_levels(x: torch.Tensor, w: torch.Tensor | None, n: int) -> tuple[np.ndarray, bool]:
+    """Deterministic start; returns (levels, exact) where exact means ≤ n distinct values."""
+    if w is None:
+        xs = torch.sort(x.to(torch.float64)).values
+        ws = None
+    else:
+        keep = w > 0
+        xs, order = torch.sort(x[keep].to(torch.float64))
+        ws = w[keep].to(torch.float64)[order]
+    uniq, counts = torch.unique_consecutive(xs, return_counts=True)
+    d = uniq.numel()
+    if d <= n:
+        lev = uniq.cpu().numpy()
+        return np.concatenate([lev, np.full(n - d, lev[-1])]), True
+    if ws is None:
+        cum = torch.cumsum(counts.to(torch.float64), 0)
+    else:
+        cum = torch.cumsum(ws, 0)[torch.cumsum(counts, 0) - 1]
+    probs = (2 * torch.arange(n, dtype=torch.float64, device=x.device) + 1) / (2 * n) * cum[-1]
+    pos = torch.searchsorted(cum, probs).cpu().numpy()
+    q = np.clip(np.maximum.accumulate(pos - np.arange(n)), 0, d - n)  # strictly increasing positions
+    return uniq[torch.from_numpy(q + np.arange(n)).to(x.device)].cpu().numpy(), False
+
+
+def _solve_empirical(samples, weights, n: int, tol: float, max_iter: int, backend: str) -> Codebook:
+    x = _as_tensor(samples, "samples")
+    if x.numel() == 0:
+        raise ValueError("samples is empty")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("samples contain NaN or Inf")
+    w = None
+    if weights is not None:
+        w = _as_tensor(weights, "weights").to(x.device)
+        if w.numel() != x.numel():
+            raise ValueError(f"weights has {w.numel()} elements, samples {x.numel()}")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("weights must be finite and non-negative")
+        if not float(w.to(torch.float64).sum()) > 0:
+            raise ValueError("weights sum to zero")
+    total = float(x.numel()) if w is None else float(w.to(torch.float64).sum())
+    levels, exact = _initial_levels(x, w, n)
+    if exact:
+        return _codebook(levels, 0.0, 0, True)
+    triton = _use_triton(x, backend)
+    x = x.contiguous()
+    w = None if w is None else w.contiguous()
+    span = float(levels[-1] - levels[0])
+    converged = False
+    it = 0
+    while it < max_iter:
+        it += 1
+        wsum, ssum, _ = _lloyd_step(x, w, levels, triton)
+        new = np.where(wsum > 0, ssum / np.where(wsum > 0, wsum, 1.0), levels)  # empty cell: keep
+        step = np.abs(new - levels).max()
+        levels = new
+        if step <= tol * span:
+            converged = True
+            break
+    _, _, err = _lloyd_step(x, w, levels, triton)
+    return _codebook(levels, err / total, it, converged)
+
+
+def lloyd_max(
+    bits: int | None = None,
+    levels: int | None = None,
+    samples=None,
+    weights=None,
+    tol: float = 1e-12,
+    max_iter: int = 1000,
+    backend: str = "auto",
+) -> Codebook:
+    """MSE-optimal scalar codebook with ``levels`` (or ``2**bits``) levels.
+
+    Without ``samples``: the exact Lloyd–Max quantizer of N(0,1) (float64, ~1e-12), by damped Newton
+    iterations stopped when the largest threshold update is ≤ ``tol``.
+
+    With ``samples`` (numpy array or torch tensor, any shape, CPU or CUDA) and optional non-negative
+    ``weights`` of the same size: weighted Lloyd iterations, stopped when the largest level update is
+    ≤ ``tol`` times the spread of the initial levels (a fixed point is reached exactly in practice).
+    Initial levels: weighted quantiles at ``(2i + 1) / (2n)`` among the distinct values (made strictly
+    increasing). Data with at most ``n`` distinct values (weight > 0) returns them exactly, the last
+    one repeated to fill ``n`` levels, with ``mse = 0``. Empty cells keep their level. NaN/Inf
+    samples, negative or non-finite weights, or zero total weight raise ValueError. ``backend``
+    picks the Lloyd step: Triton on CUDA tensors (auto), torch on CPU.
+    """
+    if (bits is None) == (levels is None):
+        raise ValueError("give exactly one of bits and levels")
+    n = (1 << int(bits)) if levels is None else int(levels)
+    if bits is not None and int(bits) < 0:
+        raise ValueError(f"bits must be >= 0, got {bits}")
+    if n < 1:
+        raise ValueError(f"need at least one level, got {n}")
+    if samples is None:
+        if weights is not None:
+            raise ValueError("weights need samples")
+        return _solve_gaussian(n, tol, max_iter)
+    return _solve_empirical(samples, weights, n, tol, max_iter, backend)
