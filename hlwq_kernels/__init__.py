@@ -6,6 +6,11 @@ NumPy/JAX reference in the top-level ``reference`` package).
 
 from hlwq_kernels.hadamard import hadamard_matrix, hadamard_factors, is_hadamard_size, random_signs
 from hlwq_kernels.fwht import fwht
+from hlwq_kernels.lloyd_max import Codebook, lloyd_max, gaussian_codebook, original_release_codebook
+from hlwq_kernels.hlwq import HLWQConfig, HLWQCodes, hlwq_quantize, hlwq_dequantize, hlwq_int4
+from hlwq_kernels.int4 import Int4Weight, quantize_int4, quantize_int4_with_scale, dequantize_int4, absmax_scale, int4_codes, pack_int4, unpack_int4
+from hlwq_kernels.marlin import MarlinWeight, marlin_pack, marlin_unpack
+from hlwq_kernels.checkpoint import ConversionReport, quantize_checkpoint
 
 __all__ = [
     "hadamard_matrix",
@@ -13,4 +18,26 @@ __all__ = [
     "is_hadamard_size",
     "random_signs",
     "fwht",
+    "Codebook",
+    "lloyd_max",
+    "gaussian_codebook",
+    "original_release_codebook",
+    "HLWQConfig",
+    "HLWQCodes",
+    "hlwq_quantize",
+    "hlwq_dequantize",
+    "hlwq_int4",
+    "Int4Weight",
+    "quantize_int4",
+    "quantize_int4_with_scale",
+    "dequantize_int4",
+    "absmax_scale",
+    "int4_codes",
+    "pack_int4",
+    "unpack_int4",
+    "MarlinWeight",
+    "marlin_pack",
+    "marlin_unpack",
+    "ConversionReport",
+    "quantize_checkpoint",
 ]
