@@ -46,7 +46,7 @@ if triton is not None:
         tl.store(out_ptr + kt.to(tl.int64)[:, None] * N2 + cols[None, :], words, mask=(kt < KT)[:, None])
 
 
-def marlin_repack(packed: torch.Tensor, block_k: int = 16, num_warps: int = 4) -> torch.Tensor:
+def marlin_repack(packed: torch.Tensor, block_k: int = 32, num_warps: int = 4) -> torch.Tensor:
     """Marlin ``qweight`` [K/16, 2N] from compressed-tensors words [N, K/8] (N % 64 == 0, K % 16 == 0)."""
     require_triton()
     packed = packed.contiguous()

@@ -1,0 +1,478 @@
+"""quantize_checkpoint: a BF16/FP16/FP32 safetensors checkpoint in, a vLLM-ready INT4
+compressed-tensors ``pack-quantized`` checkpoint out.
+
+The conversion streams tensor by tensor (one source tensor and its outputs in memory at a time),
+writes into a hidden sibling directory ``.<dst>.partial`` and renames it to ``dst`` only when
+everything is written, so an interrupted run never leaves something that looks finished; a rerun
+with the same source and options resumes from the shards already completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from hlwq_kernels.checkpoint_io import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    CheckpointError,
+    OutTensor,
+    ShardWriter,
+    SourceTensor,
+    auxiliary_files,
+    copy_files,
+    parse_size,
+    plan_shards,
+    read_bytes,
+    read_config,
+    resolve_source,
+    scan_source,
+    shard_name,
+    tensor_bytes,
+    tensor_from_bytes,
+    weight_files,
+    write_json,
+)
+from hlwq_kernels.layer_selection import Selection, SelectionError, TensorSpec, select_layers
+
+REPORT_NAME = "hlwq_report.json"
+PROGRESS_NAME = "progress.json"
+# The compressed-tensors release whose pack-quantized layout and config schema this follows.
+COMPRESSED_TENSORS_FORMAT_VERSION = "0.12.0"
+KNOWN_MODEL_TYPES = frozenset(
+    {
+        "llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_5",
+        "qwen3_5_text", "qwen3_5_moe", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe",
+        "mixtral", "gemma", "gemma2", "gemma3", "phi3", "bert",
+    }
+)
+
+
+@dataclass
+class LayerReport:
+    """Error of one quantized weight against the source weight."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    rel_error: float  # ||W - W_q||_F / ||W||_F
+    sqnr_db: float  # 10 log10(||W||^2 / ||W - W_q||^2)
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass
+class ConversionReport:
+    """What quantize_checkpoint did. ``timings`` are seconds (not deterministic)."""
+
+    src: str
+    dst: str
+    method: str
+    bits: int
+    group_size: int
+    block_size: int
+    scale: str
+    device: str
+    model_type: str
+    architectures: list[str]
+    known_architecture: bool
+    layers: list[LayerReport] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    ignore: list[str] = field(default_factory=list)
+    copied_files: list[str] = field(default_factory=list)
+    num_tensors: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    shards: int = 0
+    resumed_shards: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mean_sqnr_db(self) -> float:
+        """Mean SQNR over quantized layers (nan when none)."""
+        return sum(l.sqnr_db for l in self.layers) / len(self.layers) if self.layers else float("nan")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the report as JSON."""
+        write_json(Path(path), self.to_dict())
+
+    def summary(self, max_rows: int = 40) -> str:
+        """A Markdown summary: per-layer error table (worst layers first when long) and totals."""
+        rows = sorted(self.layers, key=lambda l: l.sqnr_db)
+        shown = rows if len(rows) <= max_rows else rows[:max_rows]
+        lines = [
+            f"{self.method.upper()} INT4 (group {self.group_size}, scale {self.scale}"
+            + (f", {self.bits}-bit Lloyd-Max, block {self.block_size}" if self.method == "hlwq" else "")
+            + f") on {self.device}: {self.src} -> {self.dst}",
+            "",
+            "| layer | shape | rel. error | SQNR dB | MB in | MB out |",
+            "|---|---|---|---|---|---|",
+        ]
+        for l in shown:
+            lines.append(
+                f"| {l.name} | {l.shape[0]}x{l.shape[1]} | {l.rel_error:.4f} | {l.sqnr_db:.2f} | "
+                f"{l.bytes_in / 1e6:.2f} | {l.bytes_out / 1e6:.2f} |"
+            )
+        if len(rows) > len(shown):
+            lines.append(f"| ... {len(rows) - len(shown)} more layers (all in {REPORT_NAME}) | | | | | |")
+        t = self.timings
+        lines += [
+            "",
+            f"quantized {len(self.layers)} layers (mean SQNR {self.mean_sqnr_db:.2f} dB), kept {len(self.kept)} "
+            f"2-D weights, {self.num_tensors} tensors; {self.input_bytes / 1e6:.1f} MB -> "
+            f"{self.output_bytes / 1e6:.1f} MB in {self.shards} shard(s)"
+            + (f" ({self.resumed_shards} resumed)" if self.resumed_shards else ""),
+            f"time {t.get('total_s', 0):.2f} s (read {t.get('read_s', 0):.2f}, kernels {t.get('kernel_s', 0):.2f}, "
+            f"transfer {t.get('transfer_s', 0):.2f}, write {t.get('write_s', 0):.2f})",
+        ]
+        if not self.known_architecture:
+            lines.append(
+                f"model_type {self.model_type!r} is not one of the tested architectures: quantized the 2-D "
+                "Linear weights listed above by the generic rules; check them before serving."
+            )
+        return "\n".join(lines)
+
+
+def quantization_config(group_size: int, ignore: Iterable[str]) -> dict:
+    """The compressed-tensors ``quantization_config`` for symmetric group INT4 (design.md §3)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {
+                    "num_bits": 4,
+                    "type": "int",
+                    "symmetric": True,
+                    "strategy": "group",
+                    "group_size": group_size,
+                    "dynamic": False,
+                },
+                "input_activations": None,
+                "output_activations": None,
+                "format": "pack-quantized",
+            }
+        },
+        "ignore": list(ignore),
+        "kv_cache_scheme": None,
+        "sparsity_config": {},
+        "transform_config": {},
+        "version": COMPRESSED_TENSORS_FORMAT_VERSION,
+    }
+
+
+def _quantizer(method: str, bits: int, group_size: int, block_size: int, scale: str) -> Callable:
+    if method == "rtn":
+        from hlwq_kernels.int4 import quantize_int4
+
+        return lambda w: quantize_int4(w, group_size=group_size, scale=scale)
+    from hlwq_kernels.hlwq import hlwq_int4
+
+    return lambda w: hlwq_int4(w, bits=bits, block_size=block_size, group_size=group_size, scale=scale)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("device 'cuda' requested but no CUDA GPU is available")
+    return dev
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise CheckpointError(f"destination {dst} must not be the source {src} or inside it (or contain it)")
+    if dst.exists():
+        if not dst.is_dir():
+            raise CheckpointError(f"destination {dst} exists and is not a directory")
+        if any(dst.iterdir()) and not overwrite:
+            raise CheckpointError(f"destination {dst} exists and is not empty (pass overwrite=True / --overwrite)")
+
+
+def _units(tensors: dict[str, SourceTensor], selection: Selection, group_size: int) -> list[list[OutTensor]]:
+    """Output tensors grouped by source tensor, in sorted source-name order."""
+    quantized = {f"{m}.weight" for m in selection.quantize}
+    units = []
+    for name in sorted(tensors):
+        t = tensors[name]
+        if name in quantized:
+            module = name[: -len(".weight")]
+            n, k = t.shape
+            units.append(
+                [
+                    OutTensor(f"{module}.weight_packed", "I32", (n, k // 8)),
+                    OutTensor(f"{module}.weight_scale", t.dtype, (n, k // group_size)),
+                    OutTensor(f"{module}.weight_shape", "I64", (2,)),
+                ]
+            )
+        else:
+            units.append([OutTensor(name, t.dtype, t.shape)])
+    return units
+
+
+def _fingerprint(files: list[Path], tensors: dict[str, SourceTensor], options: dict) -> str:
+    inventory = {
+        "options": options,
+        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "tensors": [[t.name, t.file.name, list(t.shape), t.dtype] for t in tensors.values()],
+    }
+    return hashlib.sha256(json.dumps(inventory, sort_keys=True).encode()).hexdigest()
+
+
+def _load_progress(work: Path, fingerprint: str) -> dict:
+    """Completed shards from an earlier run of the same conversion, else start afresh."""
+    path = work / PROGRESS_NAME
+    if work.exists():
+        try:
+            progress = json.loads(path.read_text())
+            if progress.get("fingerprint") == fingerprint:
+                done = {
+                    shard: info
+                    for shard, info in progress["completed"].items()
+                    if (work / shard).is_file() and (work / shard).stat().st_size == info["size"]
+                }
+                return {"fingerprint": fingerprint, "completed": done}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return {"fingerprint": fingerprint, "completed": {}}
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals = {"read_s": 0.0, "transfer_s": 0.0, "kernel_s": 0.0, "write_s": 0.0}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def add(self, key: str, start: float) -> float:
+        now = time.perf_counter()
+        self.totals[key] += now - start
+        return now
+
+
+def _quantize_tensor(
+    t: SourceTensor, w: torch.Tensor, quantize: Callable, device: torch.device, timer: _Timer
+) -> tuple[dict[str, torch.Tensor], LayerReport]:
+    """Quantize source weight ``w`` (CPU) on ``device``: the three output tensors and the error."""
+    from hlwq_kernels.int4 import dequantize_int4
+
+    start = time.perf_counter()
+    w = w.to(device)
+    timer.sync()
+    start = timer.add("transfer_s", start)
+    if not bool(torch.isfinite(w).all()):
+        raise CheckpointError(f"{t.file}: tensor {t.name!r} contains NaN or Inf values; refusing to quantize it")
+    q = quantize(w)
+    wf = w.float()
+    err = (wf - dequantize_int4(q, dtype=torch.float32)).square().sum().item()
+    ref = wf.square().sum().item()
+    timer.sync()
+    start = timer.add("kernel_s", start)
+    n, k = t.shape
+    if tuple(q.packed.shape) != (n, k // 8) or q.scale.shape[0] != n or q.scale.dtype != w.dtype:
+        raise CheckpointError(f"quantizer returned unexpected shapes/dtypes for {t.name!r}")
+    module = t.name[: -len(".weight")]
+    out = {
+        f"{module}.weight_packed": q.packed.to(torch.int32).cpu(),
+        f"{module}.weight_scale": q.scale.cpu(),
+        f"{module}.weight_shape": torch.tensor([n, k], dtype=torch.int64),
+    }
+    timer.sync()
+    timer.add("transfer_s", start)
+    rel = math.sqrt(err / ref) if ref > 0 else 0.0
+    sqnr = 10 * math.log10(ref / err) if err > 0 else float("inf")
+    bytes_out = sum(v.numel() * v.element_size() for v in out.values())
+    return out, LayerReport(t.name[: -len(".weight")], [n, k], t.dtype, rel, sqnr, t.nbytes, bytes_out)
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    method: str = "rtn",
+    bits: int = 5,
+    group_size: int = 128,
+    block_size: int = 128,
+    scale: str = "mse",
+    device: str = "auto",
+    ignore: Iterable[str] = (),
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ConversionReport:
+    """Convert the safetensors checkpoint ``src`` (directory or Hub repo id) into an INT4
+    compressed-tensors checkpoint at ``dst`` and return the report (also saved as
+    ``dst/hlwq_report.json``).
+
+    The defaults (rtn + mse) are the best combination measured in the quality study (README).
+    method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4) or "rtn"
+    (plain INT4 round-to-nearest). scale: INT4 group scale, "absmax" (compressed-tensors' rule)
+    or "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    """
+    if method not in ("hlwq", "rtn"):
+        raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
+    if scale not in ("absmax", "mse"):
+        raise ValueError(f"scale must be 'absmax' or 'mse', got {scale!r}")
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    if method == "hlwq" and not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    max_bytes = parse_size(max_shard_size)
+    t_start = time.perf_counter()
+    dev = _resolve_device(device)
+    src_path = resolve_source(src)
+    dst_path = Path(dst).expanduser().resolve()
+    config = read_config(src_path)
+    if "quantization_config" in config:
+        raise CheckpointError(
+            f"{src_path / CONFIG_NAME} already has a quantization_config "
+            f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
+        )
+    _check_destination(src_path, dst_path, overwrite)
+    files = weight_files(src_path)
+    tensors = scan_source(files)
+    ignore = tuple(ignore)
+    try:
+        selection = select_layers(
+            [TensorSpec(t.name, t.shape, t.dtype) for t in tensors.values()],
+            config,
+            group_size=group_size,
+            block_size=block_size if method == "hlwq" else None,
+            ignore=ignore,
+        )
+    except SelectionError as e:
+        raise CheckpointError(str(e)) from e
+
+    options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
+                   ignore=list(ignore), max_shard_size=max_bytes)
+    units = _units(tensors, selection, group_size)
+    shards = plan_shards(units, max_bytes)
+    names = [shard_name(i, len(shards)) for i in range(len(shards))]
+    work = dst_path.parent / f".{dst_path.name}.partial"
+    state = _load_progress(work, _fingerprint(files, tensors, options))
+    quantize = _quantizer(method, bits, group_size, block_size, scale)
+    quantized = {f"{m}.weight" for m in selection.quantize}
+    timer = _Timer(dev)
+    report = ConversionReport(
+        src=str(src), dst=str(dst_path), method=method, bits=bits, group_size=group_size,
+        block_size=block_size, scale=scale, device=str(dev), model_type=str(config.get("model_type", "")),
+        architectures=list(config.get("architectures") or []),
+        known_architecture=config.get("model_type") in KNOWN_MODEL_TYPES,
+        kept=selection.kept, ignore=selection.ignore, num_tensors=len(tensors),
+        input_bytes=sum(t.nbytes for t in tensors.values()), shards=len(shards),
+    )
+    bar = _progress_bar(len(tensors), progress)
+    try:
+        for shard, fname in zip(shards, names):
+            if fname in state["completed"]:
+                report.resumed_shards += 1
+                bar.update(sum(1 for t in shard if not _is_companion(t.name, tensors)))
+                continue
+            size, layers = _write_shard(work / fname, shard, tensors, quantized, quantize, dev, timer, bar)
+            state["completed"][fname] = {"size": size, "layers": layers}
+            write_json(work / PROGRESS_NAME, state)
+    finally:
+        bar.close()
+
+    weight_map = {t.name: fname for shard, fname in zip(shards, names) for t in shard}
+    total = sum(t.nbytes for shard in shards for t in shard)
+    write_json(work / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    config["quantization_config"] = quantization_config(group_size, selection.ignore)
+    _write_config(work / CONFIG_NAME, config)
+    copied = auxiliary_files(src_path)
+    copy_files(src_path, work, copied)
+    report.copied_files = [p.as_posix() for p in copied]
+    report.layers = sorted(
+        (LayerReport(**l) for info in state["completed"].values() for l in info["layers"]), key=lambda l: l.name
+    )
+    report.output_bytes = sum(info["size"] for info in state["completed"].values())
+    (work / PROGRESS_NAME).unlink()
+    report.timings = {k: round(v, 4) for k, v in timer.totals.items()}
+    report.timings["total_s"] = round(time.perf_counter() - t_start, 4)
+    report.save(work / REPORT_NAME)
+    _publish(work, dst_path)
+    return report
+
+
+def _write_shard(path: Path, shard: list[OutTensor], tensors: dict[str, SourceTensor], quantized: set[str],
+                 quantize: Callable, device: torch.device, timer: _Timer, bar) -> tuple[int, list[dict]]:
+    """Write one shard; the next source tensor is read in a background thread while the current
+    one is quantized and written. Returns the shard's size and its layer reports."""
+    sources = []
+    for out in shard:
+        if out.name.endswith(".weight_packed") and out.name not in tensors:
+            sources.append(tensors[out.name[: -len("_packed")]])
+        elif not _is_companion(out.name, tensors):
+            sources.append(tensors[out.name])
+    layers: list[dict] = []
+    with ShardWriter(path, shard) as writer, ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read_bytes, sources[0]) if sources else None
+        for i, source in enumerate(sources):
+            start = time.perf_counter()
+            data = pending.result()
+            pending = pool.submit(read_bytes, sources[i + 1]) if i + 1 < len(sources) else None
+            start = timer.add("read_s", start)
+            if source.name in quantized:
+                result, layer = _quantize_tensor(source, tensor_from_bytes(source, data), quantize, device, timer)
+                start = time.perf_counter()
+                for key, value in result.items():
+                    writer.write(key, tensor_bytes(value))
+                layers.append(asdict(layer))
+            else:
+                writer.write(source.name, data)
+            timer.add("write_s", start)
+            bar.set_postfix_str(source.name[-40:], refresh=False)
+            bar.update(1)
+    return writer.size, layers
+
+
+def _is_companion(name: str, tensors: dict[str, SourceTensor]) -> bool:
+    """Whether output ``name`` is the scale or shape written together with a weight_packed."""
+    return name.endswith((".weight_scale", ".weight_shape")) and name not in tensors
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="quantizing", unit="tensor", disable=not enabled, dynamic_ncols=True)
+
+
+def _write_config(path: Path, config: dict) -> None:
+    """config.json with the source's key order and quantization_config appended."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _publish(work: Path, dst: Path) -> None:
+    """Move the finished ``work`` directory to ``dst`` (replacing an old ``dst``)."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(dst, old)
+        os.replace(work, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(work, dst)

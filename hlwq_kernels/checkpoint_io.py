@@ -1,0 +1,373 @@
+"""Checkpoint I/O: find and validate the source, read tensors one at a time, write shards.
+
+Reading: every source file is validated by ``safetensors.safe_open`` (header parsed and checked,
+no code executed); tensor bytes are then read with positioned reads at the offsets of that header,
+so only the tensor in hand is resident (no memory map keeps the whole file in the process's RSS).
+
+Writing: the shard layout is planned before anything is written (every output size is known from
+the source header), each shard's header is written first and tensors are written at their offsets
+as they are produced (no shard is ever held in memory). A shard is written to ``<name>.tmp`` and
+renamed when complete. Output is deterministic: tensors sorted by (alignment, name), JSON with
+sorted keys, fixed metadata.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Weight files in other formats that are not copied (they would shadow the quantized weights).
+SKIPPED_WEIGHT_SUFFIXES = PICKLE_WEIGHT_SUFFIXES + (".h5", ".msgpack", ".onnx", ".gguf", ".safetensors")
+SKIPPED_DIRS = frozenset({".git", ".cache", ".huggingface", "onnx", "openvino", "coreml"})
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+DTYPES: dict[str, torch.dtype] = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+            "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+            "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+class CheckpointError(RuntimeError):
+    """A problem with the source or destination checkpoint; the message names the file or tensor."""
+
+
+@dataclass(frozen=True)
+class SourceTensor:
+    """Where a tensor lives in the source: file, byte range (absolute), shape, dtype string."""
+
+    name: str
+    file: Path
+    start: int
+    end: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """One tensor of an output shard: name, dtype string, shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.dtype]
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string such as ``"5GB"``, ``"500MB"``, ``"2GiB"``."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B?)\s*", size, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot parse size {size!r} (use e.g. 5GB, 500MB, 2GiB)")
+    unit = m.group(2).upper().rstrip("B")
+    base = 1024 if unit.endswith("I") else 1000
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("I")]
+    return int(float(m.group(1)) * base**power)
+
+
+def resolve_source(src: str | os.PathLike) -> Path:
+    """A local directory, or a Hugging Face Hub repo id downloaded with ``snapshot_download``."""
+    path = Path(src).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"source {path} is not a directory")
+        return path.resolve()
+    text = str(src)
+    if not HUB_REPO_ID.match(text):
+        raise CheckpointError(f"source directory not found: {path}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise CheckpointError(
+            f"{text!r} is not a local directory; downloading it from the Hugging Face Hub needs "
+            "huggingface_hub (pip install 'hlwq-kernels[hub]')"
+        ) from e
+    try:
+        local = snapshot_download(
+            text, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.md", "*.py", "*.tiktoken"]
+        )
+    except Exception as e:  # offline, unknown repo, gated repo, network error
+        raise CheckpointError(
+            f"{text!r} is not a local directory and could not be downloaded from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}). Check the repo id and your network (HF_HUB_OFFLINE is "
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}), or pass a local directory."
+        ) from e
+    return Path(local)
+
+
+def read_config(src: Path) -> dict:
+    """Parse ``config.json`` (as data only)."""
+    path = src / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG_NAME} in {src}: not a Hugging Face model directory")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
+def weight_files(src: Path) -> list[Path]:
+    """The safetensors files of ``src`` (from the index when there is one), or a clear error."""
+    index = src / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: invalid index ({e})") from e
+        files = [src / f for f in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists missing shard(s): {', '.join(missing)}")
+        return files
+    files = sorted(src.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in src.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{src} has only pickle weights ({', '.join(pickles[:3])}), which are never loaded because "
+            "unpickling can run arbitrary code. Convert them to safetensors first, e.g. in a trusted "
+            "environment: AutoModel.from_pretrained(src).save_pretrained(out, safe_serialization=True)"
+        )
+    raise CheckpointError(f"no *.safetensors weight files in {src}")
+
+
+def scan_file(path: Path) -> list[SourceTensor]:
+    """Validate ``path`` with safetensors and return its tensors with absolute byte offsets."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+    except Exception as e:
+        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
+    base = 8 + header_len
+    out = []
+    for name in sorted(names):
+        meta = header[name]
+        dtype = meta["dtype"]
+        if dtype not in ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        start, end = meta["data_offsets"]
+        out.append(SourceTensor(name, path, base + start, base + end, tuple(meta["shape"]), dtype))
+    return out
+
+
+def scan_source(files: Sequence[Path]) -> dict[str, SourceTensor]:
+    """All tensors of the source, by name; duplicate names across files are an error."""
+    tensors: dict[str, SourceTensor] = {}
+    for path in files:
+        for t in scan_file(path):
+            if t.name in tensors:
+                raise CheckpointError(f"tensor {t.name!r} appears in both {tensors[t.name].file} and {path}")
+            tensors[t.name] = t
+    return tensors
+
+
+def read_bytes(t: SourceTensor) -> bytearray:
+    """The raw bytes of one source tensor (read straight into one buffer)."""
+    buf = bytearray(t.nbytes)
+    view = memoryview(buf)
+    with open(t.file, "rb") as fh:
+        done = 0
+        while done < t.nbytes:
+            n = os.preadv(fh.fileno(), [view[done:]], t.start + done)
+            if n == 0:
+                raise CheckpointError(f"{t.file}: tensor {t.name!r} is truncated")
+            done += n
+    return buf
+
+
+def read_tensor(t: SourceTensor) -> torch.Tensor:
+    """One source tensor as a torch tensor (a private copy)."""
+    return tensor_from_bytes(t, read_bytes(t))
+
+
+def tensor_from_bytes(t: SourceTensor, data: bytearray) -> torch.Tensor:
+    """The torch tensor of ``t`` over its raw bytes ``data`` (no copy)."""
+    if t.dtype not in DTYPES:
+        raise CheckpointError(f"{t.file}: tensor {t.name!r} has dtype {t.dtype}, which torch cannot load")
+    flat = torch.frombuffer(data, dtype=DTYPES[t.dtype]) if data else torch.empty(0, dtype=DTYPES[t.dtype])
+    return flat.reshape(t.shape)
+
+
+def shard_name(index: int, count: int) -> str:
+    """HF shard file name, 1-based."""
+    return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+
+
+def plan_shards(units: Sequence[Sequence[OutTensor]], max_bytes: int) -> list[list[OutTensor]]:
+    """Pack units (tensors that stay together) into shards of at most ``max_bytes`` in order;
+    a unit larger than ``max_bytes`` gets a shard of its own."""
+    shards: list[list[OutTensor]] = []
+    current: list[OutTensor] = []
+    size = 0
+    for unit in units:
+        unit_bytes = sum(t.nbytes for t in unit)
+        if current and size + unit_bytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.extend(unit)
+        size += unit_bytes
+    if current:
+        shards.append(current)
+    return shards
+
+
+class ShardWriter:
+    """Writes one safetensors shard: header first, then tensors at their planned offsets.
+
+    Use as a context manager; on success the ``.tmp`` file is renamed to ``path``, on failure it
+    is removed, so a file named ``*.safetensors`` is always complete.
+    """
+
+    def __init__(self, path: Path, tensors: Iterable[OutTensor]):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        order = sorted(tensors, key=lambda t: (-ITEMSIZE[t.dtype], t.name))
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        self.offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for t in order:
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            self.offsets[t.name] = (offset, offset + t.nbytes)
+            offset += t.nbytes
+        raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.header = struct.pack("<Q", len(raw)) + raw
+        self.size = len(self.header) + offset
+        self.written: set[str] = set()
+        self.fd = -1
+
+    def __enter__(self) -> "ShardWriter":
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_at(self.fd, self.header, 0, self.tmp)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        """Write the bytes of tensor ``name`` at its planned offset."""
+        start, end = self.offsets[name]
+        if len(data) != end - start:
+            raise CheckpointError(f"{self.path.name}: tensor {name!r} has {len(data)} bytes, expected {end - start}")
+        write_at(self.fd, data, len(self.header) + start, self.tmp)
+        self.written.add(name)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        if self.written != set(self.offsets):
+            self._discard()
+            missing = sorted(set(self.offsets) - self.written)
+            raise CheckpointError(f"{self.path.name}: tensors not written: {', '.join(missing[:5])}")
+        os.fsync(self.fd)
+        os.close(self.fd)
+        os.replace(self.tmp, self.path)
+
+    def _discard(self) -> None:
+        os.close(self.fd)
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
+    """``os.pwrite`` all of ``data``; a full disk becomes a CheckpointError naming ``path``."""
+    view = memoryview(data).cast("B")
+    try:
+        while len(view):
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full while writing {path} ({e.strerror})") from e
+        raise CheckpointError(f"cannot write {path}: {e}") from e
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of a CPU tensor in C order (no copy when already contiguous)."""
+    t = t.detach().contiguous().cpu()
+    return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
+
+
+def write_json(path: Path, data: object) -> None:
+    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"disk full while writing {path} ({e.strerror})") from e
+        raise
+
+
+def auxiliary_files(src: Path) -> list[Path]:
+    """Files of ``src`` to copy verbatim (relative paths): everything but weights, the index,
+    config.json and hidden or tool directories."""
+    out = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if not path.is_file() or any(p.startswith(".") or p in SKIPPED_DIRS for p in rel.parts[:-1]):
+            continue
+        if rel.name.startswith(".") or rel.suffix in SKIPPED_WEIGHT_SUFFIXES:
+            continue
+        if rel.as_posix() in (CONFIG_NAME, INDEX_NAME) or rel.name.endswith(".index.json"):
+            continue
+        out.append(rel)
+    return out
+
+
+def copy_files(src: Path, dst: Path, files: Iterable[Path]) -> None:
+    """Copy ``files`` (relative paths) from ``src`` to ``dst``, keeping subdirectories."""
+    for rel in files:
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(src / rel, target)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CheckpointError(f"disk full while copying {rel} to {dst}") from e
+            raise

@@ -1,0 +1,205 @@
+"""Which tensors of a checkpoint to quantize to INT4, which to keep, and why.
+
+The rules work on tensor names and shapes only (the model's code is never imported):
+
+- candidates are the 2-D ``<module>.weight`` tensors: the weights of Linear layers;
+- kept as they are: embeddings, ``lm_head``, norms, vision / audio towers and multimodal
+  projectors, multi-token-prediction heads, MoE router gates (``mlp.gate``, not ``gate_proj``),
+  the gated delta-net ``in_proj_a`` / ``in_proj_b`` (``in_proj_ba``) projections, user-ignored
+  modules, and every layer whose shape the INT4 kernels cannot take;
+- the parts of a fused layer (q/k/v, gate/up, ...) are quantized all together or not at all.
+
+Every kept module with a 2-D weight (and ``lm_head`` for decoders, tied or not) is listed in the
+``ignore`` list of the quantization config.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+# Sibling modules that vLLM fuses into one layer (they must share one quantization decision).
+FUSED_GROUPS: tuple[frozenset[str], ...] = (
+    frozenset({"q_proj", "k_proj", "v_proj"}),
+    frozenset({"gate_proj", "up_proj"}),
+    frozenset({"w1", "w3"}),
+    frozenset({"query", "key", "value"}),
+    frozenset({"in_proj_qkv", "in_proj_z"}),
+    frozenset({"in_proj_a", "in_proj_b"}),
+    frozenset({"q_a_proj", "kv_a_proj_with_mqa"}),
+)
+EMBEDDING_LEAVES = frozenset(
+    {"wte", "wpe", "word_embeddings", "position_embeddings", "token_type_embeddings"}
+)
+LM_HEAD_NAMES = frozenset({"lm_head", "embed_out", "output"})
+TOWER_PARTS = frozenset(
+    {
+        "visual", "vision_tower", "vision_model", "vision_encoder", "image_encoder", "vit",
+        "audio_tower", "audio_encoder", "audio_model", "audio",
+        "multi_modal_projector", "mm_projector", "vision_projection", "audio_projection",
+    }
+)
+ROUTER_LEAVES = frozenset({"gate", "router", "shared_expert_gate", "gate_up_router"})
+GDN_AB_LEAVES = frozenset({"in_proj_a", "in_proj_b", "in_proj_ba"})
+MTP_PARTS = frozenset({"mtp"})
+# Model types whose 2-D weights are stored transposed (GPT-2 Conv1D): never quantized.
+TRANSPOSED_MODEL_TYPES = frozenset({"gpt2", "imagegpt", "decision_transformer"})
+QUANTIZABLE_DTYPES = ("BF16", "F16", "F32")
+MIN_OUT_FEATURES_MULTIPLE = 64  # Marlin / Machete tile width along N
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and safetensors dtype string of one checkpoint tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class Selection:
+    """The outcome of layer selection.
+
+    ``quantize``: module names (weight name without ``.weight``) to quantize, sorted.
+    ``kept``: module name -> reason, for every module with a 2-D weight that stays as it is.
+    ``ignore``: the compressed-tensors ``ignore`` list (sorted).
+    """
+
+    quantize: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    ignore: list[str] = field(default_factory=list)
+
+
+class SelectionError(ValueError):
+    """A tensor that should be quantized cannot be (e.g. unsupported dtype)."""
+
+
+def matches_ignore(module: str, patterns: Iterable[str]) -> bool:
+    """True when ``module`` matches one user pattern: ``re:<regex>`` (``re.match``, as in
+    compressed-tensors), an exact module name, or a dotted suffix (``down_proj``,
+    ``layers.0.mlp``) that matches whole name components at the end or as a parent."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.match(pattern[3:], module):
+                return True
+            continue
+        if module == pattern or module.endswith("." + pattern):
+            return True
+        if module.startswith(pattern + ".") or ("." + pattern + ".") in module:
+            return True
+    return False
+
+
+def _fixed_reason(module: str, model_type: str) -> str | None:
+    """The reason a module is kept whatever its shape, or None when it is a candidate."""
+    parts = module.split(".")
+    leaf = parts[-1]
+    if model_type in TRANSPOSED_MODEL_TYPES:
+        return f"{model_type} stores Conv1D weights transposed"
+    if module in LM_HEAD_NAMES or leaf == "lm_head":
+        return "lm_head"
+    if "embed" in leaf or leaf in EMBEDDING_LEAVES or "embeddings" in parts:
+        return "embedding"
+    if "norm" in leaf or leaf.startswith("ln_") or leaf.startswith("ln"):
+        return "norm"
+    if TOWER_PARTS.intersection(parts) or any(p.startswith(("vision", "audio")) for p in parts):
+        return "vision/audio tower"
+    if MTP_PARTS.intersection(parts):
+        return "multi-token-prediction head"
+    if leaf in ROUTER_LEAVES or leaf.endswith("_router"):
+        return "MoE router gate"
+    if leaf in GDN_AB_LEAVES:
+        return "gated delta-net a/b projection"
+    return None
+
+
+def _shape_reason(shape: Sequence[int], group_size: int, block_size: int | None) -> str | None:
+    n, k = shape
+    if k % group_size:
+        return f"in_features {k} not a multiple of group_size {group_size}"
+    if block_size is not None and k % block_size:
+        return f"in_features {k} not a multiple of block_size {block_size}"
+    if n % MIN_OUT_FEATURES_MULTIPLE:
+        return f"out_features {n} not a multiple of {MIN_OUT_FEATURES_MULTIPLE}"
+    return None
+
+
+def fused_group(module: str, siblings: set[str]) -> tuple[str, ...]:
+    """The modules that vLLM fuses with ``module`` (itself included), among ``siblings``."""
+    parent, _, leaf = module.rpartition(".")
+    for group in FUSED_GROUPS:
+        if leaf in group:
+            members = sorted(f"{parent}.{m}" if parent else m for m in group)
+            return tuple(m for m in members if m in siblings)
+    return (module,)
+
+
+def is_decoder(config: Mapping) -> bool:
+    """Whether the config describes a generative model with an output head."""
+    archs = config.get("architectures") or []
+    return any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs)
+
+
+def select_layers(
+    tensors: Iterable[TensorSpec],
+    config: Mapping,
+    *,
+    group_size: int = 128,
+    block_size: int | None = None,
+    ignore: Iterable[str] = (),
+) -> Selection:
+    """Decide which 2-D Linear weights to quantize. ``block_size`` (HLWQ) adds a shape rule.
+
+    Raises SelectionError naming the tensor when a weight that would be quantized has a dtype
+    other than BF16 / F16 / F32.
+    """
+    ignore = tuple(ignore)
+    model_type = str(config.get("model_type", ""))
+    weights = {t.name[: -len(".weight")]: t for t in tensors if t.name.endswith(".weight") and len(t.shape) == 2}
+    sel = Selection()
+    reasons: dict[str, str] = {}
+    for module, spec in weights.items():
+        reason = _fixed_reason(module, model_type)
+        if reason is None and matches_ignore(module, ignore):
+            reason = "ignored by user"
+        if reason is None:
+            reason = _shape_reason(spec.shape, group_size, block_size)
+        if reason is None and spec.dtype not in QUANTIZABLE_DTYPES:
+            raise SelectionError(
+                f"tensor {spec.name!r} has dtype {spec.dtype}; only {', '.join(QUANTIZABLE_DTYPES)} "
+                f"weights can be quantized (is the source already quantized?). "
+                f"Keep it with --ignore {module}"
+            )
+        if reason is not None:
+            reasons[module] = reason
+    names = set(weights)
+    for module in sorted(names):
+        if module in reasons:
+            continue
+        blockers = [m for m in fused_group(module, names) if m in reasons]
+        if blockers:
+            reasons[module] = f"fused with {blockers[0]} ({reasons[blockers[0]]})"
+    sel.quantize = sorted(names - set(reasons))
+    sel.kept = dict(sorted(reasons.items()))
+    ignored = set(reasons)
+    if is_decoder(config):
+        ignored.add("lm_head")
+    multimodal = is_multimodal(config)
+    sel.ignore = sorted(ignore_entry(m, multimodal) for m in ignored)
+    return sel
+
+
+def is_multimodal(config: Mapping) -> bool:
+    """Whether the config nests sub-model configs (vision / audio / text), as multimodal models do."""
+    return any(k in config for k in ("vision_config", "audio_config", "text_config"))
+
+
+def ignore_entry(module: str, multimodal: bool) -> str:
+    """The ``ignore`` entry for a kept module: its checkpoint name, or for multimodal models a
+    ``re:`` pattern that also matches the renamed module in transformers 5 (where checkpoint
+    ``visual.x`` becomes ``model.visual.x`` and ``model.layers.x`` ``model.language_model.layers.x``)."""
+    if not multimodal:
+        return module
+    return "re:(.*\\.)?" + re.escape(module.removeprefix("model.")) + "$"

@@ -1,0 +1,165 @@
+"""verify_checkpoint: re-read a converted checkpoint, check its config and tensors, and (given the
+source) report each quantized layer's error and check that every kept tensor is byte-identical."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hlwq_kernels.checkpoint import LayerReport
+from hlwq_kernels.checkpoint_io import (
+    INDEX_NAME,
+    CheckpointError,
+    SourceTensor,
+    read_bytes,
+    read_config,
+    read_tensor,
+    resolve_source,
+    scan_file,
+    scan_source,
+    weight_files,
+)
+from hlwq_kernels.layer_selection import fused_group
+
+EXPECTED_WEIGHTS = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "dynamic": False}
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of verify_checkpoint: ``problems`` is empty when the checkpoint is valid."""
+
+    dst: str
+    against: str | None
+    quantized: int = 0
+    kept: int = 0
+    problems: list[str] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, max_rows: int = 40) -> str:
+        """A Markdown summary (worst layers first)."""
+        lines = [f"verify {self.dst}" + (f" against {self.against}" if self.against else "")]
+        if self.layers:
+            lines += ["", "| layer | shape | rel. error | SQNR dB |", "|---|---|---|---|"]
+            for l in sorted(self.layers, key=lambda l: l.sqnr_db)[:max_rows]:
+                lines.append(f"| {l.name} | {l.shape[0]}x{l.shape[1]} | {l.rel_error:.4f} | {l.sqnr_db:.2f} |")
+        lines.append("")
+        lines.append(f"{self.quantized} quantized layers, {self.kept} other tensors")
+        lines += [f"PROBLEM: {p}" for p in self.problems] or ["OK"]
+        return "\n".join(lines)
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """compressed-tensors name matching: exact name or ``re:`` pattern (re.match)."""
+    return any(re.match(p[3:], name) if p.startswith("re:") else p == name for p in patterns)
+
+
+def _check_config(config: dict, problems: list[str]) -> tuple[int, list[str]]:
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict):
+        problems.append("config.json has no quantization_config")
+        return 0, []
+    for key, want in (("quant_method", "compressed-tensors"), ("format", "pack-quantized"),
+                      ("quantization_status", "compressed")):
+        if qc.get(key) != want:
+            problems.append(f"quantization_config.{key} is {qc.get(key)!r}, expected {want!r}")
+    groups = qc.get("config_groups") or {}
+    if len(groups) != 1:
+        problems.append(f"expected one config group, found {len(groups)}")
+        return 0, list(qc.get("ignore") or [])
+    group = next(iter(groups.values()))
+    weights = group.get("weights") or {}
+    for key, want in EXPECTED_WEIGHTS.items():
+        if weights.get(key) != want:
+            problems.append(f"config group weights.{key} is {weights.get(key)!r}, expected {want!r}")
+    if group.get("targets") != ["Linear"]:
+        problems.append(f"config group targets {group.get('targets')!r}, expected ['Linear']")
+    return int(weights.get("group_size") or 0), list(qc.get("ignore") or [])
+
+
+def _layer_error(w: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> tuple[float, float]:
+    from hlwq_kernels.int4 import Int4Weight, dequantize_int4
+
+    q = Int4Weight(packed=packed, scale=scale, shape=tuple(w.shape), group_size=group_size)
+    wf = w.double()
+    err = (wf - dequantize_int4(q, dtype=torch.float32).double()).square().sum().item()
+    ref = wf.square().sum().item()
+    return (math.sqrt(err / ref) if ref else 0.0), (10 * math.log10(ref / err) if err else float("inf"))
+
+
+def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None = None) -> VerifyReport:
+    """Check a converted checkpoint; with ``against`` (source dir or repo id) also measure each
+    quantized layer's error and compare every kept tensor byte for byte."""
+    path = Path(dst).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    report = VerifyReport(dst=str(path), against=None if against is None else str(against))
+    problems = report.problems
+    config = read_config(path)
+    group_size, ignore = _check_config(config, problems)
+    if not (path / INDEX_NAME).is_file():
+        problems.append(f"no {INDEX_NAME}")
+    tensors: dict[str, SourceTensor] = {}
+    for f in weight_files(path):
+        for t in scan_file(f):
+            tensors[t.name] = t
+    modules = sorted(n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed"))
+    linear = {n[: -len(".weight")] for n, t in tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
+    for m in modules:
+        parts = [tensors.get(f"{m}.weight_{s}") for s in ("packed", "scale", "shape")]
+        if None in parts:
+            problems.append(f"{m}: missing weight_scale or weight_shape")
+            continue
+        packed, scale, shape = parts
+        n, k = (int(v) for v in read_tensor(shape).tolist())
+        if packed.dtype != "I32" or packed.shape != (n, k // 8):
+            problems.append(f"{m}.weight_packed is {packed.dtype} {list(packed.shape)}, expected I32 [{n}, {k // 8}]")
+        if group_size <= 0 or k % group_size or scale.shape != (n, k // group_size) or scale.dtype not in ("BF16", "F16", "F32"):
+            problems.append(f"{m}.weight_scale is {scale.dtype} {list(scale.shape)} for shape [{n}, {k}], group {group_size}")
+        else:
+            s = read_tensor(scale)
+            if not bool((torch.isfinite(s) & (s > 0)).all()):
+                problems.append(f"{m}.weight_scale has non-finite or non-positive values")
+        if _matches(m, ignore):
+            problems.append(f"{m} is quantized but matches the ignore list")
+        group = fused_group(m, set(modules) | linear)
+        if any(g not in modules for g in group):
+            problems.append(f"fused layer {group} is only partly quantized")
+    for m in sorted(linear):
+        if not _matches(m, ignore):
+            problems.append(f"{m}.weight is kept unquantized but not listed in ignore")
+    report.quantized = len(modules)
+    report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
+    if against is not None:
+        _compare_source(resolve_source(against), tensors, modules, group_size, report)
+    return report
+
+
+def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], group_size: int,
+                    report: VerifyReport) -> None:
+    source = scan_source(weight_files(src))
+    quantized = {f"{m}.weight" for m in modules}
+    for name, t in source.items():
+        if name in quantized:
+            m = name[: -len(".weight")]
+            if report.problems and any(p.startswith(m) for p in report.problems):
+                continue
+            w = read_tensor(t)
+            rel, sqnr = _layer_error(w, read_tensor(tensors[f"{m}.weight_packed"]),
+                                     read_tensor(tensors[f"{m}.weight_scale"]), group_size)
+            out_bytes = sum(tensors[f"{m}.weight_{s}"].nbytes for s in ("packed", "scale", "shape"))
+            report.layers.append(LayerReport(m, list(t.shape), t.dtype, rel, sqnr, t.nbytes, out_bytes))
+        elif name not in tensors:
+            report.problems.append(f"source tensor {name!r} is missing from the checkpoint")
+        elif tensors[name].dtype != t.dtype or tensors[name].shape != t.shape or read_bytes(tensors[name]) != read_bytes(t):
+            report.problems.append(f"kept tensor {name!r} differs from the source")
+    extra = set(tensors) - set(source) - {f"{m}.weight_{s}" for m in modules for s in ("packed", "scale", "shape")}
+    report.problems += [f"tensor {n!r} is not in the source" for n in sorted(extra)]
