@@ -6,6 +6,14 @@ against ``torch.clone`` of the same input and the plain-torch way (``torch.bucke
 ``scatter_add_``; ``levels[idx]``) in the same process. Each result is checked first: indices equal
 the torch path exactly, per-cell counts equal and sums agree to 1e-5 with float64 torch.
 
+Second table, the sorted-prefix scheme the empirical solver iterates with: the one-time setup
+(``torch.sort`` of the 2**28 fp32 samples + float64 prefix sums), one Lloyd step (``searchsorted`` of
+the thresholds + prefix differences, including the copy of the per-cell results to the host), its
+GB/s-equivalent (bytes of the samples / step time, against clone), and the cost per step amortised
+over a full ``lloyd_max(levels=n, samples=x)`` solve on the same samples: (setup + K · step) / K with K
+its number of steps. Checked first against the float64 torch step on all samples: per-cell counts
+equal exactly, sums agree to 1e-9 relative.
+
     python bench/gpu_lloyd.py --out bench/results/lloyd-h100.md
 """
 
@@ -19,7 +27,7 @@ import numpy as np
 import torch
 import triton.testing
 
-from hlwq_kernels.lloyd_max import _lloyd_step, gaussian_codebook, lloyd_max
+from hlwq_kernels.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
 from hlwq_kernels.lloyd_triton import assign_table, dequantize_triton, lloyd_step_triton, quantize_triton
 
 TOTAL = 1 << 28
@@ -61,6 +69,33 @@ def _step_rows(levels: list[int]) -> list[dict]:
     return rows
 
 
+def _sorted_rows(levels: list[int]) -> list[dict]:
+    x = torch.randn(TOTAL, device="cuda", dtype=torch.float32)
+    nbytes = x.numel() * 4
+    clone = 2 * nbytes / _bench(lambda: x.clone()) / 1e9
+    t_setup = _bench(lambda: _sort_samples(x, None))
+    s = _sort_samples(x, None)
+    rows = []
+    for n in levels:
+        lev = gaussian_codebook(n).levels
+        got_w, got_s = _sorted_step(s, lev)
+        ref_w, ref_s, _ = _lloyd_step(x, None, lev, triton=False)  # float64 bucketize + scatter_add_
+        ok = np.array_equal(got_w, ref_w) and np.allclose(got_s, ref_s, rtol=1e-9, atol=1e-9 * np.abs(ref_s).max())
+        t_step = _bench(lambda: _sorted_step(s, lev))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        cb = lloyd_max(levels=n, samples=x)
+        solve = time.perf_counter() - t0
+        steps = max(cb.iterations, 1)
+        amortised = (t_setup + steps * t_step) / steps
+        rows.append({"levels": n, "clone": clone, "setup": t_setup, "step": t_step, "step_gbs": nbytes / t_step / 1e9,
+                     "steps": cb.iterations, "amortised": amortised, "amortised_gbs": nbytes / amortised / 1e9,
+                     "solve": solve, "check": "ok" if ok else "MISMATCH"})
+    del x, s
+    torch.cuda.empty_cache()
+    return rows
+
+
 def _quant_rows(levels: list[int]) -> list[dict]:
     x = torch.randn(TOTAL, device="cuda", dtype=torch.float32).to(torch.bfloat16)
     clone = 2 * x.numel() * 2 / _bench(lambda: x.clone()) / 1e9
@@ -93,6 +128,7 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     rows = _step_rows(levels) + _quant_rows(levels)
+    sorted_rows = _sorted_rows(levels)
     x = torch.randn(1 << 24, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     t0 = time.perf_counter()
     cb = lloyd_max(bits=5, samples=x)
@@ -107,6 +143,16 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['op']} | {r['levels']} | {r['clone']:.0f} | {r['kernel']:.0f} | "
                      f"{100 * r['kernel'] / r['clone']:.0f}% | {r['torch']:.0f} | {r['check']} |")
+    lines += ["", "Sorted-prefix Lloyd step (the solver's iteration), 2^28 fp32 samples; GB/s-eq = sample bytes "
+              "/ time; % of clone against the clone GB/s above (read + write)", "",
+              "| levels | clone GB/s | setup ms (sort + prefix) | step µs | step GB/s-eq | % of clone | solve steps "
+              "| amortised µs/step | amortised GB/s-eq | % of clone | full solve s | check |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted_rows:
+        lines.append(f"| {r['levels']} | {r['clone']:.0f} | {1e3 * r['setup']:.1f} | {1e6 * r['step']:.0f} | "
+                     f"{r['step_gbs']:.0f} | {100 * r['step_gbs'] / r['clone']:.0f}% | {r['steps']} | "
+                     f"{1e6 * r['amortised']:.0f} | {r['amortised_gbs']:.0f} | "
+                     f"{100 * r['amortised_gbs'] / r['clone']:.0f}% | {r['solve']:.2f} | {r['check']} |")
     lines += ["", f"Full empirical solve, 2^24 fp32 N(0,1) samples, 32 levels: {solve:.2f} s, "
               f"{cb.iterations} Lloyd steps, converged={cb.converged}, mse={cb.mse:.6f} "
               f"(Gaussian optimum {gaussian_codebook(32).mse:.6f})."]

@@ -11,9 +11,12 @@ Gaussian case (``samples=None``): Newton's method on the stationarity equations
 ``c_j = (φ(a) - φ(b)) / (Φ(b) - Φ(a))`` is the centroid of cell ``j = [a, b)``; tail masses use erfc.
 Steps are damped (halved until ``max|F|`` decreases); when damping fails a plain Lloyd step is taken.
 
-Empirical case: weighted Lloyd iterations (one pass over the samples per step: Triton on CUDA, torch
-on CPU) from a deterministic start, the weighted quantiles at ``(2i + 1) / 2n`` taken among the
-distinct sample values and made strictly increasing.
+Empirical case: weighted Lloyd iterations from a deterministic start, the weighted quantiles at
+``(2i + 1) / 2n`` taken among the distinct sample values and made strictly increasing. The samples
+are sorted once and float64 prefix sums of ``w`` and ``w·x`` are built once; each step then finds the
+cell boundaries with ``searchsorted`` and the cell weights and sums as prefix differences
+(O(levels · log N), exact cell membership). The final error is one direct pass over the samples
+(Triton on CUDA, torch on CPU).
 """
 
 from __future__ import annotations
@@ -264,28 +267,68 @@ def _lloyd_step(x: torch.Tensor, w: torch.Tensor | None, levels: np.ndarray, tri
     return wsum.cpu().numpy(), ssum.cpu().numpy(), err
 
 
-def _initial_levels(x: torch.Tensor, w: torch.Tensor | None, n: int) -> tuple[np.ndarray, bool]:
-    """Deterministic start; returns (levels, exact) where exact means ≤ n distinct values."""
+@dataclasses.dataclass(frozen=True)
+class _SortedSamples:
+    """Samples with weight > 0, sorted once, with float64 prefix sums (a leading 0, length size + 1).
+
+    ``x`` holds the values in the compute dtype (the dtype the cell rule compares in), ``cum_w`` the
+    prefix sums of the weights (None without weights: the prefix is the position) and ``cum_wx``
+    those of ``w·x``. Memory: 8 bytes per sample for each prefix array (2 GiB each at 2^28 samples).
+    """
+
+    x: torch.Tensor
+    cum_w: torch.Tensor | None
+    cum_wx: torch.Tensor
+
+
+def _prefix(v: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(v.numel() + 1, dtype=torch.float64, device=v.device)
+    torch.cumsum(v, 0, dtype=torch.float64, out=out[1:])
+    return out
+
+
+def _sort_samples(x: torch.Tensor, w: torch.Tensor | None) -> _SortedSamples:
+    """Sort the samples (weights carried along; zero weights dropped) and build the prefix sums."""
+    xc = x.to(_compute_dtype(x.dtype))
     if w is None:
-        xs = torch.sort(x.to(torch.float64)).values
-        ws = None
-    else:
-        keep = w > 0
-        xs, order = torch.sort(x[keep].to(torch.float64))
-        ws = w[keep].to(torch.float64)[order]
-    uniq, counts = torch.unique_consecutive(xs, return_counts=True)
+        xs = torch.sort(xc, stable=True).values
+        return _SortedSamples(xs, None, _prefix(xs))
+    keep = w > 0
+    xs, order = torch.sort(xc[keep], stable=True)
+    ws = w[keep].to(torch.float64)[order]
+    return _SortedSamples(xs, _prefix(ws), _prefix(ws * xs.to(torch.float64)))
+
+
+def _sorted_step(s: _SortedSamples, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell weight and weighted sum (float64 numpy) from prefix differences, O(levels · log N).
+
+    Cell ``j`` is the sorted run ``[b_j, b_{j+1})`` with ``b_k = #{x < t_k}`` (``searchsorted``,
+    left side): a value equal to a threshold lands in the upper cell, as in ``quantize``.
+    """
+    thr = _thresholds_tensor((levels[:-1] + levels[1:]) / 2, s.x.dtype, s.x.device)
+    edges = torch.cat([
+        torch.zeros(1, dtype=torch.int64, device=s.x.device),
+        torch.searchsorted(s.x, thr),
+        torch.full((1,), s.x.numel(), dtype=torch.int64, device=s.x.device),
+    ])
+    wsum = edges.diff().to(torch.float64) if s.cum_w is None else s.cum_w[edges].diff()
+    return wsum.cpu().numpy(), s.cum_wx[edges].diff().cpu().numpy()
+
+
+def _initial_levels(s: _SortedSamples, n: int) -> tuple[np.ndarray, bool]:
+    """Deterministic start; returns (levels, exact) where exact means ≤ n distinct values."""
+    uniq, counts = torch.unique_consecutive(s.x, return_counts=True)
+    uniq = uniq.to(torch.float64)
     d = uniq.numel()
     if d <= n:
         lev = uniq.cpu().numpy()
         return np.concatenate([lev, np.full(n - d, lev[-1])]), True
-    if ws is None:
-        cum = torch.cumsum(counts.to(torch.float64), 0)
-    else:
-        cum = torch.cumsum(ws, 0)[torch.cumsum(counts, 0) - 1]
-    probs = (2 * torch.arange(n, dtype=torch.float64, device=x.device) + 1) / (2 * n) * cum[-1]
+    ends = torch.cumsum(counts, 0)
+    cum = ends.to(torch.float64) if s.cum_w is None else s.cum_w[ends]
+    probs = (2 * torch.arange(n, dtype=torch.float64, device=uniq.device) + 1) / (2 * n) * cum[-1]
     pos = torch.searchsorted(cum, probs).cpu().numpy()
     q = np.clip(np.maximum.accumulate(pos - np.arange(n)), 0, d - n)  # strictly increasing positions
-    return uniq[torch.from_numpy(q + np.arange(n)).to(x.device)].cpu().numpy(), False
+    return uniq[torch.from_numpy(q + np.arange(n)).to(uniq.device)].cpu().numpy(), False
 
 
 def _solve_empirical(samples, weights, n: int, tol: float, max_iter: int, backend: str) -> Codebook:
@@ -304,25 +347,27 @@ def _solve_empirical(samples, weights, n: int, tol: float, max_iter: int, backen
         if not float(w.to(torch.float64).sum()) > 0:
             raise ValueError("weights sum to zero")
     total = float(x.numel()) if w is None else float(w.to(torch.float64).sum())
-    levels, exact = _initial_levels(x, w, n)
+    x = x.contiguous()
+    w = None if w is None else w.contiguous()
+    sorted_samples = _sort_samples(x, w)
+    levels, exact = _initial_levels(sorted_samples, n)
     if exact:
         return _codebook(levels, 0.0, 0, True)
     triton = _use_triton(x, backend)
-    x = x.contiguous()
-    w = None if w is None else w.contiguous()
     span = float(levels[-1] - levels[0])
     converged = False
     it = 0
     while it < max_iter:
         it += 1
-        wsum, ssum, _ = _lloyd_step(x, w, levels, triton)
+        wsum, ssum = _sorted_step(sorted_samples, levels)
         new = np.where(wsum > 0, ssum / np.where(wsum > 0, wsum, 1.0), levels)  # empty cell: keep
         step = np.abs(new - levels).max()
         levels = new
         if step <= tol * span:
             converged = True
             break
-    _, _, err = _lloyd_step(x, w, levels, triton)
+    del sorted_samples
+    _, _, err = _lloyd_step(x, w, levels, triton)  # one direct pass: no cancellation in the error
     return _codebook(levels, err / total, it, converged)
 
 
@@ -346,8 +391,9 @@ def lloyd_max(
     Initial levels: weighted quantiles at ``(2i + 1) / (2n)`` among the distinct values (made strictly
     increasing). Data with at most ``n`` distinct values (weight > 0) returns them exactly, the last
     one repeated to fill ``n`` levels, with ``mse = 0``. Empty cells keep their level. NaN/Inf
-    samples, negative or non-finite weights, or zero total weight raise ValueError. ``backend``
-    picks the Lloyd step: Triton on CUDA tensors (auto), torch on CPU.
+    samples, negative or non-finite weights, or zero total weight raise ValueError. Steps use the
+    sorted samples and float64 prefix sums (4 or 8 bytes per sample for the sorted copy, 8 per
+    prefix array); ``backend`` picks the final error pass: Triton on CUDA tensors (auto), torch on CPU.
     """
     if (bits is None) == (levels is None):
         raise ValueError("give exactly one of bits and levels")

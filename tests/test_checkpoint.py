@@ -252,7 +252,7 @@ def test_changed_options_restart_instead_of_resuming(sources, tmp_path, monkeypa
 
     monkeypatch.setattr(checkpoint_io, "write_at", fail_on_second_shard)
     with pytest.raises(CheckpointError):
-        quantize_checkpoint(src, dst, method="rtn", max_shard_size="250KB", progress=False)
+        quantize_checkpoint(src, dst, method="rtn", scale="absmax", max_shard_size="250KB", progress=False)
     monkeypatch.setattr(checkpoint_io, "write_at", real)
     report = quantize_checkpoint(src, dst, method="rtn", scale="mse", max_shard_size="250KB", progress=False)
     assert report.resumed_shards == 0

@@ -96,7 +96,9 @@ def _check_fused_vs_torch(w: torch.Tensor, cb, b: int, g: int, max_rate: float) 
     dq = (unpack_int4(fused.packed, k).int() - unpack_int4(q.packed, k).int()).abs()
     assert dq.max() <= 1
     same_group = same_block[:, ::g]
-    assert (_ulps(fused.scale, q.scale)[same_group] <= (1 if w.dtype != torch.float32 else 4)).all()
+    # A 1-ulp difference in W' can move the group absmax by one ulp; absmax/7.5 of two values one
+    # ulp apart rounds to scales up to two ulps apart (seen compiled on an H100).
+    assert (_ulps(fused.scale, q.scale)[same_group] <= (2 if w.dtype != torch.float32 else 4)).all()
     return {"codes": code_rate, "wprime": wp_rate, "int4": (dq > 0).double().mean().item(),
             "scale": (fused.scale != q.scale).double().mean().item()}
 

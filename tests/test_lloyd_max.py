@@ -141,6 +141,40 @@ def test_empirical_matches_reference_and_is_stationary(n, size, seed, weighted, 
     _stationary(mine, x, w)
 
 
+@given(st.integers(2, 40), st.integers(1, 500), st.integers(0, 2**31 - 1), st.booleans(),
+       st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_sorted_step_equals_direct_step(n, size, seed, weighted, dtype):
+    from hlwq_kernels.lloyd_max import _sort_samples, _sorted_step
+
+    rng = np.random.default_rng(seed)
+    levels = np.sort(rng.standard_normal(n) * 2)
+    levels[rng.random(n) < 0.1] = levels[0]  # some repeated levels: empty or shared cells
+    levels = np.sort(levels)
+    cd = torch.float64 if dtype == torch.float64 else torch.float32
+    thr = torch.tensor((levels[:-1] + levels[1:]) / 2, dtype=torch.float64).to(cd)
+    x = torch.from_numpy(rng.standard_normal(size) * 2).to(dtype)
+    on = torch.from_numpy(rng.random(size) < 0.3)  # ties: values exactly on a threshold (in dtype)
+    x[on] = thr[torch.from_numpy(rng.integers(0, n - 1, size))[on]].to(dtype)
+    x[: size // 4] = x[size // 4 : 2 * (size // 4)]  # duplicated values
+    w = torch.from_numpy(rng.random(size) * (rng.random(size) > 0.2)) if weighted else None
+    # direct step: bucketize (x >= t goes up) + scatter in float64
+    xc = x.to(cd)
+    idx = torch.bucketize(xc, thr, right=True)
+    w64 = torch.ones(size, dtype=torch.float64) if w is None else w
+    want_w = torch.zeros(n, dtype=torch.float64).scatter_add_(0, idx, w64).numpy()
+    want_s = torch.zeros(n, dtype=torch.float64).scatter_add_(0, idx, w64 * xc.to(torch.float64)).numpy()
+    got_w, got_s = _sorted_step(_sort_samples(x, w), levels)
+    if weighted:
+        np.testing.assert_allclose(got_w, want_w, rtol=0, atol=1e-12 * size)
+    else:
+        np.testing.assert_array_equal(got_w, want_w)  # counts: exact cell membership
+    np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-12 * float(w64.sum() * xc.abs().max() + 1))
+    # exact membership in the weighted case too: the cells' sample counts agree
+    cnt = torch.zeros(n, dtype=torch.float64).scatter_add_(0, idx, (w64 > 0).double()).numpy()
+    got_cnt, _ = _sorted_step(_sort_samples(x, None if w is None else (w > 0).double()), levels)
+    np.testing.assert_array_equal(got_cnt, cnt)
+
+
 def test_empirical_integer_weights_equal_repetition():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(300)
