@@ -152,7 +152,7 @@ def test_parse_size():
     (dict(method="gptq"), "method must be"),
     (dict(scale="minmax"), "scale must be"),
     (dict(group_size=100), "group_size must be"),
-    (dict(bits=9), "bits must be"),
+    (dict(method="hlwq", bits=9), "bits must be"),
 ])
 def test_bad_options(tmp_path, kwargs, message):
     src = make_source(tmp_path / "src")

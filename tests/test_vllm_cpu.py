@@ -91,7 +91,15 @@ def test_vllm_generates_same_greedy_tokens(arch, vllm_python, tmp_path):
                                  min_new_tokens=8, pad_token_id=0)
     expected = out[0, len(PROMPT):].tolist()
     assert len(set(expected)) > 1  # not a degenerate repetition
-    assert got["result"] == expected
+    if got["result"] != expected:
+        # Allowed only at a near-tie: teacher-force vLLM's tokens through transformers; each vLLM
+        # token must be within bf16 noise of transformers' best logit at that step.
+        seq = torch.tensor([PROMPT + got["result"]])
+        with torch.no_grad():
+            logits = reference(seq).logits[0, len(PROMPT) - 1:-1].float()
+        chosen = logits.gather(1, torch.tensor(got["result"])[:, None])[:, 0]
+        gap = logits.max(dim=1).values - chosen
+        assert (gap <= 0.02 * logits.std(dim=1)).all(), (got["result"], expected, gap.tolist())
 
 
 @pytest.mark.slow
