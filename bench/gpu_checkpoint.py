@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gpu_common import emit_table
 from hlwq_kernels.checkpoint import quantize_checkpoint
 
 LLAMA3_8B = dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128, vocab=128256)
@@ -131,11 +132,7 @@ def main() -> None:
         f"mean SQNR {report.mean_sqnr_db:.2f} dB over {len(report.layers)} layers; kernels include the error "
         "statistics of the report; source read cold (dropped from the page cache).",
     ]
-    table = "\n".join(rows)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit_table(rows, args.out)
     if not args.keep:
         shutil.rmtree(work)
 

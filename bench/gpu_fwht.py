@@ -14,8 +14,8 @@ import datetime
 import math
 
 import torch
-import triton.testing
 
+from gpu_common import bench_seconds, emit_table, poison_allocator
 from hlwq_kernels import fwht, hadamard_factors
 from hlwq_kernels import fwht_triton
 from hlwq_kernels.fwht_triton import fwht_rows_triton, kernel_modes
@@ -26,14 +26,6 @@ KSIZES = [1536, 2560, 3584, 10240, 14336, 18944, 11008, 28672, 40960]
 TOTAL = 1 << 28
 
 
-def _bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-
-
-def _poison_allocator(nbytes: int) -> None:
-    """Fill soon-to-be-reused allocator blocks with NaN so unwritten outputs show up."""
-    junk = torch.full((nbytes // 4 + 1,), float("nan"), device="cuda")
-    del junk
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -46,13 +38,13 @@ def _measure(n: int, dtype: torch.dtype, variants: list[dict]) -> list[dict]:
     nbytes = 2 * x.numel() * x.element_size()
     check = x[:256]
     ref = fwht(check.double(), backend="torch")
-    t_clone = _bench(lambda: x.clone())
+    t_clone = bench_seconds(lambda: x.clone())
     out = []
     cublas = None
     if n <= 8192:
         k, _ = hadamard_factors(n)
         h = (hadamard_tensor(n, transpose=True, device="cuda", dtype=dtype) / math.sqrt(n)).to(dtype)
-        t_mm = _bench(lambda: x @ h)
+        t_mm = bench_seconds(lambda: x @ h)
         cublas = (nbytes / t_mm / 1e9, _rel_err(check @ h, ref))
     for var in variants:
         scale = 1.0 / math.sqrt(n)
@@ -63,12 +55,12 @@ def _measure(n: int, dtype: torch.dtype, variants: list[dict]) -> list[dict]:
             return fwht_rows_triton(x, n, False, scale, None, **var)
 
         try:
-            _poison_allocator(nbytes // 2)
+            poison_allocator(nbytes // 2)
             y = run()
             torch.cuda.synchronize()
             finite = bool(torch.isfinite(y).all())
             err = _rel_err(y[:256], ref)
-            t = _bench(run)
+            t = bench_seconds(run)
         except Exception as exc:  # report a variant that fails to compile instead of stopping
             out.append({"n": n, "dtype": str(dtype).removeprefix("torch."), "variant": var, "error": repr(exc)[:200]})
             continue
@@ -126,11 +118,7 @@ def main() -> None:
             f"| {r['n']} | {k}·{p} | {r['dtype']} | {r['variant'] or 'default'} | {r['clone']:.0f} | "
             f"{r['fwht']:.0f} | {100 * r['fwht'] / r['clone']:.0f}% | {r['err']:.2e}{flag} | {cb_txt} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table + "\n")
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import argparse
 import datetime
 
 import torch
-import triton.testing
 
+from gpu_common import bench_seconds, emit_table, poison_allocator
 from hlwq_kernels import fwht, hlwq_int4, hlwq_quantize
 from hlwq_kernels.hlwq import _levels64
 from hlwq_kernels.hlwq_triton import hlwq_fused
@@ -29,14 +29,6 @@ SHAPES = [(14336, 4096), (4096, 14336)]
 B = 128
 
 
-def _bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-
-
-def _poison_allocator(nbytes: int) -> None:
-    """Fill soon-to-be-reused allocator blocks with NaN so unwritten outputs show up."""
-    junk = torch.full((nbytes // 4 + 1,), float("nan"), device="cuda")
-    del junk
 
 
 def _unfused(w: torch.Tensor, cb):
@@ -52,7 +44,7 @@ def _unfused(w: torch.Tensor, cb):
 
 def _rates(w: torch.Tensor, cb) -> dict[str, float]:
     n, k = w.shape
-    _poison_allocator(w.numel() * w.element_size())
+    poison_allocator(w.numel() * w.element_size())
     fused = hlwq_int4(w)
     ref = hlwq_int4(w, backend="torch")
     dq = unpack_int4(fused.packed, k).int() - unpack_int4(ref.packed, k).int()
@@ -76,7 +68,7 @@ def _measure(n: int, k: int, sweep: bool) -> tuple[list[dict], dict]:
     rows = []
 
     def add(name: str, fn, nbytes: int) -> None:
-        t = _bench(fn)
+        t = bench_seconds(fn)
         rows.append({"op": name, "shape": f"{n}×{k}", "ms": t * 1e3, "gbs": nbytes / t / 1e9})
 
     add("torch.clone (ceiling)", lambda: w.clone(), 2 * read)
@@ -128,11 +120,7 @@ def main() -> None:
     for shape, c in checks:
         lines.append(f"| {shape} | {c['int4_mismatch']:.2e} | {c['int4_max_diff']} | {c['scale_mismatch']:.2e} | "
                      f"{c['code_mismatch']:.2e} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table + "\n")
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":

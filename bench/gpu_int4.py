@@ -20,6 +20,7 @@ import datetime
 
 import torch
 
+from gpu_common import bench_seconds, emit_table
 from hlwq_kernels.int4 import Int4Weight, dequantize_int4, quantize_int4
 from hlwq_kernels.int4_triton import int4_quantize_pack
 from hlwq_kernels.marlin import marlin_pack
@@ -28,11 +29,6 @@ from hlwq_kernels.marlin_triton import marlin_repack
 SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384)]
 GROUP = 128
 
-
-def _bench(fn) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
 
 
 def _ct_compress():
@@ -67,35 +63,35 @@ def throughput(sweep: bool) -> list[str]:
         q_bytes = 2 * elems + elems // 2 + scale_bytes
         m_bytes = 2 * (elems // 2 + scale_bytes)
         gbs = lambda nbytes, t: nbytes / t / 1e9  # noqa: E731
-        clone = gbs(4 * elems, _bench(lambda: w.clone()))
+        clone = gbs(4 * elems, bench_seconds(lambda: w.clone()))
 
         ours = quantize_int4(w, GROUP, "absmax")
         torch_path = quantize_int4(w, GROUP, "absmax", backend="torch")
         assert torch.equal(ours.packed, torch_path.packed) and torch.equal(ours.scale, torch_path.scale)
-        absmax = gbs(q_bytes, _bench(lambda: quantize_int4(w, GROUP, "absmax")))
-        mse = gbs(q_bytes, _bench(lambda: quantize_int4(w, GROUP, "mse")))
+        absmax = gbs(q_bytes, bench_seconds(lambda: quantize_int4(w, GROUP, "absmax")))
+        mse = gbs(q_bytes, bench_seconds(lambda: quantize_int4(w, GROUP, "mse")))
         del torch_path
 
         m = marlin_pack(ours)
         assert torch.equal(m.qweight, marlin_pack(ours, backend="torch").qweight)
-        marlin = gbs(m_bytes, _bench(lambda: marlin_pack(ours)))
+        marlin = gbs(m_bytes, bench_seconds(lambda: marlin_pack(ours)))
 
         ct_col = "not installed"
         if ct is not None:
             packed, scale = ct(w)
             assert torch.equal(scale, ours.scale) and torch.equal(packed, ours.packed)
-            ct_col = f"{gbs(q_bytes, _bench(lambda: ct(w))):.0f}"
+            ct_col = f"{gbs(q_bytes, bench_seconds(lambda: ct(w))):.0f}"
         pct = lambda x: f"{x:.0f} ({100 * x / clone:.0f}%)"  # noqa: E731
         lines.append(f"| {n}x{k} | {clone:.0f} | {pct(absmax)} | {pct(mse)} | {pct(marlin)} | {ct_col} |")
         print(lines[-1], flush=True)
         if sweep:
             for block_n in (4, 8, 16, 32):
                 for warps in (4, 8):
-                    t = _bench(lambda: int4_quantize_pack(w, GROUP, "absmax", block_n=block_n, num_warps=warps))
+                    t = bench_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_n=block_n, num_warps=warps))
                     print(f"  quantize block_n={block_n} warps={warps}: {gbs(q_bytes, t):.0f} GB/s", flush=True)
             for block_k in (4, 8, 16, 32):
                 for warps in (2, 4, 8):
-                    t = _bench(lambda: marlin_repack(ours.packed, block_k=block_k, num_warps=warps))
+                    t = bench_seconds(lambda: marlin_repack(ours.packed, block_k=block_k, num_warps=warps))
                     print(f"  repack block_k={block_k} warps={warps}: {gbs(elems, t):.0f} GB/s", flush=True)
         del w, ours, m
         torch.cuda.empty_cache()
@@ -142,9 +138,7 @@ def main() -> None:
         out += [f"torch {torch.__version__}; GB/s = (bytes read + written) / median time", ""]
         out += throughput(args.sweep) + [""]
     out += quality(args.device, args.rows)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(out) + "\n")
+    emit_table(out, args.out)
 
 
 if __name__ == "__main__":

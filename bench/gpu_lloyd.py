@@ -25,16 +25,13 @@ import time
 
 import numpy as np
 import torch
-import triton.testing
 
+from gpu_common import bench_seconds, emit_table
 from hlwq_kernels.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
 from hlwq_kernels.lloyd_triton import assign_table, dequantize_triton, lloyd_step_triton, quantize_triton
 
 TOTAL = 1 << 28
 
-
-def _bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
 
 
 def _torch_step(x: torch.Tensor, thr: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +47,7 @@ def _row(op: str, n: int, nbytes: int, clone_gbs: float, t_kernel: float, t_torc
 
 def _step_rows(levels: list[int]) -> list[dict]:
     x = torch.randn(TOTAL, device="cuda", dtype=torch.float32)
-    clone = 2 * x.numel() * 4 / _bench(lambda: x.clone()) / 1e9
+    clone = 2 * x.numel() * 4 / bench_seconds(lambda: x.clone()) / 1e9
     rows = []
     for n in levels:
         lev = gaussian_codebook(n).levels
@@ -61,8 +58,8 @@ def _step_rows(levels: list[int]) -> list[dict]:
         ok = np.array_equal(sub_w, ref_w) and np.allclose(sub_s, ref_s, rtol=1e-5, atol=1e-5 * np.abs(ref_s).max())
         ok = ok and wsum.sum() == TOTAL
         thr = torch.tensor(gaussian_codebook(n).thresholds, dtype=torch.float32, device="cuda")
-        t_k = _bench(lambda: lloyd_step_triton(x, None, table, lev))
-        t_t = _bench(lambda: _torch_step(x, thr, n))
+        t_k = bench_seconds(lambda: lloyd_step_triton(x, None, table, lev))
+        t_t = bench_seconds(lambda: _torch_step(x, thr, n))
         rows.append(_row("lloyd step (fp32)", n, x.numel() * 4, clone, t_k, t_t, ok))
     del x
     torch.cuda.empty_cache()
@@ -72,8 +69,8 @@ def _step_rows(levels: list[int]) -> list[dict]:
 def _sorted_rows(levels: list[int]) -> list[dict]:
     x = torch.randn(TOTAL, device="cuda", dtype=torch.float32)
     nbytes = x.numel() * 4
-    clone = 2 * nbytes / _bench(lambda: x.clone()) / 1e9
-    t_setup = _bench(lambda: _sort_samples(x, None))
+    clone = 2 * nbytes / bench_seconds(lambda: x.clone()) / 1e9
+    t_setup = bench_seconds(lambda: _sort_samples(x, None))
     s = _sort_samples(x, None)
     rows = []
     for n in levels:
@@ -81,7 +78,7 @@ def _sorted_rows(levels: list[int]) -> list[dict]:
         got_w, got_s = _sorted_step(s, lev)
         ref_w, ref_s, _ = _lloyd_step(x, None, lev, triton=False)  # float64 bucketize + scatter_add_
         ok = np.array_equal(got_w, ref_w) and np.allclose(got_s, ref_s, rtol=1e-9, atol=1e-9 * np.abs(ref_s).max())
-        t_step = _bench(lambda: _sorted_step(s, lev))
+        t_step = bench_seconds(lambda: _sorted_step(s, lev))
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         cb = lloyd_max(levels=n, samples=x)
@@ -98,7 +95,7 @@ def _sorted_rows(levels: list[int]) -> list[dict]:
 
 def _quant_rows(levels: list[int]) -> list[dict]:
     x = torch.randn(TOTAL, device="cuda", dtype=torch.float32).to(torch.bfloat16)
-    clone = 2 * x.numel() * 2 / _bench(lambda: x.clone()) / 1e9
+    clone = 2 * x.numel() * 2 / bench_seconds(lambda: x.clone()) / 1e9
     rows = []
     for n in levels:
         cb = gaussian_codebook(n)
@@ -107,14 +104,14 @@ def _quant_rows(levels: list[int]) -> list[dict]:
         idx = quantize_triton(x, table, torch.uint8)
         want = cb.quantize(x, backend="torch")
         ok = bool(torch.equal(idx, want))
-        t_k = _bench(lambda: quantize_triton(x, table, torch.uint8))
-        t_t = _bench(lambda: torch.bucketize(x.float(), thr, right=True).to(torch.uint8))
+        t_k = bench_seconds(lambda: quantize_triton(x, table, torch.uint8))
+        t_t = bench_seconds(lambda: torch.bucketize(x.float(), thr, right=True).to(torch.uint8))
         rows.append(_row("quantize (bf16 → u8)", n, x.numel() * 3, clone, t_k, t_t, ok))
         lev = torch.tensor(cb.levels, dtype=torch.float64).to(torch.bfloat16).cuda()
         y = dequantize_triton(idx, lev)
         ok = bool(torch.equal(y, lev[idx.long()]))
-        t_k = _bench(lambda: dequantize_triton(idx, lev))
-        t_t = _bench(lambda: lev[idx.long()])
+        t_k = bench_seconds(lambda: dequantize_triton(idx, lev))
+        t_t = bench_seconds(lambda: lev[idx.long()])
         rows.append(_row("dequantize (u8 → bf16)", n, x.numel() * 3, clone, t_k, t_t, ok))
     del x
     torch.cuda.empty_cache()
@@ -160,11 +157,7 @@ def main() -> None:
               "`torch.bucketize(x, thr, right=True)` + two fp32 `scatter_add_` (counts, sums); quantize: "
               "`bucketize` on the fp32 upcast + cast to uint8; dequantize: `levels[idx.long()]`. "
               "Clone columns: clone of the fp32 samples (step) and of the bf16 input (quantize, dequantize)."]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.out)
 
 
 if __name__ == "__main__":
