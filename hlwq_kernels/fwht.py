@@ -11,20 +11,12 @@ import math
 
 import torch
 
-from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor
+from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 __all__ = ["fwht"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TORCH_MAX_FACTOR = 128
-
-
-def _pow2_factors(p: int, max_factor: int) -> list[int]:
-    """Split a power of two into the fewest near-equal power-of-two factors <= max_factor."""
-    m = p.bit_length() - 1
-    count = max(1, -(-m // (max_factor.bit_length() - 1)))
-    base, extra = divmod(m, count)
-    return [1 << (base + (i < extra)) for i in range(count) if base + (i < extra) > 0] or [1]
+_TORCH_MAX_BITS = 7  # Sylvester factors of at most 128 in the torch path
 
 
 def _apply_mode(y: torch.Tensor, h: torch.Tensor, axis: int) -> torch.Tensor:
@@ -38,7 +30,7 @@ def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
     """Unnormalized transform of each length-b block of the rows of x2 (compute dtype)."""
     k, p = hadamard_factors(b)
     rows = x2.shape[0]
-    factors = ([k] if k > 1 else []) + _pow2_factors(p, _TORCH_MAX_FACTOR)
+    factors = ([k] if k > 1 else []) + pow2_split(p.bit_length() - 1, _TORCH_MAX_BITS)
     y = x2.reshape(rows * (x2.shape[1] // b), *factors)
     for axis, f in enumerate(factors, start=1):
         if f == 1:

@@ -12,10 +12,12 @@ fp32 and the result is rounded once at the store.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hlwq_kernels._triton import launch, require_triton, tl, triton
-from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor
+from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 __all__ = ["fwht_rows_triton", "kernel_modes", "MAX_KERNEL_SIZE"]
 
@@ -101,17 +103,20 @@ def _fwht_kernel(
         tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
 
 
-def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
-    """Split 2**m into the fewest near-equal factors of 2**4..2**max_bits, at most max_parts."""
-    count = max(1, -(-m // max_bits))
-    if count > max_parts or m < 4 * count:
-        return None
-    base, extra = divmod(m, count)
-    return [1 << (base + (i < extra)) for i in range(count)]
-
-
 def kernel_modes(n: int, max_factor: int = 128) -> tuple[int, list[int]] | None:
-    """(real size of mode 0, padded mode sizes) for an n-point transform, or None if too large."""
+    """(real size of mode 0, padded mode sizes) for an n-point transform, or None when the kernel
+    cannot hold it (more than MAX_KERNEL_SIZE padded elements, or a dense mode above 128)."""
+    plan = _modes(n, max_factor)
+    if plan is None or math.prod(plan[1]) > MAX_KERNEL_SIZE:
+        return None
+    return plan
+
+
+def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
+    return pow2_split(m, max_bits, max_parts, min_bits=4)
+
+
+def _modes(n: int, max_factor: int) -> tuple[int, list[int]] | None:
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
     max_bits = max_factor.bit_length() - 1
@@ -192,13 +197,12 @@ def fwht_rows_triton(
     rows, n = x2.shape
     plan = kernel_modes(b, max_factor)
     if plan is None:
-        raise ValueError(f"n={b} is too large for the Triton FWHT kernel (padded size > {MAX_KERNEL_SIZE})")
+        raise ValueError(
+            f"n={b} does not fit the Triton FWHT kernel (more than {MAX_KERNEL_SIZE} padded elements or "
+            f"a Hadamard order K > {_MAX_DENSE_MODE}); use backend='torch'"
+        )
     k0, modes = plan
-    padded = 1
-    for mode in modes:
-        padded *= mode
-    if padded > MAX_KERNEL_SIZE:
-        raise ValueError(f"n={b} is too large for the Triton FWHT kernel (padded size > {MAX_KERNEL_SIZE})")
+    padded = math.prod(modes)
     if b != n:
         x2 = x2.contiguous().view(rows * (n // b), b)
     out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)

@@ -17,7 +17,9 @@ from reference.numpy.hadamard import (
     is_hadamard_size,
 )
 
-__all__ = ["hadamard_matrix", "hadamard_factors", "is_hadamard_size", "random_signs", "hadamard_tensor"]
+__all__ = [
+    "hadamard_matrix", "hadamard_factors", "is_hadamard_size", "random_signs", "hadamard_tensor", "pow2_split",
+]
 
 
 @functools.lru_cache(maxsize=128)
@@ -47,3 +49,16 @@ def random_signs(
     gen = torch.Generator().manual_seed(seed)
     bits = torch.randint(0, 2, (n,), generator=gen)
     return (1 - 2 * bits).to(device=device, dtype=dtype)
+
+
+def pow2_split(m: int, max_bits: int, max_parts: int | None = None, min_bits: int = 0) -> list[int] | None:
+    """Split 2**m into the fewest near-equal power-of-two factors of at most 2**max_bits.
+
+    Returns None when that takes more than ``max_parts`` factors or a factor would be below
+    2**min_bits (the Triton kernel needs factors of at least 16 for ``tl.dot``).
+    """
+    count = max(1, -(-m // max_bits))
+    if (max_parts is not None and count > max_parts) or m < min_bits * count:
+        return None
+    base, extra = divmod(m, count)
+    return [1 << (base + (i < extra)) for i in range(count)]
