@@ -31,7 +31,7 @@ from scipy.linalg import solve_banded
 from scipy.special import erfc, ndtri
 
 from hlwq_kernels import lloyd_triton as _lt
-from hlwq_kernels._triton import require_triton
+from hlwq_kernels._triton import use_triton
 
 __all__ = ["Codebook", "lloyd_max", "gaussian_codebook", "original_release_codebook"]
 
@@ -40,29 +40,14 @@ _SQRT2PI = math.sqrt(2.0 * math.pi)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _index_dtype(levels: int) -> torch.dtype:
-    if levels <= 256:
-        return torch.uint8
-    return torch.int16 if levels <= 32768 else torch.int32
-
-
-def _use_triton(t: torch.Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        return t.is_cuda
-    if backend == "triton":
-        require_triton()
-        return True
-    return False
-
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _thresholds_tensor(thr: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(thr, dtype=torch.float64).to(dtype=dtype, device=device)
+def _rounded(values: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """float64 ``values`` rounded once to ``dtype``, on ``device``."""
+    return torch.tensor(values, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
 def _assign_torch(x: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
@@ -88,18 +73,20 @@ class Codebook:
     @property
     def index_dtype(self) -> torch.dtype:
         """uint8 up to 256 levels, int16 up to 32768, else int32."""
-        return _index_dtype(self.levels.size)
+        n = self.levels.size
+        if n <= 256:
+            return torch.uint8
+        return torch.int16 if n <= 32768 else torch.int32
 
     def quantize(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Index of the nearest level of every element: ``#{k : x >= thresholds[k]}``."""
         if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
             raise TypeError("quantize expects a floating-point torch.Tensor")
         cd = _compute_dtype(x.dtype)
-        if _use_triton(x, backend):
+        if use_triton(backend, x):
             table = _lt.assign_table(self.thresholds, cd, x.device)
             return _lt.quantize_triton(x.contiguous(), table, self.index_dtype)
-        thr = _thresholds_tensor(self.thresholds, cd, x.device)
-        return _assign_torch(x.to(cd), thr).to(self.index_dtype)
+        return _assign_torch(x.to(cd), _rounded(self.thresholds, cd, x.device)).to(self.index_dtype)
 
     def dequantize(self, idx: torch.Tensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
         """``levels[idx]`` in ``dtype`` (levels rounded from float64 once).
@@ -109,8 +96,8 @@ class Codebook:
         """
         if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype.is_complex:
             raise TypeError("dequantize expects an integer torch.Tensor of indices")
-        lev = torch.tensor(self.levels, dtype=torch.float64).to(dtype).to(idx.device)
-        if _use_triton(idx, backend):
+        lev = _rounded(self.levels, dtype, idx.device)
+        if use_triton(backend, idx):
             return _lt.dequantize_triton(idx.contiguous(), lev)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.levels.size):
             raise ValueError(f"indices must lie in [0, {self.levels.size})")
@@ -136,13 +123,18 @@ def _upper_tail(x: np.ndarray) -> np.ndarray:
     return 0.5 * erfc(x / _SQRT2)
 
 
-def _gaussian_cells(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Edges (a, b), masses P and first moments N = φ(a) − φ(b) of the cells cut by thresholds t."""
-    a = np.concatenate([[-np.inf], t])
-    b = np.concatenate([t, [np.inf]])
+def _cell_moments(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masses P and first moments N = φ(a) − φ(b) of the cells [a, b) under N(0,1)."""
     # Difference of the two tail masses on the side where both are small (no cancellation).
     mass = np.where(a >= 0, _upper_tail(a) - _upper_tail(b), _upper_tail(-b) - _upper_tail(-a))
-    return a, b, mass, _phi(a) - _phi(b)
+    return mass, _phi(a) - _phi(b)
+
+
+def _gaussian_cells(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (a, b), masses P and first moments N of the cells cut by thresholds t."""
+    a = np.concatenate([[-np.inf], t])
+    b = np.concatenate([t, [np.inf]])
+    return a, b, *_cell_moments(a, b)
 
 
 def _gaussian_mse(levels: np.ndarray) -> float:
@@ -161,8 +153,8 @@ def _residual(t: np.ndarray) -> np.ndarray:
     return t - (c[:-1] + c[1:]) / 2
 
 
-def _newton_step(t: np.ndarray) -> np.ndarray:
-    """Solve J d = −F for the tridiagonal Jacobian of the stationarity equations."""
+def _newton_step(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The residual F(t) and the step d solving J d = −F for the tridiagonal Jacobian."""
     a, b, mass, first = _gaussian_cells(t)
     c = first / mass
     with np.errstate(invalid="ignore"):
@@ -174,7 +166,7 @@ def _newton_step(t: np.ndarray) -> np.ndarray:
     ab[0, 1:] = -dcb[1:-1] / 2  # ∂F_k/∂t_{k+1}
     ab[2, :-1] = -dca[1:-1] / 2  # ∂F_{k+1}/∂t_k
     f = t - (c[:-1] + c[1:]) / 2
-    return solve_banded((1, 1), ab, -f)
+    return f, solve_banded((1, 1), ab, -f)
 
 
 def _solve_gaussian(n: int, tol: float, max_iter: int) -> Codebook:
@@ -186,17 +178,15 @@ def _solve_gaussian(n: int, tol: float, max_iter: int) -> Codebook:
     it = 0
     while it < max_iter:
         it += 1
-        f_norm = np.abs(_residual(t)).max()
-        d = _newton_step(t)
+        f, d = _newton_step(t)
+        f_norm = np.abs(f).max()
         alpha = 1.0
         while alpha > 1e-6:
             cand = t + alpha * d
             if np.all(np.diff(cand) > 0) and np.abs(_residual(cand)).max() < f_norm:
                 break
             alpha /= 2
-        else:
-            cand = None
-        if cand is None:  # damping failed: one Lloyd step (centroids, then midpoints)
+        else:  # damping failed: one Lloyd step (centroids, then midpoints)
             c = _centroids(t)
             cand = (c[:-1] + c[1:]) / 2
         step = np.abs(cand - t).max()
@@ -231,9 +221,8 @@ def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
     if outer == "inf":
         edges[0], edges[-1] = -np.inf, np.inf
     for _ in range(100):
-        a, b = edges[:-1], edges[1:]
-        mass = np.where(a >= 0, _upper_tail(a) - _upper_tail(b), _upper_tail(-b) - _upper_tail(-a))
-        levels = (_phi(a) - _phi(b)) / mass
+        mass, first = _cell_moments(edges[:-1], edges[1:])
+        levels = first / mass
         edges[1:-1] = (levels[:-1] + levels[1:]) / 2
     return _codebook(levels, _gaussian_mse(levels), 100, False)
 
@@ -257,10 +246,10 @@ def _lloyd_step(x: torch.Tensor, w: torch.Tensor | None, levels: np.ndarray, tri
     if triton and levels.size <= _lt.MAX_STEP_LEVELS:
         return _lt.lloyd_step_triton(x, w, _lt.assign_table(thr, cd, x.device), levels)
     xc = x.to(cd)
-    idx = _assign_torch(xc, _thresholds_tensor(thr, cd, x.device))
+    idx = _assign_torch(xc, _rounded(thr, cd, x.device))
     x64 = xc.to(torch.float64)
     w64 = torch.ones_like(x64) if w is None else w.to(torch.float64)
-    lev = torch.tensor(levels, dtype=cd, device=x.device).to(torch.float64)
+    lev = _rounded(levels, cd, x.device).to(torch.float64)
     wsum = torch.zeros(levels.size, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w64)
     ssum = torch.zeros(levels.size, dtype=torch.float64, device=x.device).scatter_add_(0, idx, w64 * x64)
     err = float((w64 * (x64 - lev[idx]) ** 2).sum())
@@ -279,6 +268,10 @@ class _SortedSamples:
     x: torch.Tensor
     cum_w: torch.Tensor | None
     cum_wx: torch.Tensor
+
+    def weight_before(self, pos: torch.Tensor) -> torch.Tensor:
+        """Total weight (float64) of the first ``pos`` sorted samples."""
+        return pos.to(torch.float64) if self.cum_w is None else self.cum_w[pos]
 
 
 def _prefix(v: torch.Tensor) -> torch.Tensor:
@@ -305,14 +298,13 @@ def _sorted_step(s: _SortedSamples, levels: np.ndarray) -> tuple[np.ndarray, np.
     Cell ``j`` is the sorted run ``[b_j, b_{j+1})`` with ``b_k = #{x < t_k}`` (``searchsorted``,
     left side): a value equal to a threshold lands in the upper cell, as in ``quantize``.
     """
-    thr = _thresholds_tensor((levels[:-1] + levels[1:]) / 2, s.x.dtype, s.x.device)
+    thr = _rounded((levels[:-1] + levels[1:]) / 2, s.x.dtype, s.x.device)
     edges = torch.cat([
         torch.zeros(1, dtype=torch.int64, device=s.x.device),
         torch.searchsorted(s.x, thr),
         torch.full((1,), s.x.numel(), dtype=torch.int64, device=s.x.device),
     ])
-    wsum = edges.diff().to(torch.float64) if s.cum_w is None else s.cum_w[edges].diff()
-    return wsum.cpu().numpy(), s.cum_wx[edges].diff().cpu().numpy()
+    return s.weight_before(edges).diff().cpu().numpy(), s.cum_wx[edges].diff().cpu().numpy()
 
 
 def _initial_levels(s: _SortedSamples, n: int) -> tuple[np.ndarray, bool]:
@@ -323,8 +315,7 @@ def _initial_levels(s: _SortedSamples, n: int) -> tuple[np.ndarray, bool]:
     if d <= n:
         lev = uniq.cpu().numpy()
         return np.concatenate([lev, np.full(n - d, lev[-1])]), True
-    ends = torch.cumsum(counts, 0)
-    cum = ends.to(torch.float64) if s.cum_w is None else s.cum_w[ends]
+    cum = s.weight_before(torch.cumsum(counts, 0))
     probs = (2 * torch.arange(n, dtype=torch.float64, device=uniq.device) + 1) / (2 * n) * cum[-1]
     pos = torch.searchsorted(cum, probs).cpu().numpy()
     q = np.clip(np.maximum.accumulate(pos - np.arange(n)), 0, d - n)  # strictly increasing positions
@@ -344,16 +335,16 @@ def _solve_empirical(samples, weights, n: int, tol: float, max_iter: int, backen
             raise ValueError(f"weights has {w.numel()} elements, samples {x.numel()}")
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
             raise ValueError("weights must be finite and non-negative")
-        if not float(w.to(torch.float64).sum()) > 0:
-            raise ValueError("weights sum to zero")
     total = float(x.numel()) if w is None else float(w.to(torch.float64).sum())
+    if not total > 0:
+        raise ValueError("weights sum to zero")
     x = x.contiguous()
     w = None if w is None else w.contiguous()
     sorted_samples = _sort_samples(x, w)
     levels, exact = _initial_levels(sorted_samples, n)
     if exact:
         return _codebook(levels, 0.0, 0, True)
-    triton = _use_triton(x, backend)
+    triton = use_triton(backend, x)
     span = float(levels[-1] - levels[0])
     converged = False
     it = 0

@@ -14,10 +14,14 @@ from jax.scipy.special import erfc, ndtri
 __all__ = ["quantize", "dequantize", "lloyd_step", "gaussian_levels", "empirical_levels"]
 
 
+def _cell_index(x, thresholds):
+    return jnp.sum(jnp.asarray(x)[..., None] >= jnp.asarray(thresholds), axis=-1)
+
+
 def quantize(x, thresholds) -> np.ndarray:
     """Number of thresholds t with x >= t, in the dtype of the inputs as given."""
     with jax.enable_x64(True):
-        return np.asarray(jnp.sum(jnp.asarray(x)[..., None] >= jnp.asarray(thresholds), axis=-1))
+        return np.asarray(_cell_index(x, thresholds))
 
 
 def dequantize(idx, levels) -> np.ndarray:
@@ -55,7 +59,7 @@ def lloyd_step(x, w, levels) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell total weight and weighted sum, cells cut at the midpoints of ``levels``."""
     with jax.enable_x64(True):
         x, w, levels = jnp.asarray(x), jnp.asarray(w), jnp.asarray(levels)
-        idx = jnp.sum(x[:, None] >= (levels[:-1] + levels[1:])[None, :] / 2, axis=-1)
+        idx = _cell_index(x, (levels[:-1] + levels[1:]) / 2)
         wsum = jax.ops.segment_sum(w, idx, num_segments=levels.size)
         ssum = jax.ops.segment_sum(w * x, idx, num_segments=levels.size)
         return np.asarray(wsum), np.asarray(ssum)

@@ -23,6 +23,11 @@ class Codebook:
     converged: bool
 
 
+def _codebook(levels: np.ndarray, mse: float, iterations: int, converged: bool) -> Codebook:
+    """A codebook with its midpoint thresholds."""
+    return Codebook(levels, (levels[:-1] + levels[1:]) / 2, mse, iterations, converged)
+
+
 def quantize(x: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Index of the cell of every element: the number of thresholds t with x >= t."""
     return np.sum(np.asarray(x)[..., None] >= np.asarray(thresholds), axis=-1)
@@ -53,7 +58,7 @@ def gaussian_mse(levels: np.ndarray) -> float:
 
 def _gaussian(n: int, tol: float, max_iter: int) -> Codebook:
     if n == 1:
-        return Codebook(np.zeros(1), np.zeros(0), 1.0, 0, True)
+        return _codebook(np.zeros(1), 1.0, 0, True)
     t = np.sqrt(3) * ndtri(np.arange(1, n) / n)
     for it in range(1, max_iter + 1):
         a, b, mass, first = _cells(t)
@@ -72,7 +77,7 @@ def _gaussian(n: int, tol: float, max_iter: int) -> Codebook:
             break
     _, _, mass, first = _cells(t)
     levels = first / mass
-    return Codebook(levels, (levels[:-1] + levels[1:]) / 2, gaussian_mse(levels), it, np.abs(step).max() <= tol)
+    return _codebook(levels, gaussian_mse(levels), it, np.abs(step).max() <= tol)
 
 
 def lloyd_step(x: np.ndarray, w: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +95,7 @@ def _empirical(x: np.ndarray, w: np.ndarray, n: int, tol: float, max_iter: int) 
     uniq, inv = np.unique(x[keep], return_inverse=True)
     if uniq.size <= n:
         levels = np.concatenate([uniq, np.full(n - uniq.size, uniq[-1])])
-        return Codebook(levels, (levels[:-1] + levels[1:]) / 2, 0.0, 0, True)
+        return _codebook(levels, 0.0, 0, True)
     cum = np.cumsum(np.bincount(inv, weights=w[keep]))
     pos = np.searchsorted(cum, (2 * np.arange(n) + 1) / (2 * n) * cum[-1])
     pos = np.clip(np.maximum.accumulate(pos - np.arange(n)), 0, uniq.size - n) + np.arange(n)
@@ -106,7 +111,7 @@ def _empirical(x: np.ndarray, w: np.ndarray, n: int, tol: float, max_iter: int) 
             converged = True
             break
     err = x - dequantize(quantize(x, (levels[:-1] + levels[1:]) / 2), levels)
-    return Codebook(levels, (levels[:-1] + levels[1:]) / 2, float(np.sum(w * err**2) / w.sum()), it, converged)
+    return _codebook(levels, float(np.sum(w * err**2) / w.sum()), it, converged)
 
 
 def lloyd_max(bits=None, levels=None, samples=None, weights=None, tol=1e-12, max_iter=1000) -> Codebook:
