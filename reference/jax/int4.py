@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from reference.numpy.int4 import ABSMAX_DIVISOR, QMAX, QMIN
+
 __all__ = ["absmax_scale", "int4_codes", "pack_int4", "unpack_int4", "quantize_int4", "dequantize_int4"]
 
 
@@ -16,7 +18,7 @@ def absmax_scale(w: jnp.ndarray, group_size: int = 128) -> jnp.ndarray:
     """Per-group ``max|w| / 7.5`` in float32, stored in ``w.dtype`` ``[N, K/g]``."""
     n, k = w.shape
     amax = jnp.abs(w.astype(jnp.float32).reshape(n, k // group_size, group_size)).max(axis=-1)
-    s = (amax / jnp.float32(7.5)).astype(w.dtype)
+    s = (amax / jnp.float32(ABSMAX_DIVISOR)).astype(w.dtype)
     return jnp.where(s == 0, jnp.finfo(w.dtype).eps, s).astype(w.dtype)
 
 
@@ -25,7 +27,7 @@ def int4_codes(w: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
     n, k = w.shape
     g = k // scale.shape[1]
     y = w.astype(jnp.float32).reshape(n, k // g, g) / scale.astype(jnp.float32)[..., None]
-    return jnp.round(jnp.clip(y, -8, 7)).astype(jnp.int8).reshape(n, k)
+    return jnp.round(jnp.clip(y, QMIN, QMAX)).astype(jnp.int8).reshape(n, k)
 
 
 def pack_int4(q: jnp.ndarray) -> jnp.ndarray:

@@ -40,6 +40,7 @@ __all__ = [
     "group_sq_error",
 ]
 
+# The format contract; hlwq_kernels.int4 imports these rather than repeating them.
 QMIN, QMAX = -8, 7
 ABSMAX_DIVISOR = 7.5
 N_RATIOS = 24
@@ -66,7 +67,7 @@ class Int4Weight(NamedTuple):
 def _scale_dtype(w: np.ndarray, scale_dtype: str | None) -> np.dtype:
     if scale_dtype is not None:
         return np.dtype(_SCALE_DTYPES[scale_dtype])
-    if w.dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16), np.dtype(np.float32)):
+    if w.dtype in [np.dtype(t) for t in _SCALE_DTYPES.values()]:
         return w.dtype
     return np.dtype(np.float32)
 
@@ -103,6 +104,15 @@ def _group_error(wg: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (d * d).sum(axis=-1)
 
 
+def _keep_better(
+    wg: np.ndarray, s: np.ndarray, best_s: np.ndarray, best_e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, ``s`` and its error where it beats the best so far by the relative ``MARGIN``."""
+    e = _group_error(wg, s)
+    better = e < best_e * (1 - MARGIN)
+    return np.where(better, s, best_s), np.where(better, e, best_e)
+
+
 def group_sq_error(w: np.ndarray, scale: np.ndarray, group_size: int = 128) -> np.ndarray:
     """Squared error ``Σ (w - q s)²`` of each group ``[N, K/g]`` when quantized with ``scale``."""
     return _group_error(_groups(w, group_size), np.asarray(scale))
@@ -116,19 +126,14 @@ def mse_scale(w: np.ndarray, group_size: int = 128, scale_dtype: str | None = No
     amax = np.abs(w64).max(axis=-1)
     best_s = _store(amax / ABSMAX_DIVISOR, dtype)
     best_e = _group_error(wg, best_s)
-    trials = [amax * (1.0 - i * RATIO_STEP) / ABSMAX_DIVISOR for i in range(1, N_RATIOS)]
-    for candidate in trials:
-        s = _store(candidate, dtype)
-        e = _group_error(wg, s)
-        better = e < best_e * (1 - MARGIN)
-        best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+    for i in range(1, N_RATIOS):
+        s = _store(amax * (1.0 - i * RATIO_STEP) / ABSMAX_DIVISOR, dtype)
+        best_s, best_e = _keep_better(wg, s, best_s, best_e)
     for _ in range(LLOYD_STEPS):
         q = _group_codes(wg, best_s)
         num, den = (w64 * q).sum(axis=-1), (q * q).sum(axis=-1)
         s = _store(np.where(den > 0, num / np.where(den > 0, den, 1), best_s.astype(np.float64)), dtype)
-        e = _group_error(wg, s)
-        better = e < best_e * (1 - MARGIN)
-        best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+        best_s, best_e = _keep_better(wg, s, best_s, best_e)
     return best_s
 
 
