@@ -15,14 +15,31 @@ try:
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - triton is an optional extra
-    triton = None
+    triton = tl = None
     HAVE_TRITON = False
+
+BACKENDS = ("auto", "triton", "torch")
 
 
 def require_triton() -> None:
     """Raise a clear error when the triton extra is not installed."""
     if not HAVE_TRITON:
         raise RuntimeError("backend='triton' needs Triton: pip install 'hlwq-kernels[triton]'")
+
+
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Resolve a public ``backend`` argument for input ``x``.
+
+    "auto": the Triton kernel for CUDA tensors when Triton is installed, else the torch path;
+    "triton": the kernel (compiled on CUDA, interpreted on CPU), a clear error without Triton;
+    "torch": the torch path.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        require_triton()
+        return True
+    return backend == "auto" and x.is_cuda and HAVE_TRITON
 
 
 def _call_interpreted(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from hlwq_kernels._triton import use_triton
 from hlwq_kernels.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 __all__ = ["fwht"]
@@ -41,11 +42,7 @@ def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
 
 
 def _kernel_takes(b: int) -> bool:
-    """True when Triton is installed and the kernel handles blocks of length b."""
-    from hlwq_kernels._triton import HAVE_TRITON
-
-    if not HAVE_TRITON:
-        return False
+    """True when the Triton kernel handles blocks of length b (Triton is installed)."""
     from hlwq_kernels.fwht_triton import kernel_modes
 
     return kernel_modes(b) is not None
@@ -101,14 +98,11 @@ def fwht(
     a single rounding at the end.
     """
     n, b = _check_inputs(x, dim, block_size, signs)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "auto":
-        backend = "triton" if x.is_cuda and _kernel_takes(b) else "torch"
-    if x.dtype == torch.float64 and backend == "triton":
+    on_triton = use_triton(backend, x) and (backend == "triton" or _kernel_takes(b))
+    if x.dtype == torch.float64 and on_triton:
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")
-        backend = "torch"
+        on_triton = False
     moved = x.movedim(dim, -1)
     x2 = moved.reshape(-1, n)
     sign_row = None
@@ -118,7 +112,7 @@ def fwht(
         scale = 1.0 / math.sqrt(b)
     else:
         scale = 1.0 / b if inverse else 1.0
-    if backend == "triton":
+    if on_triton:
         from hlwq_kernels.fwht_triton import fwht_rows_triton
 
         y2 = fwht_rows_triton(x2, b, inverse, scale, sign_row)

@@ -28,16 +28,12 @@ import dataclasses
 
 import torch
 
-from hlwq_kernels._triton import HAVE_TRITON
+from hlwq_kernels._triton import use_triton
 from hlwq_kernels.hadamard import hadamard_tensor
-from hlwq_kernels.int4 import Int4Weight, quantize_int4
+from hlwq_kernels.int4 import _SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_int4_shape, quantize_int4
 from hlwq_kernels.lloyd_max import Codebook, gaussian_codebook
 
 __all__ = ["HLWQConfig", "HLWQCodes", "hlwq_quantize", "hlwq_dequantize", "hlwq_int4"]
-
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_SCALES = ("absmax", "mse")
-
 
 @dataclasses.dataclass(frozen=True)
 class HLWQConfig:
@@ -74,15 +70,15 @@ def _check_params(bits: int, block_size: int, group_size: int, scale: str) -> No
         raise ValueError(f"block_size must be a power of two in [16, 256], got {block_size}")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-    if scale not in _SCALES:
-        raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
+    if scale not in _SCALE_RULES:
+        raise ValueError(f"scale must be one of {_SCALE_RULES}, got {scale!r}")
 
 
 def _check_weight(w: torch.Tensor, block_size: int) -> None:
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError(f"HLWQ expects a 2-D weight tensor, got {getattr(w, 'shape', type(w))}")
-    if w.dtype not in _DTYPES:
-        raise ValueError(f"HLWQ supports {_DTYPES} weights, got {w.dtype} of shape {tuple(w.shape)}")
+    if w.dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"HLWQ supports {_WEIGHT_DTYPES} weights, got {w.dtype} of shape {tuple(w.shape)}")
     n, k = w.shape
     if n == 0 or k == 0:
         raise ValueError(f"empty weight of shape {tuple(w.shape)}")
@@ -103,11 +99,6 @@ def _codebook(bits: int, codebook: Codebook | None) -> Codebook:
         raise ValueError(f"codebook has {len(cb.levels)} levels, bits={bits} needs {1 << bits}")
     return cb
 
-
-def _use_triton(w: torch.Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    return backend == "triton" or (backend == "auto" and w.is_cuda and HAVE_TRITON)
 
 
 def _codes_torch(w: torch.Tensor, cb: Codebook, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +145,7 @@ def hlwq_quantize(w: torch.Tensor, bits: int = 5, block_size: int = 128, codeboo
     _check_params(bits, block_size, 8, "absmax")
     _check_weight(w, block_size)
     cb = _codebook(bits, codebook)
-    if _use_triton(w, backend):
+    if use_triton(backend, w):
         out = _fused(w, cb, block_size, codes=True)
         codes, norms = out.codes, out.norms
     else:
@@ -183,10 +174,9 @@ def hlwq_int4(
     """
     _check_params(bits, block_size, group_size, scale)
     _check_weight(w, block_size)
-    if w.shape[1] % group_size:
-        raise ValueError(f"weight of shape {tuple(w.shape)}: K is not a multiple of group_size={group_size}")
+    check_int4_shape(tuple(w.shape), group_size)
     cb = _codebook(bits, codebook)
-    if _use_triton(w, backend):
+    if use_triton(backend, w):
         if scale == "absmax" and block_size % group_size == 0:
             out = _fused(w, cb, block_size, int4_group=group_size)
             return Int4Weight(out.packed, out.scale, tuple(w.shape), group_size)

@@ -26,6 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from hlwq_kernels._triton import use_triton
+
+# The format contract's constants live in the (torch-free) reference, so both sides share one copy.
+from reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, MARGIN, N_RATIOS, QMAX, QMIN, RATIO_STEP
+
 __all__ = [
     "Int4Weight",
     "quantize_int4",
@@ -38,16 +43,8 @@ __all__ = [
     "check_int4_shape",
 ]
 
-QMIN, QMAX = -8, 7
-ABSMAX_DIVISOR = 7.5
-N_RATIOS = 24
-RATIO_STEP = 0.025
-LLOYD_STEPS = 4
-MARGIN = 1e-4
-
 _WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _SCALE_RULES = ("absmax", "mse")
-_BACKENDS = ("auto", "triton", "torch")
 
 
 @dataclass(frozen=True)
@@ -79,11 +76,6 @@ def _check_weight(w: torch.Tensor, group_size: int) -> tuple[int, int]:
         raise TypeError(f"INT4 quantization takes bfloat16, float16 or float32 weights, got {w.dtype}")
     return check_int4_shape(tuple(w.shape), group_size)
 
-
-def _use_triton(backend: str, x: torch.Tensor) -> bool:
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    return backend == "triton" or (backend == "auto" and x.is_cuda)
 
 
 def _store(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -178,14 +170,15 @@ def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
 
 def quantize_int4_with_scale(w: torch.Tensor, scale: torch.Tensor, backend: str = "auto") -> Int4Weight:
     """Quantize ``w`` ``[N, K]`` with given per-group scales ``[N, K/g]`` (stored as given)."""
-    n, k = _check_weight(w, _check_scale(w, scale))
-    if _use_triton(backend, w):
+    group_size = _check_scale(w, scale)
+    n, k = _check_weight(w, group_size)
+    if use_triton(backend, w):
         from hlwq_kernels.int4_triton import int4_quantize_pack
 
-        packed, _ = int4_quantize_pack(w, k // scale.shape[1], "given", scale=scale)
+        packed, _ = int4_quantize_pack(w, group_size, "given", scale=scale)
     else:
         packed = pack_int4(int4_codes(w, scale))
-    return Int4Weight(packed, scale, (n, k), k // scale.shape[1])
+    return Int4Weight(packed, scale, (n, k), group_size)
 
 
 def quantize_int4(
@@ -195,7 +188,7 @@ def quantize_int4(
     n, k = _check_weight(w, group_size)
     if scale not in _SCALE_RULES:
         raise ValueError(f"scale must be one of {_SCALE_RULES}, got {scale!r}")
-    if _use_triton(backend, w):
+    if use_triton(backend, w):
         from hlwq_kernels.int4_triton import int4_quantize_pack
 
         packed, s = int4_quantize_pack(w, group_size, scale)

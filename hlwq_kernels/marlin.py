@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hlwq_kernels.int4 import Int4Weight, _use_triton, check_int4_shape, pack_int4, unpack_int4
+from hlwq_kernels._triton import use_triton
+from hlwq_kernels.int4 import Int4Weight, check_int4_shape, pack_int4, unpack_int4
 
 __all__ = ["MarlinWeight", "marlin_pack", "marlin_unpack", "marlin_scale_perm", "check_marlin_shape"]
 
@@ -85,7 +86,7 @@ def marlin_pack(q: Int4Weight, backend: str = "auto") -> MarlinWeight:
     n, k = check_marlin_shape(q.shape, q.group_size)
     if q.packed.shape != (n, k // 8) or q.scale.shape != (n, k // q.group_size):
         raise ValueError(f"Int4Weight tensors {tuple(q.packed.shape)}, {tuple(q.scale.shape)} do not match shape {(n, k)}")
-    if _use_triton(backend, q.packed):
+    if use_triton(backend, q.packed):
         from hlwq_kernels.marlin_triton import marlin_repack
 
         qweight = marlin_repack(q.packed)
