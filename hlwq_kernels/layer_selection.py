@@ -102,7 +102,7 @@ def _fixed_reason(module: str, model_type: str) -> str | None:
         return "lm_head"
     if "embed" in leaf or leaf in EMBEDDING_LEAVES or "embeddings" in parts:
         return "embedding"
-    if "norm" in leaf or leaf.startswith("ln_") or leaf.startswith("ln"):
+    if "norm" in leaf or leaf.startswith("ln"):
         return "norm"
     if TOWER_PARTS.intersection(parts) or any(p.startswith(("vision", "audio")) for p in parts):
         return "vision/audio tower"
@@ -158,7 +158,6 @@ def select_layers(
     ignore = tuple(ignore)
     model_type = str(config.get("model_type", ""))
     weights = {t.name[: -len(".weight")]: t for t in tensors if t.name.endswith(".weight") and len(t.shape) == 2}
-    sel = Selection()
     reasons: dict[str, str] = {}
     for module, spec in weights.items():
         reason = _fixed_reason(module, model_type)
@@ -181,14 +180,13 @@ def select_layers(
         blockers = [m for m in fused_group(module, names) if m in reasons]
         if blockers:
             reasons[module] = f"fused with {blockers[0]} ({reasons[blockers[0]]})"
-    sel.quantize = sorted(names - set(reasons))
-    sel.kept = dict(sorted(reasons.items()))
-    ignored = set(reasons)
-    if is_decoder(config):
-        ignored.add("lm_head")
+    ignored = set(reasons) | ({"lm_head"} if is_decoder(config) else set())
     multimodal = is_multimodal(config)
-    sel.ignore = sorted(ignore_entry(m, multimodal) for m in ignored)
-    return sel
+    return Selection(
+        quantize=sorted(names - set(reasons)),
+        kept=dict(sorted(reasons.items())),
+        ignore=sorted(ignore_entry(m, multimodal) for m in ignored),
+    )
 
 
 def is_multimodal(config: Mapping) -> bool:

@@ -3,7 +3,6 @@ source) report each quantized layer's error and check that every kept tensor is 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hlwq_kernels.checkpoint import LayerReport
+from hlwq_kernels.checkpoint import LayerReport, int4_error
 from hlwq_kernels.checkpoint_io import (
     INDEX_NAME,
     CheckpointError,
@@ -20,10 +19,10 @@ from hlwq_kernels.checkpoint_io import (
     read_config,
     read_tensor,
     resolve_source,
-    scan_file,
     scan_source,
     weight_files,
 )
+from hlwq_kernels.int4 import Int4Weight
 from hlwq_kernels.layer_selection import fused_group
 
 EXPECTED_WEIGHTS = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "dynamic": False}
@@ -85,16 +84,6 @@ def _check_config(config: dict, problems: list[str]) -> tuple[int, list[str]]:
     return int(weights.get("group_size") or 0), list(qc.get("ignore") or [])
 
 
-def _layer_error(w: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int) -> tuple[float, float]:
-    from hlwq_kernels.int4 import Int4Weight, dequantize_int4
-
-    q = Int4Weight(packed=packed, scale=scale, shape=tuple(w.shape), group_size=group_size)
-    wf = w.double()
-    err = (wf - dequantize_int4(q, dtype=torch.float32).double()).square().sum().item()
-    ref = wf.square().sum().item()
-    return (math.sqrt(err / ref) if ref else 0.0), (10 * math.log10(ref / err) if err else float("inf"))
-
-
 def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None = None) -> VerifyReport:
     """Check a converted checkpoint; with ``against`` (source dir or repo id) also measure each
     quantized layer's error and compare every kept tensor byte for byte."""
@@ -107,17 +96,17 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     group_size, ignore = _check_config(config, problems)
     if not (path / INDEX_NAME).is_file():
         problems.append(f"no {INDEX_NAME}")
-    tensors: dict[str, SourceTensor] = {}
-    for f in weight_files(path):
-        for t in scan_file(f):
-            tensors[t.name] = t
+    tensors = scan_source(weight_files(path))
     modules = sorted(n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed"))
     linear = {n[: -len(".weight")] for n, t in tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
+    broken: set[str] = set()  # modules with a problem of their own: no error is measured for them
     for m in modules:
         parts = [tensors.get(f"{m}.weight_{s}") for s in ("packed", "scale", "shape")]
         if None in parts:
             problems.append(f"{m}: missing weight_scale or weight_shape")
+            broken.add(m)
             continue
+        before = len(problems)
         packed, scale, shape = parts
         n, k = (int(v) for v in read_tensor(shape).tolist())
         if packed.dtype != "I32" or packed.shape != (n, k // 8):
@@ -130,6 +119,8 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
                 problems.append(f"{m}.weight_scale has non-finite or non-positive values")
         if _matches(m, ignore):
             problems.append(f"{m} is quantized but matches the ignore list")
+        if len(problems) > before:
+            broken.add(m)
         group = fused_group(m, set(modules) | linear)
         if any(g not in modules for g in group):
             problems.append(f"fused layer {group} is only partly quantized")
@@ -139,22 +130,22 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     report.quantized = len(modules)
     report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
     if against is not None:
-        _compare_source(resolve_source(against), tensors, modules, group_size, report)
+        _compare_source(resolve_source(against), tensors, modules, broken, group_size, report)
     return report
 
 
-def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], group_size: int,
-                    report: VerifyReport) -> None:
+def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], broken: set[str],
+                    group_size: int, report: VerifyReport) -> None:
     source = scan_source(weight_files(src))
     quantized = {f"{m}.weight" for m in modules}
     for name, t in source.items():
         if name in quantized:
             m = name[: -len(".weight")]
-            if report.problems and any(p.startswith(m) for p in report.problems):
+            if m in broken:
                 continue
-            w = read_tensor(t)
-            rel, sqnr = _layer_error(w, read_tensor(tensors[f"{m}.weight_packed"]),
-                                     read_tensor(tensors[f"{m}.weight_scale"]), group_size)
+            q = Int4Weight(read_tensor(tensors[f"{m}.weight_packed"]), read_tensor(tensors[f"{m}.weight_scale"]),
+                           tuple(t.shape), group_size)
+            rel, sqnr = int4_error(read_tensor(t), q, torch.float64)
             out_bytes = sum(tensors[f"{m}.weight_{s}"].nbytes for s in ("packed", "scale", "shape"))
             report.layers.append(LayerReport(m, list(t.shape), t.dtype, rel, sqnr, t.nbytes, out_bytes))
         elif name not in tensors:

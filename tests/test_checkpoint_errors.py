@@ -28,6 +28,13 @@ def make_source(path: Path, tensors: dict[str, torch.Tensor] | None = None, conf
     return path
 
 
+def config_only_source(path: Path) -> Path:
+    """A source directory with a config.json and no weight files."""
+    path.mkdir()
+    write_config(path, **LLAMA)
+    return path
+
+
 def convert(src: Path, dst: Path) -> None:
     quantize_checkpoint(src, dst, method="rtn", progress=False)
 
@@ -52,18 +59,14 @@ def test_invalid_config_json(tmp_path):
 
 
 def test_pickle_only_source_is_refused_with_conversion_hint(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    write_config(src, **LLAMA)
+    src = config_only_source(tmp_path / "src")
     (src / "pytorch_model.bin").write_bytes(b"\x80\x04 not unpickled")
     with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*safetensors.*save_pretrained"):
         convert(src, tmp_path / "out")
 
 
 def test_no_weights_at_all(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    write_config(src, **LLAMA)
+    src = config_only_source(tmp_path / "src")
     with pytest.raises(CheckpointError, match="no \\*.safetensors weight files"):
         convert(src, tmp_path / "out")
 
