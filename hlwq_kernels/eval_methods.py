@@ -27,7 +27,7 @@ import torch
 
 from hlwq_kernels.fwht import fwht
 from hlwq_kernels.hlwq import hlwq_dequantize, hlwq_int4, hlwq_quantize
-from hlwq_kernels.int4 import Int4Weight, dequantize_int4, quantize_int4, quantize_int4_with_scale
+from hlwq_kernels.int4 import Int4Weight, absmax_scale, dequantize_int4, quantize_int4, quantize_int4_with_scale
 from hlwq_kernels.lloyd_max import original_release_codebook
 
 __all__ = ["GROUP", "BLOCK", "Quantized", "Method", "METHODS", "method", "original_int4_scale", "rotate_inputs"]
@@ -59,10 +59,7 @@ class Method:
 def original_int4_scale(w: torch.Tensor, group_size: int = GROUP) -> torch.Tensor:
     """The original HLWQ release's INT4 scale ``max|w| / 7`` per group, stored in ``w``'s dtype
     (an all-zero group gets the dtype's eps, as in compressed-tensors)."""
-    n, k = w.shape
-    amax = w.float().reshape(n, k // group_size, group_size).abs().amax(dim=-1)
-    stored = (amax / ORIGINAL_DIVISOR).to(w.dtype)
-    return torch.where(stored == 0, torch.finfo(w.dtype).eps, stored)
+    return absmax_scale(w, group_size, divisor=ORIGINAL_DIVISOR)
 
 
 def rotate_inputs(x: torch.Tensor) -> torch.Tensor:

@@ -89,11 +89,14 @@ def _group_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (wg / s.unsqueeze(-1)).clamp_(QMIN, QMAX).round_()
 
 
-def absmax_scale(w: torch.Tensor, group_size: int = 128) -> torch.Tensor:
-    """compressed-tensors' scale ``max|w| / 7.5`` per group, in the weight's dtype ``[N, K/g]``."""
+def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX_DIVISOR) -> torch.Tensor:
+    """compressed-tensors' scale ``max|w| / 7.5`` per group, in the weight's dtype ``[N, K/g]``.
+
+    ``divisor`` selects another absmax rule (the original HLWQ release used ``max|w| / 7``).
+    """
     n, k = _check_weight(w, group_size)
     amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
-    return _store(amax / ABSMAX_DIVISOR, w.dtype).to(w.dtype)
+    return _store(amax / divisor, w.dtype).to(w.dtype)
 
 
 def trial_ratios(device: torch.device | None = None) -> torch.Tensor:
