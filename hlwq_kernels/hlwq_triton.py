@@ -159,13 +159,14 @@ def hlwq_fused(
     wprime: bool = False,
     int4_group: int | None = None,
     rows: int | None = None,
-    num_warps: int = 8,
+    num_warps: int = 4,
 ) -> HLWQFused:
     """Run the fused kernel on a contiguous 2-D ``w`` (bf16/fp16/fp32, CUDA or CPU = interpreter).
 
     ``levels``/``thresholds`` are float64 codebook tensors (sorted). ``int4_group`` (dividing
     ``block_size``, multiple of 8) requests INT4 packed + scales. ``rows`` is the tile height
-    (default 64 on CUDA, 16 in the interpreter).
+    (default 64 on CUDA, 16 in the interpreter); 64 rows × 4 warps was fastest in the H100
+    sweep (bench/results/hlwq-h100-2026-11-26.md).
     """
     require_triton()
     n, k = w.shape
