@@ -86,8 +86,8 @@ def make_checkpoint(path: Path, layers: int, shard_bytes: int) -> int:
 
 def warm_up(layers: int, method: str, scale: str) -> None:
     """Compile the kernels (one call per distinct weight shape) outside the measured run."""
-    from hlwq_kernels.hlwq import hlwq_int4
-    from hlwq_kernels.int4 import dequantize_int4, quantize_int4
+    from hlwq_kernels.ops.hlwq import hlwq_int4
+    from hlwq_kernels.ops.int4 import dequantize_int4, quantize_int4
 
     shapes = {s for s in llama_shapes(min(layers, 1)).values() if len(s) == 2 and s[0] != LLAMA3_8B["vocab"]}
     for shape in sorted(shapes):

@@ -17,9 +17,9 @@ import torch
 
 from gpu_common import bench_seconds, emit_table, poison_allocator
 from hlwq_kernels import fwht, hadamard_factors
-from hlwq_kernels import fwht_triton
-from hlwq_kernels.fwht_triton import fwht_rows_triton, kernel_modes
-from hlwq_kernels.hadamard import hadamard_tensor
+from hlwq_kernels.ops import fwht_triton
+from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_modes
+from hlwq_kernels.ops.hadamard import hadamard_tensor
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 KSIZES = [1536, 2560, 3584, 10240, 14336, 18944, 11008, 28672, 40960]

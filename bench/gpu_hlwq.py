@@ -20,10 +20,10 @@ import torch
 
 from gpu_common import bench_seconds, emit_table, poison_allocator
 from hlwq_kernels import fwht, hlwq_int4, hlwq_quantize
-from hlwq_kernels.hlwq import _levels64
-from hlwq_kernels.hlwq_triton import hlwq_fused
-from hlwq_kernels.int4 import quantize_int4, unpack_int4
-from hlwq_kernels.lloyd_max import gaussian_codebook
+from hlwq_kernels.ops.hlwq import _levels64
+from hlwq_kernels.ops.hlwq_triton import hlwq_fused
+from hlwq_kernels.ops.int4 import quantize_int4, unpack_int4
+from hlwq_kernels.ops.lloyd_max import gaussian_codebook
 
 SHAPES = [(14336, 4096), (4096, 14336)]
 B = 128

@@ -21,10 +21,10 @@ import datetime
 import torch
 
 from gpu_common import bench_seconds, emit_table
-from hlwq_kernels.int4 import Int4Weight, dequantize_int4, quantize_int4
-from hlwq_kernels.int4_triton import int4_quantize_pack
-from hlwq_kernels.marlin import marlin_pack
-from hlwq_kernels.marlin_triton import marlin_repack
+from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
+from hlwq_kernels.ops.int4_triton import int4_quantize_pack
+from hlwq_kernels.ops.marlin import marlin_pack
+from hlwq_kernels.ops.marlin_triton import marlin_repack
 
 SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384)]
 GROUP = 128

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from gpu_common import bench_seconds, emit_table
-from hlwq_kernels.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
-from hlwq_kernels.lloyd_triton import assign_table, dequantize_triton, lloyd_step_triton, quantize_triton
+from hlwq_kernels.ops.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
+from hlwq_kernels.ops.lloyd_max_triton import assign_table, dequantize_triton, lloyd_step_triton, quantize_triton
 
 TOTAL = 1 << 28
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hlwq_kernels import fwht, hadamard_matrix
-from reference.numpy import fwht as fwht_numpy
+from hlwq_reference.numpy import fwht as fwht_numpy
 
 SIZES = [128, 1024, 4096, 3584]
 ROWS = 1 << 20  # elements per call
@@ -40,7 +40,7 @@ def test_numpy_reference(benchmark, n: int) -> None:
 @pytest.mark.parametrize("n", SIZES)
 def test_jax_reference(benchmark, n: int) -> None:
     jax = pytest.importorskip("jax")
-    from reference.jax import fwht as fwht_jax
+    from hlwq_reference.jax import fwht as fwht_jax
 
     f = jax.jit(fwht_jax)
     x = jax.numpy.asarray(_x(n).numpy())

@@ -13,8 +13,8 @@ from compressed_tensors.quantization import QuantizationArgs
 from compressed_tensors.quantization.lifecycle.forward import quantize
 from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
 
-from hlwq_kernels.int4 import dequantize_int4, quantize_int4
-from hlwq_kernels.marlin import marlin_pack, marlin_unpack
+from hlwq_kernels.ops.int4 import dequantize_int4, quantize_int4
+from hlwq_kernels.ops.marlin import marlin_pack, marlin_unpack
 
 SHAPE = (2048, 4096)
 

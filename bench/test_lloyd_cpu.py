@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hlwq_kernels.lloyd_max import _lloyd_step, gaussian_codebook, lloyd_max
+from hlwq_kernels.ops.lloyd_max import _lloyd_step, gaussian_codebook, lloyd_max
 
 
 @pytest.mark.parametrize("levels", [16, 32, 256])

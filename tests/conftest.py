@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
+
+from tests.helpers import HAVE_CUDA
 
 settings.register_profile(
     "ci",
@@ -18,7 +19,6 @@ settings.register_profile(
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-HAVE_CUDA = torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -30,7 +30,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
-
-def kernel_devices() -> list[str]:
-    """Devices on which to run Triton kernels: the interpreter on CPU, plus CUDA if present."""
-    return ["cpu", "cuda"] if HAVE_CUDA else ["cpu"]

@@ -1,0 +1,127 @@
+"""verify_checkpoint: re-read a converted checkpoint, check its config and tensors, and (given the
+source) report each quantized layer's error and check that every kept tensor is byte-identical."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hlwq_kernels.checkpoint.io import (
+    INDEX_NAME,
+    CheckpointError,
+    SourceTensor,
+    read_bytes,
+    read_config,
+    read_tensor,
+    resolve_source,
+    scan_source,
+    weight_files,
+)
+from hlwq_kernels.checkpoint.report import LayerReport
+from hlwq_kernels.formats import compressed_tensors as ct
+from hlwq_kernels.metrics import relative_error
+from hlwq_kernels.models.selection import fused_group
+from hlwq_kernels.ops.int4 import dequantize_int4
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of verify_checkpoint: ``problems`` is empty when the checkpoint is valid."""
+
+    dst: str
+    against: str | None
+    quantized: int = 0
+    kept: int = 0
+    problems: list[str] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, max_rows: int = 40) -> str:
+        """A Markdown summary (worst layers first)."""
+        lines = [f"verify {self.dst}" + (f" against {self.against}" if self.against else "")]
+        if self.layers:
+            lines += ["", "| layer | shape | rel. error | SQNR dB |", "|---|---|---|---|"]
+            for l in sorted(self.layers, key=lambda l: l.sqnr_db)[:max_rows]:
+                lines.append(f"| {l.name} | {l.shape[0]}x{l.shape[1]} | {l.rel_error:.4f} | {l.sqnr_db:.2f} |")
+        lines.append("")
+        lines.append(f"{self.quantized} quantized layers, {self.kept} other tensors")
+        lines += [f"PROBLEM: {p}" for p in self.problems] or ["OK"]
+        return "\n".join(lines)
+
+
+def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None = None) -> VerifyReport:
+    """Check a converted checkpoint; with ``against`` (source dir or repo id) also measure each
+    quantized layer's error and compare every kept tensor byte for byte."""
+    path = Path(dst).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    report = VerifyReport(dst=str(path), against=None if against is None else str(against))
+    problems = report.problems
+    config = read_config(path)
+    group_size, ignore, config_problems = ct.check_config(config)
+    problems += config_problems
+    if not (path / INDEX_NAME).is_file():
+        problems.append(f"no {INDEX_NAME}")
+    tensors = scan_source(weight_files(path))
+    modules = sorted(n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed"))
+    linear = {n[: -len(".weight")] for n, t in tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
+    broken: set[str] = set()  # modules with a problem of their own: no error is measured for them
+    for m in modules:
+        parts = [tensors.get(name) for name in ct.tensor_names(m)]
+        if None in parts:
+            problems.append(f"{m}: missing weight_scale or weight_shape")
+            broken.add(m)
+            continue
+        before = len(problems)
+        packed, scale, shape = parts
+        n, k = (int(v) for v in read_tensor(shape).tolist())
+        if packed.dtype != "I32" or packed.shape != (n, k // 8):
+            problems.append(f"{m}.weight_packed is {packed.dtype} {list(packed.shape)}, expected I32 [{n}, {k // 8}]")
+        if group_size <= 0 or k % group_size or scale.shape != (n, k // group_size) or scale.dtype not in ("BF16", "F16", "F32"):
+            problems.append(f"{m}.weight_scale is {scale.dtype} {list(scale.shape)} for shape [{n}, {k}], group {group_size}")
+        else:
+            s = read_tensor(scale)
+            if not bool((torch.isfinite(s) & (s > 0)).all()):
+                problems.append(f"{m}.weight_scale has non-finite or non-positive values")
+        if ct.is_ignored(m, ignore):
+            problems.append(f"{m} is quantized but matches the ignore list")
+        if len(problems) > before:
+            broken.add(m)
+        group = fused_group(m, set(modules) | linear)
+        if any(g not in modules for g in group):
+            problems.append(f"fused layer {group} is only partly quantized")
+    for m in sorted(linear):
+        if not ct.is_ignored(m, ignore):
+            problems.append(f"{m}.weight is kept unquantized but not listed in ignore")
+    report.quantized = len(modules)
+    report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
+    if against is not None:
+        _compare_source(resolve_source(against), tensors, modules, broken, group_size, report)
+    return report
+
+
+def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], broken: set[str],
+                    group_size: int, report: VerifyReport) -> None:
+    source = scan_source(weight_files(src))
+    quantized = {f"{m}.weight" for m in modules}
+    for name, t in source.items():
+        if name in quantized:
+            m = name[: -len(".weight")]
+            if m in broken:
+                continue
+            q = ct.decompress(m, lambda name: read_tensor(tensors[name]), group_size)
+            rel, sqnr = relative_error(read_tensor(t), dequantize_int4(q, dtype=torch.float32), torch.float64)
+            out_bytes = sum(tensors[name].nbytes for name in ct.tensor_names(m))
+            report.layers.append(LayerReport(m, list(t.shape), t.dtype, rel, sqnr, t.nbytes, out_bytes))
+        elif name not in tensors:
+            report.problems.append(f"source tensor {name!r} is missing from the checkpoint")
+        elif tensors[name].dtype != t.dtype or tensors[name].shape != t.shape or read_bytes(tensors[name]) != read_bytes(t):
+            report.problems.append(f"kept tensor {name!r} differs from the source")
+    extra = set(tensors) - set(source) - {name for m in modules for name in ct.tensor_names(m)}
+    report.problems += [f"tensor {n!r} is not in the source" for n in sorted(extra)]

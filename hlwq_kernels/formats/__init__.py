@@ -1,0 +1,1 @@
+"""Checkpoint formats written by the converter (one module per format)."""

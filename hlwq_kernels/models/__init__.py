@@ -1,0 +1,1 @@
+"""Architecture knowledge: which tensors are quantized or kept and why, fused groups, known model types."""

@@ -1,0 +1,128 @@
+"""Fast Walsh–Hadamard transform: public API, input checks and the torch path.
+
+``fwht(x)`` computes ``x @ H.T / sqrt(n)`` along ``dim`` with ``H = hadamard_matrix(n)`` (design.md §3).
+CUDA tensors use the Triton kernel (``hlwq_kernels.ops.fwht_triton``); CPU tensors use the torch path
+below; ``backend="triton"`` on CPU tensors runs the kernel in Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hlwq_kernels.ops._triton import use_triton
+from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
+
+__all__ = ["fwht"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TORCH_MAX_BITS = 7  # Sylvester factors of at most 128 in the torch path
+
+
+def _apply_mode(y: torch.Tensor, h: torch.Tensor, axis: int) -> torch.Tensor:
+    """Multiply mode ``axis`` of y by h: y'[.., i, ..] = sum_j h[i, j] y[.., j, ..]."""
+    y = y.movedim(axis, -1)
+    y = y @ h.T
+    return y.movedim(-1, axis)
+
+
+def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
+    """Unnormalized transform of each length-b block of the rows of x2 (compute dtype)."""
+    k, p = hadamard_factors(b)
+    rows = x2.shape[0]
+    factors = ([k] if k > 1 else []) + pow2_split(p.bit_length() - 1, _TORCH_MAX_BITS)
+    y = x2.reshape(rows * (x2.shape[1] // b), *factors)
+    for axis, f in enumerate(factors, start=1):
+        if f == 1:
+            continue
+        # Sylvester factors are symmetric; only H_K (the first mode) differs between H and H.T.
+        y = _apply_mode(y, hadamard_tensor(f, transpose=inverse, dtype=y.dtype, device=y.device), axis)
+    return y.reshape(x2.shape)
+
+
+def _kernel_takes(b: int) -> bool:
+    """True when the Triton kernel handles blocks of length b (Triton is installed)."""
+    from hlwq_kernels.ops.fwht_triton import kernel_modes
+
+    return kernel_modes(b) is not None
+
+
+def _check_inputs(
+    x: torch.Tensor, dim: int, block_size: int | None, signs: torch.Tensor | None
+) -> tuple[int, int]:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"fwht expects a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"fwht supports float16, bfloat16, float32 and float64 tensors, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("fwht needs at least one dimension")
+    n = x.shape[dim]
+    b = n if block_size is None else int(block_size)
+    if b < 1 or n % b:
+        raise ValueError(f"block_size={block_size} must be positive and divide the size n={n} of dim {dim}")
+    hadamard_factors(b)  # raises ValueError naming n and the nearest supported sizes
+    if signs is not None:
+        if signs.ndim != 1 or signs.shape[0] not in (n, b):
+            raise ValueError(
+                f"signs must be a 1-D ±1 vector of length n={n}" + (f" or block_size={b}" if b != n else "")
+                + f", got shape {tuple(signs.shape)}"
+            )
+        if not bool(((signs == 1) | (signs == -1)).all()):
+            raise ValueError("signs must contain only +1 and -1")
+    return n, b
+
+
+def fwht(
+    x: torch.Tensor,
+    dim: int = -1,
+    normalized: bool = True,
+    inverse: bool = False,
+    block_size: int | None = None,
+    signs: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Walsh–Hadamard transform of ``x`` along ``dim``: ``x @ H.T / sqrt(n)``.
+
+    Args:
+        x: float16/bfloat16/float32 tensor (float64 on CPU), any shape and strides.
+        dim: the dimension to transform; its size n must be K*2**m with a buildable Hadamard order K.
+        normalized: divide by sqrt(n) (orthonormal transform). Without it the forward map is x @ H.T.
+        inverse: apply the inverse map (x @ H / sqrt(n), or x @ H / n when not normalized).
+        block_size: transform each block of this many consecutive entries separately (I ⊗ H_b).
+        signs: ±1 vector of length n (or block_size), multiplied in before the forward transform and
+            after the inverse one (randomized Hadamard; see ``random_signs``).
+        backend: "auto" (Triton on CUDA, torch on CPU), "triton" (interpreter on CPU) or "torch".
+
+    Returns a tensor of the same shape and dtype; accumulation is fp32 (fp64 for fp64 input) with
+    a single rounding at the end.
+    """
+    n, b = _check_inputs(x, dim, block_size, signs)
+    on_triton = use_triton(backend, x) and (backend == "triton" or _kernel_takes(b))
+    if x.dtype == torch.float64 and on_triton:
+        if x.is_cuda:
+            raise TypeError("float64 is supported on CPU only (torch backend)")
+        on_triton = False
+    moved = x.movedim(dim, -1)
+    x2 = moved.reshape(-1, n)
+    sign_row = None
+    if signs is not None:
+        sign_row = signs.to(device=x.device, dtype=torch.float32).repeat(n // signs.shape[0])
+    if normalized:
+        scale = 1.0 / math.sqrt(b)
+    else:
+        scale = 1.0 / b if inverse else 1.0
+    if on_triton:
+        from hlwq_kernels.ops.fwht_triton import fwht_rows_triton
+
+        y2 = fwht_rows_triton(x2, b, inverse, scale, sign_row)
+    else:
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        y2 = x2.to(compute)
+        if sign_row is not None and not inverse:
+            y2 = y2 * sign_row.to(compute)
+        y2 = _fwht_torch(y2, b, inverse) * scale
+        if sign_row is not None and inverse:
+            y2 = y2 * sign_row.to(compute)
+        y2 = y2.to(x.dtype)
+    return y2.reshape(moved.shape).movedim(-1, dim)

@@ -1,0 +1,64 @@
+"""Hadamard matrices (all constructible orders) and seeded random signs.
+
+The construction is exact integer arithmetic and is shared with the reference
+(``hlwq_reference.numpy.hadamard``, whose docstring states which matrix is chosen for each n).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from hlwq_reference.numpy.hadamard import (
+    hadamard_factors,
+    hadamard_matrix,
+    is_hadamard_size,
+)
+
+__all__ = [
+    "hadamard_matrix", "hadamard_factors", "is_hadamard_size", "random_signs", "hadamard_tensor", "pow2_split",
+]
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_tensor(n: int, transpose: bool, pad: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    h = np.zeros((pad, pad), dtype=np.float32)
+    h_n = hadamard_matrix(n)
+    h[:n, :n] = h_n.T if transpose else h_n
+    return torch.from_numpy(h).to(device=device, dtype=dtype)
+
+
+def hadamard_tensor(
+    n: int, *, transpose: bool = False, pad: int | None = None, dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``hadamard_matrix(n)`` (or its transpose) as a cached torch tensor, zero-padded to ``pad``.
+
+    For the order K of a size ``K * 2**m`` this is exactly the factor H_K (K is minimal, so
+    ``hadamard_factors(K) == (K, 1)``); for a power of two it is the Sylvester matrix.
+    """
+    return _cached_tensor(n, transpose, pad or n, dtype, str(torch.device(device)))
+
+
+def random_signs(
+    n: int, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A reproducible ±1 vector of length n (for the randomized Hadamard transform)."""
+    gen = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (n,), generator=gen)
+    return (1 - 2 * bits).to(device=device, dtype=dtype)
+
+
+def pow2_split(m: int, max_bits: int, max_parts: int | None = None, min_bits: int = 0) -> list[int] | None:
+    """Split 2**m into the fewest near-equal power-of-two factors of at most 2**max_bits.
+
+    Returns None when that takes more than ``max_parts`` factors or a factor would be below
+    2**min_bits (the Triton kernel needs factors of at least 16 for ``tl.dot``).
+    """
+    count = max(1, -(-m // max_bits))
+    if (max_parts is not None and count > max_parts) or m < min_bits * count:
+        return None
+    base, extra = divmod(m, count)
+    return [1 << (base + (i < extra)) for i in range(count)]

@@ -1,0 +1,210 @@
+"""Fused Triton kernel for the HLWQ pipeline (design.md §1) and its launcher.
+
+One program walks over tiles of ``ROWS`` rows × one Hadamard block of ``B`` inputs (a persistent
+loop: ``H_B`` is loaded once per program). Each weight is read once; per tile the kernel computes
+
+1. the block L2 norm and a power-of-two scale ``2**s`` per row that brings the block's absmax
+   into [2**14, 2**15) (exact; it keeps the sum of squares away from overflow and underflow and
+   makes bf16/fp16 values exact in fp16),
+2. ``y = (x 2**s) @ H / ||x 2**s||`` = the normalized rotation of the unit-norm block times
+   ``sqrt(B)``, on the tensor cores: H is ±1, exact in fp16, and the operand is split into fp16
+   pieces (1 for bf16/fp16 weights, 3 for fp32), so the products are exact and accumulate in fp32,
+3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t`` (NT comparisons),
+4. ``W' = (levels[code] @ H) * norm / B`` (levels pre-scaled by a power of two ``2**k`` so their
+   fp16 pieces stay normal: two pieces = 22 significant bits for 16-bit weights, three = exact
+   fp32 levels for fp32 weights; the piece sums are exact), rounded to the weight dtype,
+5. optionally symmetric INT4 of ``W'`` per group of ``G`` inputs with the compressed-tensors rule:
+   ``scale = dtype(absmax / 7.5)`` (0 → the dtype's eps), ``q = round_half_even(clamp(W' / scale,
+   -8, 7))`` with an IEEE division, packed 8 nibbles per int32 (column j → word j // 8, nibble
+   j % 8, stored q + 8).
+
+Outputs are chosen with constexpr flags: codes (uint8) + norms (fp32), ``W'`` (weight dtype),
+INT4 packed + scales. A non-finite block norm (NaN/Inf weights) sets ``flag[0] = 1``.
+fp16 rather than bf16 operands because Triton's interpreter cannot multiply bf16 tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
+from hlwq_kernels.ops.hadamard import hadamard_tensor
+
+__all__ = ["HLWQFused", "hlwq_fused"]
+
+_IN_PIECES = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 3}
+_LEVEL_PIECES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
+_TOP_EXP = 14  # scaled levels lie in [2**14, 2**15) (the kernel scales weight blocks alike)
+
+
+@triton.jit
+def _hlwq_kernel(
+    w_ptr, h_ptr, thr_ptr, lev_ptr,
+    codes_ptr, norms_ptr, wp_ptr, packed_ptr, scale_ptr, flag_ptr,
+    N, K, lev_unscale, eps,
+    NT: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
+    IN_PIECES: tl.constexpr, LEV_PIECES: tl.constexpr,
+    STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    kb = K // B
+    num_tiles = tl.cdiv(N, ROWS) * kb
+    r = tl.arange(0, ROWS)
+    c = tl.arange(0, B)
+    h = tl.load(h_ptr + c[:, None] * B + c[None, :])  # Sylvester H_B, symmetric, fp16 ±1
+    for t in range(pid, num_tiles, nprog):
+        rows = (t // kb) * ROWS + r
+        cb = t % kb
+        rmask = rows < N
+        offs = rows[:, None].to(tl.int64) * K + cb * B + c[None, :]
+        x = tl.load(w_ptr + offs, mask=rmask[:, None], other=0.0).to(tl.float32)
+        # 1. exact power-of-two scale 2**(141 - e), e the biased exponent of the absmax, so the
+        #    scaled absmax lies in [2**14, 2**15) (e >= 15 keeps the scale a normal float)
+        amax = tl.max(tl.abs(x), axis=1)
+        e = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
+        pw = ((268 - e) << 23).to(tl.float32, bitcast=True)
+        xs = x * pw[:, None]
+        ss = tl.sum(xs * xs, axis=1)  # <= B * 2**30 when finite
+        bad = tl.max((~(ss < 1.0e30)).to(tl.int32), axis=0)
+        tl.atomic_max(flag_ptr, bad)
+        norm_s = tl.math.sqrt_rn(ss)
+        norm = tl.math.div_rn(norm_s, pw)
+        # 2. rotation: fp16 pieces times H, fp32 accumulation
+        acc = tl.full([ROWS, B], 0.0, tl.float32)
+        rem = xs
+        for _ in tl.static_range(IN_PIECES):
+            piece = rem.to(tl.float16)
+            acc = tl.dot(piece, h, acc)
+            rem = rem - piece.to(tl.float32)
+        inv = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), tl.where(norm_s > 0, norm_s, 1.0))
+        y = acc * inv[:, None]
+        # 3. Lloyd–Max code: count the thresholds at or below y
+        code = tl.full([ROWS, B], 0, tl.int32)
+        for i in range(NT):
+            code += (y >= tl.load(thr_ptr + i)).to(tl.int32)
+        if STORE_CODES:
+            tl.store(codes_ptr + offs, code.to(tl.uint8), mask=rmask[:, None])
+            tl.store(norms_ptr + rows * kb + cb, norm, mask=rmask)
+        if STORE_WP or STORE_INT4:
+            # 4. dequantize, inverse rotation (H^T = H), times norm / B, round to the weight dtype
+            vacc = tl.full([ROWS, B], 0.0, tl.float32)
+            rem = tl.load(lev_ptr + code)
+            for _ in tl.static_range(LEV_PIECES):
+                piece = rem.to(tl.float16)
+                vacc = tl.dot(piece, h, vacc)
+                rem = rem - piece.to(tl.float32)
+            wf = (vacc * norm[:, None]) * lev_unscale
+            if ROUND_BF16:  # fp32 -> bf16 round-half-even by hand (the interpreter's cast truncates)
+                bits = wf.to(tl.int32, bitcast=True)
+                wf = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+            wq = wf.to(w_ptr.dtype.element_ty)
+            if STORE_WP:
+                tl.store(wp_ptr + offs, wq, mask=rmask[:, None])
+            if STORE_INT4:
+                # 5. symmetric INT4, absmax / 7.5 per group of G, packed 8 per int32
+                wg = tl.reshape(wq.to(tl.float32), [ROWS, B // G, G])
+                s32 = tl.math.div_rn(tl.max(tl.abs(wg), axis=2), tl.full([ROWS, B // G], 7.5, tl.float32))
+                if ROUND_BF16:
+                    bits = s32.to(tl.int32, bitcast=True)
+                    s32 = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+                st = s32.to(w_ptr.dtype.element_ty).to(tl.float32)
+                sf = tl.where(st == 0, eps, st)
+                v = tl.math.div_rn(wg, tl.broadcast_to(sf[:, :, None], [ROWS, B // G, G]))
+                v = tl.minimum(tl.maximum(v, -8.0), 7.0)
+                fl = tl.floor(v)
+                fr = v - fl
+                fi = fl.to(tl.int32)
+                q = fi + (fr > 0.5).to(tl.int32) + ((fr == 0.5) & ((fi & 1) == 1)).to(tl.int32)
+                nib = tl.reshape(q + 8, [ROWS, B // 8, 8])
+                shift = (tl.arange(0, 8) * 4)[None, None, :]
+                words = tl.sum(nib << shift, axis=2)
+                wcol = tl.arange(0, B // 8)
+                tl.store(packed_ptr + rows[:, None] * (K // 8) + cb * (B // 8) + wcol[None, :], words,
+                         mask=rmask[:, None])
+                gcol = tl.arange(0, B // G)
+                tl.store(scale_ptr + rows[:, None] * (K // G) + cb * (B // G) + gcol[None, :],
+                         sf.to(w_ptr.dtype.element_ty), mask=rmask[:, None])
+
+
+@dataclasses.dataclass
+class HLWQFused:
+    """What one launch produced (``None`` where not requested) and whether every block was finite."""
+
+    codes: torch.Tensor | None
+    norms: torch.Tensor | None
+    wprime: torch.Tensor | None
+    packed: torch.Tensor | None
+    scale: torch.Tensor | None
+    finite: bool
+
+
+def _grid_size(num_tiles: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(num_tiles, 4 * sms))
+    return max(1, min(num_tiles, 2))  # interpreter: few programs, each walks the tile loop
+
+
+def hlwq_fused(
+    w: torch.Tensor,
+    levels: torch.Tensor,
+    thresholds: torch.Tensor,
+    block_size: int,
+    *,
+    codes: bool = False,
+    wprime: bool = False,
+    int4_group: int | None = None,
+    rows: int | None = None,
+    num_warps: int = 4,
+) -> HLWQFused:
+    """Run the fused kernel on a contiguous 2-D ``w`` (bf16/fp16/fp32, CUDA or CPU = interpreter).
+
+    ``levels``/``thresholds`` are float64 codebook tensors (sorted). ``int4_group`` (dividing
+    ``block_size``, multiple of 8) requests INT4 packed + scales. ``rows`` is the tile height
+    (default 64 on CUDA, 16 in the interpreter); 64 rows × 4 warps was fastest in the H100
+    sweep (bench/results/hlwq-h100-2026-11-26.md).
+    """
+    require_triton()
+    n, k = w.shape
+    b = block_size
+    if int4_group is not None and (b % int4_group or int4_group % 8):
+        raise ValueError(f"int4_group={int4_group} must divide block_size={b} and be a multiple of 8")
+    dev = w.device
+    rows = rows or (64 if dev.type == "cuda" else 16)
+    top = float(levels.abs().max())
+    lev_exp = _TOP_EXP - math.floor(math.log2(top)) if top > 0 else 0
+    lev = (levels.to(torch.float64) * 2.0**lev_exp).to(device=dev, dtype=torch.float32)
+    thr = thresholds.to(device=dev, dtype=torch.float32)
+    h = hadamard_tensor(b, dtype=torch.float16, device=dev)
+    g = int4_group or b
+    out = HLWQFused(
+        codes=torch.empty((n, k), dtype=torch.uint8, device=dev) if codes else None,
+        norms=torch.empty((n, k // b), dtype=torch.float32, device=dev) if codes else None,
+        wprime=torch.empty_like(w) if wprime else None,
+        packed=torch.empty((n, k // 8), dtype=torch.int32, device=dev) if int4_group else None,
+        scale=torch.empty((n, k // g), dtype=w.dtype, device=dev) if int4_group else None,
+        finite=True,
+    )
+    flag = torch.zeros(1, dtype=torch.int32, device=dev)
+    dummy = flag  # pointer for outputs a constexpr flag leaves untouched
+    num_tiles = triton.cdiv(n, rows) * (k // b)
+    launch(
+        _hlwq_kernel, (_grid_size(num_tiles, dev),), dev,
+        w, h, thr, lev,
+        out.codes if codes else dummy, out.norms if codes else dummy,
+        out.wprime if wprime else dummy,
+        out.packed if int4_group else dummy, out.scale if int4_group else dummy,
+        flag,
+        n, k, 2.0 ** (-lev_exp) / b, torch.finfo(w.dtype).eps,
+        NT=thr.numel(), B=b, ROWS=rows, G=g,
+        IN_PIECES=_IN_PIECES[w.dtype], LEV_PIECES=_LEVEL_PIECES[w.dtype],
+        STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
+        ROUND_BF16=w.dtype == torch.bfloat16,
+        num_warps=num_warps,
+    )
+    out.finite = not bool(flag.item())
+    return out

@@ -1,0 +1,208 @@
+"""Symmetric group INT4 quantization in the compressed-tensors ``pack-quantized`` format.
+
+A weight ``w`` ``[N, K]`` (bf16, fp16 or fp32) is split along ``K`` into groups of ``group_size``
+columns with one scale each, stored in the weight's dtype (design.md §3). Codes
+``q = round_half_even(clamp(w / s, -8, 7))``, the quotient taken in float32 with the scale as stored,
+are kept as ``q + 8`` in 4-bit nibbles: column ``j`` of a row goes into int32 word ``j // 8``,
+nibble ``j % 8``, column 0 least significant. Dequantization is ``(u - 8) * s``.
+
+Scale rules:
+- ``"absmax"``: compressed-tensors' own rule, ``max|w| / 7.5`` in float32 cast to the weight dtype;
+  an all-zero group gets ``torch.finfo(dtype).eps``.
+- ``"mse"``: per group, the stored scale with the least squared error among ``N_RATIOS`` clip ratios
+  ``1, 1 - RATIO_STEP, ...`` of the absmax scale (ratio 1 *is* the absmax scale), then
+  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ w q / Σ q²`` from the best one. A trial replaces
+  the best only when its float32 error is lower by the relative ``MARGIN`` (far above float32
+  summation error), so no group is ever worse than with absmax.
+
+CUDA tensors use the fused Triton kernel (``hlwq_kernels.ops.int4_triton``: one read of the weight, packed
+words and scales out); CPU tensors use the torch path below; ``backend="triton"`` on CPU tensors runs
+the kernel in Triton's interpreter. The NumPy reference is ``hlwq_reference.numpy.int4``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hlwq_kernels.ops._triton import use_triton
+
+# The format contract's constants live in the (torch-free) reference, so both sides share one copy.
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, MARGIN, N_RATIOS, QMAX, QMIN, RATIO_STEP
+
+__all__ = [
+    "Int4Weight",
+    "quantize_int4",
+    "quantize_int4_with_scale",
+    "dequantize_int4",
+    "absmax_scale",
+    "int4_codes",
+    "pack_int4",
+    "unpack_int4",
+    "check_int4_shape",
+]
+
+_WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_SCALE_RULES = ("absmax", "mse")
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """A weight quantized to symmetric group INT4, in compressed-tensors ``pack-quantized`` layout."""
+
+    packed: torch.Tensor  # int32 [N, K // 8]
+    scale: torch.Tensor  # [N, K // group_size], the weight's dtype
+    shape: tuple[int, int]  # (N, K)
+    group_size: int
+
+
+def check_int4_shape(shape: tuple[int, ...], group_size: int) -> tuple[int, int]:
+    """Return ``(N, K)`` or raise ValueError naming the shape and the rule it breaks."""
+    if len(shape) != 2:
+        raise ValueError(f"INT4 group quantization needs a 2-D weight [N, K], got shape {tuple(shape)}")
+    n, k = int(shape[0]), int(shape[1])
+    if group_size <= 0 or group_size % 8:
+        raise ValueError(f"group_size={group_size} must be a positive multiple of 8 (8 nibbles per int32 word)")
+    if k % group_size:
+        raise ValueError(f"weight shape {(n, k)}: K={k} must be a multiple of group_size={group_size}")
+    return n, k
+
+
+def _check_weight(w: torch.Tensor, group_size: int) -> tuple[int, int]:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor weight, got {type(w).__name__}")
+    if w.dtype not in _WEIGHT_DTYPES:
+        raise TypeError(f"INT4 quantization takes bfloat16, float16 or float32 weights, got {w.dtype}")
+    return check_int4_shape(tuple(w.shape), group_size)
+
+
+
+def _store(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round float32 scales to the stored dtype and back; zeros become that dtype's epsilon."""
+    stored = s.to(dtype).float()
+    return torch.where(stored == 0, torch.finfo(dtype).eps, stored)
+
+
+def _group_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Float codes of float32 groups ``[N, G, g]`` for float32 scales ``[N, G]``."""
+    return (wg / s.unsqueeze(-1)).clamp_(QMIN, QMAX).round_()
+
+
+def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX_DIVISOR) -> torch.Tensor:
+    """compressed-tensors' scale ``max|w| / 7.5`` per group, in the weight's dtype ``[N, K/g]``.
+
+    ``divisor`` selects another absmax rule (the original HLWQ release used ``max|w| / 7``).
+    """
+    n, k = _check_weight(w, group_size)
+    amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
+    return _store(amax / divisor, w.dtype).to(w.dtype)
+
+
+def trial_ratios(device: torch.device | None = None) -> torch.Tensor:
+    """The clip ratios tried by ``scale="mse"``, float32: ``1 - i * RATIO_STEP``."""
+    i = torch.arange(N_RATIOS, dtype=torch.float32, device=device)
+    return 1.0 - i * torch.tensor(RATIO_STEP, dtype=torch.float32)
+
+
+def _mse_scale_torch(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    n, k = w.shape
+    wg = w.float().reshape(n, k // group_size, group_size)
+    amax = wg.abs().amax(dim=-1)
+    ratios = trial_ratios().tolist()
+    best_s = best_e = best_next = None
+    for t in range(N_RATIOS + LLOYD_STEPS):
+        s = _store(amax * ratios[t] / ABSMAX_DIVISOR if t < N_RATIOS else best_next, w.dtype)
+        q = _group_codes(wg, s)
+        err = (wg - q * s.unsqueeze(-1)).square().sum(dim=-1)
+        sqq = q.square().sum(dim=-1)
+        nxt = torch.where(sqq > 0, (wg * q).sum(dim=-1) / sqq.clamp_min(1), s)
+        if best_s is None:
+            best_s, best_e, best_next = s, err, nxt
+            continue
+        better = err < best_e * (1 - MARGIN)
+        best_s = torch.where(better, s, best_s)
+        best_e = torch.where(better, err, best_e)
+        best_next = torch.where(better, nxt, best_next)
+    return best_s.to(w.dtype)
+
+
+def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """INT4 codes in [-8, 7] (int8 ``[N, K]``) of ``w`` with per-group scales ``[N, K/g]``."""
+    n, k = w.shape
+    g = k // scale.shape[1]
+    return _group_codes(w.float().reshape(n, k // g, g), scale.float()).reshape(n, k).to(torch.int8)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack codes in [-8, 7] ``[N, K]`` into int32 ``[N, K/8]`` (compressed-tensors layout)."""
+    if q.ndim != 2 or q.shape[1] % 8:
+        raise ValueError(f"pack_int4 needs codes of shape [N, K] with K a multiple of 8, got {tuple(q.shape)}")
+    if q.dtype.is_floating_point or q.dtype == torch.bool:
+        raise TypeError(f"pack_int4 takes integer codes, got {q.dtype}")
+    if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
+        raise ValueError("pack_int4: codes must lie in [-8, 7]")
+    n, k = q.shape
+    u = (q.to(torch.int64) + 8).reshape(n, k // 8, 8)
+    shifts = 4 * torch.arange(8, device=q.device, dtype=torch.int64)
+    words = (u << shifts).sum(dim=-1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
+    if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
+        raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
+    shifts = 4 * torch.arange(8, device=packed.device, dtype=torch.int32)
+    u = (packed.unsqueeze(-1) >> shifts) & 0xF
+    return (u.reshape(packed.shape[0], -1)[:, :k] - 8).to(torch.int8)
+
+
+def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
+    if not isinstance(scale, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of scales, got {type(scale).__name__}")
+    n, k = check_int4_shape(tuple(w.shape), 8)
+    if scale.ndim != 2 or scale.shape[0] != n or scale.shape[1] == 0 or k % scale.shape[1]:
+        raise ValueError(f"scale shape {tuple(scale.shape)} must be [N, K/group_size] for weight shape {(n, k)}")
+    if not scale.dtype.is_floating_point:
+        raise TypeError(f"scales must be floating point, got {scale.dtype}")
+    if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+        raise ValueError("scales must be finite and positive")
+    return k // scale.shape[1]
+
+
+def quantize_int4_with_scale(w: torch.Tensor, scale: torch.Tensor, backend: str = "auto") -> Int4Weight:
+    """Quantize ``w`` ``[N, K]`` with given per-group scales ``[N, K/g]`` (stored as given)."""
+    group_size = _check_scale(w, scale)
+    n, k = _check_weight(w, group_size)
+    if use_triton(backend, w):
+        from hlwq_kernels.ops.int4_triton import int4_quantize_pack
+
+        packed, _ = int4_quantize_pack(w, group_size, "given", scale=scale)
+    else:
+        packed = pack_int4(int4_codes(w, scale))
+    return Int4Weight(packed, scale, (n, k), group_size)
+
+
+def quantize_int4(
+    w: torch.Tensor, group_size: int = 128, scale: str = "absmax", backend: str = "auto"
+) -> Int4Weight:
+    """Symmetric group INT4 with ``scale="absmax"`` (compressed-tensors' rule) or ``"mse"``."""
+    n, k = _check_weight(w, group_size)
+    if scale not in _SCALE_RULES:
+        raise ValueError(f"scale must be one of {_SCALE_RULES}, got {scale!r}")
+    if use_triton(backend, w):
+        from hlwq_kernels.ops.int4_triton import int4_quantize_pack
+
+        packed, s = int4_quantize_pack(w, group_size, scale)
+        return Int4Weight(packed, s, (n, k), group_size)
+    s = absmax_scale(w, group_size) if scale == "absmax" else _mse_scale_torch(w, group_size)
+    return Int4Weight(pack_int4(int4_codes(w, s)), s, (n, k), group_size)
+
+
+def dequantize_int4(q: Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``(u - 8) * scale`` computed in float32, cast to ``dtype`` (default: the scale's dtype)."""
+    n, k = check_int4_shape(q.shape, q.group_size)
+    codes = unpack_int4(q.packed, k).float().reshape(n, k // q.group_size, q.group_size)
+    w = (codes * q.scale.float().unsqueeze(-1)).reshape(n, k)
+    return w.to(dtype or q.scale.dtype)

@@ -1,0 +1,1 @@
+"""The quality study (``python -m hlwq_kernels.eval``): methods, data, runs and plots."""

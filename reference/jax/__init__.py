@@ -1,5 +1,0 @@
-"""JAX references (float64 where jax_enable_x64 is on). Each op module adds its public names here."""
-
-from reference.jax.fwht import fwht
-from reference.jax.lloyd_max import gaussian_levels, empirical_levels
-from reference.jax.int4 import quantize_int4, dequantize_int4, pack_int4, unpack_int4

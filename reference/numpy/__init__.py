@@ -1,8 +1,0 @@
-"""NumPy float64 references. Each op module adds its public names here."""
-
-from reference.numpy.hadamard import hadamard_matrix, hadamard_factors, is_hadamard_size
-from reference.numpy.fwht import fwht
-from reference.numpy.lloyd_max import lloyd_max, quantize as lloyd_quantize, dequantize as lloyd_dequantize
-from reference.numpy.hlwq import hlwq_codes, hlwq_dequantize, hlwq_int4
-from reference.numpy.int4 import Int4Weight, quantize_int4, quantize_int4_with_scale, dequantize_int4, absmax_scale, mse_scale, int4_codes, pack_int4, unpack_int4
-from reference.numpy.marlin import marlin_pack, marlin_unpack

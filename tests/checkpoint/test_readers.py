@@ -1,0 +1,132 @@
+"""Converted checkpoints read by the real readers: transformers + compressed-tensors on CPU, and
+compressed-tensors' own config parser, unpacker and decompressor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hlwq_kernels.checkpoint import quantize_checkpoint
+from hlwq_kernels.checkpoint.io import read_tensor, scan_source, weight_files
+from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, unpack_int4
+from tests.tiny_checkpoints import ARCHS, save_tiny
+
+pytest.importorskip("compressed_tensors")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """arch -> (source dir, converted dir); built once per module."""
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(arch: str) -> tuple[Path, Path]:
+        if arch not in cache:
+            root = tmp_path_factory.mktemp(arch)
+            src = save_tiny(arch, root / "src")
+            dst = root / "int4"
+            quantize_checkpoint(src, dst, method="hlwq", progress=False)
+            cache[arch] = (src, dst)
+        return cache[arch]
+
+    return get
+
+
+def dequantized_weights(dst: Path) -> dict[str, torch.Tensor]:
+    """Our dequantization of every quantized module of ``dst``: module name -> weight."""
+    config = json.loads((dst / "config.json").read_text())
+    group = config["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"]
+    tensors = scan_source(weight_files(dst))
+    out = {}
+    for name in tensors:
+        if name.endswith(".weight_packed"):
+            m = name[: -len(".weight_packed")]
+            shape = tuple(read_tensor(tensors[f"{m}.weight_shape"]).tolist())
+            q = Int4Weight(read_tensor(tensors[name]), read_tensor(tensors[f"{m}.weight_scale"]), shape, group)
+            out[m] = dequantize_int4(q)
+    return out
+
+
+def model_weight(model: torch.nn.Module, ckpt_name: str) -> tuple[str, torch.Tensor]:
+    """The parameter (name, view) that checkpoint module ``ckpt_name`` loads into. transformers 5
+    renames multimodal checkpoints (``model.x`` -> ``model.language_model.x``, ``visual.x`` ->
+    ``model.visual.x``) and fuses MoE experts (``experts.E.gate_proj`` / ``up_proj`` -> rows of
+    ``experts.gate_up_proj[E]``, ``experts.E.down_proj`` -> ``experts.down_proj[E]``)."""
+    params = dict(model.named_parameters())
+    for candidate in (ckpt_name, "model.language_model." + ckpt_name.removeprefix("model."), "model." + ckpt_name):
+        if f"{candidate}.weight" in params:
+            return f"{candidate}.weight", params[f"{candidate}.weight"]
+        parent, _, leaf = candidate.rpartition(".")
+        experts, _, index = parent.rpartition(".")
+        if experts.endswith(".experts") and f"{experts}.down_proj" in params:
+            if leaf == "down_proj":
+                return f"{experts}.down_proj", params[f"{experts}.down_proj"][int(index)]
+            name = f"{experts}.gate_up_proj"
+            gate, up = params[name][int(index)].chunk(2, dim=0)
+            return name, gate if leaf == "gate_proj" else up
+    raise KeyError(ckpt_name)
+
+
+def load(path: Path) -> torch.nn.Module:
+    config = json.loads((path / "config.json").read_text())
+    cls = getattr(transformers, config["architectures"][0])
+    return cls.from_pretrained(path, dtype=torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_transformers_loads_exact_weights_and_logits(arch, converted):
+    """transformers + compressed-tensors load the output on CPU; every quantized weight (MoE
+    experts included, which transformers 5 fuses into experts.gate_up_proj on load) equals our
+    dequantization exactly, every other parameter equals the source, and the logits equal those
+    of the source model carrying our dequantized weights."""
+    src, dst = converted(arch)
+    ours = dequantized_weights(dst)
+    assert len(ours) >= 8
+    ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+    quant = load(dst)
+    with torch.no_grad():
+        logits = quant(input_ids=ids).logits  # first forward decompresses the model
+    reference = load(src)
+    with torch.no_grad():
+        for m, w in ours.items():
+            loaded = model_weight(quant, m)[1]
+            assert loaded.dtype == w.dtype and torch.equal(loaded, w), m
+            target = model_weight(reference, m)[1]
+            assert not torch.equal(target, w), m  # the source really differs: the copy below matters
+            target.copy_(w)
+        expected = reference(input_ids=ids).logits
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    # every other parameter (embeddings, norms, kept layers, towers) loaded with the source values
+    quantized = {model_weight(quant, m)[0] for m in ours}
+    src_params = dict(load(src).named_parameters())
+    kept = [(n, p) for n, p in quant.named_parameters()
+            if n not in quantized and not n.rsplit(".", 1)[-1].startswith("weight_")]
+    assert kept
+    for name, p in kept:
+        assert torch.equal(p, src_params[name]), name
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_compressed_tensors_decompressor(arch, converted):
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+    from compressed_tensors.quantization import QuantizationConfig
+
+    _, dst = converted(arch)
+    qc = json.loads((dst / "config.json").read_text())["quantization_config"]
+    parsed = QuantizationConfig.model_validate(qc)  # compressed-tensors' own schema accepts ours
+    scheme = parsed.config_groups["group_0"]
+    assert scheme.weights.group_size == 128 and scheme.weights.symmetric and scheme.weights.num_bits == 4
+    tensors = scan_source(weight_files(dst))
+    ours = dequantized_weights(dst)
+    for m, w in ours.items():
+        state = {f"weight_{s}": read_tensor(tensors[f"{m}.weight_{s}"]) for s in ("packed", "scale", "shape")}
+        out = PackedQuantizationCompressor.decompress(dict(state), scheme)
+        assert torch.equal(out["weight"].to(w.dtype), w), m
+        codes = unpack_from_int32(state["weight_packed"], 4, state["weight_shape"])
+        assert torch.equal(codes.to(torch.int8), unpack_int4(state["weight_packed"], w.shape[1])), m
+        assert torch.equal(pack_to_int32(codes, 4), state["weight_packed"]), m
