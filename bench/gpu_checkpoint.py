@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/hlwq-bench-checkpoint")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--method", choices=["hlwq", "rtn"], default="rtn")
-    ap.add_argument("--scale", choices=["absmax", "mse"], default="mse")
+    ap.add_argument("--scale", choices=["absmax", "mse"], default="absmax")
     ap.add_argument("--out", help="write the Markdown table here")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint and the output")
     args = ap.parse_args()

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=5, help="Lloyd-Max bits of the HLWQ pre-pass (default 5)")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--block-size", type=int, default=128, help="HLWQ Hadamard block size (default 128)")
-    p.add_argument("--scale", choices=["absmax", "mse"], default="mse",
-                   help="INT4 group scale: mse (default, MSE-optimal per group) or absmax (absmax/7.5)")
+    p.add_argument("--scale", choices=["absmax", "mse"], default="absmax",
+                   help="INT4 group scale: absmax (default, absmax/7.5 as compressed-tensors) or mse "
+                        "(MSE-optimal per group: lower weight error but higher perplexity on real decoders)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
                    help="modules to keep unquantized: names, dotted suffixes (down_proj) or re:<regex>")

@@ -183,7 +183,7 @@ def quantize_checkpoint(
     bits: int = 5,
     group_size: int = 128,
     block_size: int = 128,
-    scale: str = "mse",
+    scale: str = "absmax",
     device: str = "auto",
     ignore: Iterable[str] = (),
     max_shard_size: int | str = "5GB",
@@ -194,7 +194,8 @@ def quantize_checkpoint(
     compressed-tensors checkpoint at ``dst`` and return the report (also saved as
     ``dst/hlwq_report.json``).
 
-    The defaults (rtn + mse) are the best combination measured in the quality study (README).
+    The defaults (rtn + absmax) are compressed-tensors' own rule: on a real decoder (Gemma-3-270M)
+    the MSE-optimal scale lowered weight error but raised perplexity 1.65x more than absmax.
     method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4) or "rtn"
     (plain INT4 round-to-nearest). scale: INT4 group scale, "absmax" (compressed-tensors' rule)
     or "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
