@@ -13,6 +13,9 @@ and measures:
   sentence-transformers does), over deterministic sentences: mean and worst case.
 It writes ``results.md``, ``results.json`` and ``per_layer.png`` into ``--out``
 (default ``bench/results/quality-<date>/``). ``--quick`` runs a small subset (for CI).
+
+``python -m hlwq_kernels.eval --decoders ...`` runs the decoder perplexity study instead
+(``hlwq_kernels.study.decoder_study``, issue 12).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import copy
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -234,8 +238,16 @@ def write_results(res: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--decoders" in argv:
+        from hlwq_kernels.study.decoder_study import main as decoder_main
+
+        return decoder_main([a for a in argv if a != "--decoders"])
+    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval", description=__doc__.split("\n\n")[0],
+                                epilog="--decoders runs the decoder perplexity study instead "
+                                       "(python -m hlwq_kernels.eval --decoders --help lists its options)")
+    p.add_argument("--decoders", action="store_true", help="the decoder perplexity study (issue 12)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default bench/results/quality-<date>/)")
     p.add_argument("--quick", action="store_true", help="small subset (first MiniLM block, small matrices)")
     p.add_argument("--sentences", type=int, default=None, help="number of sentences (default 1024; 64 with --quick)")

