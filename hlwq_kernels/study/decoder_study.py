@@ -13,8 +13,10 @@ Two stages keep the cost down: every method on the first ``--screen-windows`` wi
 peers, today's default and the ``--finalists`` best of ours by KL on the remaining windows up to
 ``--windows`` (64 windows = 32,704 scored tokens). Sensitivity: ``--seeds`` copies of the default's
 checkpoint with a random fraction of codes moved by +-1 (the fraction of codes that differ between
-ours and llm-compressor's RTN, whose scales are identical) are scored like methods, so the spread of
-their perplexity is the size of a difference that means nothing. Writes ``results.md``,
+ours and llm-compressor's RTN, whose scales are identical) are scored on the screen windows (all
+windows with ``--noise-full``); the spread of their perplexity is the size of a difference that
+means nothing. Scores are cached per checkpoint and window (``<cache>/scores``), so a rerun only
+scores what is new (e.g. a peer that appeared). Writes ``results.md``,
 ``results.json`` and ``perplexity.png`` into ``--out`` (default ``bench/results/decoders-<date>/``).
 """
 
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -36,13 +40,14 @@ import torch
 from hlwq_kernels.metrics import error_energy, sqnr_db
 from hlwq_kernels.study.cache import StudyDataError, cache_dir
 from hlwq_kernels.study.decoders import DECODERS, Decoder, bf16_checkpoint, decoder
-from hlwq_kernels.study.perplexity import SEQ_LEN, WindowStats, perplexity
-from hlwq_kernels.study.perturb import code_difference, perturb_checkpoint
+from hlwq_kernels.study.perplexity import SEQ_LEN, WindowStats, expects_bos, perplexity
+from hlwq_kernels.study.perturb import PERTURBATION_NAME, code_difference, perturb_checkpoint
 from hlwq_kernels.study.text import evaluation_text
 
 __all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_results", "main"]
 
 DEFAULT_KEY = "rtn-absmax"  # the converter's default today
+CONVERSION_TIMING_NAME = "study_conversion.json"
 RTN_PEER, GPTQ_PEER = "llmc-rtn", "llmc-gptq"
 FALLBACK_FLIP_FRACTION = 0.033  # measured on Gemma-3-270M (issue 12) when no llm-compressor RTN is there
 SYMMETRIC_KERNELS = "CUDA: Machete (Hopper), Marlin; CPU: CPUWNA16 (AVX-512)"
@@ -82,27 +87,32 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _peer_timings(peers_dir: Path) -> dict[str, float]:
+def _peer_timings(peers_dir: Path) -> dict[str, dict]:
+    """The last successful run of each peer job (``hlwq_kernels.study.peers`` writes timings.jsonl)."""
     path = peers_dir / "timings.jsonl"
     if not path.is_file():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["job"]: r["wall_s"] for r in records if r.get("rc") == 0}
+    return {r["job"]: r for r in records if r.get("rc") == 0}
 
 
-def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Path, float, dict]:
-    """Our checkpoint of ``m`` (reused when its report shows the same options) and its conversion seconds."""
+def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Path, dict]:
+    """Our checkpoint of ``m`` (reused when one with the same options is cached) and its conversion
+    time: wall seconds, CPU seconds of this process, the load average before."""
     from hlwq_kernels.checkpoint import quantize_checkpoint
 
     dst = cache_dir("converted") / d.key / m.key
     options = {"group_size": d.group_size, **m.options}
-    report_path = dst / "hlwq_report.json"
-    if not reconvert and report_path.is_file():
-        report = json.loads(report_path.read_text())
+    timing_path = dst / CONVERSION_TIMING_NAME
+    if not reconvert and timing_path.is_file():
+        report = json.loads((dst / "hlwq_report.json").read_text())
         if all(report.get(k) == v for k, v in options.items()):
-            return dst, report["timings"]["total_s"], report
-    report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options).to_dict()
-    return dst, report["timings"]["total_s"], report
+            return dst, json.loads(timing_path.read_text())
+    load, cpu = os.getloadavg()[0], time.process_time()
+    report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options)
+    timing = {"wall_s": report.timings["total_s"], "cpu_s": round(time.process_time() - cpu, 1), "load_average": load}
+    timing_path.write_text(json.dumps(timing))
+    return dst, timing
 
 
 def _weight_error(model: torch.nn.Module, ref: torch.nn.Module) -> dict:
@@ -138,12 +148,12 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
             if not (path / "config.json").is_file():
                 _log(f"[{d.key}] {m.key}: no checkpoint at {path}, skipped")
                 continue
-            row.update(path=path, conversion_s=timings.get(f"{d.key}:{m.peer}"))
+            job = timings.get(f"{d.key}:{m.peer}", {})
+            row.update(path=path, conversion_s=job.get("wall_s"), conversion_cpu_s=job.get("cpu_s", job.get("cpu_user_s")))
         else:
-            t = time.perf_counter()
-            path, seconds, report = _convert(d, m, src, reconvert)
-            row.update(path=path, conversion_s=seconds, options=m.options)
-            _log(f"[{d.key}] {m.key}: converted in {seconds:.1f} s ({time.perf_counter() - t:.1f} s here)")
+            path, timing = _convert(d, m, src, reconvert)
+            row.update(path=path, conversion_s=timing["wall_s"], conversion_cpu_s=timing["cpu_s"], options=m.options)
+            _log(f"[{d.key}] {m.key}: {path} (conversion {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU)")
         rows[m.key] = row
     if seeds and DEFAULT_KEY in rows:
         base = rows[DEFAULT_KEY]["path"]
@@ -152,15 +162,68 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
         rows[DEFAULT_KEY]["codes_vs_llmc_rtn"] = diff
         for seed in range(seeds):
             key = f"{DEFAULT_KEY}~flip{seed}"
-            path = perturb_checkpoint(base, cache_dir("converted") / d.key / key, fraction, seed)
+            path = cache_dir("converted") / d.key / key
+            if not _is_perturbation_of(path, base, fraction, seed):
+                perturb_checkpoint(base, path, fraction, seed)
             rows[key] = {"label": f"default with {fraction:.2%} of codes moved ±1 (seed {seed})", "kind": "perturbed",
                          "kernels": SYMMETRIC_KERNELS, "rotated": False, "path": path, "fraction": fraction, "seed": seed}
     return src, rows
 
 
-def _score(src: Path, rows: dict[str, dict], keys: list[str], text: str, n: int, offset: int, max_loaded: int
-           ) -> dict:
-    paths = {str(rows[k]["path"]): k for k in keys if rows[k]["kind"] != "source"}
+def _fingerprint(path: Path) -> str:
+    """Identifies a checkpoint's contents as written: names, sizes and modification times of its files."""
+    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file())
+    return hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()
+                          ).hexdigest()[:16]
+
+
+class _ScoreCache:
+    """Window scores kept across runs, ``<cache>/scores/<decoder>/<method>.json``; valid while the
+    checkpoint, the reference, the text and the window length are the same."""
+
+    def __init__(self, d: Decoder, src: Path, text: str):
+        self.dir = cache_dir("scores") / d.key
+        self.context = {"reference": _fingerprint(src), "text": hashlib.sha256(text.encode()).hexdigest()[:16],
+                        "seq_len": SEQ_LEN}
+
+    def load(self, key: str, path: Path) -> tuple[WindowStats, dict | None]:
+        """The cached window scores and weight error of ``key`` (empty when stale or absent)."""
+        f = self.dir / f"{key}.json"
+        if f.is_file():
+            data = json.loads(f.read_text())
+            if data["context"] == {**self.context, "checkpoint": _fingerprint(path)}:
+                return WindowStats.from_dict(data["stats"]), data.get("weight_error")
+        return WindowStats(), None
+
+    def save(self, key: str, row: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        context = {**self.context, "checkpoint": _fingerprint(row["path"])}
+        (self.dir / f"{key}.json").write_text(json.dumps(
+            {"context": context, "stats": row["stats"].to_dict(), "weight_error": row.get("weight_error")}))
+
+
+def _is_perturbation_of(path: Path, base: Path, fraction: float, seed: int) -> bool:
+    """Whether ``path`` holds ``perturb_checkpoint(base, path, fraction, seed)`` written after ``base``."""
+    meta = path / PERTURBATION_NAME
+    if not meta.is_file() or json.loads(meta.read_text()) != {"source": str(base), "fraction": fraction, "seed": seed}:
+        return False
+    return meta.stat().st_mtime_ns > max(f.stat().st_mtime_ns for f in base.iterdir())
+
+
+def _score(src: Path, rows: dict[str, dict], keys: list[str], text: str, windows: range, max_loaded: int,
+           cache: _ScoreCache) -> dict:
+    """Make every row in ``keys`` hold scores for ``windows``: taken from the cache, or computed (the
+    missing rows together, sharing the reference's forward passes). Returns what it ran."""
+    for k in set(keys) | {"bf16"}:
+        if "stats" not in rows[k]:
+            rows[k]["stats"], weight_error = cache.load(k, rows[k]["path"])
+            if weight_error:
+                rows[k]["weight_error"] = weight_error
+    todo = [k for k in keys if not set(windows) <= set(rows[k]["stats"].window)]
+    run = {"windows": f"{windows.start}–{windows.stop - 1}", "computed": todo, "cached": [k for k in keys if k not in todo]}
+    if not todo:
+        return run
+    paths = {str(rows[k]["path"]): k for k in todo if rows[k]["kind"] != "source"}
 
     def inspect(path: str, model: torch.nn.Module, ref: torch.nn.Module) -> None:
         row = rows[paths[path]]
@@ -168,52 +231,48 @@ def _score(src: Path, rows: dict[str, dict], keys: list[str], text: str, n: int,
             row["weight_error"] = _weight_error(model, ref)
 
     t = time.perf_counter()
-    stats, timings = perplexity(list(paths), src, text, n, offset=offset, max_loaded=max_loaded, inspect=inspect,
-                                log=lambda msg: _log(f"  {msg}"))
-    for path, key in paths.items():
-        rows[key].setdefault("stats", WindowStats()).extend(stats[path])
-    if "bf16" in keys:
-        rows["bf16"].setdefault("stats", WindowStats()).extend(stats["reference"])
-    timings.update(wall_s=time.perf_counter() - t, windows=n, offset=offset, methods=len(paths))
-    return timings
+    stats, timings = perplexity(list(paths), src, text, len(windows), offset=windows.start, max_loaded=max_loaded,
+                                inspect=inspect, log=lambda msg: _log(f"  {msg}"))
+    for p, st in stats.items():
+        row = rows[paths.get(p, "bf16")]  # "reference": the BF16 source
+        row["stats"] = row["stats"].merge(st)
+        cache.save(paths.get(p, "bf16"), row)
+    run.update(timings, wall_s=round(time.perf_counter() - t, 1))
+    return run
 
 
 def _summary(rows: dict[str, dict], windows: int) -> dict[str, dict]:
-    """PPL, KL and increases over BF16 on the first ``windows`` windows of each row that has them."""
-    def has(k):
-        return k in rows and len(rows[k].get("stats", WindowStats()).tokens) >= windows
-
-    base = rows["bf16"]["stats"].ppl(windows)
-    out = {}
-    for key, row in rows.items():
-        if not has(key):
-            continue
-        s = row["stats"]
-        ppl = s.ppl(windows)
-        out[key] = {"ppl": ppl, "increase": ppl - base, "kl": s.mean_kl(windows),
-                    "tokens": sum(s.tokens[:windows])}
-        if has(RTN_PEER):
-            out[key]["nll_se_vs_llmc_rtn"] = _paired_se(s, rows[RTN_PEER]["stats"], windows)
+    """PPL, KL and increases over BF16 on windows ``0 .. windows - 1`` of each row that has them all,
+and the spread of the perturbed copies."""
+    first = range(windows)
+    held = {k: r["stats"].select(first) for k, r in rows.items()
+            if "stats" in r and set(first) <= set(r["stats"].window)}
+    base = held["bf16"].ppl()
+    out: dict[str, dict] = {}
+    for key, s in held.items():
+        out[key] = {"ppl": s.ppl(), "increase": s.ppl() - base, "kl": s.mean_kl(), "tokens": sum(s.tokens)}
+        if RTN_PEER in held:
+            out[key]["nll_se_vs_llmc_rtn"] = _paired_se(s, held[RTN_PEER])
     for peer in (RTN_PEER, GPTQ_PEER):
         if peer in out and out[peer]["increase"] > 0:
             for v in out.values():
                 v[f"ratio_{peer}"] = v["increase"] / out[peer]["increase"]
-    return out
+    return {"windows": windows, "methods": out, "noise": _noise(out, rows)}
 
 
-def _paired_se(a: WindowStats, b: WindowStats, windows: int) -> float:
-    """Standard error of the mean per-token NLL difference between two models over the windows
-    (text sampling noise of a PPL ratio: ratio ≈ exp(diff ± se))."""
-    diffs = [(x - y) / n for x, y, n in zip(a.nll[:windows], b.nll[:windows], a.tokens[:windows])]
+def _paired_se(a: WindowStats, b: WindowStats) -> float:
+    """Standard error of the mean per-token NLL difference between two models over their windows
+    (the text-sampling noise of a PPL ratio: ratio = exp(difference +- se))."""
+    diffs = [(x - y) / n for x, y, n in zip(a.nll, b.nll, a.tokens)]
     return statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
 
 
 def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[StudyMethod] | None = None,
                       screen_windows: int = 16, windows: int = 64, finalists: int = 3, seeds: int = 3,
                       peers_dir: Path | None = None, reconvert: bool = False, max_loaded: int = 8,
-                      text: str | None = None) -> dict:
+                      text: str | None = None, noise_full: bool = False) -> dict:
     """Run the study on ``decoders`` (default all) scoring ``text`` (default *Pride and Prejudice*);
-    return a JSON-able dict."""
+    the perturbed copies get all windows only with ``noise_full``. Returns a JSON-able dict."""
     start = time.time()
     methods = list(METHODS if methods is None else methods)
     peers_dir = peers_dir or cache_dir("peers")
@@ -226,21 +285,20 @@ def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[Study
     for d in decoders or DECODERS:
         t = time.time()
         src, rows = _checkpoints(d, methods, seeds, peers_dir, reconvert)
-        stages = [_score(src, rows, list(rows), text, screen_windows, 0, max_loaded)]
-        _log(f"[{d.key}] screen, {screen_windows} windows: " + ", ".join(
-            f"{k} {v['ppl']:.2f}/{v['kl']:.4f}" for k, v in _summary(rows, screen_windows).items()))
-        if windows > screen_windows:
-            screen = _summary(rows, screen_windows)
-            ours = sorted((k for k in rows if rows[k]["kind"] == "ours"), key=lambda k: screen[k]["kl"])
-            final = [k for k in rows if rows[k]["kind"] in ("source", "peer", "perturbed")
-                     or k == DEFAULT_KEY or k in ours[:finalists]]
-            stages.append(_score(src, rows, final, text, windows - screen_windows, screen_windows, max_loaded))
+        cache = _ScoreCache(d, src, text)
+        runs = [_score(src, rows, list(rows), text, range(screen_windows), max_loaded, cache)]
         summaries = {"screen": _summary(rows, screen_windows)}
+        _log(f"[{d.key}] screen, {screen_windows} windows (PPL/KL): " + ", ".join(
+            f"{k} {v['ppl']:.2f}/{v['kl']:.4f}" for k, v in summaries["screen"]["methods"].items()))
         if windows > screen_windows:
+            ours = sorted((k for k in rows if rows[k]["kind"] == "ours"), key=lambda k: summaries["screen"]["methods"][k]["kl"])
+            final = [k for k in rows if rows[k]["kind"] in ("source", "peer") or k == DEFAULT_KEY
+                     or k in ours[:finalists] or (noise_full and rows[k]["kind"] == "perturbed")]
+            runs.append(_score(src, rows, final, text, range(screen_windows, windows), max_loaded, cache))
             summaries["full"] = _summary(rows, windows)
         out["models"][d.key] = {
             "label": d.label, "source": f"{d.requirement} ({d.source_format}), dequantized to BF16",
-            "group_size": d.group_size, "bos": stages[0]["bos"], "stages": stages, "summary": summaries,
+            "group_size": d.group_size, "bos": _bos(src), "runs": runs, "summary": summaries,
             "runtime_s": round(time.time() - t, 1),
             "methods": {k: _jsonable(r) for k, r in rows.items()},
         }
@@ -249,11 +307,17 @@ def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[Study
     return out
 
 
+def _bos(src: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    return expects_bos(AutoTokenizer.from_pretrained(src))
+
+
 def _jsonable(row: dict) -> dict:
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in row.items() if k != "stats"}
-    s = row.get("stats")
-    if s is not None:
-        out["windows"] = {"nll": s.nll, "kl": s.kl, "tokens": s.tokens, "forward_s": round(s.seconds, 2)}
+    if "stats" in row:
+        out["windows"] = row["stats"].to_dict()
+        out["forward_s"] = round(sum(row["stats"].seconds), 1)
     return out
 
 
@@ -261,63 +325,75 @@ def _fmt(v: float | None, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _noise(summary: dict) -> dict | None:
+def _noise(methods: dict[str, dict], rows: dict[str, dict]) -> dict | None:
     """Mean and spread (sample std, min, max) of the perturbed copies' PPL and KL."""
-    flips = [v for k, v in summary.items() if "~flip" in k]
+    flips = [k for k in methods if rows[k]["kind"] == "perturbed"]
     if len(flips) < 2:
         return None
-    ppl, kl = [v["ppl"] for v in flips], [v["kl"] for v in flips]
-    return {"n": len(flips), "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl),
+    ppl, kl = [methods[k]["ppl"] for k in flips], [methods[k]["kl"] for k in flips]
+    return {"n": len(flips), "fraction": rows[flips[0]]["fraction"], "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl),
             "ppl_min": min(ppl), "ppl_max": max(ppl), "kl_mean": statistics.fmean(kl), "kl_std": statistics.stdev(kl)}
 
 
-def _table(model: dict, stage: str) -> list[str]:
-    summary = model["summary"][stage]
-    windows = model["stages"][0]["windows"] if stage == "screen" else sum(s["windows"] for s in model["stages"])
-    lines = [f"| method | PPL | increase over BF16 | ÷ llm-compressor RTN's | ÷ GPTQ's | KL (nats/token) "
-             f"| rel. weight MSE | conversion s |", "|---|---|---|---|---|---|---|---|"]
-    for key, v in summary.items():
+def _conversion(row: dict) -> str:
+    if row.get("conversion_s") is None:
+        return "–"
+    return f"{row['conversion_s']:.1f} ({_fmt(row.get('conversion_cpu_s'), '.1f')})"
+
+
+def _table(model: dict, summary: dict) -> list[str]:
+    methods = summary["methods"]
+    tokens = methods["bf16"]["tokens"]
+    lines = [f"{summary['windows']} windows of {SEQ_LEN} tokens ({tokens} scored tokens):", "",
+             "| method | PPL | increase over BF16 | ÷ llm-compressor RTN's | ÷ GPTQ's | KL (nats/token) "
+             "| rel. weight MSE | conversion s (CPU s) |", "|---|---|---|---|---|---|---|---|"]
+    for key, v in methods.items():
         row = model["methods"][key]
         if row["kind"] == "perturbed":
             continue
         we = row.get("weight_error") or {}
         lines.append(f"| {row['label']} | {v['ppl']:.2f} | {v['increase']:+.2f} | {_fmt(v.get('ratio_' + RTN_PEER), '.2f')} "
                      f"| {_fmt(v.get('ratio_' + GPTQ_PEER), '.2f')} | {v['kl']:.4f} | {_fmt(we.get('rel_mse'), '.5f')} "
-                     f"| {_fmt(row.get('conversion_s'), '.1f')} |")
-    noise = _noise(summary)
+                     f"| {_conversion(row)} |")
+    noise = summary["noise"]
     if noise:
-        lines.append(f"| default with codes moved ±1 at random ({noise['n']} seeds): mean ± std "
-                     f"(min–max) | {noise['ppl_mean']:.2f} ± {noise['ppl_std']:.2f} ({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) "
-                     f"| | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
-    tokens = next(iter(summary.values()))["tokens"]
-    return [f"{windows} windows of {SEQ_LEN} tokens ({tokens} scored tokens):", ""] + lines
+        lines.append(f"| default with {noise['fraction']:.2%} of codes moved ±1 at random, {noise['n']} seeds: "
+                     f"mean ± std (min–max) | {noise['ppl_mean']:.2f} ± {noise['ppl_std']:.2f} "
+                     f"({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) | | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
+    return lines
 
 
 def _markdown(res: dict) -> str:
     meta = res["meta"]
     lines = [f"# Decoder perplexity study ({meta['date']})", "",
              f"Command: `python -m hlwq_kernels.eval --decoders` · {meta['machine']} · torch {meta['torch']} · "
-             f"text: {meta['text']} · total runtime {meta['runtime_s']:.0f} s", ""]
+             f"text: {meta['text']} · runtime of this invocation {meta['runtime_s']:.0f} s", ""]
     for model in res["models"].values():
         lines += [f"## {model['label']} (INT4 group {model['group_size']}; source: {model['source']})", "",
-                  f"Windows start with BOS: {'yes' if model['bos'] else 'no (the tokenizer adds none)'}. "
-                  f"Runtime {model['runtime_s']:.0f} s.", ""]
-        for stage in ("full", "screen"):
+                  f"Windows start with BOS: {'yes' if model['bos'] else 'no (the tokenizer adds none)'}.", ""]
+        for stage, title in (("full", "All windows: peers, default, finalists"), ("screen", "Screen: every method")):
             if stage in model["summary"]:
-                lines += [f"### {'All windows: peers, default, finalists' if stage == 'full' else 'Screen: every method'}",
-                          ""] + _table(model, stage) + [""]
+                lines += [f"### {title}", ""] + _table(model, model["summary"][stage]) + [""]
         diff = model["methods"].get(DEFAULT_KEY, {}).get("codes_vs_llmc_rtn")
         if diff:
             lines += [f"Codes of the default vs llm-compressor RTN: {diff['fraction']:.2%} of {diff['codes']} differ "
-                      f"(by |Δ|: {diff['by']}), scales identical: {diff['scales_equal']}.", ""]
-        lines += ["Runtimes (seconds):", "", "| stage | windows | methods | load | reference forward | wall |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {s['offset']}–{s['offset'] + s['windows'] - 1} | {s['methods']} | {s['load_s']:.0f} "
-                  f"| {s['reference_forward_s']:.0f} | {s['wall_s']:.0f} |" for i, s in enumerate(model["stages"])]
-        lines += ["", "| method | forward s (all its windows) |", "|---|---|"]
-        lines += [f"| {k} | {m['windows']['forward_s']:.0f} |" for k, m in model["methods"].items() if "windows" in m]
+                      f"(count by |difference|: {diff['by']}); scales identical: {diff['scales_equal']}.", ""]
+        lines += ["Forward seconds over all windows scored (from the run that computed them; the reference's "
+                  "pass is shared by the checkpoints scored with it):", "", "| checkpoint | windows | forward s |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {len(m['windows']['window'])} | {m['forward_s']:.0f} |"
+                  for k, m in model["methods"].items() if "windows" in m]
+        lines += ["", "This invocation:", "", "| windows | computed | cached | load s | reference forward s | wall s "
+                  "| CPU s | load average (start, end) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['windows']} | {', '.join(r['computed']) or '–'} | {', '.join(r['cached']) or '–'} "
+                  f"| {_fmt(r.get('load_s'), '.0f')} | {_fmt(r.get('reference_forward_s'), '.0f')} | {_fmt(r.get('wall_s'), '.0f')} "
+                  f"| {_fmt(r.get('cpu_s'), '.0f')} | {_load(r)} |" for r in model["runs"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _load(run: dict) -> str:
+    return f"{run['load_average_start']:.1f}, {run['load_average_end']:.1f}" if "load_average_end" in run else "–"
 
 
 def _plot(res: dict, path: Path) -> None:
@@ -327,25 +403,24 @@ def _plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(res["models"].values())
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 5.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        stage = "full" if "full" in model["summary"] else "screen"
-        summary = model["summary"][stage]
-        keys = [k for k in summary if model["methods"][k]["kind"] not in ("source", "perturbed")]
-        base = summary["bf16"]["ppl"]
-        vals = [summary[k]["ppl"] / base for k in keys]
+        summary = model["summary"].get("full") or model["summary"]["screen"]
+        methods = summary["methods"]
+        keys = [k for k in methods if model["methods"][k]["kind"] not in ("source", "perturbed")]
+        base = methods["bf16"]["ppl"]
         colors = ["tab:gray" if model["methods"][k]["kind"] == "peer" else "tab:blue" for k in keys]
-        ax.barh(range(len(keys)), [v - 1 for v in vals], color=colors)
+        ax.barh(range(len(keys)), [100 * (methods[k]["ppl"] / base - 1) for k in keys], color=colors)
         ax.set_yticks(range(len(keys)), [model["methods"][k]["label"].replace("`", "") for k in keys], fontsize=7)
-        noise = _noise(summary)
+        noise = summary["noise"]
         if noise:
-            ax.axvspan(noise["ppl_min"] / base - 1, noise["ppl_max"] / base - 1, color="tab:red", alpha=0.2,
-                       label=f"default with codes moved ±1 ({noise['n']} seeds)")
+            ax.axvspan(100 * (noise["ppl_min"] / base - 1), 100 * (noise["ppl_max"] / base - 1), color="tab:red",
+                       alpha=0.2, label=f"default with {noise['fraction']:.1%} of codes moved ±1 ({noise['n']} seeds)")
             ax.legend(fontsize=7, loc="lower right")
         ax.invert_yaxis()
-        windows = sum(s["windows"] for s in model["stages"]) if stage == "full" else model["stages"][0]["windows"]
-        ax.set_xlabel(f"perplexity ÷ BF16 source's − 1 (BF16 PPL {base:.2f})")
-        ax.set_title(f"{model['label']}, INT4 group {model['group_size']}, {windows} windows × {SEQ_LEN}")
+        ax.set_xlabel(f"perplexity increase over the BF16 source, % (BF16: {base:.2f})")
+        ax.set_title(f"{model['label']}, INT4 group {model['group_size']}, {summary['windows']} windows × {SEQ_LEN}",
+                     fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -373,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=64, help="windows for the peers and finalists (default 64)")
     p.add_argument("--finalists", type=int, default=3, help="how many of ours (best KL) get all windows (default 3)")
     p.add_argument("--seeds", type=int, default=3, help="perturbed copies of the default (default 3)")
+    p.add_argument("--noise-full", action="store_true", help="score the perturbed copies on all windows too")
     p.add_argument("--peers", type=Path, default=None, help="llm-compressor checkpoints (default <cache>/peers)")
     p.add_argument("--reconvert", action="store_true", help="convert again even when a cached checkpoint matches")
     p.add_argument("--max-loaded", type=int, default=8, help="checkpoints in memory at once (default 8)")
@@ -391,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     screen, windows = (2, 2) if args.quick else (args.screen_windows, args.windows)
     try:
         res = run_decoder_study(models and [decoder(k) for k in models], [known[k] for k in wanted], screen, windows, args.finalists,
-                                1 if args.quick else args.seeds, args.peers, args.reconvert, args.max_loaded)
+                                1 if args.quick else args.seeds, args.peers, args.reconvert, args.max_loaded,
+                                noise_full=args.noise_full)
     except StudyDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,8 +6,8 @@ pieces; a window is ``[BOS] + 511 tokens`` when the model's tokenizer adds a BOS
 512 scores 511 next-token predictions; the first position is context only.
 
 Per window and model the harness keeps the summed negative log-likelihood of the targets and the
-summed ``KL(P_ref || P_model)`` of the next-token distributions over the same positions, so results
-of separate runs over different windows add up. ``PPL = exp(sum NLL / tokens)``.
+summed ``KL(P_ref || P_model)`` of the next-token distributions over the same positions, indexed by
+the window's position in the text, so results of separate runs over different windows combine. ``PPL = exp(sum NLL / tokens)``.
 
 Every checkpoint is loaded by transformers (the real reader) in float32 on the CPU; a
 compressed-tensors checkpoint is decompressed by its own code on the first forward (weights become
@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -42,27 +42,55 @@ SEQ_LEN = 512
 
 @dataclass
 class WindowStats:
-    """Sums over the scored positions of each window (NLL and KL in nats), and forward seconds."""
+    """Per scored window: its index in the text, summed NLL and KL(P_ref || P_model) over its
+    positions (nats), scored tokens, and the model's forward seconds."""
 
+    window: list[int] = field(default_factory=list)
     nll: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: list[float] = field(default_factory=list)
 
-    def extend(self, other: "WindowStats") -> None:
-        """Append ``other``'s windows (a later run over further windows)."""
-        self.nll += other.nll
-        self.kl += other.kl
-        self.tokens += other.tokens
-        self.seconds += other.seconds
+    def add(self, window: int, nll: float, kl: float, tokens: int, seconds: float) -> None:
+        """Record one window."""
+        for name, value in zip(_FIELDS, (window, nll, kl, tokens, seconds)):
+            getattr(self, name).append(value)
 
-    def ppl(self, windows: int | None = None) -> float:
-        """Perplexity over the first ``windows`` windows (default all)."""
-        return math.exp(sum(self.nll[:windows]) / sum(self.tokens[:windows]))
+    def select(self, windows: Iterable[int]) -> "WindowStats":
+        """The stats of ``windows`` (KeyError if one is missing), in that order."""
+        at = {w: i for i, w in enumerate(self.window)}
+        out = WindowStats()
+        for w in windows:
+            i = at[w]
+            out.add(*(getattr(self, name)[i] for name in _FIELDS))
+        return out
 
-    def mean_kl(self, windows: int | None = None) -> float:
-        """Mean KL(P_ref || P_model) per scored token over the first ``windows`` windows."""
-        return sum(self.kl[:windows]) / sum(self.tokens[:windows])
+    def merge(self, other: "WindowStats") -> "WindowStats":
+        """Both sets of windows (``other``'s win where both have one), sorted by window."""
+        rows = {w: tuple(getattr(self, n)[i] for n in _FIELDS) for i, w in enumerate(self.window)}
+        rows.update({w: tuple(getattr(other, n)[i] for n in _FIELDS) for i, w in enumerate(other.window)})
+        out = WindowStats()
+        for w in sorted(rows):
+            out.add(*rows[w])
+        return out
+
+    def ppl(self) -> float:
+        """Perplexity over all windows held."""
+        return math.exp(sum(self.nll) / sum(self.tokens))
+
+    def mean_kl(self) -> float:
+        """Mean KL(P_ref || P_model) per scored token."""
+        return sum(self.kl) / sum(self.tokens)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WindowStats":
+        return cls(**{name: list(d[name]) for name in _FIELDS})
+
+
+_FIELDS = ("window", "nll", "kl", "tokens", "seconds")
 
 
 def expects_bos(tokenizer) -> bool:
@@ -128,36 +156,33 @@ def _log_probs(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_windows(ref: torch.nn.Module, models: dict[str, torch.nn.Module], windows: torch.Tensor,
+def score_windows(ref: torch.nn.Module, models: dict[str, torch.nn.Module], windows: torch.Tensor, offset: int = 0,
                   log: Callable[[str], None] | None = None) -> dict[str, WindowStats]:
-    """NLL and KL sums per window for ``ref`` (key ``"reference"``, KL 0) and every model in ``models``."""
+    """Per-window NLL and KL for ``ref`` (key ``"reference"``, KL 0) and every model in ``models``;
+    the rows of ``windows`` are windows ``offset, offset + 1, ...`` of the text."""
     stats = {"reference": WindowStats(), **{k: WindowStats() for k in models}}
     start = time.perf_counter()
     for w, ids in enumerate(windows):
         targets = ids[1:, None]
         t = time.perf_counter()
         lp_ref = _log_probs(ref, ids)
-        stats["reference"].seconds += time.perf_counter() - t
-        _add(stats["reference"], lp_ref, targets, 0.0)
+        stats["reference"].add(offset + w, _nll(lp_ref, targets), 0.0, targets.shape[0], time.perf_counter() - t)
         p_ref = lp_ref.exp()
         neg_entropy = (p_ref * lp_ref).sum(-1)
         for key, model in models.items():
             t = time.perf_counter()
             lp = _log_probs(model, ids)
             kl = float((neg_entropy - (p_ref * lp).sum(-1)).double().sum())
-            _add(stats[key], lp, targets, kl)
-            stats[key].seconds += time.perf_counter() - t
+            stats[key].add(offset + w, _nll(lp, targets), kl, targets.shape[0], time.perf_counter() - t)
             del lp
         if log:
-            log(f"window {w + 1}/{len(windows)} ({time.perf_counter() - start:.0f} s): "
-                + "  ".join(f"{k} {s.ppl():.3f}" for k, s in stats.items()))
+            log(f"window {offset + w} ({w + 1}/{len(windows)}, {time.perf_counter() - start:.0f} s): "
+                + "  ".join(f"{Path(k).name} {s.ppl():.3f}" for k, s in stats.items()))
     return stats
 
 
-def _add(s: WindowStats, lp: torch.Tensor, targets: torch.Tensor, kl: float) -> None:
-    s.nll.append(-float(lp.gather(1, targets).double().sum()))
-    s.kl.append(kl)
-    s.tokens.append(targets.shape[0])
+def _nll(lp: torch.Tensor, targets: torch.Tensor) -> float:
+    return -float(lp.gather(1, targets).double().sum())
 
 
 def perplexity(paths: Sequence[str | os.PathLike], ref_path: str | os.PathLike, text: str, n_windows: int,
@@ -166,16 +191,17 @@ def perplexity(paths: Sequence[str | os.PathLike], ref_path: str | os.PathLike, 
     """Score the checkpoints ``paths`` against the reference checkpoint ``ref_path`` on windows
     ``offset .. offset + n_windows - 1`` of ``text`` (tokenized by the reference's tokenizer).
     At most ``max_loaded`` checkpoints are in memory at once (each group repeats the reference's
-    forward passes); ``inspect(key, model, ref)`` is called on each after loading. Returns per-path stats (key ``str(path)``; ``"reference"`` for the reference)
-    and timings."""
+    forward passes); ``inspect(key, model, ref)`` is called on each after loading. Returns per-path
+    stats (key ``str(path)``; ``"reference"`` for the reference) and timings (wall and CPU seconds,
+    the 1-minute load average before and after: other work on the machine slows the wall clock)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path(ref_path))
     windows = make_windows(tokenizer, text, n_windows, offset=offset)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     ref = load_causal_lm(ref_path)
     timings = {"load_s": time.perf_counter() - t, "reference_forward_s": 0.0, "groups": 0,
-               "bos": expects_bos(tokenizer)}
+               "bos": expects_bos(tokenizer), "load_average_start": os.getloadavg()[0]}
     out: dict[str, WindowStats] = {}
     keys = [str(p) for p in paths]
     for i in range(0, max(len(keys), 1), max_loaded):
@@ -187,11 +213,12 @@ def perplexity(paths: Sequence[str | os.PathLike], ref_path: str | os.PathLike, 
                 inspect(key, group[key], ref)
             share_equal_parameters(group[key], ref)
         timings["load_s"] += time.perf_counter() - t
-        stats = score_windows(ref, group, windows, log)
-        timings["reference_forward_s"] += stats["reference"].seconds
+        stats = score_windows(ref, group, windows, offset, log)
+        timings["reference_forward_s"] += sum(stats["reference"].seconds)
         timings["groups"] += 1
         out.setdefault("reference", stats.pop("reference"))
         out.update(stats)
         del group
+    timings.update(cpu_s=time.process_time() - cpu, load_average_end=os.getloadavg()[0])
     return out, timings
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from hlwq_kernels.ops.int4 import QMAX, QMIN, pack_int4, unpack_int4
 
-__all__ = ["PACKED", "code_difference", "perturb_codes", "perturb_checkpoint"]
+__all__ = ["PACKED", "PERTURBATION_NAME", "code_difference", "perturb_codes", "perturb_checkpoint"]
 
 PACKED = ".weight_packed"
 _SCALE = ".weight_scale"

@@ -115,17 +115,25 @@ def test_study_end_to_end_on_the_tiny_decoder(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HLWQ_CACHE", str(root))
     d = Decoder("tiny", "tiny LLaMA", "-", "-", "-", "random", 128)
     methods = [m for m in METHODS if m.key in ("bf16", DEFAULT_KEY, "llmc-rtn")]
-    res = run_decoder_study([d], methods, screen_windows=1, windows=2, finalists=1, seeds=2, text=TEXT)
+    res = run_decoder_study([d], methods, screen_windows=1, windows=2, finalists=1, seeds=2, text=TEXT, noise_full=True)
     model = res["models"]["tiny"]
     assert "llmc-rtn" not in model["methods"]  # no peer checkpoint: skipped
     full = model["summary"]["full"]
-    assert {"bf16", DEFAULT_KEY, f"{DEFAULT_KEY}~flip0", f"{DEFAULT_KEY}~flip1"} <= set(full)
-    assert full["bf16"]["increase"] == 0 and full["bf16"]["kl"] == 0
-    assert full[DEFAULT_KEY]["tokens"] == 2 * (SEQ - 1)
+    flips = [f"{DEFAULT_KEY}~flip0", f"{DEFAULT_KEY}~flip1"]
+    assert {"bf16", DEFAULT_KEY, *flips} <= set(full["methods"]) and full["windows"] == 2
+    assert full["methods"]["bf16"]["increase"] == 0 and full["methods"]["bf16"]["kl"] == 0
+    assert full["methods"][DEFAULT_KEY]["tokens"] == 2 * (SEQ - 1)
+    assert full["noise"]["n"] == 2 and full["noise"]["ppl_std"] > 0
+    assert model["bos"] and [r["computed"] for r in model["runs"]] != [[], []]
     we = model["methods"][DEFAULT_KEY]["weight_error"]
     assert 0 < we["rel_mse"] < 0.05 and model["methods"][DEFAULT_KEY]["conversion_s"] > 0
     paths = write_results(res, tmp_path / "out")
     assert "tiny LLaMA" in paths[0].read_text() and paths[2].stat().st_size > 0
+
+    again = run_decoder_study([d], methods, screen_windows=1, windows=2, finalists=1, seeds=2, text=TEXT, noise_full=True)
+    assert [r["computed"] for r in again["models"]["tiny"]["runs"]] == [[], []]  # all from the score cache
+    assert again["models"]["tiny"]["summary"] == model["summary"]
+    assert again["models"]["tiny"]["methods"][DEFAULT_KEY]["weight_error"] == we
 
 
 def _xdr_int(*v: int) -> bytes:
