@@ -41,6 +41,7 @@ from hlwq_kernels.metrics import error_energy, sqnr_db
 from hlwq_kernels.study.cache import StudyDataError, cache_dir
 from hlwq_kernels.study.decoders import DECODERS, Decoder, bf16_checkpoint, decoder
 from hlwq_kernels.study.perplexity import SEQ_LEN, WindowStats, expects_bos, perplexity
+from hlwq_kernels.study.output import write_study_outputs
 from hlwq_kernels.study.perturb import PERTURBATION_NAME, code_difference, perturb_checkpoint
 from hlwq_kernels.study.text import evaluation_text
 
@@ -429,16 +430,13 @@ def _plot(res: dict, path: Path) -> None:
 
 def write_results(res: dict, out_dir: Path) -> list[Path]:
     """Write results.md, results.json and perplexity.png into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.md", out_dir / "results.json", out_dir / "perplexity.png"]
-    paths[0].write_text(_markdown(res))
-    paths[1].write_text(json.dumps(res, indent=1))
-    _plot(res, paths[2])
-    return paths
+    return write_study_outputs(out_dir, res, _markdown, _plot, "perplexity.png")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval --decoders", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval --decoders",
+                                description="Decoder perplexity study (issue 12): INT4 conversions of real decoder "
+                                            "LLMs ranked by perplexity and KL against the BF16 source.")
     p.add_argument("--out", type=Path, default=None, help="output directory (default bench/results/decoders-<date>/)")
     p.add_argument("--quick", action="store_true",
                    help="small run: SmolLM2 only, 2 windows, the default and one perturbed copy")
@@ -465,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     if "bf16" not in wanted:
         wanted.insert(0, "bf16")
     screen, windows = (2, 2) if args.quick else (args.screen_windows, args.windows)
+    if not 1 <= screen <= windows:
+        p.error(f"need 1 <= --screen-windows <= --windows, got {screen} and {windows}")
     try:
         res = run_decoder_study(models and [decoder(k) for k in models], [known[k] for k in wanted], screen, windows, args.finalists,
                                 1 if args.quick else args.seeds, args.peers, args.reconvert, args.max_loaded,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import platform
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 
 from hlwq_kernels.metrics import error_energy, sqnr_db
 from hlwq_kernels.study.data import load_minilm, make_sentences, minilm_linears, synthetic_matrices
+from hlwq_kernels.study.output import write_study_outputs
 from hlwq_kernels.study.methods import GROUP, METHODS, Method, Quantized, rotate_inputs
 from hlwq_kernels.ops.int4 import Int4Weight
 
@@ -230,12 +230,7 @@ def _plot(res: dict, path: Path) -> None:
 
 def write_results(res: dict, out_dir: Path) -> list[Path]:
     """Write results.md, results.json and per_layer.png into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.md", out_dir / "results.json", out_dir / "per_layer.png"]
-    paths[0].write_text(_markdown(res))
-    paths[1].write_text(json.dumps(res, indent=1))
-    _plot(res, paths[2])
-    return paths
+    return write_study_outputs(out_dir, res, _markdown, _plot, "per_layer.png")
 
 
 def main(argv: list[str] | None = None) -> int | None:
