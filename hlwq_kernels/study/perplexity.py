@@ -198,10 +198,10 @@ def perplexity(paths: Sequence[str | os.PathLike], ref_path: str | os.PathLike, 
 
     tokenizer = AutoTokenizer.from_pretrained(Path(ref_path))
     windows = make_windows(tokenizer, text, n_windows, offset=offset)
-    t, cpu = time.perf_counter(), time.process_time()
+    t, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     ref = load_causal_lm(ref_path)
     timings = {"load_s": time.perf_counter() - t, "reference_forward_s": 0.0, "groups": 0,
-               "bos": expects_bos(tokenizer), "load_average_start": os.getloadavg()[0]}
+               "bos": expects_bos(tokenizer), "load_average_start": load}
     out: dict[str, WindowStats] = {}
     keys = [str(p) for p in paths]
     for i in range(0, max(len(keys), 1), max_loaded):
