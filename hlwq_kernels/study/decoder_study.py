@@ -342,25 +342,35 @@ def _conversion(row: dict) -> str:
     return f"{row['conversion_s']:.1f} ({_fmt(row.get('conversion_cpu_s'), '.1f')})"
 
 
+def _vs_rtn(v: dict, methods: dict) -> str:
+    """PPL ratio to llm-compressor RTN's with the text-sampling standard error (paired over windows)."""
+    if RTN_PEER not in methods or math.isnan(v.get("nll_se_vs_llmc_rtn", math.nan)):
+        return "–"
+    ratio = v["ppl"] / methods[RTN_PEER]["ppl"]
+    return f"{ratio:.3f} ± {ratio * v['nll_se_vs_llmc_rtn']:.3f}"
+
+
 def _table(model: dict, summary: dict) -> list[str]:
     methods = summary["methods"]
     tokens = methods["bf16"]["tokens"]
     lines = [f"{summary['windows']} windows of {SEQ_LEN} tokens ({tokens} scored tokens):", "",
-             "| method | PPL | increase over BF16 | ÷ llm-compressor RTN's | ÷ GPTQ's | KL (nats/token) "
-             "| rel. weight MSE | conversion s (CPU s) |", "|---|---|---|---|---|---|---|---|"]
+             "| method | PPL | increase over BF16 | ÷ llm-compressor RTN's | ÷ GPTQ's | PPL ÷ llm-compressor RTN's "
+             "(± SE over windows) | KL (nats/token) | rel. weight MSE | conversion s (CPU s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, v in methods.items():
         row = model["methods"][key]
         if row["kind"] == "perturbed":
             continue
         we = row.get("weight_error") or {}
         lines.append(f"| {row['label']} | {v['ppl']:.2f} | {v['increase']:+.2f} | {_fmt(v.get('ratio_' + RTN_PEER), '.2f')} "
-                     f"| {_fmt(v.get('ratio_' + GPTQ_PEER), '.2f')} | {v['kl']:.4f} | {_fmt(we.get('rel_mse'), '.5f')} "
+                     f"| {_fmt(v.get('ratio_' + GPTQ_PEER), '.2f')} | {_vs_rtn(v, methods)} | {v['kl']:.4f} "
+                     f"| {_fmt(we.get('rel_mse'), '.5f')} "
                      f"| {_conversion(row)} |")
     noise = summary["noise"]
     if noise:
         lines.append(f"| default with {noise['fraction']:.2%} of codes moved ±1 at random, {noise['n']} seeds: "
                      f"mean ± std (min–max) | {noise['ppl_mean']:.2f} ± {noise['ppl_std']:.2f} "
-                     f"({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) | | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
+                     f"({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) | | | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
     return lines
 
 
