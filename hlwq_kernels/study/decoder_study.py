@@ -172,10 +172,14 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
 
 
 def _fingerprint(path: Path) -> str:
-    """Identifies a checkpoint's contents as written: names, sizes and modification times of its files."""
-    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file())
-    return hashlib.sha256(json.dumps([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()
-                          ).hexdigest()[:16]
+    """Identifies a checkpoint's contents: SHA-256 over its safetensors files and config.json."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 class _ScoreCache:
@@ -184,21 +188,27 @@ class _ScoreCache:
 
     def __init__(self, d: Decoder, src: Path, text: str):
         self.dir = cache_dir("scores") / d.key
-        self.context = {"reference": _fingerprint(src), "text": hashlib.sha256(text.encode()).hexdigest()[:16],
+        self.fingerprints: dict[Path, str] = {}  # checkpoints do not change during a run
+        self.context = {"reference": self.fingerprint(src), "text": hashlib.sha256(text.encode()).hexdigest()[:16],
                         "seq_len": SEQ_LEN}
+
+    def fingerprint(self, path: Path) -> str:
+        if path not in self.fingerprints:
+            self.fingerprints[path] = _fingerprint(path)
+        return self.fingerprints[path]
 
     def load(self, key: str, path: Path) -> tuple[WindowStats, dict | None]:
         """The cached window scores and weight error of ``key`` (empty when stale or absent)."""
         f = self.dir / f"{key}.json"
         if f.is_file():
             data = json.loads(f.read_text())
-            if data["context"] == {**self.context, "checkpoint": _fingerprint(path)}:
+            if data["context"] == {**self.context, "checkpoint": self.fingerprint(path)}:
                 return WindowStats.from_dict(data["stats"]), data.get("weight_error")
         return WindowStats(), None
 
     def save(self, key: str, row: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        context = {**self.context, "checkpoint": _fingerprint(row["path"])}
+        context = {**self.context, "checkpoint": self.fingerprint(row["path"])}
         (self.dir / f"{key}.json").write_text(json.dumps(
             {"context": context, "stats": row["stats"].to_dict(), "weight_error": row.get("weight_error")}))
 
