@@ -104,16 +104,18 @@ def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Pa
 
     dst = cache_dir("converted") / d.key / m.key
     options = {"group_size": d.group_size, **m.options}
+    if options.get("method") == "hlwq":  # its Hadamard block must divide every layer's inputs, as the group does
+        options.setdefault("block_size", d.group_size)
     timing_path = dst / CONVERSION_TIMING_NAME
     if not reconvert and timing_path.is_file():
         report = json.loads((dst / "hlwq_report.json").read_text())
         if all(report.get(k) == v for k, v in options.items()):
-            return dst, json.loads(timing_path.read_text())
+            return dst, {**json.loads(timing_path.read_text()), "quantized": [l["name"] for l in report["layers"]]}
     load, cpu = os.getloadavg()[0], time.process_time()
     report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options)
     timing = {"wall_s": report.timings["total_s"], "cpu_s": round(time.process_time() - cpu, 1), "load_average": load}
     timing_path.write_text(json.dumps(timing))
-    return dst, timing
+    return dst, {**timing, "quantized": [l.name for l in report.layers]}
 
 
 def _weight_error(model: torch.nn.Module, ref: torch.nn.Module) -> dict:
@@ -140,6 +142,7 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
     src = bf16_checkpoint(d, build=False)
     timings = _peer_timings(peers_dir)
     rows: dict[str, dict] = {}
+    quantized: dict[str, list[str]] = {}  # our rows must quantize the same layers
     for m in methods:
         row = {"label": m.label, "kind": m.kind, "kernels": m.kernels, "rotated": m.rotated}
         if m.kind == "source":
@@ -153,9 +156,16 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
             row.update(path=path, conversion_s=job.get("wall_s"), conversion_cpu_s=job.get("cpu_s", job.get("cpu_user_s")))
         else:
             path, timing = _convert(d, m, src, reconvert)
-            row.update(path=path, conversion_s=timing["wall_s"], conversion_cpu_s=timing["cpu_s"], options=m.options)
+            row.update(path=path, conversion_s=timing["wall_s"], conversion_cpu_s=timing["cpu_s"], options=m.options,
+                       quantized_layers=len(timing["quantized"]))
+            quantized[m.key] = sorted(timing["quantized"])
             _log(f"[{d.key}] {m.key}: {path} (conversion {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU)")
         rows[m.key] = row
+    first = next(iter(quantized), None)
+    for k, layers in quantized.items():
+        if layers != quantized[first]:
+            raise StudyDataError(f"{d.key}: {k} quantizes {len(layers)} layers, {first} {len(quantized[first])}: "
+                                 "the rows would not compare the same model")
     if seeds and DEFAULT_KEY in rows:
         base = rows[DEFAULT_KEY]["path"]
         diff = code_difference(base, rows[RTN_PEER]["path"]) if RTN_PEER in rows else None
