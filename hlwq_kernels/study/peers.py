@@ -9,8 +9,10 @@ Jobs ``<decoder>:<method>``, written to ``<cache>/peers/<decoder>-<method>``:
 - ``rtn``: ``model_free_ptq`` (streams the safetensors; embeddings and lm_head kept);
 - ``gptq``: ``oneshot`` with ``GPTQModifier``, calibrated on 128 windows of 512 tokens of
   Shakespeare (``hlwq_kernels.study.text.calibration_text``, windowed like the evaluation text);
-- ``spinquant``: ``oneshot`` with ``SpinQuantModifier(rotations=["R1", "R2"])`` (Hadamard) and a
-  W4A16 ``QuantizationModifier``, no data; it fails where llm-compressor cannot rotate the architecture.
+- ``spinquant``: ``oneshot`` with ``SpinQuantModifier(rotations=["R1", "R2"])`` and a W4A16
+  ``QuantizationModifier``, no data; ``transform_type="hadamard"`` where the hidden size is a power of
+  two, else ``"random-hadamard"`` (SmolLM2's 576). It fails where llm-compressor cannot rotate the
+  architecture (Gemma-3: no mapping for its scaled word embedding).
 Each job runs in a child process; its wall time, peak memory and exit status are appended to
 ``<cache>/peers/timings.jsonl`` (read by the study), its output to ``<cache>/peers/logs/``.
 """
@@ -30,6 +32,7 @@ __all__ = ["PEER_METHODS", "CALIBRATION_WINDOWS", "run_job", "main"]
 
 PEER_METHODS = ("rtn", "gptq", "spinquant")
 CALIBRATION_WINDOWS = 128
+SPINQUANT_TRANSFORMS = ("hadamard", "random-hadamard")  # the first that runs
 
 
 def _scheme(group_size: int):
@@ -77,8 +80,17 @@ def run_job(d: Decoder, method: str) -> str:
     elif method == "spinquant":
         from llmcompressor.modifiers.transform import SpinQuantModifier
 
-        oneshot(model=model, recipe=[SpinQuantModifier(rotations=["R1", "R2"], transform_type="hadamard"),
-                                     QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])])
+        for transform in SPINQUANT_TRANSFORMS:
+            try:
+                oneshot(model=model, recipe=[SpinQuantModifier(rotations=["R1", "R2"], transform_type=transform),
+                                             QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])])
+                break
+            except ValueError as e:  # "hadamard" exists only for powers of two (not 576 or 640)
+                print(f"SpinQuant transform_type={transform!r} failed: {e}", flush=True)
+                model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+        else:
+            raise RuntimeError(f"SpinQuant failed with every transform_type ({', '.join(SPINQUANT_TRANSFORMS)})")
+        print(f"SpinQuant transform_type used: {transform}", flush=True)
     else:
         raise ValueError(f"unknown peer method {method!r}; known: {', '.join(PEER_METHODS)}")
     model.save_pretrained(dst, save_compressed=True)
