@@ -68,14 +68,20 @@ class StudyMethod:
     peer: str = ""
     rotated: bool = False
     kernels: str = SYMMETRIC_KERNELS
+    recipe: str = ""  # how a peer was produced
 
 
 METHODS = (
     StudyMethod("bf16", "BF16 source", "source", kernels="–"),
-    StudyMethod(RTN_PEER, "llm-compressor RTN W4A16 (model_free_ptq)", "peer", peer="rtn"),
-    StudyMethod(GPTQ_PEER, "llm-compressor GPTQ W4A16 (128 × 512 tokens of Shakespeare)", "peer", peer="gptq"),
+    StudyMethod(RTN_PEER, "llm-compressor RTN W4A16 (model_free_ptq)", "peer", peer="rtn",
+                recipe="model_free_ptq(src, dst, scheme=W4A16 with the study's group size, "
+                       "ignore=[lm_head, re:.*embed_tokens$])"),
+    StudyMethod(GPTQ_PEER, "llm-compressor GPTQ W4A16 (128 × 512 tokens of Shakespeare)", "peer", peer="gptq",
+                recipe="oneshot(model, dataset=128 windows of 512 tokens of Shakespeare, "
+                       "recipe=GPTQModifier(W4A16 with the study's group size, ignore=[lm_head]))"),
     StudyMethod("llmc-spinquant", "llm-compressor SpinQuant R1+R2, then RTN W4A16", "peer", peer="spinquant",
-                rotated=True),
+                rotated=True, recipe="oneshot(model, recipe=[SpinQuantModifier(rotations=[R1, R2]), "
+                                     "QuantizationModifier(W4A16 with the study's group size, ignore=[lm_head])]), no data"),
     StudyMethod(DEFAULT_KEY, "ours `--method rtn --scale absmax` (default)", "ours",
                 {"method": "rtn", "scale": "absmax"}),
     StudyMethod("rtn-mse", "ours `--method rtn --scale mse`", "ours", {"method": "rtn", "scale": "mse"}),
@@ -153,7 +159,8 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
                 _log(f"[{d.key}] {m.key}: no checkpoint at {path}, skipped")
                 continue
             job = timings.get(f"{d.key}:{m.peer}", {})
-            row.update(path=path, conversion_s=job.get("wall_s"), conversion_cpu_s=job.get("cpu_s", job.get("cpu_user_s")))
+            row.update(path=path, conversion_s=job.get("wall_s"), conversion_cpu_s=job.get("cpu_s", job.get("cpu_user_s")),
+                       recipe=m.recipe)
         else:
             path, timing = _convert(d, m, src, reconvert)
             row.update(path=path, conversion_s=timing["wall_s"], conversion_cpu_s=timing["cpu_s"], options=m.options,
@@ -301,6 +308,7 @@ def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[Study
     out = {"meta": {"date": datetime.date.today().isoformat(), "seq_len": SEQ_LEN, "screen_windows": screen_windows,
                     "windows": windows, "finalists": finalists, "seeds": seeds, "peers_dir": str(peers_dir),
                     "text": "Pride and Prejudice (Debian r-cran-janeaustenr)", "torch": torch.__version__,
+                    "transformers": _version("transformers"), "compressed_tensors": _version("compressed-tensors"),
                     "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads"},
            "models": {}}
     for d in decoders or DECODERS:
@@ -326,6 +334,15 @@ def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[Study
         _log(f"[{d.key}] done in {time.time() - t:.0f} s")
     out["meta"]["runtime_s"] = round(time.time() - start, 1)
     return out
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def _bos(src: Path) -> bool:
@@ -354,6 +371,18 @@ def _noise(methods: dict[str, dict], rows: dict[str, dict]) -> dict | None:
     ppl, kl = [methods[k]["ppl"] for k in flips], [methods[k]["kl"] for k in flips]
     return {"n": len(flips), "fraction": rows[flips[0]]["fraction"], "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl),
             "ppl_min": min(ppl), "ppl_max": max(ppl), "kl_mean": statistics.fmean(kl), "kl_std": statistics.stdev(kl)}
+
+
+def _provenance(model: dict, row: dict) -> str:
+    if row["kind"] == "source":
+        return f"{model['source']} by `python -m hlwq_kernels.study.decoders` (transformers' GGUF reader, rounded to bfloat16)"
+    if row["kind"] == "peer":
+        return f"llm-compressor, `{row['recipe']}` (`python -m hlwq_kernels.study.peers`), read from `{row['path']}`"
+    if row["kind"] == "perturbed":
+        return (f"`perturb_checkpoint({DEFAULT_KEY}, fraction={row['fraction']:.5f}, seed={row['seed']})`: "
+                "that fraction of the default's codes moved by ±1 at random, scales kept")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"group_size": model["group_size"], **row["options"]}.items())
+    return f"`python -m hlwq_kernels.convert SRC DST {flags} --device cpu` (quantize_checkpoint), {row['quantized_layers']} layers"
 
 
 def _conversion(row: dict) -> str:
@@ -397,14 +426,23 @@ def _table(model: dict, summary: dict) -> list[str]:
 def _markdown(res: dict) -> str:
     meta = res["meta"]
     lines = [f"# Decoder perplexity study ({meta['date']})", "",
-             f"Command: `python -m hlwq_kernels.eval --decoders` · {meta['machine']} · torch {meta['torch']} · "
-             f"text: {meta['text']} · runtime of this invocation {meta['runtime_s']:.0f} s", ""]
+             f"Command: `python -m hlwq_kernels.eval --decoders` · {meta['machine']} · torch {meta['torch']}, "
+             f"transformers {meta['transformers']}, compressed-tensors {meta['compressed_tensors']} · "
+             f"text: {meta['text']} · runtime of this invocation {meta['runtime_s']:.0f} s", "",
+             "Every checkpoint is loaded by transformers in float32 (compressed-tensors decompresses INT4 to "
+             "q × scale exactly) and scored on the same windows; KL is KL(P_BF16 ‖ P_method) of the next-token "
+             "distributions, per scored token. Screen: every method on the first windows; all windows: the peers, "
+             "the default and the best of ours by KL. The perturbed copies of the default (codes moved ±1 at "
+             "random, the fraction that differs between the default and llm-compressor's RTN) measure how much "
+             "perplexity moves for differences that carry no method: differences within their spread are noise.", ""]
     for model in res["models"].values():
         lines += [f"## {model['label']} (INT4 group {model['group_size']}; source: {model['source']})", "",
                   f"Windows start with BOS: {'yes' if model['bos'] else 'no (the tokenizer adds none)'}.", ""]
         for stage, title in (("full", "All windows: peers, default, finalists"), ("screen", "Screen: every method")):
             if stage in model["summary"]:
                 lines += [f"### {title}", ""] + _table(model, model["summary"][stage]) + [""]
+        lines += ["How each checkpoint was produced:", ""] + [f"- `{k}`: {_provenance(model, r)}"
+                                                              for k, r in model["methods"].items()] + [""]
         diff = model["methods"].get(DEFAULT_KEY, {}).get("codes_vs_llmc_rtn")
         if diff:
             lines += [f"Codes of the default vs llm-compressor RTN: {diff['fraction']:.2%} of {diff['codes']} differ "
