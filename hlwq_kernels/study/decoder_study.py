@@ -12,10 +12,11 @@ perplexity and ``KL(P_BF16 || P_method)`` per token.
 Two stages keep the cost down: every method on the first ``--screen-windows`` windows (16), then the
 peers, today's default and the ``--finalists`` best of ours by KL on the remaining windows up to
 ``--windows`` (64 windows = 32,704 scored tokens). Sensitivity: ``--seeds`` copies of the default's
-checkpoint with a random fraction of codes moved by +-1 (the fraction of codes that differ between
-ours and llm-compressor's RTN, whose scales are identical) are scored on the screen windows (all
-windows with ``--noise-full``); the spread of their perplexity is the size of a difference that
-means nothing. Scores are cached per checkpoint and window (``<cache>/scores``), so a rerun only
+checkpoint of two kinds, ``flip`` (a random fraction of codes moved by +-1: the fraction that differs
+between ours and llm-compressor's RTN, whose scales are identical) and ``jitter`` (codes rounded again
+from a bfloat16-sized random jitter of w / s: only near-ties flip, the kind of difference a division in
+bfloat16 makes), are scored on the screen windows (all windows with ``--noise-full``); the spread of
+their perplexity is the size of a difference that means nothing. Scores are cached per checkpoint and window (``<cache>/scores``), so a rerun only
 scores what is new (e.g. a peer that appeared). Writes ``results.md``,
 ``results.json`` and ``perplexity.png`` into ``--out`` (default ``bench/results/decoders-<date>/``).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -42,7 +44,7 @@ from hlwq_kernels.study.cache import StudyDataError, cache_dir
 from hlwq_kernels.study.decoders import DECODERS, Decoder, bf16_checkpoint, decoder
 from hlwq_kernels.study.perplexity import SEQ_LEN, WindowStats, expects_bos, perplexity
 from hlwq_kernels.study.output import write_study_outputs
-from hlwq_kernels.study.perturb import PERTURBATION_NAME, code_difference, perturb_checkpoint
+from hlwq_kernels.study.perturb import PERTURBATION_NAME, code_difference, jitter_checkpoint, perturb_checkpoint
 from hlwq_kernels.study.text import evaluation_text
 
 __all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_results", "main"]
@@ -50,7 +52,12 @@ __all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_
 DEFAULT_KEY = "rtn-absmax"  # the converter's default today
 CONVERSION_TIMING_NAME = "study_conversion.json"
 RTN_PEER, GPTQ_PEER = "llmc-rtn", "llmc-gptq"
-FALLBACK_FLIP_FRACTION = 0.033  # measured on Gemma-3-270M (issue 12) when no llm-compressor RTN is there
+FALLBACK_FLIP_FRACTION = 0.005  # measured on Gemma-3-270M, used when no llm-compressor RTN is there
+BF16_RELATIVE = 2.0**-9  # half a bfloat16 ulp, relative
+PERTURBATIONS = {  # kind -> label
+    "flip": "default with {fraction:.2%} of codes moved ±1 at random",
+    "jitter": "default rounded again with w / s jittered by ±2⁻⁹ ({fraction:.2%} of codes change)",
+}
 SYMMETRIC_KERNELS = "CUDA: Machete (Hopper), Marlin; CPU: CPUWNA16 (AVX-512)"
 
 
@@ -174,17 +181,7 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
             raise StudyDataError(f"{d.key}: {k} quantizes {len(layers)} layers, {first} {len(quantized[first])}: "
                                  "the rows would not compare the same model")
     if seeds and DEFAULT_KEY in rows:
-        base = rows[DEFAULT_KEY]["path"]
-        diff = code_difference(base, rows[RTN_PEER]["path"]) if RTN_PEER in rows else None
-        fraction = diff["fraction"] if diff else FALLBACK_FLIP_FRACTION
-        rows[DEFAULT_KEY]["codes_vs_llmc_rtn"] = diff
-        for seed in range(seeds):
-            key = f"{DEFAULT_KEY}~flip{seed}"
-            path = cache_dir("converted") / d.key / key
-            if not _is_perturbation_of(path, base, fraction, seed):
-                perturb_checkpoint(base, path, fraction, seed)
-            rows[key] = {"label": f"default with {fraction:.2%} of codes moved ±1 (seed {seed})", "kind": "perturbed",
-                         "kernels": SYMMETRIC_KERNELS, "rotated": False, "path": path, "fraction": fraction, "seed": seed}
+        rows.update(_perturbed(d, src, rows, seeds))
     return src, rows
 
 
@@ -230,12 +227,39 @@ class _ScoreCache:
             {"context": context, "stats": row["stats"].to_dict(), "weight_error": row.get("weight_error")}))
 
 
-def _is_perturbation_of(path: Path, base: Path, fraction: float, seed: int) -> bool:
-    """Whether ``path`` holds ``perturb_checkpoint(base, path, fraction, seed)`` written after ``base``."""
-    meta = path / PERTURBATION_NAME
-    if not meta.is_file() or json.loads(meta.read_text()) != {"source": str(base), "fraction": fraction, "seed": seed}:
+def _perturbed(d: Decoder, src: Path, rows: dict[str, dict], seeds: int) -> dict[str, dict]:
+    """Rows of the default's perturbed copies, ``seeds`` of each kind: ``flip`` (the fraction of codes
+    that differ from llm-compressor's RTN moved ±1 at random) and ``jitter`` (rounded again with a
+    bfloat16-sized relative jitter of w / s: only near-ties flip)."""
+    base = rows[DEFAULT_KEY]["path"]
+    diff = code_difference(base, rows[RTN_PEER]["path"]) if RTN_PEER in rows else None
+    rows[DEFAULT_KEY]["codes_vs_llmc_rtn"] = diff
+    fraction = diff["fraction"] if diff else FALLBACK_FLIP_FRACTION
+    out = {}
+    for kind, seed in itertools.product(PERTURBATIONS, range(seeds)):
+        key = f"{DEFAULT_KEY}~{kind}{seed}"
+        path = cache_dir("converted") / d.key / key
+        if kind == "flip":
+            meta = {"kind": kind, "source": str(base), "fraction": fraction, "seed": seed}
+            if not _holds(path, base, meta):
+                perturb_checkpoint(base, path, fraction, seed)
+        else:
+            meta = {"kind": kind, "source": str(base), "relative": BF16_RELATIVE, "seed": seed}
+            if not _holds(path, base, meta):
+                jitter_checkpoint(base, path, src, BF16_RELATIVE, seed)
+        changed = code_difference(base, path)["fraction"]
+        out[key] = {"label": PERTURBATIONS[kind].format(fraction=changed) + f" (seed {seed})", "kind": "perturbed",
+                    "perturbation": kind, "kernels": SYMMETRIC_KERNELS, "rotated": False, "path": path,
+                    "fraction": changed, "seed": seed}
+    return out
+
+
+def _holds(path: Path, base: Path, meta: dict) -> bool:
+    """Whether ``path`` holds the perturbation ``meta`` of ``base``, written after ``base``."""
+    f = path / PERTURBATION_NAME
+    if not f.is_file() or json.loads(f.read_text()) != meta:
         return False
-    return meta.stat().st_mtime_ns > max(f.stat().st_mtime_ns for f in base.iterdir())
+    return f.stat().st_mtime_ns > max(g.stat().st_mtime_ns for g in base.iterdir())
 
 
 def _score(src: Path, rows: dict[str, dict], keys: list[str], text: str, windows: range, max_loaded: int,
@@ -363,14 +387,20 @@ def _fmt(v: float | None, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def _noise(methods: dict[str, dict], rows: dict[str, dict]) -> dict | None:
-    """Mean and spread (sample std, min, max) of the perturbed copies' PPL and KL."""
-    flips = [k for k in methods if rows[k]["kind"] == "perturbed"]
-    if len(flips) < 2:
-        return None
-    ppl, kl = [methods[k]["ppl"] for k in flips], [methods[k]["kl"] for k in flips]
-    return {"n": len(flips), "fraction": rows[flips[0]]["fraction"], "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl),
-            "ppl_min": min(ppl), "ppl_max": max(ppl), "kl_mean": statistics.fmean(kl), "kl_std": statistics.stdev(kl)}
+def _noise(methods: dict[str, dict], rows: dict[str, dict]) -> dict[str, dict]:
+    """Per perturbation kind with at least two copies scored: mean and spread (sample std, min, max)
+    of their PPL and KL."""
+    out = {}
+    for kind in PERTURBATIONS:
+        keys = [k for k in methods if rows[k].get("perturbation") == kind]
+        if len(keys) < 2:
+            continue
+        ppl, kl = [methods[k]["ppl"] for k in keys], [methods[k]["kl"] for k in keys]
+        fraction = statistics.fmean(rows[k]["fraction"] for k in keys)
+        out[kind] = {"n": len(keys), "fraction": fraction, "label": PERTURBATIONS[kind].format(fraction=fraction),
+                     "ppl_mean": statistics.fmean(ppl), "ppl_std": statistics.stdev(ppl), "ppl_min": min(ppl),
+                     "ppl_max": max(ppl), "kl_mean": statistics.fmean(kl), "kl_std": statistics.stdev(kl)}
+    return out
 
 
 def _provenance(model: dict, row: dict) -> str:
@@ -378,9 +408,13 @@ def _provenance(model: dict, row: dict) -> str:
         return f"{model['source']} by `python -m hlwq_kernels.study.decoders` (transformers' GGUF reader, rounded to bfloat16)"
     if row["kind"] == "peer":
         return f"llm-compressor, `{row['recipe']}` (`python -m hlwq_kernels.study.peers`), read from `{row['path']}`"
-    if row["kind"] == "perturbed":
+    if row["kind"] == "perturbed" and row["perturbation"] == "flip":
         return (f"`perturb_checkpoint({DEFAULT_KEY}, fraction={row['fraction']:.5f}, seed={row['seed']})`: "
                 "that fraction of the default's codes moved by ±1 at random, scales kept")
+    if row["kind"] == "perturbed":
+        return (f"`jitter_checkpoint({DEFAULT_KEY}, weights=BF16 source, relative=2**-9, seed={row['seed']})`: "
+                f"codes rounded again from w / s · (1 + 2⁻⁹ u), u uniform in [-1, 1), scales kept; "
+                f"{row['fraction']:.3%} of codes change")
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"group_size": model["group_size"], **row["options"]}.items())
     return f"`python -m hlwq_kernels.convert SRC DST {flags} --device cpu` (quantize_checkpoint), {row['quantized_layers']} layers"
 
@@ -415,11 +449,10 @@ def _table(model: dict, summary: dict) -> list[str]:
                      f"| {_fmt(v.get('ratio_' + GPTQ_PEER), '.2f')} | {_vs_rtn(v, methods)} | {v['kl']:.4f} "
                      f"| {_fmt(we.get('rel_mse'), '.5f')} "
                      f"| {_conversion(row)} |")
-    noise = summary["noise"]
-    if noise:
-        lines.append(f"| default with {noise['fraction']:.2%} of codes moved ±1 at random, {noise['n']} seeds: "
-                     f"mean ± std (min–max) | {noise['ppl_mean']:.2f} ± {noise['ppl_std']:.2f} "
-                     f"({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) | | | | | {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
+    for noise in summary["noise"].values():
+        lines.append(f"| {noise['label']}, {noise['n']} seeds: mean ± std (min–max) | {noise['ppl_mean']:.2f} ± "
+                     f"{noise['ppl_std']:.2f} ({noise['ppl_min']:.2f}–{noise['ppl_max']:.2f}) | | | | "
+                     f"| {noise['kl_mean']:.4f} ± {noise['kl_std']:.4f} | | |")
     return lines
 
 
@@ -432,9 +465,12 @@ def _markdown(res: dict) -> str:
              "Every checkpoint is loaded by transformers in float32 (compressed-tensors decompresses INT4 to "
              "q × scale exactly) and scored on the same windows; KL is KL(P_BF16 ‖ P_method) of the next-token "
              "distributions, per scored token. Screen: every method on the first windows; all windows: the peers, "
-             "the default and the best of ours by KL. The perturbed copies of the default (codes moved ±1 at "
-             "random, the fraction that differs between the default and llm-compressor's RTN) measure how much "
-             "perplexity moves for differences that carry no method: differences within their spread are noise.", ""]
+             "the default and the best of ours by KL. Two kinds of perturbed copies of the default measure how "
+             "much perplexity moves for differences that carry no method: `flip`, the fraction of codes that "
+             "differs between the default and llm-compressor's RTN moved ±1 at random (random errors of that "
+             "count); `jitter`, the codes rounded again after a bfloat16-sized random jitter of w / s (only "
+             "near-ties flip, as when llm-compressor divides in bfloat16). Differences within their spread are "
+             "noise.", ""]
     for model in res["models"].values():
         lines += [f"## {model['label']} (INT4 group {model['group_size']}; source: {model['source']})", "",
                   f"Windows start with BOS: {'yes' if model['bos'] else 'no (the tokenizer adds none)'}.", ""]
@@ -481,11 +517,11 @@ def _plot(res: dict, path: Path) -> None:
         colors = ["tab:gray" if model["methods"][k]["kind"] == "peer" else "tab:blue" for k in keys]
         ax.barh(range(len(keys)), [100 * (methods[k]["ppl"] / base - 1) for k in keys], color=colors)
         ax.set_yticks(range(len(keys)), [model["methods"][k]["label"].replace("`", "") for k in keys], fontsize=7)
-        noise = summary["noise"]
-        if noise:
-            ax.axvspan(100 * (noise["ppl_min"] / base - 1), 100 * (noise["ppl_max"] / base - 1), color="tab:red",
-                       alpha=0.2, label=f"default with {noise['fraction']:.1%} of codes moved ±1 ({noise['n']} seeds)")
-            ax.legend(fontsize=7, loc="lower right")
+        for noise, color in zip(summary["noise"].values(), ("tab:red", "tab:green")):
+            ax.axvspan(100 * (noise["ppl_min"] / base - 1), 100 * (noise["ppl_max"] / base - 1), color=color,
+                       alpha=0.2, label=f"{noise['label']}: range of {noise['n']} seeds")
+        if summary["noise"]:
+            ax.legend(fontsize=6, loc="lower right")
         ax.invert_yaxis()
         ax.set_xlabel(f"perplexity increase over the BF16 source, % (BF16: {base:.2f})")
         ax.set_title(f"{model['label']}, INT4 group {model['group_size']}, {summary['windows']} windows × {SEQ_LEN}",
@@ -513,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screen-windows", type=int, default=16, help="windows every method is scored on (default 16)")
     p.add_argument("--windows", type=int, default=64, help="windows for the peers and finalists (default 64)")
     p.add_argument("--finalists", type=int, default=3, help="how many of ours (best KL) get all windows (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="perturbed copies of the default (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="perturbed copies of the default of each kind (default 3)")
     p.add_argument("--noise-full", action="store_true", help="score the perturbed copies on all windows too")
     p.add_argument("--peers", type=Path, default=None, help="llm-compressor checkpoints (default <cache>/peers)")
     p.add_argument("--reconvert", action="store_true", help="convert again even when a cached checkpoint matches")

@@ -17,12 +17,13 @@ import torch
 from safetensors import safe_open
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
+from hlwq_kernels.metrics import error_energy
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4
 from hlwq_kernels.study.data import make_sentences
 from hlwq_kernels.study.decoder_study import DEFAULT_KEY, METHODS, run_decoder_study, write_results
 from hlwq_kernels.study.decoders import Decoder
 from hlwq_kernels.study.perplexity import expects_bos, load_causal_lm, make_windows, perplexity
-from hlwq_kernels.study.perturb import code_difference, perturb_checkpoint
+from hlwq_kernels.study.perturb import code_difference, jitter_checkpoint, perturb_checkpoint
 from hlwq_kernels.study.rdata import RDataDB, unserialize
 from hlwq_kernels.study.text import _ar_members
 from tests.tiny_checkpoints import save_tiny
@@ -110,6 +111,20 @@ def test_perturbation_moves_the_requested_fraction_by_one_and_seeds_differ(tiny,
     assert json.loads((a / "perturbation.json").read_text())["seed"] == 0
 
 
+def test_jitter_flips_only_near_ties_and_zero_jitter_reproduces_the_codes(tiny, tmp_path):
+    _, src, int4 = tiny
+    same = jitter_checkpoint(int4, tmp_path / "j0", src, 0.0, seed=0)
+    assert code_difference(int4, same)["fraction"] == 0
+    diff = code_difference(int4, jitter_checkpoint(int4, tmp_path / "j", src, 2.0**-9, seed=0))
+    assert set(diff["by"]) == {1} and 0 < diff["fraction"] < 0.01 and diff["scales_equal"]
+    errors = {}
+    for name, path in (("base", int4), ("jitter", tmp_path / "j")):
+        model, ref = load_causal_lm(path), load_causal_lm(src)
+        errors[name] = sum(error_energy(r.weight.detach(), m.weight.detach(), torch.float64)[0] for m, r in
+                           zip(model.model.layers.modules(), ref.model.layers.modules()) if isinstance(m, torch.nn.Linear))
+    assert errors["base"] <= errors["jitter"] < errors["base"] * 1.01  # round-to-nearest is the minimum; ties cost ~0
+
+
 def test_study_end_to_end_on_the_tiny_decoder(tiny, tmp_path, monkeypatch):
     root, src, _ = tiny
     monkeypatch.setenv("HLWQ_CACHE", str(root))
@@ -119,11 +134,12 @@ def test_study_end_to_end_on_the_tiny_decoder(tiny, tmp_path, monkeypatch):
     model = res["models"]["tiny"]
     assert "llmc-rtn" not in model["methods"]  # no peer checkpoint: skipped
     full = model["summary"]["full"]
-    flips = [f"{DEFAULT_KEY}~flip0", f"{DEFAULT_KEY}~flip1"]
-    assert {"bf16", DEFAULT_KEY, *flips} <= set(full["methods"]) and full["windows"] == 2
+    copies = [f"{DEFAULT_KEY}~{kind}{seed}" for kind in ("flip", "jitter") for seed in (0, 1)]
+    assert {"bf16", DEFAULT_KEY, *copies} <= set(full["methods"]) and full["windows"] == 2
     assert full["methods"]["bf16"]["increase"] == 0 and full["methods"]["bf16"]["kl"] == 0
     assert full["methods"][DEFAULT_KEY]["tokens"] == 2 * (SEQ - 1)
-    assert full["noise"]["n"] == 2 and full["noise"]["ppl_std"] > 0
+    assert set(full["noise"]) == {"flip", "jitter"}
+    assert all(n["n"] == 2 and n["ppl_std"] > 0 for n in full["noise"].values())
     assert model["bos"] and [r["computed"] for r in model["runs"]] != [[], []]
     we = model["methods"][DEFAULT_KEY]["weight_error"]
     assert 0 < we["rel_mse"] < 0.05 and model["methods"][DEFAULT_KEY]["conversion_s"] > 0
