@@ -29,6 +29,8 @@ GDN = dict(linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim
 MOE = dict(moe_intermediate_size=128, num_experts=4, num_experts_per_tok=2)
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "qwen2_5_vl")
+# Further text decoders that build_model knows (used by the rotation tests, not by ARCHS' users).
+EXTRA_ARCHS = ("qwen2_moe", "qwen3_5_moe", "gemma", "gemma3_text")
 AUX_FILES = {
     "tokenizer_config.json": '{"model_max_length": 256}\n',
     "chat_template.jinja": "{{ messages }}\n",
@@ -59,6 +61,15 @@ def build_model(arch: str, init_std: float = 0.02) -> torch.nn.Module:
     if arch == "qwen3_next":
         cfg = tf.Qwen3NextConfig(**common, **MOE, **GDN, shared_expert_intermediate_size=128)
         return tf.Qwen3NextForCausalLM(cfg)
+    if arch == "qwen2_moe":
+        cfg = tf.Qwen2MoeConfig(**common, **MOE, shared_expert_intermediate_size=128, decoder_sparse_step=1)
+        return tf.Qwen2MoeForCausalLM(cfg)
+    if arch == "qwen3_5_moe":
+        return tf.Qwen3_5MoeForCausalLM(tf.Qwen3_5MoeTextConfig(**common, **MOE, **GDN, shared_expert_intermediate_size=128))
+    if arch == "gemma":
+        return tf.GemmaForCausalLM(tf.GemmaConfig(**common))
+    if arch == "gemma3_text":
+        return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, sliding_window=8))
     if arch == "qwen2_5_vl":
         # two heads of 128: the default multimodal RoPE sections (16, 24, 24) need head_dim 128
         text = {k: v for k, v in common.items() if k != "head_dim"} | dict(num_attention_heads=2)
