@@ -30,7 +30,7 @@ MOE = dict(moe_intermediate_size=128, num_experts=4, num_experts_per_tok=2)
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "qwen2_5_vl")
 # Further text decoders that build_model knows (used by the rotation tests, not by ARCHS' users).
-EXTRA_ARCHS = ("qwen2_moe", "qwen3_5_moe", "gemma", "gemma3_text")
+EXTRA_ARCHS = ("llama_bias", "qwen2_moe", "qwen3_5_moe", "qwen3_5_vl", "qwen3_5_moe_vl", "gemma", "gemma3_text")
 AUX_FILES = {
     "tokenizer_config.json": '{"model_max_length": 256}\n',
     "chat_template.jinja": "{{ messages }}\n",
@@ -61,11 +61,19 @@ def build_model(arch: str, init_std: float = 0.02) -> torch.nn.Module:
     if arch == "qwen3_next":
         cfg = tf.Qwen3NextConfig(**common, **MOE, **GDN, shared_expert_intermediate_size=128)
         return tf.Qwen3NextForCausalLM(cfg)
+    if arch == "llama_bias":  # biases on every attention and MLP projection
+        return tf.LlamaForCausalLM(tf.LlamaConfig(**common, attention_bias=True, mlp_bias=True))
     if arch == "qwen2_moe":
         cfg = tf.Qwen2MoeConfig(**common, **MOE, shared_expert_intermediate_size=128, decoder_sparse_step=1)
         return tf.Qwen2MoeForCausalLM(cfg)
     if arch == "qwen3_5_moe":
         return tf.Qwen3_5MoeForCausalLM(tf.Qwen3_5MoeTextConfig(**common, **MOE, **GDN, shared_expert_intermediate_size=128))
+    if arch in ("qwen3_5_vl", "qwen3_5_moe_vl"):  # as released: a vision tower whose merger feeds the language model
+        vision = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=256, patch_size=14)
+        if arch == "qwen3_5_vl":
+            return tf.Qwen3_5ForConditionalGeneration(tf.Qwen3_5Config(text_config=dict(common, **GDN), vision_config=vision))
+        text = dict(common, **GDN, **MOE, shared_expert_intermediate_size=128)
+        return tf.Qwen3_5MoeForConditionalGeneration(tf.Qwen3_5MoeConfig(text_config=text, vision_config=vision))
     if arch == "gemma":
         return tf.GemmaForCausalLM(tf.GemmaConfig(**common))
     if arch == "gemma3_text":

@@ -73,8 +73,8 @@ POST_NORMS = (
 )
 
 LLAMA = Family(
-    name="llama",  # Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (q_norm / k_norm on each head)
-    model_types=frozenset({"llama", "mistral", "qwen2", "qwen3"}),
+    name="llama",  # Llama, Mistral, Qwen2 (q/k/v biases; also Qwen2.5-VL's text model), Qwen3
+    model_types=frozenset({"llama", "mistral", "qwen2", "qwen3", "qwen2_5_vl_text"}),
     norm_readers={"input_layernorm": ATTENTION_READERS, "post_attention_layernorm": DENSE_MLP_READERS},
 )
 QWEN_MOE = Family(
@@ -120,9 +120,30 @@ REFUSED = {
     "mpnet": POST_LAYERNORM,
 }
 MULTIMODAL = (
-    "it is a multimodal checkpoint: the vision tower's output enters the residual stream of the "
-    "language model, and rotating it is not implemented"
+    "it is a multimodal checkpoint whose vision tower's outputs enter the language model's residual "
+    "stream in ways this table does not cover (supported: {supported})"
 )
+
+
+@dataclass(frozen=True)
+class VisionLanguage:
+    """A vision-language model: the language model (``text_config``) follows its own family, and
+    ``mergers`` (modules of the vision tower) write image features into its residual stream, so
+    they are rotated on the output side; the rest of the tower is left alone."""
+
+    model_types: frozenset[str]
+    mergers: tuple[str, ...]
+
+
+VISION_LANGUAGE = (
+    VisionLanguage(frozenset({"qwen2_5_vl"}), (r"merger\.mlp\.2",)),
+    VisionLanguage(frozenset({"qwen3_5", "qwen3_5_moe"}), (r"merger\.linear_fc2",)),
+)
+
+
+def vision_language_for(model_type: str) -> VisionLanguage | None:
+    """The vision-language table of ``model_type``, or None."""
+    return next((v for v in VISION_LANGUAGE if model_type in v.model_types), None)
 
 
 def family_for(model_type: str) -> Family | None:
@@ -131,5 +152,5 @@ def family_for(model_type: str) -> Family | None:
 
 
 def supported_model_types() -> list[str]:
-    """Every model type with a rotation table, sorted."""
-    return sorted(t for f in FAMILIES for t in f.model_types)
+    """Every model type with a rotation table (language and vision-language), sorted."""
+    return sorted({t for f in FAMILIES for t in f.model_types} | {t for v in VISION_LANGUAGE for t in v.model_types})

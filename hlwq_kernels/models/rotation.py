@@ -37,16 +37,19 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from hlwq_kernels.models.families import MULTIMODAL, REFUSED, Family, family_for, supported_model_types
+from hlwq_kernels.models.families import (
+    MULTIMODAL, REFUSED, Family, VisionLanguage, family_for, supported_model_types, vision_language_for,
+)
 from hlwq_kernels.ops.fwht import fwht
 from hlwq_kernels.ops.hadamard import is_hadamard_size, random_signs
 
 __all__ = ["RotationError", "Rotation", "RotationPlan", "rotation_plan", "rotate_checkpoint"]
 
-EMBED = "model.embed_tokens.weight"
-FINAL_NORM = "model.norm.weight"
 LM_HEAD = "lm_head.weight"
-LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+# The language model's tensors sit under model.language_model. (transformers 5's vision-language
+# checkpoints) or model.; a vision tower under model.visual. or visual.
+NESTED_TEXT_PREFIX = "model.language_model."
+VISION = re.compile(r"(?:model\.)?visual\.(.+)")
 CONFIG_KEY = "hlwq_rotation"
 
 
@@ -65,6 +68,7 @@ class Rotation:
 
     @property
     def signs(self) -> torch.Tensor:
+        """The ±1 vector ``s`` (length ``size``)."""
         return random_signs(self.size, self.seed)
 
     def fits(self, length: int) -> bool:
@@ -80,7 +84,9 @@ class Rotation:
         return fwht(t, dim=dim, block_size=self.block, signs=signs)
 
     def record(self) -> dict:
-        return {"size": self.size, "block_size": self.block, "seed": self.seed, "per_head": self.per_head}
+        """The parameters that rebuild ``Q``."""
+        return {"size": self.size, "block_size": self.block, "seed": self.seed, "per_head": self.per_head,
+                "signs": "hlwq_kernels.random_signs(size, seed)"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ class RotationPlan:
     r1: Rotation | None
     r2: Rotation | None
     unit_offset: bool
+    final_norm: str
     actions: dict[str, Action]
     notes: list[str] = field(default_factory=list)
 
@@ -121,7 +128,7 @@ class RotationPlan:
         """The norm weights ``transform(name, ...)`` needs in ``aux``."""
         action = self._action(name)
         needed = (action.fold,) if action.fold else ()
-        return needed + ((FINAL_NORM,) if action.tied_head else ())
+        return needed + ((self.final_norm,) if action.tied_head else ())
 
     def all_aux_names(self) -> list[str]:
         """Every norm weight some transform needs (small: 1-D tensors of the hidden size)."""
@@ -132,8 +139,8 @@ class RotationPlan:
         return [name] + ([LM_HEAD] if self._action(name).tied_head else [])
 
     def transform(self, name: str, tensor: torch.Tensor, aux: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """The output tensors of source tensor ``name``. Changed tensors come back in float32
-        (float64 for float64 input), computed with one rounding at the end; others as given."""
+        """The output tensors of source tensor ``name``. Changed tensors are computed and returned
+        in float32 (float64 for float64 input), for the caller to round once; others as given."""
         action = self._action(name)
         if not action.changes:
             return [(name, tensor)]
@@ -143,7 +150,7 @@ class RotationPlan:
         x = tensor.to(compute)
         out = [(name, self._apply(action, x, aux, name))]
         if action.tied_head:
-            out.append((LM_HEAD, self._apply(Action(fold=FINAL_NORM, inputs=(self.r1,)), x, aux, name)))
+            out.append((LM_HEAD, self._apply(Action(fold=self.final_norm, inputs=(self.r1,)), x, aux, name)))
         return out
 
     def rotated_config(self, config: Mapping) -> dict:
@@ -152,14 +159,16 @@ class RotationPlan:
         out = dict(config)
         if self.r1 is not None:
             out["tie_word_embeddings"] = False
+            if isinstance(out.get("text_config"), Mapping):
+                out["text_config"] = dict(out["text_config"], tie_word_embeddings=False)
         out[CONFIG_KEY] = self.record()
         return out
 
     def record(self) -> dict:
         """What was rotated, with the seeds and block sizes that reproduce it."""
         return {
-            "r1": None if self.r1 is None else self.r1.record() | {"signs": "hlwq_kernels.random_signs(size, seed)"},
-            "r2": None if self.r2 is None else self.r2.record() | {"signs": "hlwq_kernels.random_signs(size, seed)"},
+            "r1": None if self.r1 is None else self.r1.record(),
+            "r2": None if self.r2 is None else self.r2.record(),
             "transform": "x·diag(signs)·(I ⊗ H_block)ᵀ/sqrt(block) = hlwq_kernels.fwht(x, block_size, signs)",
             "notes": list(self.notes),
         }
@@ -194,11 +203,13 @@ def _module_regex(patterns: Iterable[str], tail: str) -> re.Pattern:
 
 def _refusal(config: Mapping) -> str | None:
     model_type = str(config.get("model_type", ""))
-    if any(k in config for k in ("text_config", "vision_config", "audio_config")):
-        return MULTIMODAL
     if model_type in REFUSED:
         return REFUSED[model_type]
-    if family_for(model_type) is None:
+    if any(k in config for k in ("text_config", "vision_config", "audio_config")):
+        if vision_language_for(model_type) is None or not isinstance(config.get("text_config"), Mapping):
+            return MULTIMODAL.format(supported=", ".join(sorted(t for t in supported_model_types() if vision_language_for(t))))
+        config = config["text_config"]
+    if family_for(str(config.get("model_type", ""))) is None:
         return f"there is no rotation table for it (supported: {', '.join(supported_model_types())})"
     return None
 
@@ -222,27 +233,36 @@ def _head_dim(config: Mapping) -> int:
 
 
 class _Classifier:
-    """Maps tensor names to actions with one family's table."""
+    """Maps tensor names to actions with one family's table (and a vision-language table)."""
 
-    def __init__(self, family: Family, r1: Rotation | None, r2: Rotation | None, tied: bool):
-        self.family, self.r1, self.r2, self.tied = family, r1, r2, tied
+    def __init__(self, family: Family, vision: VisionLanguage | None, r1: Rotation | None, r2: Rotation | None,
+                 names: Iterable[str]):
+        names = set(names)
+        self.r1, self.r2, self.tied = r1, r2, LM_HEAD not in names
+        self.prefix = NESTED_TEXT_PREFIX if any(n.startswith(NESTED_TEXT_PREFIX) for n in names) else "model."
+        self.embed, self.final_norm = f"{self.prefix}embed_tokens.weight", f"{self.prefix}norm.weight"
+        self.layer = re.compile(re.escape(self.prefix) + r"layers\.(\d+)\.(.+)")
         self.norms = {norm: _module_regex(readers, r"(?:\.weight|\.bias)?") for norm, readers in family.norm_readers.items()}
         self.writers = _module_regex(family.writers, r"(?:\.weight|\.bias)?")
         self.inert = _module_regex(family.inert, r"(?:\..+)?")
         self.norm_names = _module_regex([re.escape(n) for n in family.norm_readers], r"\.weight")
+        self.mergers = _module_regex(vision.mergers, r"\.(?:weight|bias)") if vision else None
         self.identity = 0.0 if family.unit_offset else 1.0
 
     def action(self, name: str) -> Action | None:
         r1 = (self.r1,) if self.r1 else ()
-        if name == EMBED:
+        if name == self.embed:
             return Action(inputs=r1, tied_head=bool(r1) and self.tied)
-        if name == FINAL_NORM:
+        if name == self.final_norm:
             return Action(identity=self.identity) if r1 else KEEP
         if name == LM_HEAD:
-            return Action(fold=FINAL_NORM, inputs=r1) if r1 else KEEP
+            return Action(fold=self.final_norm, inputs=r1) if r1 else KEEP
         if name == "lm_head.bias":
             return KEEP
-        m = LAYER.fullmatch(name)
+        vision = VISION.fullmatch(name) if self.mergers else None
+        if vision:  # the tower keeps its own basis; only what it writes into the stream turns
+            return Action(outputs=r1) if self.mergers.fullmatch(vision.group(1)) else KEEP
+        m = self.layer.fullmatch(name)
         if m is None:
             return None
         layer, rel = m.groups()
@@ -252,7 +272,7 @@ class _Classifier:
         r2_in = (self.r2,) if self.r2 and rel.startswith("self_attn.o_proj.") else ()
         for norm, readers in self.norms.items():
             if readers.fullmatch(rel):
-                fold = f"model.layers.{layer}.{norm}.weight" if r1 else None
+                fold = f"{self.prefix}layers.{layer}.{norm}.weight" if r1 else None
                 return Action(fold=fold, inputs=r1, outputs=r2_out)
         if self.writers.fullmatch(rel):
             return Action(inputs=r2_in, outputs=r1)
@@ -295,7 +315,9 @@ def rotation_plan(
     reason = _refusal(config)
     if reason:
         raise RotationError(f"cannot rotate model_type {model_type!r}: {reason}")
-    family = family_for(model_type)
+    vision = vision_language_for(model_type) if "text_config" in config else None
+    text = config["text_config"] if vision else config
+    family = family_for(str(text["model_type"]))
     assert family is not None
     if r1 and family.r1_blocker:
         raise RotationError(f"cannot fold R1 into model_type {model_type!r}: {family.r1_blocker}")
@@ -305,15 +327,15 @@ def rotation_plan(
         r2 = False
     if not (r1 or r2):
         raise RotationError(f"nothing to rotate in model_type {model_type!r}: R1 is off and " + (notes or ["R2 is off"])[0])
-    rot1 = _r1_rotation(int(config["hidden_size"]), block_size, seed) if r1 else None
+    rot1 = _r1_rotation(int(text["hidden_size"]), block_size, seed) if r1 else None
     rot2 = None
     if r2:
-        head_dim = _head_dim(config)
+        head_dim = _head_dim(text)
         rot2 = Rotation(head_dim, head_dim, seed + 1, per_head=True)
-    if rot1 and (EMBED not in shapes or FINAL_NORM not in shapes):
-        raise RotationError(f"R1 needs {EMBED!r} and {FINAL_NORM!r}; the checkpoint lacks " +
-                            " and ".join(repr(n) for n in (EMBED, FINAL_NORM) if n not in shapes))
-    classifier = _Classifier(family, rot1, rot2, tied=LM_HEAD not in shapes)
+    classifier = _Classifier(family, vision, rot1, rot2, shapes)
+    if rot1 and (classifier.embed not in shapes or classifier.final_norm not in shapes):
+        missing = [repr(n) for n in (classifier.embed, classifier.final_norm) if n not in shapes]
+        raise RotationError(f"R1 needs the embedding and the final norm; the checkpoint lacks {' and '.join(missing)}")
     actions: dict[str, Action] = {}
     for name in sorted(shapes):
         action = classifier.action(name)
@@ -323,7 +345,7 @@ def rotation_plan(
         if action.fold and action.fold not in shapes:
             raise RotationError(f"tensor {name!r} reads the norm {action.fold!r}, which the checkpoint lacks")
         actions[name] = action
-    return RotationPlan(model_type, rot1, rot2, family.unit_offset, actions, notes)
+    return RotationPlan(model_type, rot1, rot2, family.unit_offset, classifier.final_norm, actions, notes)
 
 
 def _unknown_tensor(name: str, model_type: str) -> str:

@@ -29,6 +29,7 @@ LOGIT_TOL = 1e-10  # far below the 1e-6 gate: the rotated model differs by round
 # architecture -> rotate_checkpoint options (Gemma 3: R2 alone, R1 is refused)
 ROTATED = {
     "llama": dict(block_size=None),  # one Hadamard of the full hidden size
+    "llama_bias": {},  # o_proj and down_proj biases: rotated on the output side
     "mistral": {},
     "qwen2": {},
     "qwen3": {},
@@ -39,7 +40,12 @@ ROTATED = {
     "qwen3_5_moe": {},
     "gemma": {},
     "gemma3_text": dict(r1=False),
+    "qwen2_5_vl": {},  # vision merger's output side rotated too
+    "qwen3_5_vl": {},
+    "qwen3_5_moe_vl": {},
 }
+VISION_LANGUAGE = ("qwen2_5_vl", "qwen3_5_vl", "qwen3_5_moe_vl")
+IMAGE_TOKENS = dict(vision_start_token_id=3, vision_end_token_id=4, image_token_id=5, video_token_id=6)
 
 
 class Float64Mode(TorchFunctionMode):
@@ -64,8 +70,12 @@ def _eager_experts(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _randomized(arch: str) -> torch.nn.Module:
-    """The tiny float64 model of ``arch`` with non-trivial norm weights and biases."""
+    """The tiny float64 model of ``arch`` with non-trivial norm weights and biases (and image
+    token ids inside the tiny vocabulary)."""
     model = build_model(arch, init_std=0.1).double()
+    if arch in VISION_LANGUAGE:
+        for key, value in IMAGE_TOKENS.items():
+            setattr(model.config, key, value)
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -79,13 +89,28 @@ def _randomized(arch: str) -> torch.nn.Module:
 def _load(path) -> torch.nn.Module:
     import transformers
 
-    return _eager_experts(transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64))
+    config = json.loads((path / "config.json").read_text())
+    auto = transformers.AutoModelForImageTextToText if "vision_config" in config else transformers.AutoModelForCausalLM
+    return _eager_experts(auto.from_pretrained(path, dtype=torch.float64))
 
 
-def _logits(model: torch.nn.Module) -> np.ndarray:
-    ids = torch.randint(0, COMMON["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(3))
+def _inputs(model: torch.nn.Module, pixel_seed: int = 0) -> dict:
+    """2 x 16 random tokens; for a vision-language model, one image of 4 x 4 patches (4 tokens
+    after merging) inside the second sequence."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(10, COMMON["vocab_size"], (2, 16), generator=gen)
+    if "vision_config" not in model.config:
+        return dict(input_ids=ids)
+    v = model.config.vision_config
+    ids[1, 4:10] = torch.tensor([3, 5, 5, 5, 5, 4])
+    pixels = random_weight((16, v.in_channels * v.temporal_patch_size * v.patch_size**2), torch.float64, seed=pixel_seed)
+    return dict(input_ids=ids, pixel_values=pixels, image_grid_thw=torch.tensor([[1, 4, 4]]),
+                mm_token_type_ids=(ids == IMAGE_TOKENS["image_token_id"]).int())
+
+
+def _logits(model: torch.nn.Module, pixel_seed: int = 0) -> np.ndarray:
     with torch.no_grad(), Float64Mode():
-        return model(ids).logits.numpy()
+        return model(**_inputs(model, pixel_seed)).logits.numpy()
 
 
 def _tensors(path) -> dict[str, torch.Tensor]:
@@ -125,21 +150,36 @@ def test_rotated_checkpoint_is_rotated_and_recorded(rotated, arch):
     _, src, dst, record = rotated(arch)
     before, after = _tensors(src), _tensors(dst)
     config = json.loads((dst / "config.json").read_text())
+    text = config.get("text_config", config)
     assert config["hlwq_rotation"] == record
-    attn = "model.layers.1.self_attn"
+
+    def changed(name: str) -> float:
+        return rel_err(after[name], before[name].numpy())
+
+    # transformers saves Qwen2.5-VL as released (model. and visual.), Qwen3.5 as model.language_model.
+    lm = "model.language_model." if "model.language_model.norm.weight" in after else "model."
     if record["r2"] is not None:  # values rotated per head, o_proj's input to match
-        assert record["r2"]["size"] == COMMON["head_dim"]
-        for name in (f"{attn}.v_proj.weight", f"{attn}.o_proj.weight"):
-            assert rel_err(after[name], before[name].numpy()) > 0.5, name
+        assert record["r2"]["size"] == text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+        assert changed(f"{lm}layers.1.self_attn.v_proj.weight") > 0.5 and changed(f"{lm}layers.1.self_attn.o_proj.weight") > 0.5
     if record["r1"] is None:
-        assert rel_err(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"].numpy()) == 0
+        assert changed(f"{lm}embed_tokens.weight") == 0
         return
-    assert config["tie_word_embeddings"] is False and "lm_head.weight" in after
+    assert config["tie_word_embeddings"] is False and text.get("tie_word_embeddings", False) is False
+    assert "lm_head.weight" in after
     assert record["r1"]["block_size"] == (ROTATED[arch].get("block_size", 128) or COMMON["hidden_size"])
     identity = 0.0 if arch.startswith(("qwen3_5", "qwen3_next", "gemma")) else 1.0
-    for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"):
-        assert torch.all(after[name] == identity), name
-    assert rel_err(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"].numpy()) > 0.5
+    for name in ("norm", "layers.0.input_layernorm", "layers.1.post_attention_layernorm"):
+        assert torch.all(after[f"{lm}{name}.weight"] == identity), name
+    assert changed(f"{lm}embed_tokens.weight") > 0.5
+    merger = [n for n in after if n.endswith(("visual.merger.mlp.2.weight", "visual.merger.linear_fc2.weight"))]
+    assert len(merger) == (arch in VISION_LANGUAGE) and all(changed(n) > 0.5 for n in merger)
+
+
+@pytest.mark.parametrize("arch", VISION_LANGUAGE)
+def test_vision_language_logits_depend_on_the_image(rotated, arch):
+    """So the logit test covers the merger: another image changes the image tokens' logits."""
+    ref, _, dst, _ = rotated(arch)
+    assert rel_err(_logits(_load(dst), pixel_seed=1)[1, 4:], ref[1, 4:]) > 1e-3
 
 
 def test_unrotated_embedding_breaks_the_model(rotated):
@@ -211,8 +251,9 @@ def test_refusals(tmp_path):
     gemma3 = build_model("gemma3_text")
     g_config, g_shapes = gemma3.config.to_dict(), {n: tuple(p.shape) for n, p in gemma3.state_dict().items()}
     _one_line_error(lambda: rotation_plan(g_config, g_shapes), "R1 into model_type 'gemma3_text'.*post_feedforward_layernorm")
-    vl = build_model("qwen2_5_vl").config.to_dict()
-    _one_line_error(lambda: rotation_plan(vl, {}), "multimodal")
+    import transformers
+
+    _one_line_error(lambda: rotation_plan(transformers.Gemma3Config().to_dict(), {}), "'gemma3'.*multimodal.*qwen2_5_vl")
     _one_line_error(lambda: rotation_plan(dict(config, model_type="gpt2"), shapes), "no rotation table.*supported: .*qwen3_moe")
     _one_line_error(lambda: rotation_plan(config, dict(shapes, **{"mtp.fc.weight": (256, 512)})), "multi-token-prediction")
     _one_line_error(lambda: rotation_plan(config, dict(shapes, **{"model.layers.0.mlp.extra.weight": (4, 256)})),
