@@ -139,14 +139,15 @@ class RotationPlan:
         return [name] + ([LM_HEAD] if self._action(name).tied_head else [])
 
     def transform(self, name: str, tensor: torch.Tensor, aux: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        """The output tensors of source tensor ``name``. Changed tensors are computed and returned
-        in float32 (float64 for float64 input), for the caller to round once; others as given."""
+        """The output tensors of source tensor ``name``, on its device (CUDA tensors use the FWHT
+        kernel). Changed tensors are computed and returned in float32 (float64 for float64 input),
+        for the caller to round once; others as given."""
         action = self._action(name)
         if not action.changes:
             return [(name, tensor)]
         compute = torch.float64 if tensor.dtype == torch.float64 else torch.float32
         if action.identity is not None:
-            return [(name, torch.full(tensor.shape, action.identity, dtype=compute))]
+            return [(name, torch.full(tensor.shape, action.identity, dtype=compute, device=tensor.device))]
         x = tensor.to(compute)
         out = [(name, self._apply(action, x, aux, name))]
         if action.tied_head:
@@ -184,7 +185,7 @@ class RotationPlan:
         if action.fold and not is_bias:
             if action.fold not in aux:
                 raise RotationError(f"rotating {name!r} needs the norm weight {action.fold!r} in aux")
-            x = x * self.norm_scale(aux[action.fold]).to(x.dtype)
+            x = x * self.norm_scale(aux[action.fold]).to(device=x.device, dtype=x.dtype)
         for rot in action.inputs if not is_bias else ():
             x = rot.apply(x, -1)
         for rot in action.outputs:
