@@ -30,7 +30,7 @@ MOE = dict(moe_intermediate_size=128, num_experts=4, num_experts_per_tok=2)
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "qwen2_5_vl")
 # Further text decoders that build_model knows (used by the rotation tests, not by ARCHS' users).
-EXTRA_ARCHS = ("llama_bias", "qwen2_moe", "qwen3_5_moe", "qwen3_5_vl", "qwen3_5_moe_vl", "gemma", "gemma3_text")
+EXTRA_ARCHS = ("llama_bias", "qwen2_moe", "qwen3_5_moe", "qwen3_5_vl", "qwen3_5_moe_vl", "gemma", "gemma2", "gemma3_text")
 AUX_FILES = {
     "tokenizer_config.json": '{"model_max_length": 256}\n',
     "chat_template.jinja": "{{ messages }}\n",
@@ -76,6 +76,8 @@ def build_model(arch: str, init_std: float = 0.02) -> torch.nn.Module:
         return tf.Qwen3_5MoeForConditionalGeneration(tf.Qwen3_5MoeConfig(text_config=text, vision_config=vision))
     if arch == "gemma":
         return tf.GemmaForCausalLM(tf.GemmaConfig(**common))
+    if arch == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(**common, sliding_window=8))
     if arch == "gemma3_text":
         return tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**common, sliding_window=8))
     if arch == "qwen2_5_vl":

@@ -26,7 +26,7 @@ from tests.helpers import random_weight, rel_err
 from tests.tiny_checkpoints import COMMON, build_model, save_tiny
 
 LOGIT_TOL = 1e-10  # far below the 1e-6 gate: the rotated model differs by rounding only
-# architecture -> rotate_checkpoint options (Gemma 3: R2 alone, R1 is refused)
+# architecture -> rotate_checkpoint options (Gemma 2 and 3: R2 alone, R1 is refused)
 ROTATED = {
     "llama": dict(block_size=None),  # one Hadamard of the full hidden size
     "llama_bias": {},  # o_proj and down_proj biases: rotated on the output side
@@ -39,6 +39,7 @@ ROTATED = {
     "qwen3_next": {},
     "qwen3_5_moe": {},
     "gemma": {},
+    "gemma2": dict(r1=False),
     "gemma3_text": dict(r1=False),
     "qwen2_5_vl": {},  # vision merger's output side rotated too
     "qwen3_5_vl": {},
