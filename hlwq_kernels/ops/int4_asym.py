@@ -322,9 +322,10 @@ def quantize_int4_asym(
     if importance is not None and method == "minmax":
         raise ValueError("importance weights need method='clip' or 'hqq' (minmax has nothing to optimise)")
     lam = None if importance is None else _check_importance(importance, k, w.device)
-    if use_triton(backend, w):
-        if method != "minmax":
-            raise ValueError(f"the Triton kernel computes method='minmax' only; use backend='torch' for {method!r}")
+    kernel = use_triton(backend, w)  # validates backend
+    if kernel and method != "minmax" and backend == "triton":
+        raise ValueError(f"the Triton kernel computes method='minmax' only; use backend='torch' for {method!r}")
+    if kernel and method == "minmax":
         from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 
         packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)
