@@ -1,245 +1,352 @@
-"""Triton FWHT kernel and its launcher.
+"""Triton FWHT kernels and their launcher.
 
-A row of length n = K * 2**m is held in registers as a tensor of up to three modes
-``[M0, M1, M2]`` (the K mode, zero-padded to a power of two, comes first; the power-of-two part
-is split into factors of 16..128). Each mode is multiplied by its (small, ±1) Hadamard factor on
-the tensor cores with ``tl.dot``, then the modes are rotated so the next one is last; after the
-last mode the original order is back and the row is stored. H is exact in bf16, so the dot is
-exact for bf16/fp16 inputs; fp32 operands (the input when fp32, and every intermediate) are split
-into 2 (bf16/fp16 data) or 3 (fp32 data) bf16 pieces, which keeps fp32 accuracy; accumulation is
-fp32 and the result is rounded once at the store.
+A row of length n = K * 2**m is transformed in one read and one write of device memory.
+
+* The power-of-two factor H_{2^m} runs as fp32 butterflies on the CUDA cores. A tile of rows is held
+  as a tensor with one size-2 dimension per bit of its (row, column) index; a butterfly on column bit
+  c is ``split`` + ``join`` on that dimension once it is moved last. Which bits a thread holds in
+  registers, which bits its lanes and warps hold, follows from the order of the dimensions (Triton's
+  default layout puts the innermost five on lanes, the next ones on warps and the rest in registers),
+  so the kernel works in *rounds*: all column bits held in registers are transformed without any data
+  movement, then one layout conversion (through shared memory) brings the next set of bits into
+  registers. The first round uses the layout the tile was loaded in, so an n-point transform costs
+  ceil(bits / register bits) conversions, one of them back to the store layout: two for every n up
+  to 16384 with the launch table below. Every value stays fp32 until the single rounding at the store.
+* A factor K > 1 (dense, exact ±1 entries) runs first, on the tensor cores: ``H_K @ X`` with X the
+  row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
+  exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits). Orders K above
+  128 are cut into chunks of output rows (one program each, the input re-read from L2) and of the
+  contraction (a loop). The power-of-two butterflies then run on the fp32 accumulator.
+
+``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
+keyword arguments, as ``bench/gpu_fwht.py --sweep`` does).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 
 from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
-from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
+from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "kernel_modes", "MAX_KERNEL_SIZE"]
+__all__ = ["fwht_rows_triton", "kernel_plan", "MAX_POW2_BITS"]
 
-MAX_KERNEL_SIZE = 1 << 15  # padded elements per row held by one program (shared-memory bound)
-_MIN_DOT = 16
-_MAX_DENSE_MODE = 128
+MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
+_MIN_DOT = 16  # smallest tl.dot dimension
+
+Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
 
 
 @triton.jit
-def _mode_product(v, h_ptr, F: tl.constexpr, NATIVE: tl.constexpr, PIECES: tl.constexpr):
-    """v [R, F] @ Hm [F, F] with fp32 accumulation (Hm given row-major at h_ptr, exact in bf16).
+def _butterfly_last(v):
+    """2-point Hadamard transform along the last (size-2) dimension."""
+    a, b = tl.split(v)
+    return tl.join(a + b, a - b)
 
-    PIECES = 1 (interpreter only: Triton's interpreter has no bf16 dot) multiplies in fp32.
+
+@triton.jit
+def _butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr):
+    """Apply the planned butterflies to v (a tensor of size-2 dims) and reshape it to SHAPE.
+
+    STEPS[i] (i < NUM_STEPS) is the permutation that moves the next bit last; STEPS[NUM_STEPS]
+    restores the natural dimension order.
     """
-    offs = tl.arange(0, F)
-    hm = tl.load(h_ptr + offs[:, None] * F + offs[None, :])
-    if NATIVE:
-        acc = tl.dot(v, hm.to(v.dtype))
-    elif PIECES == 1:
-        acc = tl.dot(v.to(tl.float32), hm.to(tl.float32))
-    else:
-        hi = v.to(tl.bfloat16)
-        rest = v - hi.to(tl.float32)
-        acc = tl.dot(hi, hm)
-        mid = rest.to(tl.bfloat16)
-        acc = tl.dot(mid, hm, acc)
-        if PIECES == 3:
-            lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-            acc = tl.dot(lo, hm, acc)
-    return acc
+    for i in tl.static_range(NUM_STEPS):
+        v = _butterfly_last(tl.permute(v, STEPS[i]))
+    return tl.reshape(tl.permute(v, STEPS[NUM_STEPS]), SHAPE)
 
 
 @triton.jit
-def _fwht_kernel(
-    x_ptr, y_ptr, s_ptr, h0_ptr, h1_ptr, h2_ptr,
-    rows, num_tiles, blocks_per_row, stride_xr, stride_xc, scale,
-    N: tl.constexpr, K0: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
-    NUM_MODES: tl.constexpr, BM: tl.constexpr, HAS_SIGNS: tl.constexpr, INVERSE: tl.constexpr,
-    NATIVE: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
+def _fwht_pow2_kernel(
+    x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, stride_xr, stride_xc, scale,
+    BM: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
+    NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, INVERSE: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
+    """Rows of length H*C (a power of two), BM rows per tile, loaded as [BM, H, C]. The signs of
+    row i start at s_ptr + (i % sign_blocks) * H * C when SIGN_ROWS, else at s_ptr."""
+    col = tl.arange(0, H)[None, :, None] * C + tl.arange(0, C)[None, None, :]
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
-        r = tile * BM + tl.arange(0, BM)
-        i0 = tl.arange(0, M0)
-        if NUM_MODES == 1:
-            col = i0[None, :]
-            row = r[:, None]
-            valid = (row < rows) & (col < K0)
-        elif NUM_MODES == 2:
-            i1 = tl.arange(0, M1)
-            col = i0[None, :, None] * M1 + i1[None, None, :]
-            row = r[:, None, None]
-            valid = (row < rows) & (i0[None, :, None] < K0)
-        else:
-            i1 = tl.arange(0, M1)
-            i2 = tl.arange(0, M2)
-            col = i0[None, :, None, None] * (M1 * M2) + i1[None, None, :, None] * M2 + i2[None, None, None, :]
-            row = r[:, None, None, None]
-            valid = (row < rows) & (i0[None, :, None, None] < K0)
+        row = tile * BM + tl.arange(0, BM)[:, None, None]
+        valid = row < rows
         v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
+        v = v.to(tl.float32)
+        sign_at = s_ptr + col
+        if SIGN_ROWS:
+            sign_at += (row % sign_blocks) * (H * C)
         if HAS_SIGNS:
-            sign_idx = (row % blocks_per_row) * N + col
-            sgn = tl.load(s_ptr + sign_idx, mask=valid, other=0.0)
             if not INVERSE:
-                v = (v.to(tl.float32) * sgn).to(v.dtype)  # ±1: exact; fp32 avoids the interpreter's bf16 arithmetic
-        if NUM_MODES == 1:
-            acc = _mode_product(v, h0_ptr, M0, NATIVE, PIECES)
-        elif NUM_MODES == 2:
-            acc = _mode_product(tl.reshape(v, (BM * M0, M1)), h1_ptr, M1, NATIVE, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M0, M1)), (0, 2, 1))
-            acc = _mode_product(tl.reshape(acc, (BM * M1, M0)), h0_ptr, M0, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M1, M0)), (0, 2, 1))
-        else:
-            acc = _mode_product(tl.reshape(v, (BM * M0 * M1, M2)), h2_ptr, M2, NATIVE, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M0, M1, M2)), (0, 3, 1, 2))
-            acc = _mode_product(tl.reshape(acc, (BM * M2 * M0, M1)), h1_ptr, M1, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M2, M0, M1)), (0, 3, 1, 2))
-            acc = _mode_product(tl.reshape(acc, (BM * M1 * M2, M0)), h0_ptr, M0, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M1, M2, M0)), (0, 3, 1, 2))
-        out = acc * scale
+                v = v * tl.load(sign_at)
+        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (BM, H, C)) * scale
         if HAS_SIGNS:
             if INVERSE:
-                out = out * sgn.to(tl.float32)
-        tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
+                v = v * tl.load(sign_at)
+        tl.store(y_ptr + row.to(tl.int64) * (H * C) + col, v.to(y_ptr.dtype.element_ty), mask=valid)
 
 
-def kernel_modes(n: int, max_factor: int = 128) -> tuple[int, list[int]] | None:
-    """(real size of mode 0, padded mode sizes) for an n-point transform, or None when the kernel
-    cannot hold it (more than MAX_KERNEL_SIZE padded elements, or a dense mode above 128)."""
-    plan = _modes(n, max_factor)
-    if plan is None or math.prod(plan[1]) > MAX_KERNEL_SIZE:
-        return None
-    return plan
+@triton.jit
+def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
+    """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
+    bf16 hi + mid + lo; 0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
+    if PIECES == 0:
+        return tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
+    if PIECES == 1:
+        return tl.dot(h, x, acc)
+    x = x.to(tl.float32)
+    hi = x.to(tl.bfloat16)
+    rest = x - hi.to(tl.float32)
+    mid = rest.to(tl.bfloat16)
+    lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+    acc = tl.dot(h, lo, acc)
+    acc = tl.dot(h, mid, acc)
+    return tl.dot(h, hi, acc)
 
 
-def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
-    return pow2_split(m, max_bits, max_parts, min_bits=4)
+@triton.jit
+def _fwht_dense_kernel(
+    x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, stride_xr, stride_xc, scale,
+    K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
+    BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+    HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, INVERSE: tl.constexpr, PIECES: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (padded, row-major with
+    KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
+    j = tl.arange(0, P)[None, None, :]
+    ki0 = tl.arange(0, KI)[:, None, None]
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
+        rb = tile // k_chunks
+        ko = (tile % k_chunks) * KO + tl.arange(0, KO)
+        row = rb * BM + tl.arange(0, BM)[None, :, None]
+        row_ok = row < rows
+        sign_row = s_ptr
+        if SIGN_ROWS:
+            sign_row += (row % sign_blocks) * (K * P)
+        acc = tl.zeros((KO, BM * P), dtype=tl.float32)
+        for step in range(KI_STEPS):
+            ki = step * KI + ki0
+            col = ki * P + j
+            ok = row_ok & (ki < K)
+            v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
+            if HAS_SIGNS:
+                if not INVERSE:
+                    v = (v.to(tl.float32) * tl.load(sign_row + col, mask=ki < K, other=0.0)).to(v.dtype)
+            h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
+            acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
+        v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+        ko3 = ko[:, None, None]
+        out_col = ko3 * P + j
+        if HAS_SIGNS:
+            if INVERSE:
+                v = v * tl.load(sign_row + out_col, mask=ko3 < K, other=0.0)
+        ok = row_ok & (ko3 < K)
+        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def _modes(n: int, max_factor: int) -> tuple[int, list[int]] | None:
+# ----------------------------------------------------------------------------------------------
+# Planning: which bits live in registers, lanes and warps, round by round.
+
+
+def _round_order(regs: list[Bit], warps: list[Bit], lanes: list[Bit], split: Bit) -> list[Bit]:
+    """Dimension order whose default layout has ``regs`` in registers, ``warps`` on warps and
+    ``lanes`` on lanes (both listed from their lowest bit), with ``split`` last (in registers)."""
+    return [b for b in regs if b != split] + warps[::-1] + lanes[::-1] + [split]
+
+
+def _butterfly_plan(
+    natural: list[Bit], cols: list[Bit], warp_bits: int, first: tuple[list[Bit], list[Bit], list[Bit]] | None,
+) -> tuple[tuple[tuple[int, ...], ...], int]:
+    """Permutations (see ``_butterflies``) that transform every bit in ``cols`` of a tile whose
+    dimensions are ``natural`` (most significant first), and the number of rounds.
+
+    ``first`` = (registers, warps, lanes) of the layout the tile arrives in, used as the first
+    round; each later round takes as many untransformed bits into registers as there are register
+    bits and keeps the other bits on the warps they were on where it can.
+    """
+    slots = len(natural) - 5 - warp_bits
+    if cols and slots < 1:
+        raise ValueError(f"tile of {len(natural)} bits is too small for {warp_bits} warp bits")
+    rounds = []
+    todo = list(cols)
+    prev_regs, prev_warps = [], []
+    if first is not None:
+        regs, warps, lanes = first
+        rounds.append((regs, warps, lanes, [b for b in regs if b in todo]))
+        todo = [b for b in todo if b not in regs]
+        prev_regs, prev_warps = regs, warps
+    while todo:
+        work, todo = todo[:slots], todo[slots:]
+        rest = [b for b in prev_regs if b not in work] + [b for b in natural if b not in work and b not in prev_regs]
+        regs = work + rest[: slots - len(work)]
+        left = [b for b in natural if b not in regs]
+        warps = [b for b in prev_warps if b in left][:warp_bits]
+        warps += [b for b in left if b not in warps][: warp_bits - len(warps)]
+        lanes = sorted((b for b in left if b not in warps), key=lambda b: ("rkc".index(b[0]) == 2, b[1]))
+        rounds.append((regs, warps, lanes, work))
+        prev_regs, prev_warps = regs, warps
+    steps = []
+    cur = natural
+    for regs, warps, lanes, work in rounds:
+        for bit in work:
+            nxt = _round_order(regs, warps, lanes, bit)
+            steps.append(tuple(cur.index(b) for b in nxt))
+            cur = nxt
+    steps.append(tuple(cur.index(b) for b in natural))
+    return tuple(steps), len(rounds)
+
+
+def _bits(kind: str, count: int) -> list[Bit]:
+    return [(kind, i) for i in reversed(range(count))]
+
+
+def _load_layout(m: int, b: int, v: int, w: int) -> tuple[list[Bit], list[Bit], list[Bit]]:
+    """(registers, warps, lanes) of Triton's coalesced layout for a [2^b, H, C] tile of rows of 2^m
+    (C = min(2^m, 32 * 2^v) contiguous columns, 2^v per vector access)."""
+    v = min(v, m)
+    c_bits = min(m, v + 5)
+    pool = [("c", i) for i in range(v, c_bits)] + _bits("r", b)[::-1] + [("c", i) for i in range(c_bits, m)]
+    return [("c", i) for i in range(v)] + pool[5 + w:], pool[5: 5 + w], pool[:5]
+
+
+class Pow2Config(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
+    programs_per_sm: int
+
+
+class DenseConfig(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int
+    programs_per_sm: int
+    ki: int  # contraction chunk of H_K
+
+
+# Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
+_POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64 if m <= 12 else 128, 1, 0) for m in range(0, 15)}
+_POW2_TABLE.update({15: Pow2Config(8, 128, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+_DENSE_DEFAULT = DenseConfig(4, 64, 1, 0, 64)
+
+
+class KernelPlan(NamedTuple):
+    kernel: str  # "pow2" or "dense"
+    meta: tuple  # constexpr launch arguments as (name, value) pairs
+    num_warps: int
+    tile_rows: int
+    k_chunks: int
+    stages: int
+    programs_per_sm: int
+    rounds: int  # layout rounds of the butterflies (conversions = rounds, one back to the store layout)
+
+
+def _vec_bits(elem_size: int) -> int:
+    return (16 // elem_size).bit_length() - 1
+
+
+@functools.lru_cache(maxsize=256)
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
+    v = _vec_bits(elem_size)
+    w = cfg.num_warps.bit_length() - 1
+    threads_bits = 5 + w
+    tile_bits = max(threads_bits + min(v, m), (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    b = max(0, tile_bits - m)
+    c = 1 << min(m, min(v, m) + 5)
+    natural = _bits("r", b) + _bits("c", m)
+    steps, rounds = _butterfly_plan(natural, _bits("c", m)[::-1], w, _load_layout(m, b, v, w))
+    meta = (("BM", 1 << b), ("H", (1 << m) // c), ("C", c), ("BITS", (2,) * len(natural)), ("STEPS", steps),
+            ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, rounds)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_plan(k: int, m: int, cfg: DenseConfig) -> KernelPlan:
+    k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
+    ko = min(k_pad, 128)
+    ki = min(k_pad, cfg.ki)
+    w = cfg.num_warps.bit_length() - 1
+    threads_bits = 5 + w
+    ko_bits = ko.bit_length() - 1
+    tile_bits = max(threads_bits, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
+    natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
+    steps, rounds = _butterfly_plan(natural, _bits("c", m)[::-1], w, None)
+    ki_steps = -(-k // ki)
+    meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
+            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("dense", meta, cfg.num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
+
+
+def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
+    kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
-    max_bits = max_factor.bit_length() - 1
+    if m > MAX_POW2_BITS:
+        return None
     if k == 1:
-        parts = _pow2_parts(m, max_bits, 3) or _pow2_parts(m, 7, 3)
-        if parts is None:
-            dense = max(_MIN_DOT, p)
-            return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
-        return parts[0], parts
-    pad_k = max(_MIN_DOT, triton.next_power_of_2(k))
-    parts = _pow2_parts(m, max_bits, 2) or _pow2_parts(m, 7, 2)
-    if parts is None or pad_k > _MAX_DENSE_MODE:
-        dense = max(_MIN_DOT, triton.next_power_of_2(n))
-        return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
-    return k, [pad_k] + parts
+        return _pow2_plan(m, elem_size, config or _POW2_TABLE[m])
+    return _dense_plan(k, m, config or _DENSE_DEFAULT)
 
 
-def _mode_matrices(n: int, k0: int, modes: list[int], inverse: bool, device: torch.device) -> list[torch.Tensor]:
-    """Right-multiplication matrices (H.T forward, H inverse) for each mode, bf16, zero-padded."""
-    sizes = [k0] + modes[1:]
-    # mode 0 carries H_K (or the whole dense H_n); Sylvester modes are symmetric.
-    return [
-        hadamard_tensor(size, transpose=not inverse, pad=pad, dtype=torch.bfloat16, device=device)
-        for size, pad in zip(sizes, modes)
-    ]
+@functools.lru_cache(maxsize=64)
+def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """H_K (H_K.T for the inverse) zero-padded to [rows, cols], on the device (built once)."""
+    h = torch.zeros(rows, cols, dtype=dtype)
+    h[:k, :k] = hadamard_tensor(k, transpose=inverse)
+    return h.to(device)
 
 
-def _block_rows(padded: int, modes: list[int], tile_elems: int) -> int:
-    """Rows per tile: about tile_elems padded elements, and at least 16 rows in every dot."""
-    bm = max(1, tile_elems // padded)
-    smallest_rows = padded // max(modes)
-    while bm * smallest_rows < _MIN_DOT:
-        bm *= 2
-    return bm
-
-
-# Launch configurations tried by the tuner (num_warps, tile_elems, programs_per_sm, stages); the
-# first is the untuned default. Chosen from the H100 sweeps in bench/results/fwht-*.md.
-_CANDIDATES = [
-    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": None, "stages": 1},
-    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
-    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
-]
-_TUNE_MIN_ELEMENTS = 1 << 22
-_tuned: dict[tuple, dict[str, int | None]] = {}
-
-
-def _tuned_config(key: tuple, run) -> dict[str, int | None]:
-    """Time every candidate once on the real input (CUDA events, 3 reps) and cache the fastest."""
-    if key not in _tuned:
-        times = []
-        for cfg in _CANDIDATES:
-            run(cfg)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(3):
-                run(cfg)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        _tuned[key] = _CANDIDATES[times.index(min(times))]
-    return _tuned[key]
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
-    max_factor: int = 128, **config: int | None,
+    config: Pow2Config | DenseConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 
-    ``config`` overrides the launch heuristic (num_warps, tile_elems, programs_per_sm, stages);
-    the GPU benchmark uses it to sweep configurations.
+    ``sign_row`` (fp32 ±1 of length b, or n when every block has its own signs, on x2's device)
+    multiplies the input of the forward transform and the output of the inverse. ``config``
+    overrides the launch table (benchmark sweeps).
     """
     require_triton()
     rows, n = x2.shape
-    plan = kernel_modes(b, max_factor)
+    plan = kernel_plan(b, x2.element_size(), config)
     if plan is None:
-        raise ValueError(
-            f"n={b} does not fit the Triton FWHT kernel (more than {MAX_KERNEL_SIZE} padded elements or "
-            f"a Hadamard order K > {_MAX_DENSE_MODE}); use backend='torch'"
-        )
-    k0, modes = plan
-    padded = math.prod(modes)
+        raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:
         x2 = x2.contiguous().view(rows * (n // b), b)
     out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
     if out.numel() == 0:
         return out.view(rows, n)
-    mats = _mode_matrices(b, k0, modes, inverse, x2.device)
-    mats += [mats[0]] * (3 - len(mats))
+    meta = dict(plan.meta)
+    num_tiles = triton.cdiv(x2.shape[0], plan.tile_rows) * plan.k_chunks
+    programs = num_tiles
+    if plan.programs_per_sm and x2.is_cuda:
+        programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
     signs = sign_row if sign_row is not None else out
-    native = x2.dtype in (torch.bfloat16, torch.float16)
-    if x2.is_cuda:
-        pieces = 2 if native else 3
-    else:  # the interpreter cannot multiply bf16 operands: exact fp32 products instead
-        native, pieces = x2.dtype == torch.float16, 1
-
-    def run(cfg: dict[str, int | None]) -> None:
-        bm = _block_rows(padded, modes, cfg["tile_elems"])
-        num_tiles = triton.cdiv(x2.shape[0], bm)
-        programs = num_tiles
-        if cfg["programs_per_sm"] and x2.is_cuda:
-            sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
-            programs = min(num_tiles, sms * cfg["programs_per_sm"])
-        launch(
-            _fwht_kernel, (programs,), x2.device,
-            x2, out, signs, mats[0], mats[1], mats[2],
-            x2.shape[0], num_tiles, n // b, x2.stride(0), x2.stride(1), scale,
-            N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
-            M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
-            HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
-            PIECES=pieces, STAGES=cfg["stages"], num_warps=cfg["num_warps"],
-        )
-
-    if config:
-        cfg = {**_CANDIDATES[0], **config}
-    elif x2.is_cuda and out.numel() >= _TUNE_MIN_ELEMENTS:
-        size_class = out.numel().bit_length()
-        cfg = _tuned_config((b, x2.dtype, sign_row is not None, size_class, x2.device.index), run)
+    sign_blocks = 1 if sign_row is None else sign_row.shape[0] // b
+    common = dict(HAS_SIGNS=sign_row is not None, SIGN_ROWS=sign_blocks > 1, INVERSE=inverse, STAGES=plan.stages,
+                  num_warps=plan.num_warps)
+    if plan.kernel == "pow2":
+        launch(_fwht_pow2_kernel, (programs,), x2.device, x2, out, signs, x2.shape[0], num_tiles,
+               sign_blocks, x2.stride(0), x2.stride(1), scale, **meta, **common)
     else:
-        cfg = _CANDIDATES[0]
-    run(cfg)
+        k = meta["K"]
+        if not x2.is_cuda:
+            pieces, h_dtype = 0, torch.float32
+        elif x2.dtype == torch.float32:
+            pieces, h_dtype = 3, torch.bfloat16
+        else:
+            pieces, h_dtype = 1, x2.dtype
+        h = _dense_matrix(k, meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype, x2.device)
+        launch(_fwht_dense_kernel, (programs,), x2.device, x2, out, signs, h, x2.shape[0], num_tiles,
+               plan.k_chunks, sign_blocks, x2.stride(0), x2.stride(1), scale, PIECES=pieces, **meta, **common)
     return out.view(rows, n)
