@@ -60,12 +60,15 @@ def _butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.cons
     return tl.reshape(tl.permute(v, STEPS[NUM_STEPS]), SHAPE)
 
 
-@triton.jit
+# Row and tile counts and the direction are plain runtime values: one compiled kernel serves them all.
+_RUNTIME = ["rows", "num_tiles", "k_chunks", "sign_blocks", "inverse"]
+
+
+@triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
 def _fwht_pow2_kernel(
-    x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, stride_xr, stride_xc, scale,
+    x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
     BM: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
-    NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, INVERSE: tl.constexpr,
-    STAGES: tl.constexpr,
+    NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Rows of length H*C (a power of two), BM rows per tile, loaded as [BM, H, C]. The signs of
     row i start at s_ptr + (i % sign_blocks) * H * C when SIGN_ROWS, else at s_ptr."""
@@ -75,15 +78,15 @@ def _fwht_pow2_kernel(
         valid = row < rows
         v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
         v = v.to(tl.float32)
-        sign_at = s_ptr + col
+        sign_at = s_ptr + col + 0 * row  # the data's shape, hence its layout (no conversion)
         if SIGN_ROWS:
             sign_at += (row % sign_blocks) * (H * C)
         if HAS_SIGNS:
-            if not INVERSE:
+            if inverse == 0:
                 v = v * tl.load(sign_at)
         v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (BM, H, C)) * scale
         if HAS_SIGNS:
-            if INVERSE:
+            if inverse != 0:
                 v = v * tl.load(sign_at)
         tl.store(y_ptr + row.to(tl.int64) * (H * C) + col, v.to(y_ptr.dtype.element_ty), mask=valid)
 
@@ -106,16 +109,15 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     return tl.dot(h, hi, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME)
 def _fwht_dense_kernel(
-    x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, stride_xr, stride_xc, scale,
+    x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, inverse, stride_xr, stride_xc, scale,
     K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
-    HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, INVERSE: tl.constexpr, PIECES: tl.constexpr,
-    STAGES: tl.constexpr,
+    HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (padded, row-major with
-    KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
+    """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
+    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
     j = tl.arange(0, P)[None, None, :]
     ki0 = tl.arange(0, KI)[:, None, None]
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
@@ -133,7 +135,7 @@ def _fwht_dense_kernel(
             ok = row_ok & (ki < K)
             v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
             if HAS_SIGNS:
-                if not INVERSE:
+                if inverse == 0:
                     v = (v.to(tl.float32) * tl.load(sign_row + col, mask=ki < K, other=0.0)).to(v.dtype)
             h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
             acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
@@ -141,7 +143,7 @@ def _fwht_dense_kernel(
         ko3 = ko[:, None, None]
         out_col = ko3 * P + j
         if HAS_SIGNS:
-            if INVERSE:
+            if inverse != 0:
                 v = v * tl.load(sign_row + out_col, mask=ko3 < K, other=0.0)
         ok = row_ok & (ko3 < K)
         tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v.to(y_ptr.dtype.element_ty), mask=ok)
@@ -225,12 +227,15 @@ class DenseConfig(NamedTuple):
     stages: int
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
+    ko: int  # output chunk of H_K (rows of H_K per tile)
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64 if m <= 12 else 128, 1, 0) for m in range(0, 15)}
 _POW2_TABLE.update({15: Pow2Config(8, 128, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
-_DENSE_DEFAULT = DenseConfig(4, 64, 1, 0, 64)
+_DENSE_DEFAULT = DenseConfig(4, 64, 1, 0, 64, 128)
+_MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
+_MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 
 
 class KernelPlan(NamedTuple):
@@ -264,21 +269,27 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
 
 
 @functools.lru_cache(maxsize=256)
-def _dense_plan(k: int, m: int, cfg: DenseConfig) -> KernelPlan:
+def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
+    # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
+    per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
-    ko = min(k_pad, 128)
-    ki = min(k_pad, cfg.ki)
-    w = cfg.num_warps.bit_length() - 1
-    threads_bits = 5 + w
+    ko = min(k_pad, cfg.ko)
+    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps:
+        ko //= 2
+    num_warps = max(cfg.num_warps, triton.next_power_of_2(triton.cdiv(ko << m, per_thread * 32)))
+    w = num_warps.bit_length() - 1
     ko_bits = ko.bit_length() - 1
-    tile_bits = max(threads_bits, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
     b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
+    ki = min(k_pad, cfg.ki)
+    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK:
+        ki //= 2
     natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
     steps, rounds = _butterfly_plan(natural, _bits("c", m)[::-1], w, None)
     ki_steps = -(-k // ki)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("dense", meta, cfg.num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
+    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
 
 
 def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
@@ -290,7 +301,7 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
         return None
     if k == 1:
         return _pow2_plan(m, elem_size, config or _POW2_TABLE[m])
-    return _dense_plan(k, m, config or _DENSE_DEFAULT)
+    return _dense_plan(k, m, elem_size, config or _DENSE_DEFAULT)
 
 
 @functools.lru_cache(maxsize=64)
@@ -333,11 +344,11 @@ def fwht_rows_triton(
         programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
     signs = sign_row if sign_row is not None else out
     sign_blocks = 1 if sign_row is None else sign_row.shape[0] // b
-    common = dict(HAS_SIGNS=sign_row is not None, SIGN_ROWS=sign_blocks > 1, INVERSE=inverse, STAGES=plan.stages,
+    common = dict(HAS_SIGNS=sign_row is not None, SIGN_ROWS=sign_blocks > 1, STAGES=plan.stages,
                   num_warps=plan.num_warps)
     if plan.kernel == "pow2":
         launch(_fwht_pow2_kernel, (programs,), x2.device, x2, out, signs, x2.shape[0], num_tiles,
-               sign_blocks, x2.stride(0), x2.stride(1), scale, **meta, **common)
+               sign_blocks, int(inverse), x2.stride(0), x2.stride(1), scale, **meta, **common)
     else:
         k = meta["K"]
         if not x2.is_cuda:
@@ -348,5 +359,6 @@ def fwht_rows_triton(
             pieces, h_dtype = 1, x2.dtype
         h = _dense_matrix(k, meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype, x2.device)
         launch(_fwht_dense_kernel, (programs,), x2.device, x2, out, signs, h, x2.shape[0], num_tiles,
-               plan.k_chunks, sign_blocks, x2.stride(0), x2.stride(1), scale, PIECES=pieces, **meta, **common)
+               plan.k_chunks, sign_blocks, int(inverse), x2.stride(0), x2.stride(1), scale, PIECES=pieces, **meta,
+               **common)
     return out.view(rows, n)
