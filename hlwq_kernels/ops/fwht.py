@@ -12,8 +12,11 @@ import weakref
 
 import torch
 
-from hlwq_kernels.ops._triton import use_triton
+from hlwq_kernels.ops._triton import HAVE_TRITON, use_triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
+
+if HAVE_TRITON:
+    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_plan
 
 __all__ = ["fwht"]
 
@@ -40,13 +43,6 @@ def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
         # Sylvester factors are symmetric; only H_K (the first mode) differs between H and H.T.
         y = _apply_mode(y, hadamard_tensor(f, transpose=inverse, dtype=y.dtype, device=y.device), axis)
     return y.reshape(x2.shape)
-
-
-def _kernel_takes(b: int, elem_size: int) -> bool:
-    """True when the Triton kernels handle blocks of length b (Triton is installed)."""
-    from hlwq_kernels.ops.fwht_triton import kernel_plan
-
-    return kernel_plan(b, elem_size) is not None
 
 
 def _check_inputs(
@@ -120,7 +116,9 @@ def fwht(
     a single rounding at the end.
     """
     n, b = _check_inputs(x, dim, block_size, signs)
-    on_triton = use_triton(backend, x) and (backend == "triton" or _kernel_takes(b, x.element_size()))
+    # use_triton is True only with Triton installed; "auto" falls back to torch for a length the
+    # kernels cannot hold (a power-of-two factor above 2**16)
+    on_triton = use_triton(backend, x) and (backend == "triton" or kernel_plan(b, x.element_size()) is not None)
     if x.dtype == torch.float64 and on_triton:
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")
@@ -132,10 +130,8 @@ def fwht(
         scale = 1.0 / b if inverse else 1.0
     last = dim in (-1, x.ndim - 1)
     moved = x if last else x.movedim(dim, -1)
-    x2 = moved.reshape(-1, n)
+    x2 = moved if moved.ndim == 2 else moved.reshape(-1, n)
     if on_triton:
-        from hlwq_kernels.ops.fwht_triton import fwht_rows_triton
-
         y2 = fwht_rows_triton(x2, b, inverse, scale, sign_row)
     else:
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -148,5 +144,5 @@ def fwht(
         if sign_row is not None and inverse:
             y2 = y2 * sign_row
         y2 = y2.to(x.dtype)
-    y = y2.reshape(moved.shape)
+    y = y2 if moved.ndim == 2 else y2.reshape(moved.shape)
     return y if last else y.movedim(-1, dim)

@@ -96,17 +96,19 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
     bf16 hi + mid + lo; 0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
     if PIECES == 0:
-        return tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
-    if PIECES == 1:
-        return tl.dot(h, x, acc)
-    x = x.to(tl.float32)
-    hi = x.to(tl.bfloat16)
-    rest = x - hi.to(tl.float32)
-    mid = rest.to(tl.bfloat16)
-    lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-    acc = tl.dot(h, lo, acc)
-    acc = tl.dot(h, mid, acc)
-    return tl.dot(h, hi, acc)
+        acc = tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
+    elif PIECES == 1:
+        acc = tl.dot(h, x, acc)
+    else:
+        x = x.to(tl.float32)
+        hi = x.to(tl.bfloat16)
+        rest = x - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        acc = tl.dot(h, lo, acc)
+        acc = tl.dot(h, mid, acc)
+        acc = tl.dot(h, hi, acc)
+    return acc
 
 
 @triton.jit(do_not_specialize=_RUNTIME)
@@ -292,6 +294,7 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
 
 
+@functools.lru_cache(maxsize=512)
 def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
     """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
     kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
@@ -317,6 +320,37 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _int_key(v: int) -> tuple[bool, bool, bool]:
+    """What Triton specializes an integer argument on: == 1, divisible by 16, fits int32."""
+    return v == 1, v % 16 == 0, -(1 << 31) <= v < (1 << 31)
+
+
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _run(kernel, key: tuple, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
+    """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``). On
+    CUDA, the compiled kernel is cached under ``key`` (everything Triton specializes on) and called
+    directly afterwards: Triton's generic dispatch (argument binding, hashing the constexpr tuples)
+    costs several times the launch itself."""
+    hit = _COMPILED.get(key) if x.is_cuda else None
+    if hit is None:
+        constexprs = dict(plan.meta, STAGES=plan.stages, **extra)
+        if not x.is_cuda:
+            launch(kernel, (programs,), x.device, *runtime, **constexprs, num_warps=plan.num_warps)
+            return
+        compiled = kernel[(programs,)](*runtime, **constexprs, num_warps=plan.num_warps)
+        _COMPILED[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(runtime):]))
+        return
+    compiled, consts = hit
+    args = runtime + consts
+    stream = triton.runtime.driver.active.get_current_stream(x.device.index)
+    knobs = triton.knobs.runtime
+    compiled.run(programs, 1, 1, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata((programs, 1, 1), stream, *args), knobs.launch_enter_hook,
+                 knobs.launch_exit_hook, *args)
+
+
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
     config: Pow2Config | DenseConfig | None = None,
@@ -334,31 +368,34 @@ def fwht_rows_triton(
         raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:
         x2 = x2.contiguous().view(rows * (n // b), b)
-    out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+    out = torch.empty_like(x2, memory_format=torch.contiguous_format)
     if out.numel() == 0:
         return out.view(rows, n)
-    meta = dict(plan.meta)
-    num_tiles = triton.cdiv(x2.shape[0], plan.tile_rows) * plan.k_chunks
+    num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
     programs = num_tiles
     if plan.programs_per_sm and x2.is_cuda:
         programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
-    signs = sign_row if sign_row is not None else out
-    sign_blocks = 1 if sign_row is None else sign_row.shape[0] // b
-    common = dict(HAS_SIGNS=sign_row is not None, SIGN_ROWS=sign_blocks > 1, STAGES=plan.stages,
-                  num_warps=plan.num_warps)
+    has_signs = sign_row is not None
+    signs = sign_row if has_signs else out
+    sign_blocks = sign_row.shape[0] // b if has_signs else 1
+    extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
+    stride_r, stride_c = x2.stride()
+    key = (b, config, x2.dtype, x2.device, has_signs, sign_blocks > 1, x2.data_ptr() % 16 == 0,
+           _int_key(stride_r), _int_key(stride_c), x2.shape[0] < (1 << 31))
     if plan.kernel == "pow2":
-        launch(_fwht_pow2_kernel, (programs,), x2.device, x2, out, signs, x2.shape[0], num_tiles,
-               sign_blocks, int(inverse), x2.stride(0), x2.stride(1), scale, **meta, **common)
+        runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
+        _run(_fwht_pow2_kernel, key, programs, x2, runtime, plan, extra)
     else:
-        k = meta["K"]
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
         elif x2.dtype == torch.float32:
             pieces, h_dtype = 3, torch.bfloat16
         else:
             pieces, h_dtype = 1, x2.dtype
-        h = _dense_matrix(k, meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype, x2.device)
-        launch(_fwht_dense_kernel, (programs,), x2.device, x2, out, signs, h, x2.shape[0], num_tiles,
-               plan.k_chunks, sign_blocks, int(inverse), x2.stride(0), x2.stride(1), scale, PIECES=pieces, **meta,
-               **common)
-    return out.view(rows, n)
+        meta = dict(plan.meta)
+        h = _dense_matrix(meta["K"], meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype,
+                          x2.device)
+        runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
+                   stride_c, scale)
+        _run(_fwht_dense_kernel, key, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
+    return out if b == n else out.view(rows, n)
