@@ -7,7 +7,7 @@ process; relative error against float64 on the first 256 rows (the output buffer
 first). The host overhead of one ``fwht()`` call is measured separately, on a tiny input.
 
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
-    python bench/gpu_fwht.py --sweep --jobs 14 --out sweep.md          # every candidate configuration
+    python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -99,29 +99,25 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
 
 
 def sweep_configs(n: int, elem_size: int) -> list:
-    """Candidate launch configurations for rows of length n (distinct plans only)."""
-    k, _ = hadamard_factors(n)
+    """Alternative launch configurations worth timing for rows of length n (distinct plans only,
+    at most 64 to 128 fp32 values per thread)."""
+    k, p = hadamard_factors(n)
     if k == 1:
-        cands = [Pow2Config(w, e, st, pps) for w, e, st, pps in (
-            (4, 32, 1, 0), (4, 64, 1, 0), (4, 32, 2, 4), (4, 64, 2, 4), (8, 64, 1, 0), (8, 32, 2, 4),
-            (4, 128, 1, 0), (8, 128, 1, 0), (8, 128, 2, 2), (16, 64, 1, 0), (16, 128, 1, 0), (16, 64, 2, 2))]
+        cands = [Pow2Config(*c) for c in ((4, 32, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0),
+                                          (4, 64, 2, 4), (8, 64, 2, 2), (4, 128, 1, 0))]
     else:
-        cands = [DenseConfig(*c) for c in (
-            (4, 64, 1, 0, 64, 128), (4, 64, 3, 2, 64, 128), (8, 128, 1, 0, 64, 128), (4, 64, 1, 0, 32, 128),
-            (4, 64, 1, 0, 64, 32), (4, 32, 1, 0, 64, 64))]
-    seen, out = set(), []
+        cands = [DenseConfig(*c) for c in ((4, 64, 1, 0, 64, 128), (4, 64, 1, 0, 32, 128), (8, 128, 1, 0, 64, 128),
+                                           (4, 64, 3, 2, 64, 128), (4, 32, 1, 0, 64, 64))]
+    default = kernel_plan(n, elem_size)
+    seen, out = {(default.meta, default.num_warps, default.stages, default.programs_per_sm)}, []
     for cfg in cands:
-        if len(out) == 6:
-            break
         plan = kernel_plan(n, elem_size, cfg)
         per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
-        if per_thread > 128 or per_thread < 16:
-            continue
         key = (plan.meta, plan.num_warps, plan.stages, plan.programs_per_sm)
-        if key not in seen:
+        if 16 <= per_thread <= 128 and key not in seen:
             seen.add(key)
             out.append(cfg)
-    return out
+    return out[:3]
 
 
 def _compile_task(task: tuple) -> None:
@@ -192,35 +188,36 @@ def _table(results: list[dict], title: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--sweep", action="store_true", help="time every candidate launch configuration")
+    parser.add_argument("--sweep", default="", help="comma-separated n: also time alternative launch configurations")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
+    swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
-    cases = _cases(sizes, dtypes, not args.sweep)
-    plans = {(n, dt, v): [None] + (sweep_configs(n, torch.empty(0, dtype=dt).element_size()) if args.sweep else [])
-             for n, dt, v in cases}
+    plans = {}
+    for n, dt, v in _cases(sizes, dtypes, True):
+        extra = sweep_configs(n, torch.empty(0, dtype=dt).element_size()) if n in swept and not v else []
+        plans[(n, dt, v)] = [None] + extra
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
-    results = []
+    library, best = [], {}
     for (n, dt, v), cfgs in plans.items():
         for r in measure(n, dt, cfgs, v, args.rep_ms):
-            results.append(r)
             print({k: r.get(k) for k in ("n", "dtype", "variant", "config", "gbps", "clone", "err", "error")}, flush=True)
-    if args.sweep:
-        best = {}
-        for r in results:
-            key = (r["n"], str(r["dtype"]))
+            if r["config"] is None:
+                library.append(r)
+            key = (n, str(dt), v)
             if "error" not in r and r["finite"] and (key not in best or r["gbps"] > best[key]["gbps"]):
                 best[key] = r
-        results = sorted(best.values(), key=lambda r: (str(r["dtype"]), r["n"]))
-        print("best:", {k: (r["config"], round(r["gbps"])) for k, r in best.items()})
-    title = (f"# FWHT on {torch.cuda.get_device_name()} ({datetime.date.today()}), 2^28 elements, "
-             "GB/s = (read + write) / median CUDA-graph time" + (", best configuration of the sweep" if args.sweep else ""))
-    lines = _table(results, title)
+    head = f"# FWHT on {torch.cuda.get_device_name()} ({datetime.date.today()}), 2^28 elements, " \
+           "GB/s = (read + write) / median CUDA-graph time"
+    lines = _table(library, head + ", the library's launch table")
+    better = [r for r in best.values() if r["config"] is not None]
+    if better:
+        lines += [""] + _table(better, "## Faster launch configurations found by the sweep")
     lines += ["", "Host overhead per call (tiny input, back-to-back calls):", ""]
     lines += [f"- {h['call']}: {h['us']:.1f} us" for h in host_overhead_us()]
     emit_table(lines, args.out)

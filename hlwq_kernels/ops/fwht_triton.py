@@ -64,31 +64,67 @@ def _butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.cons
 _RUNTIME = ["rows", "num_tiles", "k_chunks", "sign_blocks", "inverse"]
 
 
+@triton.jit
+def _dim_offsets(DIM: tl.constexpr, NBITS: tl.constexpr):
+    """Row and column offsets of the 2**NBITS positions along one tile dimension whose index bit j
+    is tile bit DIM[j]: column bit p (DIM[j] = p >= 0) or row bit p (DIM[j] = -1 - p)."""
+    idx = tl.arange(0, 1 << NBITS)
+    row = idx * 0
+    col = idx * 0
+    for j in tl.static_range(NBITS):
+        bit = (idx >> j) & 1
+        if DIM[j] >= 0:
+            col += bit << DIM[j]
+        else:
+            row += bit << (-1 - DIM[j])
+    return row, col
+
+
+@triton.jit
+def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, BITS1: tl.constexpr, C: tl.constexpr):
+    """(row [D0, D1, 1], column [D0, D1, C]) offsets of a tile addressed as [D0, D1, C]: C
+    consecutive columns, D0 and D1 made of the tile bits DIM0 and DIM1."""
+    r0, c0 = _dim_offsets(DIM0, BITS0)
+    r1, c1 = _dim_offsets(DIM1, BITS1)
+    row = r0[:, None, None] + r1[None, :, None]
+    col = c0[:, None, None] + c1[None, :, None] + tl.arange(0, C)[None, None, :]
+    return row, col
+
+
 @triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
 def _fwht_pow2_kernel(
     x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
-    BM: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
-    NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
+    N: tl.constexpr, BM: tl.constexpr, C: tl.constexpr,
+    LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
+    STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
+    BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Rows of length H*C (a power of two), BM rows per tile, loaded as [BM, H, C]. The signs of
-    row i start at s_ptr + (i % sign_blocks) * H * C when SIGN_ROWS, else at s_ptr."""
-    col = tl.arange(0, H)[None, :, None] * C + tl.arange(0, C)[None, None, :]
+    """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
+    [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
+    that the load and store layouts hold the bits the plan wants in registers. The signs of row i
+    start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS, else at s_ptr."""
+    load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C)
+    store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
-        row = tile * BM + tl.arange(0, BM)[:, None, None]
-        valid = row < rows
-        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
+        row = tile * BM + load_row
+        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
         v = v.to(tl.float32)
-        sign_at = s_ptr + col + 0 * row  # the data's shape, hence its layout (no conversion)
-        if SIGN_ROWS:
-            sign_at += (row % sign_blocks) * (H * C)
         if HAS_SIGNS:
             if inverse == 0:
+                sign_at = s_ptr + load_col
+                if SIGN_ROWS:
+                    sign_at += (row % sign_blocks) * N
                 v = v * tl.load(sign_at)
-        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (BM, H, C)) * scale
+        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+        row = tile * BM + store_row
         if HAS_SIGNS:
             if inverse != 0:
+                sign_at = s_ptr + store_col
+                if SIGN_ROWS:
+                    sign_at += (row % sign_blocks) * N
                 v = v * tl.load(sign_at)
-        tl.store(y_ptr + row.to(tl.int64) * (H * C) + col, v.to(y_ptr.dtype.element_ty), mask=valid)
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v.to(y_ptr.dtype.element_ty), mask=row < rows)
 
 
 @triton.jit
@@ -161,28 +197,31 @@ def _round_order(regs: list[Bit], warps: list[Bit], lanes: list[Bit], split: Bit
     return [b for b in regs if b != split] + warps[::-1] + lanes[::-1] + [split]
 
 
+Layout = tuple[list[Bit], list[Bit], list[Bit]]  # bits in registers, on warps, on lanes (lowest first)
+
+
 def _butterfly_plan(
-    natural: list[Bit], cols: list[Bit], warp_bits: int, first: tuple[list[Bit], list[Bit], list[Bit]] | None,
+    natural: list[Bit], cols: list[Bit], warp_bits: int, first: Layout, last: Layout, out_order: list[Bit],
 ) -> tuple[tuple[tuple[int, ...], ...], int]:
     """Permutations (see ``_butterflies``) that transform every bit in ``cols`` of a tile whose
-    dimensions are ``natural`` (most significant first), and the number of rounds.
+    dimensions are ``natural`` (as loaded, most significant first) and leave them in ``out_order``
+    (as stored), and the number of layout conversions.
 
-    ``first`` = (registers, warps, lanes) of the layout the tile arrives in, used as the first
-    round; each later round takes as many untransformed bits into registers as there are register
-    bits and keeps the other bits on the warps they were on where it can.
+    The first round runs in ``first``, the layout the tile arrives in (the load layout, or the MMA
+    accumulator layout). Bits that ``last`` (the store layout) holds in registers are left for a
+    final round in it, so that no conversion precedes the store. Bits in neither are transformed in
+    rounds in between, each taking as many of them into registers as there are register bits and
+    keeping the other bits on the warps they were on where it can.
     """
     slots = len(natural) - 5 - warp_bits
-    if cols and slots < 1:
-        raise ValueError(f"tile of {len(natural)} bits is too small for {warp_bits} warp bits")
-    rounds = []
-    todo = list(cols)
-    prev_regs, prev_warps = [], []
-    if first is not None:
-        regs, warps, lanes = first
-        rounds.append((regs, warps, lanes, [b for b in regs if b in todo]))
-        todo = [b for b in todo if b not in regs]
-        prev_regs, prev_warps = regs, warps
+    rounds = [(first, [b for b in cols if b in first[0]])]
+    todo = [b for b in cols if b not in first[0]]
+    final = [b for b in todo if b in last[0]]
+    todo = [b for b in todo if b not in last[0]]
+    prev_regs, prev_warps = first[0], first[1]
     while todo:
+        if slots < 1:
+            raise ValueError(f"tile of {len(natural)} bits is too small for {warp_bits} warp bits")
         work, todo = todo[:slots], todo[slots:]
         rest = [b for b in prev_regs if b not in work] + [b for b in natural if b not in work and b not in prev_regs]
         regs = work + rest[: slots - len(work)]
@@ -190,30 +229,44 @@ def _butterfly_plan(
         warps = [b for b in prev_warps if b in left][:warp_bits]
         warps += [b for b in left if b not in warps][: warp_bits - len(warps)]
         lanes = sorted((b for b in left if b not in warps), key=lambda b: ("rkc".index(b[0]) == 2, b[1]))
-        rounds.append((regs, warps, lanes, work))
+        rounds.append(((regs, warps, lanes), work))
         prev_regs, prev_warps = regs, warps
+    if final:
+        rounds.append((last, final))
     steps = []
     cur = natural
-    for regs, warps, lanes, work in rounds:
+    for (regs, warps, lanes), work in rounds:
         for bit in work:
             nxt = _round_order(regs, warps, lanes, bit)
             steps.append(tuple(cur.index(b) for b in nxt))
             cur = nxt
-    steps.append(tuple(cur.index(b) for b in natural))
-    return tuple(steps), len(rounds)
+    steps.append(tuple(cur.index(b) for b in out_order))
+    conversions = len(rounds) - 1 + (rounds[-1][0] != last)
+    return tuple(steps), conversions
 
 
 def _bits(kind: str, count: int) -> list[Bit]:
     return [(kind, i) for i in reversed(range(count))]
 
 
-def _load_layout(m: int, b: int, v: int, w: int) -> tuple[list[Bit], list[Bit], list[Bit]]:
-    """(registers, warps, lanes) of Triton's coalesced layout for a [2^b, H, C] tile of rows of 2^m
-    (C = min(2^m, 32 * 2^v) contiguous columns, 2^v per vector access)."""
-    v = min(v, m)
-    c_bits = min(m, v + 5)
-    pool = [("c", i) for i in range(v, c_bits)] + _bits("r", b)[::-1] + [("c", i) for i in range(c_bits, m)]
-    return [("c", i) for i in range(v)] + pool[5 + w:], pool[5: 5 + w], pool[:5]
+def _coalesced_layout(dims: list[list[Bit]], contiguous: int, v: int, w: int) -> Layout:
+    """Triton's coalesced layout for a tile with these dimensions (each a list of bits, lowest
+    first), ``dims[contiguous]`` contiguous in memory and read 2^v elements per access: lanes and
+    then warps go along the contiguous dimension, then along the others in index order."""
+    inner = dims[contiguous]
+    v = min(v, len(inner))
+    pool = inner[v:] + [b for d, bits in enumerate(dims) if d != contiguous for b in bits]
+    return inner[:v] + pool[5 + w:], pool[5: 5 + w], pool[:5]
+
+
+def _mma_layout(m_bits: list[Bit], n_bits: list[Bit], w: int) -> Layout:
+    """Layout of a tl.dot accumulator [M, N] on Hopper: wgmma (M >= 64, warps along M) or mma.sync
+    (warps along N); each warp holds 16 rows: lanes = (N1, N2, M0, M1, M2), registers hold N0, M3
+    and the repetitions."""
+    lanes = [n_bits[1], n_bits[2]] + m_bits[:3]
+    if len(m_bits) >= 6:
+        return [n_bits[0], m_bits[3]] + n_bits[3:] + m_bits[4 + w:], m_bits[4: 4 + w], lanes
+    return [n_bits[0], m_bits[3]] + m_bits[4:] + n_bits[3 + w:], n_bits[3: 3 + w], lanes
 
 
 class Pow2Config(NamedTuple):
@@ -233,9 +286,9 @@ class DenseConfig(NamedTuple):
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
-_POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64 if m <= 12 else 128, 1, 0) for m in range(0, 15)}
-_POW2_TABLE.update({15: Pow2Config(8, 128, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
-_DENSE_DEFAULT = DenseConfig(4, 64, 1, 0, 64, 128)
+_POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
+_POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(16, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+_DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 
@@ -248,26 +301,54 @@ class KernelPlan(NamedTuple):
     k_chunks: int
     stages: int
     programs_per_sm: int
-    rounds: int  # layout rounds of the butterflies (conversions = rounds, one back to the store layout)
+    conversions: int  # layout conversions through shared memory between load (or MMA) and store
 
 
 def _vec_bits(elem_size: int) -> int:
     return (16 // elem_size).bit_length() - 1
 
 
+def _encode(bits: list[Bit]) -> tuple[int, ...]:
+    """Tile bits as _dim_offsets takes them: column bit p -> p, row bit p -> -1 - p."""
+    return tuple(p if kind == "c" else -1 - p for kind, p in bits)
+
+
 @functools.lru_cache(maxsize=256)
 def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
-    v = _vec_bits(elem_size)
+    """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
+    columns (then rows), warps on rows, then on high columns; registers on the rest. The store
+    layout differs from it only in which of those high bits are on warps and which in registers:
+    the high bits the load layout puts on warps and a middle round cannot take are held in
+    registers by the store layout and transformed in a final round there."""
+    v = min(_vec_bits(elem_size), m)
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
-    tile_bits = max(threads_bits + min(v, m), (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    tile_bits = max(threads_bits + v, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
     b = max(0, tile_bits - m)
-    c = 1 << min(m, min(v, m) + 5)
-    natural = _bits("r", b) + _bits("c", m)
-    steps, rounds = _butterfly_plan(natural, _bits("c", m)[::-1], w, _load_layout(m, b, v, w))
-    meta = (("BM", 1 << b), ("H", (1 << m) // c), ("C", c), ("BITS", (2,) * len(natural)), ("STEPS", steps),
-            ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, rounds)
+    slots = tile_bits - threads_bits  # register bits per thread
+    cols, rows = _bits("c", m)[::-1], _bits("r", b)[::-1]
+    c_bits = min(m, v + 5)
+    lanes = (cols[v:c_bits] + rows)[:5]
+    high = [r for r in rows if r not in lanes] + cols[c_bits:]  # on warps or in registers
+    load_warps, load_regs = high[:w], high[w:]
+    warp_cols = [c for c in load_warps if c[0] == "c"]
+    final = warp_cols[len(warp_cols) - min(len(warp_cols), slots - v):]
+    store_high = [bit for bit in high if bit not in final] + final
+    store_warps, store_regs = store_high[:w], store_high[w:]
+    extra_lanes = lanes[c_bits - v:]
+    load_dims, store_dims = (extra_lanes + load_warps, load_regs), (extra_lanes + store_warps, store_regs)
+    natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
+    out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:c_bits][::-1]
+    first = (cols[:v] + load_regs, load_warps, lanes)
+    last = (cols[:v] + store_regs, store_warps, lanes)
+    steps, conversions = _butterfly_plan(natural, cols, w, first, last, out_order)
+    meta = (("N", 1 << m), ("BM", 1 << b), ("C", 1 << c_bits),
+            ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
+            ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
+            ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
+            ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
+            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions)
 
 
 @functools.lru_cache(maxsize=256)
@@ -287,7 +368,10 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK:
         ki //= 2
     natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
-    steps, rounds = _butterfly_plan(natural, _bits("c", m)[::-1], w, None)
+    k_bits, r_bits, cols = _bits("k", ko_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
+    first = _mma_layout(k_bits, cols + r_bits, w)
+    last = _coalesced_layout([k_bits, r_bits, cols], 2, _vec_bits(elem_size), w)
+    steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
     ki_steps = -(-k // ki)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
@@ -304,7 +388,7 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
         return None
     if k == 1:
         return _pow2_plan(m, elem_size, config or _POW2_TABLE[m])
-    return _dense_plan(k, m, elem_size, config or _DENSE_DEFAULT)
+    return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 
 @functools.lru_cache(maxsize=64)
