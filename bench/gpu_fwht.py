@@ -65,7 +65,7 @@ def _describe(n: int, elem_size: int, config) -> str:
     plan = kernel_plan(n, elem_size, config)
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
-           f"pps={plan.programs_per_sm} rounds={plan.rounds}" + (f" ({cfg})" if config else "")
+           f"pps={plan.programs_per_sm} conversions={plan.conversions}" + (f" ({cfg})" if config else "")
 
 
 def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms: float = 20.0) -> list[dict]:

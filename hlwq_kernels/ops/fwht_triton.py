@@ -130,7 +130,9 @@ def _fwht_pow2_kernel(
 @triton.jit
 def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
-    bf16 hi + mid + lo; 0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
+    bf16 hi + mid + lo, sums this chunk on its own and adds it to acc with a round-to-nearest fp32
+    add (the tensor cores truncate while accumulating: over long contractions that bias adds up);
+    0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
     if PIECES == 0:
         acc = tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
     elif PIECES == 1:
@@ -141,9 +143,10 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
         rest = x - hi.to(tl.float32)
         mid = rest.to(tl.bfloat16)
         lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-        acc = tl.dot(h, lo, acc)
-        acc = tl.dot(h, mid, acc)
-        acc = tl.dot(h, hi, acc)
+        part = tl.dot(h, lo)
+        part = tl.dot(h, mid, part)
+        part = tl.dot(h, hi, part)
+        acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     return acc
 
 
