@@ -1,25 +1,28 @@
 """Triton FWHT kernels and their launcher.
 
-A row of length n = K * 2**m is transformed in one read and one write of device memory.
+A row of length n = K * 2**m is transformed in one read and one write of device memory, with every
+intermediate in fp32 and one rounding at the store.
 
 * The power-of-two factor H_{2^m} runs as fp32 butterflies on the CUDA cores. A tile of rows is held
   as a tensor with one size-2 dimension per bit of its (row, column) index; a butterfly on column bit
   c is ``split`` + ``join`` on that dimension once it is moved last. Which bits a thread holds in
   registers, which bits its lanes and warps hold, follows from the order of the dimensions (Triton's
   default layout puts the innermost five on lanes, the next ones on warps and the rest in registers),
-  so the kernel works in *rounds*: all column bits held in registers are transformed without any data
-  movement, then one layout conversion (through shared memory) brings the next set of bits into
-  registers. The first round uses the layout the tile was loaded in, so an n-point transform costs
-  ceil(bits / register bits) conversions, one of them back to the store layout: two for every n up
-  to 16384 with the launch table below. Every value stays fp32 until the single rounding at the store.
+  so the kernel works in *rounds*: the column bits held in registers are transformed without any
+  data movement, then one layout conversion (through shared memory) brings other bits into
+  registers. The load and the store go through pointer tensors whose dimensions are chosen bits, so
+  the first round runs in the load layout and the last one in the store layout: with 64 values per
+  thread every n up to 2**16 takes two conversions.
 * A factor K > 1 (dense, exact ±1 entries) runs first, on the tensor cores: ``H_K @ X`` with X the
   row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
-  exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits). Orders K above
-  128 are cut into chunks of output rows (one program each, the input re-read from L2) and of the
-  contraction (a loop). The power-of-two butterflies then run on the fp32 accumulator.
+  exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), each chunk of
+  the contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one
+  program each, the input re-read from L2) and of the contraction (a loop). The power-of-two
+  butterflies then start in the MMA accumulator layout and end in the store layout.
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
-keyword arguments, as ``bench/gpu_fwht.py --sweep`` does).
+``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
+after the first launch.
 """
 
 from __future__ import annotations
@@ -290,7 +293,8 @@ class DenseConfig(NamedTuple):
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
-_POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(16, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+_POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+_POW2_TABLE_16BIT = {15: Pow2Config(8, 64, 2, 2)}  # 16-bit rows of 2^15: persistent programs prefetching
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
@@ -390,7 +394,8 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     if m > MAX_POW2_BITS:
         return None
     if k == 1:
-        return _pow2_plan(m, elem_size, config or _POW2_TABLE[m])
+        table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
+        return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 
