@@ -21,7 +21,9 @@ from typing import Callable
 
 import torch
 
-from gpu_common import clone_gbps, emit_table, graph_seconds, host_seconds, poison_allocator, rel_err, roofline_row, run_parallel
+from gpu_common import (
+    clone_gbps, emit_table, graph_seconds, host_seconds, poison_allocator, rel_err, roofline_row, run_parallel,
+)
 from hlwq_kernels import fwht, hadamard_factors, random_signs
 from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan
 
