@@ -134,6 +134,20 @@ def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _group_codes(w.float().reshape(n, k // g, g), scale.float()).reshape(n, k).to(torch.int8)
 
 
+def _stored_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The stored nibbles ``q + 8`` (uint8 ``[N, K]``) of ``w`` with per-group scales ``[N, K/g]``."""
+    n, k = w.shape
+    g = k // scale.shape[1]
+    q = _group_codes(w.float().reshape(n, k // g, g), scale.float()).sub_(QMIN)
+    return q.reshape(n, k).to(torch.uint8)
+
+
+def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
+    """Pack nibbles in [0, 15] (uint8 ``[N, K]``) into int32 ``[N, K/8]``: byte ``i`` of a row holds
+    columns ``2i`` (low) and ``2i + 1`` (high), and four little-endian bytes make one word."""
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).view(torch.int32)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack codes in [-8, 7] ``[N, K]`` into int32 ``[N, K/8]`` (compressed-tensors layout)."""
     if q.ndim != 2 or q.shape[1] % 8:
@@ -142,20 +156,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"pack_int4 takes integer codes, got {q.dtype}")
     if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
         raise ValueError("pack_int4: codes must lie in [-8, 7]")
-    n, k = q.shape
-    u = (q.to(torch.int64) + 8).reshape(n, k // 8, 8)
-    shifts = 4 * torch.arange(8, device=q.device, dtype=torch.int64)
-    words = (u << shifts).sum(dim=-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return _pack_nibbles((q - QMIN).to(torch.uint8))
 
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
     if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
         raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
-    shifts = 4 * torch.arange(8, device=packed.device, dtype=torch.int32)
-    u = (packed.unsqueeze(-1) >> shifts) & 0xF
-    return (u.reshape(packed.shape[0], -1)[:, :k] - 8).to(torch.int8)
+    b = packed.contiguous().view(torch.uint8)
+    u = torch.stack((b & 0xF, b >> 4), dim=-1).reshape(packed.shape[0], -1)[:, :k]
+    return u.view(torch.int8) + QMIN
 
 
 def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
@@ -180,7 +190,7 @@ def quantize_int4_with_scale(w: torch.Tensor, scale: torch.Tensor, backend: str 
 
         packed, _ = int4_quantize_pack(w, group_size, "given", scale=scale)
     else:
-        packed = pack_int4(int4_codes(w, scale))
+        packed = _pack_nibbles(_stored_codes(w, scale))
     return Int4Weight(packed, scale, (n, k), group_size)
 
 
@@ -197,7 +207,7 @@ def quantize_int4(
         packed, s = int4_quantize_pack(w, group_size, scale)
         return Int4Weight(packed, s, (n, k), group_size)
     s = absmax_scale(w, group_size) if scale == "absmax" else _mse_scale_torch(w, group_size)
-    return Int4Weight(pack_int4(int4_codes(w, s)), s, (n, k), group_size)
+    return Int4Weight(_pack_nibbles(_stored_codes(w, s)), s, (n, k), group_size)
 
 
 def dequantize_int4(q: Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
