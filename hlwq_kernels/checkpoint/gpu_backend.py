@@ -34,6 +34,7 @@ class GpuBackend:
 
     def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight], device: torch.device):
         self.quantize, self.device = quantize, device
+        torch.cuda.set_device(device)  # Triton launches on the current device
         cores = len(os.sched_getaffinity(0))
         self.piece_bytes = PIECE_BYTES
         self.readers = max(2, min(8, cores // 2))

@@ -275,21 +275,21 @@ def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, nbyte
     """Copy ``nbytes`` between files inside the kernel (``copy_file_range``: no user-space buffer),
     falling back to positioned reads and writes where the file systems do not support it."""
     step = 64 << 20
+    buf = None
     while nbytes:
-        n = min(nbytes, step)
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, n, src_offset, dst_offset)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
-                raise write_error(e, path) from e
-            n = 0
-        if n == 0:  # unsupported here (or an early end of the source): copy through memory
-            buf = bytearray(min(nbytes, step))
-            got = os.preadv(src_fd, [buf], src_offset)
-            if got == 0:
-                raise CheckpointError(f"{path}: source ended early while copying")
-            write_at(dst_fd, memoryview(buf)[:got], dst_offset, path)
-            n = got
+        n = 0
+        if buf is None:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(nbytes, step), src_offset, dst_offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
+                    raise write_error(e, path) from e
+        if n == 0:  # not supported here (or the source ended early): copy through memory from now on
+            buf = buf or memoryview(bytearray(min(nbytes, step)))
+            n = os.preadv(src_fd, [buf[: min(nbytes, step)]], src_offset)
+            if n == 0:
+                raise CheckpointError(f"{path}: the source ended early while copying")
+            write_at(dst_fd, buf[:n], dst_offset, path)
         src_offset, dst_offset, nbytes = src_offset + n, dst_offset + n, nbytes - n
 
 
