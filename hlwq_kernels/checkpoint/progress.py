@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
-from hlwq_kernels.checkpoint.io import write_at, write_error, write_json
+from hlwq_kernels.checkpoint.io import CheckpointError, write_at, write_error, write_json
 from hlwq_kernels.checkpoint.plan import Plan
 
 FORMAT = 1  # bump when the partial directory's layout or the bytes written for the same options change
@@ -76,18 +76,24 @@ def prepare(work: Path, fprint: str, plan: Plan) -> bool:
         (work / s.name).is_file() and (work / s.name).stat().st_size == s.size for s in plan.shards
     ):
         return True
-    if work.exists():
-        shutil.rmtree(work)
-    (work / PROGRESS_DIR).mkdir(parents=True)
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        (work / PROGRESS_DIR).mkdir(parents=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the output's working directory {work}: {e.strerror}") from e
     for shard in plan.shards:
         path = work / shard.name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.ftruncate(fd, shard.size)
-            write_at(fd, shard.header, 0, path)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, shard.size)
+                write_at(fd, shard.header, 0, path)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise write_error(e, path) from e
     totals = {"tensors": len(plan.units), "bytes": sum(u.source.nbytes for u in plan.units)}
     write_json(work / PROGRESS_DIR / PLAN_NAME, {"fingerprint": fprint, "totals": totals})
     _fsync_dir(work / PROGRESS_DIR)

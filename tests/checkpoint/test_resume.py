@@ -138,3 +138,14 @@ def test_stale_partial_directory_is_not_trusted(source, reference, tmp_path, mon
     (foreign / "model-00001-of-00001.safetensors").write_bytes(b"not ours")
     report = quantize_checkpoint(src, tmp_path / "out2", max_shard_size="20MB", progress=False)
     assert report.resumed_tensors == 0 and digests(tmp_path / "out2") == reference
+
+
+def test_unwritable_destination_is_one_line_and_exit_2(source, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc = subprocess.run([sys.executable, "-m", "hlwq_kernels.convert", str(source), str(blocker / "out"), "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: cannot create the output's working directory {tmp_path / 'a-file' / '.out.partial'}: Not a directory"]
