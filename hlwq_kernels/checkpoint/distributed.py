@@ -25,6 +25,8 @@ from datetime import timedelta
 
 import torch
 
+from hlwq_kernels.checkpoint.io import cpu_count
+
 # The slowest rank may convert for a long time before the final barrier.
 TIMEOUT = timedelta(days=1)
 COMMAND_ENV = "HLWQ_COMMAND"  # the user's command line, for the ranks started by ``launch``
@@ -114,7 +116,7 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
     interrupted). Signals reach every rank; when one rank fails the others are stopped. ``command``
     is the user's command line, which rank 0 names when it is interrupted."""
     n = len(devices)
-    cpus = len(os.sched_getaffinity(0))
+    cpus = cpu_count()
     env = os.environ | {
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n),
         "LOCAL_WORLD_SIZE": str(n), "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": str(max(1, cpus // n)),

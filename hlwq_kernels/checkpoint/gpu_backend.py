@@ -9,13 +9,13 @@ writing its bytes. Stage times are the GPU's own (CUDA event timings).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from hlwq_kernels.checkpoint.io import cpu_count
 from hlwq_kernels.checkpoint.runner import PieceResult, StageTimes
 from hlwq_kernels.checkpoint.stats import row_stats
 from hlwq_kernels.ops.int4 import Int4Weight
@@ -35,7 +35,7 @@ class GpuBackend:
     def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight], device: torch.device):
         self.quantize, self.device = quantize, device
         torch.cuda.set_device(device)  # Triton launches on the current device
-        cores = len(os.sched_getaffinity(0))
+        cores = cpu_count()
         self.piece_bytes = PIECE_BYTES
         self.readers = max(2, min(8, cores // 2))
         self.writers = max(2, min(4, cores // 4))

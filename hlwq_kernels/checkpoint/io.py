@@ -275,7 +275,7 @@ def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, nbyte
     """Copy ``nbytes`` between files inside the kernel (``copy_file_range``: no user-space buffer),
     falling back to positioned reads and writes where the file systems do not support it."""
     step = 64 << 20
-    buf = None
+    buf = None if hasattr(os, "copy_file_range") else memoryview(bytearray(min(nbytes, step)))  # Linux only
     while nbytes:
         n = 0
         if buf is None:
@@ -291,6 +291,11 @@ def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, nbyte
                 raise CheckpointError(f"{path}: the source ended early while copying")
             write_at(dst_fd, buf[:n], dst_offset, path)
         src_offset, dst_offset, nbytes = src_offset + n, dst_offset + n, nbytes - n
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def write_at(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:

@@ -142,7 +142,7 @@ class Journal:
     def commit(self, entries: list[dict], data_fds: Iterable[int]) -> None:
         """Flush the shard files ``data_fds`` to disk, then append ``entries`` and flush them."""
         for fd in data_fds:
-            os.fdatasync(fd)
+            getattr(os, "fdatasync", os.fsync)(fd)  # fdatasync: Linux, not macOS
         if entries:
             view = memoryview("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode())
             try:

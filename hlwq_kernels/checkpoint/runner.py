@@ -131,7 +131,8 @@ class _Run:
         self.pool: queue.Queue = queue.Queue()
         self.src_fds = {f: os.open(f, os.O_RDONLY) for f in sorted({plan.units[p.unit].source.file for p in pieces})}
         for fd in self.src_fds.values():
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if hasattr(os, "posix_fadvise"):  # more read-ahead from a cold disk (Linux)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         self.dst_fds = {s: os.open(work / plan.shards[s].name, os.O_WRONLY)
                         for s in sorted({plan.units[p.unit].shard for p in pieces})}
 
