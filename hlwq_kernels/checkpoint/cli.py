@@ -1,8 +1,9 @@
 """Command line: convert a checkpoint to vLLM-ready INT4, run the demo, or verify a conversion.
 
     python -m hlwq_kernels.convert SRC DST [--method hlwq|rtn] [--bits 5] [--group-size 128]
-        [--block-size 128] [--scale absmax|mse] [--device auto|cpu|cuda] [--ignore NAME ...]
-        [--max-shard-size 5GB] [--overwrite] [--quiet]
+        [--block-size 128] [--scale absmax|mse] [--device auto|cpu|cuda] [--devices cuda:0,cuda:1]
+        [--ignore NAME ...] [--max-shard-size 5GB] [--overwrite] [--quiet]
+    torchrun --nproc-per-node N -m hlwq_kernels.convert SRC DST ...
     python -m hlwq_kernels.convert --demo [DST] [--overwrite]
     python -m hlwq_kernels.convert --verify DST [--against SRC]
 """
@@ -10,9 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from hlwq_kernels.checkpoint.distributed import launch, without_option
+from hlwq_kernels.checkpoint.interrupt import EXIT_INTERRUPTED, install_handlers, message, resume_command
 from hlwq_kernels.checkpoint.io import CheckpointError
 from hlwq_kernels.checkpoint.pipeline import quantize_checkpoint
 from hlwq_kernels.checkpoint.report import REPORT_NAME
@@ -52,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT4 group scale: absmax (default, absmax/7.5 as compressed-tensors) or mse "
                         "(MSE-optimal per group: lower weight error but higher perplexity on real decoders)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--devices", metavar="LIST",
+                   help="several processes, one per device (cuda:0,cuda:1 or cpu,cpu), sharing the work by tensor "
+                        "through torch.distributed; the output is identical to one process's")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
                    help="modules to keep unquantized: names, dotted suffixes (down_proj) or re:<regex>")
     p.add_argument("--max-shard-size", default="5GB")
@@ -62,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    install_handlers()
+    if args.devices:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        if args.device != "auto" or not devices:
+            parser.error("--devices takes a comma-separated list of devices and replaces --device")
+        if len(devices) > 1:
+            return launch(without_option(argv, "--devices"), devices, resume_command(argv))
+        args.device = devices[0]
+    rank0, dst = os.environ.get("RANK", "0") == "0", None
     try:
         if args.verify:
             if args.src or args.dst:
@@ -90,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if rank0:
+            print(message(dst, argv) if dst else "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not rank0:
+        return 0
     print(report.summary())
     print(f"\nreport: {Path(report.dst) / REPORT_NAME}")
     return 0

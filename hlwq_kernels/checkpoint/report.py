@@ -26,7 +26,8 @@ class LayerReport:
 
 @dataclass
 class ConversionReport:
-    """What quantize_checkpoint did. ``timings`` are seconds (not deterministic)."""
+    """What quantize_checkpoint did. ``timings`` are seconds (not deterministic): ``total_s`` is the
+    wall time; the stage keys are busy times summed over the stage's threads (stages overlap)."""
 
     src: str
     dst: str
@@ -47,7 +48,7 @@ class ConversionReport:
     input_bytes: int = 0
     output_bytes: int = 0
     shards: int = 0
-    resumed_shards: int = 0
+    resumed_tensors: int = 0  # source tensors already finished by an interrupted earlier run
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -88,7 +89,7 @@ class ConversionReport:
             f"quantized {len(self.layers)} layers (mean SQNR {self.mean_sqnr_db:.2f} dB), kept {len(self.kept)} "
             f"2-D weights, {self.num_tensors} tensors; {self.input_bytes / 1e6:.1f} MB -> "
             f"{self.output_bytes / 1e6:.1f} MB in {self.shards} shard(s)"
-            + (f" ({self.resumed_shards} resumed)" if self.resumed_shards else ""),
+            + (f" ({self.resumed_tensors} tensors resumed)" if self.resumed_tensors else ""),
             f"time {t.get('total_s', 0):.2f} s (read {t.get('read_s', 0):.2f}, kernels {t.get('kernel_s', 0):.2f}, "
             f"transfer {t.get('transfer_s', 0):.2f}, write {t.get('write_s', 0):.2f})",
         ]

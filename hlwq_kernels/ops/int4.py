@@ -134,6 +134,22 @@ def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _group_codes(w.float().reshape(n, k // g, g), scale.float()).reshape(n, k).to(torch.int8)
 
 
+def _stored_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The stored nibbles ``q + 8`` (uint8 ``[N, K]``) of float32 groups ``[N, G, g]`` with float32
+    scales ``[N, G]``."""
+    n = wg.shape[0]
+    return _group_codes(wg, s).sub_(QMIN).reshape(n, -1).to(torch.uint8)
+
+
+def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
+    """Pack nibbles in [0, 15] (uint8 ``[N, K]``, contiguous) into int32 ``[N, K/8]``: byte ``i`` of
+    a row holds columns ``2i`` (low) and ``2i + 1`` (high), and four little-endian bytes make one
+    word. Each byte pair read as a little-endian int16 ``x = lo | hi << 8`` gives ``lo | hi << 4``
+    in the low byte of ``x | x >> 4``."""
+    x = u.view(torch.int16)
+    return (x | (x >> 4)).to(torch.uint8).view(torch.int32)
+
+
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack codes in [-8, 7] ``[N, K]`` into int32 ``[N, K/8]`` (compressed-tensors layout)."""
     if q.ndim != 2 or q.shape[1] % 8:
@@ -142,20 +158,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"pack_int4 takes integer codes, got {q.dtype}")
     if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
         raise ValueError("pack_int4: codes must lie in [-8, 7]")
-    n, k = q.shape
-    u = (q.to(torch.int64) + 8).reshape(n, k // 8, 8)
-    shifts = 4 * torch.arange(8, device=q.device, dtype=torch.int64)
-    words = (u << shifts).sum(dim=-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return _pack_nibbles((q - QMIN).to(torch.uint8).contiguous())
 
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
     if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
         raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
-    shifts = 4 * torch.arange(8, device=packed.device, dtype=torch.int32)
-    u = (packed.unsqueeze(-1) >> shifts) & 0xF
-    return (u.reshape(packed.shape[0], -1)[:, :k] - 8).to(torch.int8)
+    x = packed.contiguous().view(torch.uint8).to(torch.int16)  # one byte: two nibbles, low first
+    u = ((x & 0xF) | ((x << 4) & 0xF00)).view(torch.uint8).reshape(packed.shape[0], -1)[:, :k]
+    return u.view(torch.int8) + QMIN
 
 
 def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
@@ -180,7 +192,8 @@ def quantize_int4_with_scale(w: torch.Tensor, scale: torch.Tensor, backend: str 
 
         packed, _ = int4_quantize_pack(w, group_size, "given", scale=scale)
     else:
-        packed = pack_int4(int4_codes(w, scale))
+        wg = w.float().reshape(n, k // group_size, group_size)
+        packed = _pack_nibbles(_stored_codes(wg, scale.float()))
     return Int4Weight(packed, scale, (n, k), group_size)
 
 
@@ -196,13 +209,17 @@ def quantize_int4(
 
         packed, s = int4_quantize_pack(w, group_size, scale)
         return Int4Weight(packed, s, (n, k), group_size)
-    s = absmax_scale(w, group_size) if scale == "absmax" else _mse_scale_torch(w, group_size)
-    return Int4Weight(pack_int4(int4_codes(w, s)), s, (n, k), group_size)
+    wg = w.float().reshape(n, k // group_size, group_size)
+    if scale == "absmax":  # max|w| / 7.5 as absmax_scale, from the float32 copy made anyway
+        s32 = _store(wg.abs().amax(dim=-1) / ABSMAX_DIVISOR, w.dtype)
+    else:
+        s32 = _mse_scale_torch(w, group_size).float()
+    return Int4Weight(_pack_nibbles(_stored_codes(wg, s32)), s32.to(w.dtype), (n, k), group_size)
 
 
 def dequantize_int4(q: Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``(u - 8) * scale`` computed in float32, cast to ``dtype`` (default: the scale's dtype)."""
     n, k = check_int4_shape(q.shape, q.group_size)
     codes = unpack_int4(q.packed, k).float().reshape(n, k // q.group_size, q.group_size)
-    w = (codes * q.scale.float().unsqueeze(-1)).reshape(n, k)
+    w = codes.mul_(q.scale.float().unsqueeze(-1)).reshape(n, k)
     return w.to(dtype or q.scale.dtype)
