@@ -42,6 +42,7 @@ from hlwq_kernels.checkpoint.io import (
     weight_files,
     write_json,
 )
+from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.metrics import relative_error
@@ -67,16 +68,6 @@ def _resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("device 'cuda' requested but no CUDA GPU is available")
     return dev
-
-
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise CheckpointError(f"destination {dst} must not be the source {src} or inside it (or contain it)")
-    if dst.exists():
-        if not dst.is_dir():
-            raise CheckpointError(f"destination {dst} exists and is not a directory")
-        if any(dst.iterdir()) and not overwrite:
-            raise CheckpointError(f"destination {dst} exists and is not empty (pass overwrite=True / --overwrite)")
 
 
 class _Unit(NamedTuple):
@@ -219,7 +210,7 @@ def quantize_checkpoint(
             f"{src_path / CONFIG_NAME} already has a quantization_config "
             f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
         )
-    _check_destination(src_path, dst_path, overwrite)
+    check_destination(src_path, dst_path, overwrite)
     files = weight_files(src_path)
     tensors = scan_source(files)
     ignore = tuple(ignore)
@@ -240,6 +231,7 @@ def quantize_checkpoint(
     shards = [units[r.start:r.stop] for r in plan_shards([u.nbytes for u in units], max_bytes)]
     names = [shard_name(i, len(shards)) for i in range(len(shards))]
     work = dst_path.parent / f".{dst_path.name}.partial"
+    check_free_space(dst_path, work, sum(u.nbytes for u in units))
     state = _load_progress(work, _fingerprint(files, tensors, options))
     quantize = _quantizer(method, bits, group_size, block_size, scale)
     timer = _Timer(dev)
@@ -280,7 +272,7 @@ def quantize_checkpoint(
     report.timings = {k: round(v, 4) for k, v in timer.totals.items()}
     report.timings["total_s"] = round(time.perf_counter() - t_start, 4)
     report.save(work / REPORT_NAME)
-    _publish(work, dst_path)
+    publish(work, dst_path)
     return report
 
 
@@ -315,16 +307,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="quantizing", unit="tensor", disable=not enabled, dynamic_ncols=True)
-
-
-def _publish(work: Path, dst: Path) -> None:
-    """Move the finished ``work`` directory to ``dst`` (replacing an old ``dst``)."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-        os.replace(work, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(work, dst)
