@@ -122,10 +122,14 @@ def _build_more(tf, arch: str, common: dict) -> torch.nn.Module:
     raise ValueError(arch)
 
 
-def save_tiny(arch: str, path: Path, dtype: torch.dtype = torch.bfloat16, init_std: float = 0.02) -> Path:
+def save_tiny(arch: str, path: Path, dtype: torch.dtype = torch.bfloat16, init_std: float = 0.02,
+              embed_scale: float = 1.0) -> Path:
     """Save a tiny ``arch`` checkpoint (with auxiliary files) to ``path``. GDN ``A_log`` and
-    ``dt_bias`` are stored in float32, as in released Qwen3.5 / Qwen3-Next checkpoints."""
+    ``dt_bias`` are stored in float32, as in released Qwen3.5 / Qwen3-Next checkpoints.
+    ``embed_scale`` multiplies the input embeddings (with large weights, Gemma's tied head, fed
+    embeddings scaled by sqrt(hidden), otherwise just repeats the last token)."""
     model = build_model(arch, init_std).to(dtype)
+    model.get_input_embeddings().weight.data *= embed_scale
     for name, p in model.named_parameters():
         if name.endswith(("A_log", "dt_bias")):
             p.data = p.data.float()
