@@ -61,11 +61,13 @@ def test_verify_ok_and_detects_damage(converted, tmp_path):
     norm.file.write_bytes(bytes(data))
     config = json.loads((bad / "config.json").read_text())
     config["quantization_config"]["ignore"].remove("model.layers.0.mlp.down_proj")
+    config["quantization_config"]["ignore"].remove("lm_head")  # tied: no tensor, still must be ignored
     (bad / "config.json").write_text(json.dumps(config))
     res = cli("--verify", bad, "--against", src)
     assert res.returncode == 1
     assert "PROBLEM: kept tensor 'model.norm.weight' differs from the source" in res.stdout
     assert "PROBLEM: model.layers.0.mlp.down_proj.weight is kept unquantized but not listed in ignore" in res.stdout
+    assert "PROBLEM: lm_head is not quantized but not listed in ignore" in res.stdout
 
 
 def test_demo_converts_minilm_and_reruns(tmp_path):
