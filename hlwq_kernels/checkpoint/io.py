@@ -159,10 +159,14 @@ def weight_files(src: Path) -> list[Path]:
         return files
     pickles = sorted(p.name for p in src.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
     if pickles:
+        first = src / pickles[0]
         raise CheckpointError(
             f"{src} has only pickle weights ({', '.join(pickles[:3])}), which are never loaded because "
-            "unpickling can run arbitrary code. Convert them to safetensors first, e.g. in a trusted "
-            "environment: AutoModel.from_pretrained(src).save_pretrained(out, safe_serialization=True)"
+            "unpickling can run arbitrary code. Convert them to safetensors first, in a trusted environment, "
+            f"keeping every tensor ({'once per file' if len(pickles) > 1 else 'one command'}): python -c \"import torch; "
+            f"from safetensors.torch import save_file; sd = torch.load('{first}', weights_only=True); "
+            f"save_file({{k: v.contiguous().clone() for k, v in sd.items()}}, '{first.with_suffix('.safetensors')}', "
+            "metadata={'format': 'pt'})\""
         )
     raise CheckpointError(f"no *.safetensors weight files in {src}")
 

@@ -42,6 +42,7 @@ from hlwq_kernels.checkpoint.io import (
     write_json,
 )
 from hlwq_kernels.checkpoint.plan import Plan, Unit, make_plan
+from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
@@ -68,16 +69,6 @@ def _resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank())
     return dev
-
-
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise CheckpointError(f"destination {dst} must not be the source {src} or inside it (or contain it)")
-    if dst.exists():
-        if not dst.is_dir():
-            raise CheckpointError(f"destination {dst} exists and is not a directory")
-        if any(dst.iterdir()) and not overwrite:
-            raise CheckpointError(f"destination {dst} exists and is not empty (pass overwrite=True / --overwrite)")
 
 
 def quantize_checkpoint(
@@ -139,7 +130,7 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
             f"{src_path / CONFIG_NAME} already has a quantization_config "
             f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
         )
-    _check_destination(src_path, dst_path, overwrite)
+    check_destination(src_path, dst_path, overwrite)
     files = weight_files(src_path)
     tensors = scan_source(files)
     try:
@@ -157,6 +148,8 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                    ignore=list(ignore), max_shard_size=max_bytes, device=dev.type)
     fprint = journal_files.fingerprint(files, options, plan)
     work = journal_files.partial_dir(dst_path)
+    if group.rank == 0:
+        check_free_space(src_path, dst_path, work, plan.output_bytes)
     done = None
     if group.rank == 0:
         journal_files.prepare(work, fprint, plan)
@@ -202,7 +195,7 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
     report.timings |= {"setup_s": round(t_setup, 4), "finish_s": round(now - t_finish, 4),
                        "total_s": round(now - t_start, 4)}
     report.save(work / REPORT_NAME)
-    _publish(work, dst_path)
+    publish(work, dst_path)
     return report
 
 
@@ -242,16 +235,3 @@ class _ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _publish(work: Path, dst: Path) -> None:
-    """Move the finished ``work`` directory to ``dst`` (replacing an old ``dst``)."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-        os.replace(work, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(work, dst)

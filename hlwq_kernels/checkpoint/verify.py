@@ -99,6 +99,8 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     for m in sorted(linear):
         if not ct.is_ignored(m, ignore):
             problems.append(f"{m}.weight is kept unquantized but not listed in ignore")
+    if "lm_head" not in modules and "lm_head" not in linear and not ct.is_ignored("lm_head", ignore):
+        problems.append("lm_head is not quantized but not listed in ignore (a tied head would load as an INT4 layer)")
     report.quantized = len(modules)
     report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
     if against is not None:

@@ -5,6 +5,12 @@ Per quantized Linear ``<m>`` with ``N = out``, ``K = in``: ``<m>.weight_packed``
 ``[N, K/group]`` and ``<m>.weight_shape`` int64 ``[N, K]``; no zero point, no ``g_idx``. The config
 lists every kept Linear in ``ignore``. This module is the one place that names these tensors, writes
 the ``quantization_config`` and checks it.
+
+``"dequantize": true`` in the config is read by transformers' compressed-tensors integration only
+(vLLM and compressed-tensors ignore the key): it dequantizes the INT4 weights to the model dtype
+while loading. Without it, recent transformers leave the layers compressed and decompress them from
+a forward pre-hook on the model, which sentence-transformers bypasses (it calls ``model.forward``):
+``SentenceTransformer(dst)`` then fails with ``'Linear' object has no attribute 'weight'``.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ def quantization_config(group_size: int, ignore: Iterable[str]) -> dict:
         "sparsity_config": {},
         "transform_config": {},
         "version": FORMAT_VERSION,
+        "dequantize": True,  # transformers: dequantize while loading (see the module docstring)
     }
 
 

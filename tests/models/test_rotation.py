@@ -37,7 +37,7 @@ ROTATED = {
     "qwen2_moe": {},
     "qwen3_5": {},
     "qwen3_next": {},
-    "qwen3_5_moe": {},
+    "qwen3_5_moe_text": {},
     "gemma": {},
     "gemma2": dict(r1=False),
     "gemma3_text": dict(r1=False),
