@@ -23,16 +23,13 @@ Driven by tensor names (tables in ``models/families.py``): ``rotation_plan(confi
 classifies every tensor, refusing an architecture or tensor it cannot rotate exactly; then
 ``plan.transform(name, tensor, aux)`` maps one source tensor to its output tensors, with ``aux``
 holding the norm weights named by ``plan.aux_names(name)``, so a converter can stream.
-``rotate_checkpoint`` writes a rotated safetensors checkpoint.
+``hlwq_kernels.checkpoint.rotate.rotate_checkpoint`` writes a rotated safetensors checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -43,7 +40,7 @@ from hlwq_kernels.models.families import (
 from hlwq_kernels.ops.fwht import fwht
 from hlwq_kernels.ops.hadamard import is_hadamard_size, random_signs
 
-__all__ = ["RotationError", "Rotation", "RotationPlan", "rotation_plan", "rotate_checkpoint"]
+__all__ = ["RotationError", "Rotation", "RotationPlan", "rotation_plan"]
 
 LM_HEAD = "lm_head.weight"
 # The language model's tensors sit under model.language_model. (transformers 5's vision-language
@@ -356,64 +353,3 @@ def _unknown_tensor(name: str, model_type: str) -> str:
                 "drop the mtp.* tensors first (the model then serves without MTP speculative decoding)")
     return (f"cannot rotate tensor {name!r} of model_type {model_type!r}: the rotation table does not say "
             "whether it reads or writes the residual stream")
-
-
-def rotate_checkpoint(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    *,
-    seed: int = 0,
-    block_size: int | None = 128,
-    r1: bool = True,
-    r2: bool = True,
-    dtype: str | None = None,
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-) -> dict:
-    """Write the rotated (unquantized) checkpoint of ``src`` to ``dst``, one tensor at a time.
-
-    Tensors keep their safetensors dtype unless ``dtype`` ("BF16", "F16", "F32", "F64") is given
-    for the floating-point ones. config.json gets ``hlwq_rotation`` (returned) and, after R1,
-    ``tie_word_embeddings: false``; other files are copied.
-    """
-    from hlwq_kernels.checkpoint import io
-    from hlwq_kernels.checkpoint.pipeline import _check_destination, _publish
-
-    float_dtypes = ("BF16", "F16", "F32", "F64")
-    if dtype is not None and dtype not in float_dtypes:
-        raise ValueError(f"dtype must be one of {', '.join(float_dtypes)} or None, got {dtype!r}")
-    src_path = io.resolve_source(src)
-    dst_path = Path(dst).expanduser().resolve()
-    config = io.read_config(src_path)
-    if "quantization_config" in config:
-        raise io.CheckpointError(f"{src_path / io.CONFIG_NAME} has a quantization_config: rotate the unquantized model")
-    _check_destination(src_path, dst_path, overwrite)
-    tensors = io.scan_source(io.weight_files(src_path))
-    plan = rotation_plan(config, {n: t.shape for n, t in tensors.items()}, seed=seed, block_size=block_size, r1=r1, r2=r2)
-    aux = {n: io.read_tensor(tensors[n]) for n in plan.all_aux_names()}
-
-    def out_dtype(t: io.SourceTensor) -> str:
-        return dtype if dtype is not None and t.dtype in float_dtypes else t.dtype
-
-    units = [[io.OutTensor(o, out_dtype(t), t.shape) for o in plan.output_names(n)] for n, t in sorted(tensors.items())]
-    sources = [t for _, t in sorted(tensors.items())]
-    shards = io.plan_shards([sum(o.nbytes for o in u) for u in units], io.parse_size(max_shard_size))
-    work = dst_path.parent / f".{dst_path.name}.partial"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        fname = io.shard_name(i, len(shards))
-        with io.ShardWriter(work / fname, [o for j in shard for o in units[j]]) as writer:
-            for j in shard:
-                t = sources[j]
-                for name, value in plan.transform(t.name, io.read_tensor(t), aux):
-                    writer.write(name, io.tensor_bytes(value.to(io.DTYPES[out_dtype(t)])))
-                    weight_map[name] = fname
-    total = sum(o.nbytes for u in units for o in u)
-    io.write_json(work / io.INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
-    io.write_json(work / io.CONFIG_NAME, plan.rotated_config(config), sort_keys=False)
-    io.copy_files(src_path, work, io.auxiliary_files(src_path))
-    _publish(work, dst_path)
-    return plan.record()

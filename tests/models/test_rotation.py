@@ -20,7 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 from hlwq_kernels.models.bundled import minilm_dir
 from hlwq_kernels.models.families import supported_model_types
-from hlwq_kernels.models.rotation import Rotation, RotationError, rotate_checkpoint, rotation_plan
+from hlwq_kernels.checkpoint.rotate import rotate_checkpoint
+from hlwq_kernels.models.rotation import Rotation, RotationError, rotation_plan
 from hlwq_kernels.ops.hadamard import hadamard_matrix, random_signs
 from tests.helpers import random_weight, rel_err
 from tests.tiny_checkpoints import COMMON, build_model, save_tiny
