@@ -11,11 +11,14 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
   instructions (Markstein's correction step: ``q = x inv``, exact residual ``r = fma(-q, s, x)``,
   ``fma(r, inv, q)``). It equals ``div_rn(x, s)`` wherever ``|x / s| >= 1/4`` (below that any
   rounding to an integer gives 0 anyway) provided ``s`` and ``max|x| / s`` stay in range, which
-  ``quotient_is_exact`` checks per scale.
+  ``quotient_is_exact`` checks per scale; ``group_quotient`` divides a tile of groups by their
+  scales with it, or with ``tl.div_rn`` when the tile's check failed.
 - ``int4_absmax_scale``: compressed-tensors' symmetric INT4 scale rule ``dtype(amax / 7.5)``
   (IEEE float32 division), 0 -> the dtype's epsilon.
 - ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
   in word ``j // 8``, nibble ``j % 8`` (column 0 least significant) — compressed-tensors' order.
+- ``codebook_index``: ``#{k : x >= t_k}`` (NaN -> 0) for sorted thresholds, from the grid lookup
+  table of ``hlwq_kernels.ops.lloyd_max_triton.AssignTable`` (one gather, then ``K`` compares).
 """
 
 from __future__ import annotations
@@ -67,9 +70,28 @@ def div_exact(x, s, inv):
 
 
 @triton.jit
+def reciprocal(s):
+    """``1 / s`` rounded to nearest float32."""
+    return tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+
+
+@triton.jit
+def group_quotient(x, s, inv, fast):
+    """``x / s`` (IEEE) for a tile of groups ``[R, G, C]`` and per-group scales ``s``, ``inv`` ``[R, G]``;
+    ``fast`` (a scalar) is ``quotient_is_exact`` for the whole tile."""
+    if fast:
+        y = div_exact(x, s[:, :, None], inv[:, :, None])
+    else:
+        y = tl.div_rn(x, tl.broadcast_to(s[:, :, None], x.shape))
+    return y
+
+
+@triton.jit
 def quotient_is_exact(s, inv, amax):
-    """True where ``div_exact(x, s, inv)`` equals ``div_rn(x, s)`` for every ``1/4 <= |x / s|``, ``|x| <= amax``."""
-    return (s >= _TINY) & (amax * inv <= _HUGE) & (inv >= _TINY)
+    """Whether ``div_exact(x, s, inv)`` equals ``div_rn(x, s)`` for every ``1/4 <= |x / s|``,
+    ``|x| <= amax`` of the tile (one scalar for per-group tensors ``s``, ``inv``, ``amax``)."""
+    ok = (s >= _TINY) & (amax * inv <= _HUGE) & (inv >= _TINY)
+    return tl.min(ok.to(tl.int32)) > 0
 
 
 @triton.jit
@@ -86,3 +108,16 @@ def pack_nibbles(u):
     C: tl.constexpr = u.shape[1]
     shifts = (tl.arange(0, 8) * 4)[None, None, :]
     return tl.sum(tl.reshape(u, [R, C // 8, 8]) << shifts, axis=2)
+
+
+@triton.jit
+def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.constexpr):
+    """``#{k : x >= t_k}`` as int32 (ties up, NaN -> 0) with the tables of an ``AssignTable``."""
+    gf = (x - lo) * inv_h
+    gf = tl.where(gf > 0, gf, 0.0)
+    gf = tl.where(gf < grid_max, gf, grid_max)
+    base = tl.load(lut_ptr + gf.to(tl.int32))
+    idx = base
+    for k in tl.static_range(K):
+        idx += (x >= tl.load(thr_ptr + base + k)).to(tl.int32)
+    return tl.minimum(idx, num_thr)

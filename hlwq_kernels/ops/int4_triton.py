@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from hlwq_kernels.ops._jit import (
-    div_exact,
+    group_quotient,
     int4_absmax_scale,
     pack_nibbles,
     quotient_is_exact,
+    reciprocal,
     rint,
     round_half_even,
     round_to_dtype,
@@ -46,35 +47,20 @@ def device_ratios(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _reciprocal(s):
-    return tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
-
-
-@triton.jit
-def _quotient(x, s, inv, fast):
-    """``x / s`` (IEEE) for a chunk [BN, BG, C] and per-group scales [BN, BG]."""
-    if fast:
-        y = div_exact(x, s[:, :, None], inv[:, :, None])
-    else:
-        y = tl.div_rn(x, tl.broadcast_to(s[:, :, None], x.shape))
-    return y
-
-
-@triton.jit
 def _try_scale(
     trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
     NCHUNK: tl.constexpr, CHUNK: tl.constexpr, F32_SUMS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
     """Evaluate trial scales [BN, BG] by ``D = s (s Σ q² - 2 Σ |w| |q|)``; keep them where D is strictly lower."""
-    inv = _reciprocal(trial)
-    fast = tl.min(quotient_is_exact(trial, inv, amax).to(tl.int32)) > 0
+    inv = reciprocal(trial)
+    fast = quotient_is_exact(trial, inv, amax)
     sa = tl.zeros(trial.shape, tl.float64)
     sb = tl.zeros(trial.shape, tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
             x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
         a = tl.abs(x)
-        q = rint(tl.minimum(_quotient(a, trial, inv, fast), tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
+        q = rint(tl.minimum(group_quotient(a, trial, inv, fast), tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
         sb += tl.sum(q * q, axis=2)
         if F32_SUMS:  # exact in float32 (see the module docstring) when every step stays normal
             if fast:
@@ -148,15 +134,15 @@ def _int4_quantize_pack_kernel(
     if MODE != 0:
         tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
-    inv = _reciprocal(s)
-    fast = tl.min(quotient_is_exact(s, inv, amax).to(tl.int32)) > 0
+    inv = reciprocal(s)
+    fast = quotient_is_exact(s, inv, amax)
     words = tl.arange(0, BLOCK_G * CHUNK // 8)
     p_ptrs = packed_ptr + rows.to(tl.int64)[:, None] * K8 + (g0 * (G // 8) + words)[None, :]
     p_mask = (rows < N)[:, None] & (g0 + words // (G // 8) < NG)[None, :]
     for c in range(NCHUNK):
         if NCHUNK > 1:
             x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(_quotient(x, s, inv, fast), QMIN), QMAX)
+        y = tl.minimum(tl.maximum(group_quotient(x, s, inv, fast), QMIN), QMAX)
         u = tl.reshape(round_half_even(y) - QMIN, [BLOCK_N, BLOCK_G * CHUNK])
         tl.store(p_ptrs + c * (CHUNK // 8), pack_nibbles(u), mask=p_mask)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hlwq_kernels.ops._jit import codebook_index
 from hlwq_kernels.ops._triton import launch, tl, triton
 
 __all__ = [
@@ -60,15 +61,7 @@ def _assign_kernel(
             x = x.to(tl.float64)
         else:
             x = x.to(tl.float32)
-        gf = (x - lo) * inv_h
-        gf = tl.where(gf > 0, gf, 0.0)
-        gf = tl.where(gf < grid_max, gf, grid_max)
-        base = tl.load(lut_ptr + gf.to(tl.int32))
-        idx = base
-        for k in tl.static_range(K):
-            t = tl.load(thr_ptr + base + k)
-            idx += (x >= t).to(tl.int32)
-        idx = tl.minimum(idx, num_thr)
+        idx = codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K)
         if STORE_IDX:
             tl.store(idx_ptr + offs, idx.to(idx_ptr.dtype.element_ty), mask=mask)
         if STATS:
