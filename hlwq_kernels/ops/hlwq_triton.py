@@ -39,7 +39,6 @@ from hlwq_kernels.ops._jit import (
     group_quotient,
     int4_absmax_scale,
     pack_nibbles,
-    quotient_is_exact,
     reciprocal,
     round_half_even,
     round_to_dtype,
@@ -56,6 +55,7 @@ _IN_PIECES = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 3}
 _LEVEL_PIECES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 _TOP_EXP = 14  # scaled levels lie in [2**14, 2**15) (the kernel scales weight blocks alike)
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
+_QMIN, _QMAX = tl.constexpr(QMIN), tl.constexpr(QMAX)
 
 
 @triton.jit
@@ -121,9 +121,8 @@ def _hlwq_kernel(
                 wg = tl.reshape(wf, [ROWS, B // G, G])
                 gmax = tl.max(tl.abs(wg), axis=2)
                 sf = int4_absmax_scale(gmax, eps, DT)
-                inv = reciprocal(sf)
-                v = group_quotient(wg, sf, inv, quotient_is_exact(sf, inv, gmax))
-                u = round_half_even(tl.minimum(tl.maximum(v, QMIN), QMAX)) - QMIN
+                v = group_quotient(wg, sf, True)
+                u = round_half_even(tl.minimum(tl.maximum(v, _QMIN), _QMAX)) - _QMIN
                 words = pack_nibbles(tl.reshape(u, [ROWS, B]))
                 wcol = tl.arange(0, B // 8)
                 tl.store(packed_ptr + rows[:, None] * (K // 8) + cb * (B // 8) + wcol[None, :], words,
@@ -198,7 +197,7 @@ def hlwq_fused(
     """Run the fused kernel on a contiguous 2-D ``w`` (bf16/fp16/fp32, CUDA or CPU = interpreter).
 
     ``int4_group`` (dividing ``block_size``, multiple of 8) requests INT4 packed + scales. ``rows``
-    is the tile height (default 64 on CUDA, 16 in the interpreter). ``check_finite`` reads the
+    is the tile height (default 16: fewest registers and least shared memory per program). ``check_finite`` reads the
     kernel's non-finite flag back (one device sync); otherwise ``finite`` is None and nothing is
     copied between host and device.
     """
@@ -208,7 +207,7 @@ def hlwq_fused(
     if int4_group is not None and (b % int4_group or int4_group % 8):
         raise ValueError(f"int4_group={int4_group} must divide block_size={b} and be a multiple of 8")
     dev = w.device
-    rows = rows or (64 if dev.type == "cuda" else 16)
+    rows = rows or 16
     tables = _tables(codebook, dev)
     g = int4_group or b
     out = HLWQFused(

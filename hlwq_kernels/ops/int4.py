@@ -86,6 +86,12 @@ def _store(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(stored == 0, torch.finfo(dtype).eps, stored)
 
 
+def _div(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``x / divisor`` by IEEE division (CUDA divides by a Python scalar through its reciprocal,
+    an ulp off for some quotients, which the stored scale can inherit)."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def _group_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Float codes of float32 groups ``[N, G, g]`` for float32 scales ``[N, G]``."""
     return (wg / s.unsqueeze(-1)).clamp_(QMIN, QMAX).round_()
@@ -98,7 +104,7 @@ def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX
     """
     n, k = _check_weight(w, group_size)
     amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
-    return _store(amax / divisor, w.dtype).to(w.dtype)
+    return _store(_div(amax, divisor), w.dtype).to(w.dtype)
 
 
 def _trial(wg: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,7 +124,7 @@ def _mse_scale_torch(w: torch.Tensor, group_size: int) -> torch.Tensor:
     best = None
     for t in range(N_RATIOS + LLOYD_STEPS):
         if t < N_RATIOS:
-            s = _store(amax * float(RATIOS[t]) / ABSMAX_DIVISOR, w.dtype)
+            s = _store(_div(amax * float(RATIOS[t]), ABSMAX_DIVISOR), w.dtype)
         else:  # Lloyd update of the best scale (kept where all its codes are 0)
             best_s, _, sa, sb = best
             s = _store(torch.where(sb > 0, sa / sb.clamp_min(1), best_s.double()).float(), w.dtype)

@@ -158,13 +158,14 @@ def quantize_triton(x: torch.Tensor, table: AssignTable, out_dtype: torch.dtype)
     return out.reshape(x.shape)
 
 
-def quantize_lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def quantize_lookup(x: torch.Tensor, table: torch.Tensor, block: int = _LOOKUP_BLOCK, num_warps: int = 4) -> torch.Tensor:
     """``table[bits(x)]`` of a contiguous bf16/fp16 tensor, ``table`` indexed by the unsigned 16-bit pattern."""
     bits = x.reshape(-1).view(torch.int16)
     out = torch.empty(bits.shape, dtype=table.dtype, device=x.device)
     n = bits.numel()
     if n:
-        launch(_lookup_kernel, (triton.cdiv(n, _LOOKUP_BLOCK),), x.device, bits, table, out, n, BLOCK=_LOOKUP_BLOCK)
+        launch(_lookup_kernel, (triton.cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
+               num_warps=num_warps)
     return out.reshape(x.shape)
 
 

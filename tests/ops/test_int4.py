@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
-from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
-from compressed_tensors.quantization import QuantizationArgs
-from compressed_tensors.quantization.lifecycle.forward import dequantize, quantize
-from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,8 +31,20 @@ def weights(n: int, k: int, dtype: torch.dtype, seed: int, tail: str = "gauss") 
     return random_weight((n, k), dtype, seed, tail=tail, row_decades=2.0, zero_half_row=True)
 
 
-def ct_args(group_size: int) -> QuantizationArgs:
-    return QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
+def compressed_tensors():
+    """compressed-tensors' packing and quantization functions (the test is skipped without the package,
+    as on the GPU image, so that the kernel tests importing this module still run there)."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized import helpers
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle import forward
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+
+    def args(group_size: int) -> QuantizationArgs:
+        return QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
+
+    return SimpleNamespace(pack=helpers.pack_to_int32, unpack=helpers.unpack_from_int32, args=args,
+                           scales=compute_dynamic_scales_and_zp, quantize=forward.quantize, dequantize=forward.dequantize)
 
 
 def group_errors(w: torch.Tensor, q: Int4Weight) -> np.ndarray:
@@ -57,8 +67,9 @@ def test_pack_known_words() -> None:
 def test_pack_unpack_match_compressed_tensors(n: int, words: int, seed: int) -> None:
     q = torch.randint(-8, 8, (n, 8 * words), generator=torch.Generator().manual_seed(seed), dtype=torch.int8)
     packed = pack_int4(q)
-    assert torch.equal(packed, pack_to_int32(q, 4))
-    assert torch.equal(unpack_int4(packed, q.shape[1]), unpack_from_int32(packed, 4, q.shape))
+    ct = compressed_tensors()
+    assert torch.equal(packed, ct.pack(q, 4))
+    assert torch.equal(unpack_int4(packed, q.shape[1]), ct.unpack(packed, 4, q.shape))
     assert np.array_equal(packed.numpy(), ref.pack_int4(q.numpy()))
 
 
@@ -68,12 +79,13 @@ def test_absmax_bit_exact_vs_compressed_tensors(dtype: torch.dtype, shape: tuple
     n, groups, g = shape
     w = weights(n, groups * g, dtype, seed)
     ours = quantize_int4(w, g, "absmax", backend="torch")
-    scale, _ = compute_dynamic_scales_and_zp(w, ct_args(g), module=None)
+    ct = compressed_tensors()
+    scale, _ = ct.scales(w, ct.args(g), module=None)
     assert ours.scale.dtype == dtype and torch.equal(ours.scale, scale)
     # compressed-tensors' GPU path: float32 quotient by the scale as stored.
-    codes = quantize(w.float(), scale.float(), None, ct_args(g), dtype=torch.int8)
-    assert torch.equal(ours.packed, pack_to_int32(codes, 4))
-    assert torch.equal(dequantize_int4(ours), dequantize(codes, scale, None, ct_args(g)))
+    codes = ct.quantize(w.float(), scale.float(), None, ct.args(g), dtype=torch.int8)
+    assert torch.equal(ours.packed, ct.pack(codes, 4))
+    assert torch.equal(dequantize_int4(ours), ct.dequantize(codes, scale, None, ct.args(g)))
 
 
 def test_zero_group_gets_dtype_eps() -> None:
