@@ -16,13 +16,12 @@ The host time per public call (default ``check_finite=True``, which reads a flag
 
 from __future__ import annotations
 
-import argparse
 import datetime
 
 import torch
 
 from gpu_common import emit_table, poison_allocator
-from gpu_int4 import SHAPES, clone_gbps, graph_seconds, host_us, roofline_row, roofline_table
+from gpu_int4 import SHAPES, arg_parser, clone_gbps, graph_seconds, report, roofline_row
 from hlwq_kernels import hlwq_int4, hlwq_quantize
 from hlwq_kernels.ops.hlwq_triton import hlwq_fused
 from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
@@ -62,13 +61,12 @@ def roofline_rows(quick: bool = False) -> list[dict]:
     return rows
 
 
-def host_rows() -> list[str]:
+def host_calls() -> dict:
     w = (torch.randn(256, 1024, device="cuda") * 0.02).to(torch.bfloat16)
-    calls = {
+    return {
         "hlwq_int4 (check_finite=False)": lambda: hlwq_int4(w, check_finite=False),
         "hlwq_int4 (default: reads the NaN flag back)": lambda: hlwq_int4(w),
     }
-    return [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()]
 
 
 def sweep(n: int = 14336, k: int = 4096) -> list[str]:
@@ -89,18 +87,11 @@ def sweep(n: int = 14336, k: int = 4096) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--sweep", action="store_true", help="try several tile heights and warp counts")
+    parser = arg_parser(__doc__, "try several tile heights and warp counts")
     args = parser.parse_args()
-    lines = [f"# HLWQ → INT4 on {torch.cuda.get_device_name()} ({datetime.date.today()}), bf16 weights, "
-             "b = g = 128, 5 bits; GB/s = (read + write) / median CUDA-graph replay time", ""]
-    lines += roofline_table(roofline_rows(args.quick)) + [""]
-    lines += ["| public call (256x1024 bf16) | host µs per call |", "|---|---|"] + host_rows() + [""]
-    if args.sweep:
-        lines += sweep()
-    emit_table(lines, args.out)
+    title = (f"# HLWQ → INT4 on {torch.cuda.get_device_name()} ({datetime.date.today()}), bf16 weights, "
+             "b = g = 128, 5 bits; GB/s = (read + write) / median CUDA-graph replay time")
+    emit_table(report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None), args.out)
 
 
 if __name__ == "__main__":

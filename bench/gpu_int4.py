@@ -86,6 +86,28 @@ def roofline_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def host_table(calls: dict[str, Callable[[], object]]) -> list[str]:
+    """Markdown table of the host µs per call of each named call."""
+    return (["| public call (256x1024 bf16) | host µs per call |", "|---|---|"]
+            + [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()])
+
+
+def report(title: str, rows: list[dict], host: dict[str, Callable[[], object]],
+           sweep_lines: list[str] | None) -> list[str]:
+    """Title, roofline table, host-overhead table and (optional) sweep lines of one GPU script."""
+    lines = [title, "", *roofline_table(rows), "", *host_table(host), ""]
+    return lines + (sweep_lines + [""] if sweep_lines is not None else [])
+
+
+def arg_parser(doc: str, sweep_help: str) -> argparse.ArgumentParser:
+    """--out, --quick and --sweep, the options every GPU script of the kernels takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", help="write the Markdown tables here")
+    parser.add_argument("--quick", action="store_true", help="two shapes only")
+    parser.add_argument("--sweep", action="store_true", help=sweep_help)
+    return parser
+
+
 def clone_gbps(x: torch.Tensor) -> float:
     """torch.clone of ``x``: bytes read + written per second, in GB/s."""
     return 2 * x.numel() * x.element_size() / bench_seconds(lambda: x.clone()) / 1e9
@@ -134,20 +156,19 @@ def _store_one(out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, 1, mask=offs < n)
 
 
-def host_rows() -> list[str]:
-    """Host µs per call of the public functions (small weight, 256 x 1024 bf16), and of a bare
-    Triton launch (one pointer, one int: Triton's own launcher cost)."""
+def host_calls() -> dict[str, Callable[[], object]]:
+    """The public functions on a small weight (256 x 1024 bf16), and a bare Triton launch (one
+    pointer, one int: Triton's own launcher cost)."""
     w = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
     q = quantize_int4(w, GROUP)
     one = torch.empty(16, dtype=torch.int32, device="cuda")
-    calls = {
+    return {
         "bare Triton launch (2 arguments)": lambda: _store_one[(1,)](one, 16, BLOCK=16),
         "quantize_int4(absmax)": lambda: quantize_int4(w, GROUP),
         "quantize_int4(mse)": lambda: quantize_int4(w, GROUP, "mse"),
         "marlin_pack": lambda: marlin_pack(q),
         "int4_quantize_pack (launcher)": lambda: int4_quantize_pack(w, GROUP, "absmax"),
     }
-    return [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()]
 
 
 def sweep(n: int = 16384, k: int = 16384) -> list[str]:
@@ -156,18 +177,16 @@ def sweep(n: int = 16384, k: int = 16384) -> list[str]:
     elems = n * k
     q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
     out = []
-    sms = torch.cuda.get_device_properties(w.device).multi_processor_count
-    configs = [("absmax", 8, 2, 4, 8), ("absmax", 8, 2, 4, 4), ("absmax", 4, 2, 4, 16), ("absmax", 16, 1, 4, 5),
-               ("absmax", 16, 2, 8, 2), ("absmax", 16, 2, 4, 0), ("absmax", 4, 2, 4, 0), ("mse", 4, 2, 4, 8)]
-    for rule, block_n, block_g, warps, per_sm in configs:  # per_sm 0: one program per tile
-        t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_n=block_n, block_g=block_g,
-                                                     num_warps=warps, programs=per_sm * sms or elems))
-        out.append(f"  quantize {rule} block_n={block_n} block_g={block_g} warps={warps} "
-                   f"programs/SM={per_sm or 'all tiles'}: {q_bytes / t / 1e9:.0f} GB/s")
-        print(out[-1], flush=True)
+    for rule, configs in (("absmax", [(16, 2, 4), (32, 2, 8), (16, 4, 8), (8, 2, 4)]), ("mse", [(4, 2, 4)])):
+        for block_n, block_g, warps in configs:
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_n=block_n, block_g=block_g,
+                                                         num_warps=warps))
+            out.append(f"  quantize {rule} block_n={block_n} block_g={block_g} warps={warps}: "
+                       f"{q_bytes / t / 1e9:.0f} GB/s")
+            print(out[-1], flush=True)
     q = quantize_int4(w, GROUP)
     m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
-    for block_k, warps in [(16, 4), (32, 4), (32, 8)]:
+    for block_k, warps in [(16, 4), (32, 4), (32, 8), (64, 8)]:
         t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
         out.append(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s")
         print(out[-1], flush=True)
@@ -201,22 +220,16 @@ def quality(device: str, rows: int, cols: int = 4096) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="write the Markdown tables here")
+    parser = arg_parser(__doc__, "also time other tile sizes")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--sweep", action="store_true", help="also time other tile sizes")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
     if not args.quality_only:
-        out += [f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time", ""]
-        out += roofline_table(roofline_rows(args.quick)) + [""]
-        out += ["| public call (256x1024 bf16) | host µs per call |", "|---|---|"] + host_rows() + [""]
-        if args.sweep:
-            out += sweep() + [""]
+        title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
+        out += report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

@@ -17,7 +17,6 @@ including the copy of the per-cell results to the host), both checked against fl
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import time
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from gpu_common import bench_seconds, emit_table
-from gpu_int4 import SHAPES, clone_gbps, graph_seconds, host_us, roofline_row, roofline_table
+from gpu_int4 import SHAPES, arg_parser, clone_gbps, graph_seconds, report, roofline_row
 from hlwq_kernels.ops.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
 from hlwq_kernels.ops.lloyd_max_triton import assign_table, lloyd_step_triton, quantize_lookup, quantize_triton
 
@@ -109,12 +108,11 @@ def roofline_rows(quick: bool = False) -> list[dict]:
     return rows
 
 
-def host_rows() -> list[str]:
+def host_calls() -> dict:
     x = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
     cb = gaussian_codebook(32)
     idx = cb.quantize(x)
-    calls = {"Codebook.quantize (bf16)": lambda: cb.quantize(x), "Codebook.dequantize": lambda: cb.dequantize(idx)}
-    return [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()]
+    return {"Codebook.quantize (bf16)": lambda: cb.quantize(x), "Codebook.dequantize": lambda: cb.dequantize(idx)}
 
 
 def sweep(n: int = 16384, k: int = 16384) -> list[str]:
@@ -168,18 +166,12 @@ def solver_tables() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--sweep", action="store_true", help="also time block sizes and the grid kernel")
+    parser = arg_parser(__doc__, "also time block sizes and the grid kernel")
     parser.add_argument("--solver", action="store_true", help="also the Lloyd step and sorted-prefix tables")
     args = parser.parse_args()
-    lines = [f"# Lloyd–Max quantize on {torch.cuda.get_device_name()} ({datetime.date.today()}), "
-             "GB/s = (bytes read + written) / median CUDA-graph replay time", ""]
-    lines += roofline_table(roofline_rows(args.quick)) + [""]
-    lines += ["| public call (256x1024 bf16) | host µs per call |", "|---|---|"] + host_rows() + [""]
-    if args.sweep:
-        lines += sweep() + [""]
+    title = (f"# Lloyd–Max quantize on {torch.cuda.get_device_name()} ({datetime.date.today()}), "
+             "GB/s = (bytes read + written) / median CUDA-graph replay time")
+    lines = report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
     if args.solver:
         lines += solver_tables()
     emit_table(lines, args.out)

@@ -9,11 +9,10 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
   1.5 * 2**23 leaves the integer in the low mantissa bits); ``rint`` the same as float32.
 - ``div_exact``: ``x / s`` correctly rounded (= ``tl.div_rn``) from ``inv = div_rn(1, s)`` in three
   instructions (Markstein's correction step: ``q = x inv``, exact residual ``r = fma(-q, s, x)``,
-  ``fma(r, inv, q)``), valid while the operands, the quotient and the residual stay normal.
-  ``group_quotient`` divides a tile of groups ``[R, G, C]`` by per-group scales that way after
-  multiplying both by the power of two that brings the scale into [1, 2) (exact, and it keeps every
-  step normal for any scale); where a quotient is below 1/4 the result may differ in its last bits,
-  which never changes a rounding to an integer.
+  ``fma(r, inv, q)``). It equals ``div_rn(x, s)`` wherever ``|x / s| >= 1/4`` (below that any
+  rounding to an integer gives 0 anyway) provided ``s`` and ``max|x| / s`` stay in range, which
+  ``quotient_is_exact`` checks per scale; ``group_quotient`` divides a tile of groups by their
+  scales with it, or with ``tl.div_rn`` when the tile's check failed.
 - ``int4_absmax_scale``: compressed-tensors' symmetric INT4 scale rule ``dtype(amax / 7.5)``
   (IEEE float32 division), 0 -> the dtype's epsilon.
 - ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
@@ -28,7 +27,10 @@ from hlwq_kernels.ops._triton import tl, triton
 from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR
 
 _DIVISOR = tl.constexpr(ABSMAX_DIVISOR)
-_BIG = tl.constexpr(2.0**100)  # |x / s| beyond this only ever clamps
+# 2**-90 <= s <= 2**90 and |x / s| <= 2**60 keep every step of div_exact normal and finite.
+_TINY = tl.constexpr(2.0**-90)
+_HUGE = tl.constexpr(2.0**60)
+
 
 @triton.jit
 def round_to_bf16(x):
@@ -74,17 +76,22 @@ def reciprocal(s):
 
 
 @triton.jit
-def group_quotient(x, s, BOUNDED: tl.constexpr):
-    """``x / s`` rounded to nearest float32 for a tile of groups ``[R, G, C]`` and positive per-group
-    scales ``s`` ``[R, G]`` (exact wherever ``|x / s| >= 1/4``). ``BOUNDED``: the caller guarantees
-    ``|x / s| <= 2**100`` (else quotients beyond that are clamped, which no INT4 code can tell)."""
-    e = tl.minimum((s.to(tl.int32, bitcast=True) >> 23) & 0xFF, 253)
-    p = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2**(127 - e): s * p in [1, 2) (normal s)
-    sp = s * p
-    xp = x * p[:, :, None]
-    if not BOUNDED:
-        xp = tl.minimum(tl.maximum(xp, -_BIG), _BIG)
-    return div_exact(xp, sp[:, :, None], reciprocal(sp)[:, :, None])
+def group_quotient(x, s, inv, fast):
+    """``x / s`` (IEEE) for a tile of groups ``[R, G, C]`` and per-group scales ``s``, ``inv`` ``[R, G]``;
+    ``fast`` (a scalar) is ``quotient_is_exact`` for the whole tile."""
+    if fast:
+        y = div_exact(x, s[:, :, None], inv[:, :, None])
+    else:
+        y = tl.div_rn(x, tl.broadcast_to(s[:, :, None], x.shape))
+    return y
+
+
+@triton.jit
+def quotient_is_exact(s, inv, amax):
+    """Whether ``div_exact(x, s, inv)`` equals ``div_rn(x, s)`` for every ``1/4 <= |x / s|``,
+    ``|x| <= amax`` of the tile (one scalar for per-group tensors ``s``, ``inv``, ``amax``)."""
+    ok = (s >= _TINY) & (amax * inv <= _HUGE) & (inv >= _TINY)
+    return tl.min(ok.to(tl.int32)) > 0
 
 
 @triton.jit

@@ -16,7 +16,7 @@ loop: ``H_B`` is loaded once per program). Each weight is read once; per tile th
    fp32 levels for fp32 weights; the piece sums are exact), rounded to the weight dtype,
 5. optionally symmetric INT4 of ``W'`` per group of ``G`` inputs with the compressed-tensors rule
    (the helpers of ``hlwq_kernels.ops._jit``: ``scale = dtype(absmax / 7.5)``, 0 → the dtype's eps,
-   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with the exact quotient, packed 8 nibbles per
+   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with an IEEE division, packed 8 nibbles per
    int32, column j → word j // 8, nibble j % 8, stored q + 8).
 
 Outputs are chosen with constexpr flags: codes (uint8) + norms (fp32), ``W'`` (weight dtype),
@@ -36,7 +36,6 @@ import torch
 
 from hlwq_kernels.ops._jit import (
     codebook_index,
-    group_quotient,
     int4_absmax_scale,
     pack_nibbles,
     reciprocal,
@@ -121,7 +120,7 @@ def _hlwq_kernel(
                 wg = tl.reshape(wf, [ROWS, B // G, G])
                 gmax = tl.max(tl.abs(wg), axis=2)
                 sf = int4_absmax_scale(gmax, eps, DT)
-                v = group_quotient(wg, sf, True)
+                v = tl.math.div_rn(wg, tl.broadcast_to(sf[:, :, None], [ROWS, B // G, G]))
                 u = round_half_even(tl.minimum(tl.maximum(v, _QMIN), _QMAX)) - _QMIN
                 words = pack_nibbles(tl.reshape(u, [ROWS, B]))
                 wcol = tl.arange(0, B // 8)

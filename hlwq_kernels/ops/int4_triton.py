@@ -1,14 +1,12 @@
 """Fused INT4 group quantize + pack kernel: weight [N, K] -> int32 words [N, K/8] and scales [N, K/g].
 
-A fixed number of programs (a few per multiprocessor) walk over tiles of ``BLOCK_N`` rows x
-``BLOCK_G`` groups; with absmax or given scales each loads its next tile before quantizing the current
-one, so loads stay in flight while it computes. A group is read in ``G // CHUNK`` chunks of a
+One program owns ``BLOCK_N`` rows x ``BLOCK_G`` groups. A group is read in ``G // CHUNK`` chunks of a
 power-of-two width; when it fits in one chunk the tile stays in registers and the weight is read
 from memory exactly once, whatever the scale rule. Semantics (scale rules, rounding, nibble order)
 are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
 
 - the quotient ``w / s`` is the correctly rounded float32 division, computed from one reciprocal per
-  group (``group_quotient``);
+  group with ``div_exact`` (``tl.div_rn`` for a tile whose scales fall outside its range);
 - ``scale="mse"`` evaluates each trial scale by the exact sums ``A = Σ |w| |q|`` (float64; float32
   partial sums where they are provably exact: bf16 weights, groups of at most 128, ratio trials)
   and ``B = Σ q²`` and keeps the trial with the strictly lowest ``D = s (s B - 2 A)``.
@@ -16,11 +14,18 @@ are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit fo
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from hlwq_kernels.ops._jit import group_quotient, int4_absmax_scale, pack_nibbles, rint, round_half_even, round_to_dtype
+from hlwq_kernels.ops._jit import (
+    group_quotient,
+    int4_absmax_scale,
+    pack_nibbles,
+    quotient_is_exact,
+    reciprocal,
+    rint,
+    round_half_even,
+    round_to_dtype,
+)
 from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
@@ -28,8 +33,7 @@ __all__ = ["int4_quantize_pack", "device_ratios"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
-_TILE = {"given": 2048, "absmax": 2048, "mse": 1024}  # elements a tile (mse: fewer, its loop keeps many values live)
-_PROGRAMS_PER_SM = 8
+_TILE = {"given": 4096, "absmax": 4096, "mse": 1024}  # elements a program (mse: its trial loop keeps many values live)
 _F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _RATIOS: dict[torch.device, torch.Tensor] = {}
@@ -44,20 +48,25 @@ def device_ratios(device: torch.device) -> torch.Tensor:
 
 @triton.jit
 def _try_scale(
-    trial, x, w_ptrs, mask3, stride_wk, best_s, best_d, best_a, best_b,
+    trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
     NCHUNK: tl.constexpr, CHUNK: tl.constexpr, F32_SUMS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
     """Evaluate trial scales [BN, BG] by ``D = s (s Σ q² - 2 Σ |w| |q|)``; keep them where D is strictly lower."""
+    inv = reciprocal(trial)
+    fast = quotient_is_exact(trial, inv, amax)
     sa = tl.zeros(trial.shape, tl.float64)
     sb = tl.zeros(trial.shape, tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
             x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
         a = tl.abs(x)
-        q = rint(tl.minimum(group_quotient(a, trial, True), tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
+        q = rint(tl.minimum(group_quotient(a, trial, inv, fast), tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
         sb += tl.sum(q * q, axis=2)
-        if F32_SUMS:  # exact in float32, see the module docstring
-            sa += tl.sum(a * q, axis=2).to(tl.float64)
+        if F32_SUMS:  # exact in float32 (see the module docstring) when every step stays normal
+            if fast:
+                sa += tl.sum(a * q, axis=2).to(tl.float64)
+            else:
+                sa += tl.sum(a.to(tl.float64) * q.to(tl.float64), axis=2)
         else:
             sa += tl.sum(a.to(tl.float64) * q.to(tl.float64), axis=2)
     s64 = trial.to(tl.float64)
@@ -68,100 +77,79 @@ def _try_scale(
 
 
 @triton.jit
-def _tile(t, N, NG, TILES_G, w_ptr, stride_wn, stride_wk,
-          G: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
-    """Rows, first group, groups, weight pointers [BN, BG, CHUNK] and their mask of tile ``t``."""
-    rows = (t // TILES_G) * BLOCK_N + tl.arange(0, BLOCK_N)
-    g0 = (t % TILES_G) * BLOCK_G
-    grps = g0 + tl.arange(0, BLOCK_G)
-    cols = tl.arange(0, CHUNK)
-    mask3 = ((rows < N)[:, None] & (grps < NG)[None, :])[:, :, None]
-    w_ptrs = (
-        w_ptr
-        + rows.to(tl.int64)[:, None, None] * stride_wn
-        + (grps[None, :, None] * G + cols[None, None, :]).to(tl.int64) * stride_wk
-    )
-    return rows, g0, grps, w_ptrs, mask3
-
-
-@triton.jit
 def _int4_quantize_pack_kernel(
     w_ptr, scale_ptr, packed_ptr, ratios_ptr,
-    N, NG, K8, TILES_G, stride_wn, stride_wk, eps,
+    N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
     QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
-    PREFETCH: tl.constexpr = NCHUNK == 1 and MODE != 2  # load the next tile while this one computes
     DT: tl.constexpr = scale_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    num_tiles = tl.cdiv(N, BLOCK_N) * TILES_G
-    if PREFETCH:
-        _, _, _, w_ptrs, mask3 = _tile(pid, N, NG, TILES_G, w_ptr, stride_wn, stride_wk, G, CHUNK, BLOCK_N, BLOCK_G)
-        x_next = tl.load(w_ptrs, mask=mask3, other=0.0)
-    for t in range(pid, num_tiles, nprog):
-        rows, g0, grps, w_ptrs, mask3 = _tile(t, N, NG, TILES_G, w_ptr, stride_wn, stride_wk,
-                                              G, CHUNK, BLOCK_N, BLOCK_G)
-        mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
-        s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
-        if PREFETCH:
-            x = x_next.to(tl.float32)
-            _, _, _, n_ptrs, n_mask = _tile(t + nprog, N, NG, TILES_G, w_ptr, stride_wn, stride_wk,
-                                            G, CHUNK, BLOCK_N, BLOCK_G)
-            x_next = tl.load(n_ptrs, mask=n_mask, other=0.0)
-        elif NCHUNK == 1:
-            x = tl.load(w_ptrs, mask=mask3, other=0.0).to(tl.float32)
-        else:
-            x = tl.zeros([BLOCK_N, BLOCK_G, CHUNK], tl.float32)
-        if MODE != 0:
-            amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-            for c in range(NCHUNK):
-                if NCHUNK > 1:
-                    x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=2))
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    g0 = tl.program_id(1) * BLOCK_G
+    grps = g0 + tl.arange(0, BLOCK_G)
+    cols = tl.arange(0, CHUNK)
+    mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
+    mask3 = mask2[:, :, None]
+    w_ptrs = (
+        w_ptr
+        + rows.to(tl.int64)[:, None, None] * stride_wn
+        + (grps[None, :, None] * G + cols[None, None, :]).to(tl.int64) * stride_wk
+    )
+    s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
+    if NCHUNK == 1:
+        x = tl.load(w_ptrs, mask=mask3, other=0.0).to(tl.float32)
+    else:
+        x = tl.zeros([BLOCK_N, BLOCK_G, CHUNK], tl.float32)
+    amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    for c in range(NCHUNK):
+        if NCHUNK > 1:
+            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=2))
 
-        if MODE == 0:
-            s = tl.load(scale_ptr + s_offs, mask=mask2, other=1.0).to(tl.float32)
-        elif MODE == 1:
-            s = int4_absmax_scale(amax, eps, DT)
-        else:
-            # Ratio trials r * absmax (r = 1 first), then Lloyd updates of the best so far.
-            best_s = amax
-            best_d = tl.full([BLOCK_N, BLOCK_G], float("inf"), tl.float64)
-            best_a = tl.zeros([BLOCK_N, BLOCK_G], tl.float64)
-            best_b = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-            for i in range(N_RATIOS):
-                trial = int4_absmax_scale(amax * tl.load(ratios_ptr + i), eps, DT)
-                best_s, best_d, best_a, best_b = _try_scale(
-                    trial, x, w_ptrs, mask3, stride_wk, best_s, best_d, best_a, best_b,
-                    NCHUNK, CHUNK, F32_SUMS, QMIN, QMAX)
-            for _ in range(LLOYD_STEPS):
-                ls = (best_a / tl.maximum(best_b, 1.0).to(tl.float64)).to(tl.float32)
-                trial = round_to_dtype(tl.where(best_b > 0.0, ls, best_s), DT)
-                trial = tl.where(trial == 0.0, eps, trial)
-                best_s, best_d, best_a, best_b = _try_scale(
-                    trial, x, w_ptrs, mask3, stride_wk, best_s, best_d, best_a, best_b,
-                    NCHUNK, CHUNK, False, QMIN, QMAX)
-            s = best_s
-        if MODE != 0:
-            tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
+    if MODE == 0:
+        s = tl.load(scale_ptr + s_offs, mask=mask2, other=1.0).to(tl.float32)
+    elif MODE == 1:
+        s = int4_absmax_scale(amax, eps, DT)
+    else:
+        # Ratio trials r * absmax (r = 1 first), then Lloyd updates of the best so far.
+        best_s = amax
+        best_d = tl.full([BLOCK_N, BLOCK_G], float("inf"), tl.float64)
+        best_a = tl.zeros([BLOCK_N, BLOCK_G], tl.float64)
+        best_b = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+        for t in range(N_RATIOS):
+            trial = int4_absmax_scale(amax * tl.load(ratios_ptr + t), eps, DT)
+            best_s, best_d, best_a, best_b = _try_scale(
+                trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
+                NCHUNK, CHUNK, F32_SUMS, QMIN, QMAX)
+        for _ in range(LLOYD_STEPS):
+            ls = (best_a / tl.maximum(best_b, 1.0).to(tl.float64)).to(tl.float32)
+            trial = round_to_dtype(tl.where(best_b > 0.0, ls, best_s), DT)
+            trial = tl.where(trial == 0.0, eps, trial)
+            best_s, best_d, best_a, best_b = _try_scale(
+                trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
+                NCHUNK, CHUNK, False, QMIN, QMAX)
+        s = best_s
+    if MODE != 0:
+        tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
-        words = tl.arange(0, BLOCK_G * CHUNK // 8)
-        p_ptrs = packed_ptr + rows.to(tl.int64)[:, None] * K8 + (g0 * (G // 8) + words)[None, :]
-        p_mask = (rows < N)[:, None] & (g0 + words // (G // 8) < NG)[None, :]
-        for c in range(NCHUNK):
-            if NCHUNK > 1:
-                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
-            y = tl.minimum(tl.maximum(group_quotient(x, s, MODE != 0), QMIN), QMAX)
-            u = tl.reshape(round_half_even(y) - QMIN, [BLOCK_N, BLOCK_G * CHUNK])
-            tl.store(p_ptrs + c * (CHUNK // 8), pack_nibbles(u), mask=p_mask)
+    inv = reciprocal(s)
+    fast = quotient_is_exact(s, inv, amax)
+    words = tl.arange(0, BLOCK_G * CHUNK // 8)
+    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None] * K8 + (g0 * (G // 8) + words)[None, :]
+    p_mask = (rows < N)[:, None] & (g0 + words // (G // 8) < NG)[None, :]
+    for c in range(NCHUNK):
+        if NCHUNK > 1:
+            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
+        y = tl.minimum(tl.maximum(group_quotient(x, s, inv, fast), QMIN), QMAX)
+        u = tl.reshape(round_half_even(y) - QMIN, [BLOCK_N, BLOCK_G * CHUNK])
+        tl.store(p_ptrs + c * (CHUNK // 8), pack_nibbles(u), mask=p_mask)
 
 
 def _tiles(n: int, n_groups: int, group_size: int, rule: str, block_n: int | None,
            block_g: int | None) -> tuple[int, int, int]:
-    """(CHUNK, BLOCK_G, BLOCK_N): power-of-two chunk dividing the group, about _TILE elements a tile."""
+    """(CHUNK, BLOCK_G, BLOCK_N): power-of-two chunk dividing the group, about _TILE elements a program."""
     chunk = min(group_size & -group_size, _MAX_CHUNK)
     if chunk < group_size:
         block_g = 1
@@ -173,14 +161,6 @@ def _tiles(n: int, n_groups: int, group_size: int, rule: str, block_n: int | Non
     return chunk, block_g, min(block_n, triton.next_power_of_2(n))
 
 
-@functools.lru_cache(maxsize=None)
-def _programs_per_device(device: torch.device) -> int:
-    """Persistent programs: _PROGRAMS_PER_SM per multiprocessor on CUDA, 2 in the interpreter."""
-    if device.type != "cuda":
-        return 2
-    return _PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def int4_quantize_pack(
     w: torch.Tensor,
     group_size: int,
@@ -189,14 +169,11 @@ def int4_quantize_pack(
     block_n: int | None = None,
     block_g: int | None = None,
     num_warps: int = 4,
-    programs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize and pack ``w`` [N, K] in one pass; ``rule`` is "absmax", "mse" or "given" (uses ``scale``).
 
     Returns (packed int32 [N, K/8], scale [N, K/g] in ``w.dtype``, or ``scale`` itself when given).
-    Inputs are assumed validated by ``hlwq_kernels.ops.int4``. Each of a fixed number of programs
-    walks over tiles of ``block_n`` rows x ``block_g`` groups, loading the next tile while it
-    quantizes the current one (``programs``: how many, default a few per multiprocessor).
+    Inputs are assumed validated by ``hlwq_kernels.ops.int4``.
     """
     require_triton()
     n, k = w.shape
@@ -207,12 +184,11 @@ def int4_quantize_pack(
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
     chunk, block_g, block_n = _tiles(n, n_groups, group_size, rule, block_n, block_g)
-    tiles_g = triton.cdiv(n_groups, block_g)
-    programs = max(1, min(triton.cdiv(n, block_n) * tiles_g, programs or _programs_per_device(w.device)))
+    grid = (triton.cdiv(n, block_n), triton.cdiv(n_groups, block_g))
     launch(
-        _int4_quantize_pack_kernel, (programs,), w.device,
+        _int4_quantize_pack_kernel, grid, w.device,
         w, scale, packed, device_ratios(w.device),
-        n, n_groups, k // 8, tiles_g, w.stride(0), w.stride(1), _EPS[scale.dtype] if rule != "given" else 0.0,
+        n, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[scale.dtype] if rule != "given" else 0.0,
         G=group_size, CHUNK=chunk, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
         N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
         F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP,

@@ -4,10 +4,9 @@ Program ``(kb, nt)`` owns one n-tile (64 weight rows) x ``BK`` k-tiles of the wo
 input block with contiguous loads. Byte ``b = t % 4`` of word ``2 kt + h`` of weight row ``c`` holds
 the codes of columns ``16 kt + 8 h + 2 b`` (low nibble) and ``+ 1`` (high nibble); with
 ``c = 64 nt + 16 w + 8 a + t // 4`` those are the Marlin nibbles ``2 a + h`` and ``4 + 2 a + h`` of
-word ``4 t + w`` (layout in ``hlwq_kernels.ops.marlin``). The kernel splits the block into bytes
-(w, a, t//4, kt, h, b), permutes them (as 8-bit values: the layout change moves no more bytes than
-the block holds) to (kt, t//4, b, w, a, h), joins the four bytes (a, h) of each output word and
-gathers their low nibbles into nibbles 0..3 and their high nibbles into nibbles 4..7.
+word ``4 t + w`` (layout in ``hlwq_kernels.ops.marlin``). The kernel splits the block into
+(w, a, t//4, kt, h, b), moves each byte's two nibbles to their place, permutes to
+(kt, t//4, b, w, a, h) and merges a and h.
 
 The same program also writes the transposed, permuted scales of its 64 rows for its share of the
 groups (``SPB`` groups per k-block): ``out[gi, 64 nt + p] = scale[64 nt + src(p), gi]`` with
@@ -22,13 +21,6 @@ import torch
 from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
 
 __all__ = ["marlin_repack"]
-
-
-@triton.jit
-def _compact_nibbles(v):
-    """Nibbles at bits 0, 8, 16, 24 of ``v`` -> bits 0, 4, 8, 12."""
-    v = (v | (v >> 4)) & 0x00FF00FF
-    return (v | (v >> 8)) & 0x0000FFFF
 
 
 @triton.jit
@@ -48,10 +40,16 @@ def _marlin_repack_kernel(
     )
     x = tl.reshape(x, [4, 2, 8, BK, 2])  # (w, a, t // 4, kt, h)
     b = tl.arange(0, 4)[None, None, None, None, None, :]
-    byte = ((x[:, :, :, :, :, None] >> (8 * b)) & 0xFF).to(tl.uint8)  # (w, a, t // 4, kt, h, b)
-    byte = tl.reshape(tl.permute(byte, (3, 2, 5, 0, 1, 4)), [BK, 128, 4])  # (kt, 4 t + w, 2 a + h)
-    v = tl.sum(byte.to(tl.int32) << (8 * tl.arange(0, 4))[None, None, :], axis=2)  # byte 2a + h of v
-    words = _compact_nibbles(v & 0x0F0F0F0F) | (_compact_nibbles((v >> 4) & 0x0F0F0F0F) << 16)
+    a = tl.arange(0, 2)[None, :, None, None, None, None]
+    h = tl.arange(0, 2)[None, None, None, None, :, None]
+    byte = (x[:, :, :, :, :, None] >> (8 * b)) & 0xFF  # (w, a, t // 4, kt, h, b)
+    pos = 4 * (2 * a + h)
+    y = ((byte & 0xF) << pos) | ((byte >> 4) << (pos + 16))
+    y = tl.reshape(tl.permute(y, (3, 2, 5, 0, 1, 4)), [BK, 128, 2, 2])  # (kt, 4 t + w, a, h)
+    y0, y1 = tl.split(y)
+    y = y0 | y1
+    y0, y1 = tl.split(y)
+    words = y0 | y1
     kt = kt0 + tl.arange(0, BK)
     cols = nt * 128 + tl.arange(0, 128)
     tl.store(out_ptr + kt.to(tl.int64)[:, None] * N2 + cols[None, :], words, mask=(kt < KT)[:, None])
