@@ -33,7 +33,9 @@ __all__ = ["int4_quantize_pack", "device_ratios"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
-_TILE = {"given": 4096, "absmax": 4096, "mse": 1024}  # elements a program (mse: its trial loop keeps many values live)
+# elements a program on CUDA (mse: its trial loop keeps many values live; the interpreter takes 4096)
+_TILE = {"given": 4096, "absmax": 4096, "mse": 1024}
+_INTERPRETER_TILE = 4096
 _F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _RATIOS: dict[torch.device, torch.Tensor] = {}
@@ -147,7 +149,7 @@ def _int4_quantize_pack_kernel(
         tl.store(p_ptrs + c * (CHUNK // 8), pack_nibbles(u), mask=p_mask)
 
 
-def _tiles(n: int, n_groups: int, group_size: int, rule: str, block_n: int | None,
+def _tiles(n: int, n_groups: int, group_size: int, tile: int, block_n: int | None,
            block_g: int | None) -> tuple[int, int, int]:
     """(CHUNK, BLOCK_G, BLOCK_N): power-of-two chunk dividing the group, about _TILE elements a program."""
     chunk = min(group_size & -group_size, _MAX_CHUNK)
@@ -157,7 +159,7 @@ def _tiles(n: int, n_groups: int, group_size: int, rule: str, block_n: int | Non
         block_g = max(1, 256 // chunk)
     block_g = min(block_g, triton.next_power_of_2(n_groups))
     if block_n is None:
-        block_n = max(1, _TILE[rule] // (chunk * block_g))
+        block_n = max(1, tile // (chunk * block_g))
     return chunk, block_g, min(block_n, triton.next_power_of_2(n))
 
 
@@ -183,7 +185,8 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    chunk, block_g, block_n = _tiles(n, n_groups, group_size, rule, block_n, block_g)
+    tile = _TILE[rule] if w.is_cuda else _INTERPRETER_TILE
+    chunk, block_g, block_n = _tiles(n, n_groups, group_size, tile, block_n, block_g)
     grid = (triton.cdiv(n, block_n), triton.cdiv(n_groups, block_g))
     launch(
         _int4_quantize_pack_kernel, grid, w.device,
