@@ -10,10 +10,12 @@ Scale rules:
 - ``"absmax"``: compressed-tensors' own rule, ``max|w| / 7.5`` in float32 cast to the weight dtype;
   an all-zero group gets ``torch.finfo(dtype).eps``.
 - ``"mse"``: per group, the stored scale with the least squared error among ``N_RATIOS`` clip ratios
-  ``1, 1 - RATIO_STEP, ...`` of the absmax scale (ratio 1 *is* the absmax scale), then
-  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ w q / Σ q²`` from the best one. A trial replaces
-  the best only when its float32 error is lower by the relative ``MARGIN`` (far above float32
-  summation error), so no group is ever worse than with absmax.
+  ``RATIOS = float32(1 - i * RATIO_STEP)`` of the absmax rule (ratio 1 *is* the absmax scale), then
+  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ |w| |q| / Σ q²`` from the best one. Errors are
+  compared exactly through ``D(s) = s (s Σ q² - 2 Σ |w| |q|)`` (the error minus ``Σ w²``; float64
+  sums that are exact, see ``hlwq_reference.numpy.int4``); a trial replaces the best only when its
+  ``D`` is strictly lower, so no group is ever worse than absmax and the torch path, the kernel and
+  the NumPy reference return the same scales bit for bit.
 
 CUDA tensors use the fused Triton kernel (``hlwq_kernels.ops.int4_triton``: one read of the weight, packed
 words and scales out); CPU tensors use the torch path below; ``backend="triton"`` on CPU tensors runs
@@ -29,7 +31,7 @@ import torch
 from hlwq_kernels.ops._triton import use_triton
 
 # The format contract's constants live in the (torch-free) reference, so both sides share one copy.
-from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, MARGIN, N_RATIOS, QMAX, QMIN, RATIO_STEP
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
 __all__ = [
     "Int4Weight",
@@ -84,6 +86,12 @@ def _store(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(stored == 0, torch.finfo(dtype).eps, stored)
 
 
+def _div(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``x / divisor`` by IEEE division (CUDA divides by a Python scalar through its reciprocal,
+    an ulp off for some quotients, which the stored scale can inherit)."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def _group_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Float codes of float32 groups ``[N, G, g]`` for float32 scales ``[N, G]``."""
     return (wg / s.unsqueeze(-1)).clamp_(QMIN, QMAX).round_()
@@ -96,35 +104,37 @@ def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX
     """
     n, k = _check_weight(w, group_size)
     amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
-    return _store(amax / divisor, w.dtype).to(w.dtype)
+    return _store(_div(amax, divisor), w.dtype).to(w.dtype)
 
 
-def trial_ratios(device: torch.device | None = None) -> torch.Tensor:
-    """The clip ratios tried by ``scale="mse"``, float32: ``1 - i * RATIO_STEP``."""
-    i = torch.arange(N_RATIOS, dtype=torch.float32, device=device)
-    return 1.0 - i * torch.tensor(RATIO_STEP, dtype=torch.float32)
+def _trial(wg: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(D, A, B)`` of float32 scales ``s`` [N, G]: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``."""
+    a = wg.abs()
+    q = torch.minimum(a / s.unsqueeze(-1), torch.where(wg < 0, -QMIN, QMAX).to(a.dtype)).round_()
+    sa = (a.double() * q.double()).sum(dim=-1)  # exact: see hlwq_reference.numpy.int4
+    sb = q.square().sum(dim=-1).double()
+    s64 = s.double()
+    return s64 * (s64 * sb - 2 * sa), sa, sb
 
 
 def _mse_scale_torch(w: torch.Tensor, group_size: int) -> torch.Tensor:
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)
     amax = wg.abs().amax(dim=-1)
-    ratios = trial_ratios().tolist()
-    best_s = best_e = best_next = None
+    best = None
     for t in range(N_RATIOS + LLOYD_STEPS):
-        s = _store(amax * ratios[t] / ABSMAX_DIVISOR if t < N_RATIOS else best_next, w.dtype)
-        q = _group_codes(wg, s)
-        err = (wg - q * s.unsqueeze(-1)).square().sum(dim=-1)
-        sqq = q.square().sum(dim=-1)
-        nxt = torch.where(sqq > 0, (wg * q).sum(dim=-1) / sqq.clamp_min(1), s)
-        if best_s is None:
-            best_s, best_e, best_next = s, err, nxt
-            continue
-        better = err < best_e * (1 - MARGIN)
-        best_s = torch.where(better, s, best_s)
-        best_e = torch.where(better, err, best_e)
-        best_next = torch.where(better, nxt, best_next)
-    return best_s.to(w.dtype)
+        if t < N_RATIOS:
+            s = _store(_div(amax * float(RATIOS[t]), ABSMAX_DIVISOR), w.dtype)
+        else:  # Lloyd update of the best scale (kept where all its codes are 0)
+            best_s, _, sa, sb = best
+            s = _store(torch.where(sb > 0, sa / sb.clamp_min(1), best_s.double()).float(), w.dtype)
+        trial = (s, *_trial(wg, s))
+        if best is None:
+            best = trial
+        else:  # strictly lower D replaces the best; ties keep the earlier trial
+            better = trial[1] < best[1]
+            best = tuple(torch.where(better, new, old) for new, old in zip(trial, best))
+    return best[0].to(w.dtype)
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
