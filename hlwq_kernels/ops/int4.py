@@ -156,8 +156,8 @@ def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
     a row holds columns ``2i`` (low) and ``2i + 1`` (high), and four little-endian bytes make one
     word. Each byte pair read as a little-endian int16 ``x = lo | hi << 8`` gives ``lo | hi << 4``
     in the low byte of ``x | x >> 4``."""
-    x = u.view(torch.int16)
-    return (x | (x >> 4)).to(torch.uint8).view(torch.int32)
+    x = u.reshape(-1).view(torch.int16)  # 1-D first: a [1, K] tensor may carry any stride on its size-1 dim
+    return (x | (x >> 4)).to(torch.uint8).view(torch.int32).reshape(u.shape[0], -1)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
     if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
         raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
-    x = packed.contiguous().view(torch.uint8).to(torch.int16)  # one byte: two nibbles, low first
+    x = packed.contiguous().reshape(-1).view(torch.uint8).to(torch.int16)  # one byte: two nibbles, low first
     u = ((x & 0xF) | ((x << 4) & 0xF00)).view(torch.uint8).reshape(packed.shape[0], -1)[:, :k]
     return u.view(torch.int8) + QMIN
 

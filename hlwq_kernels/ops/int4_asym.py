@@ -30,8 +30,9 @@ import torch
 
 from hlwq_kernels.ops._triton import use_triton
 from hlwq_kernels.ops.int4 import check_int4_shape, pack_int4, unpack_int4
-from hlwq_reference.numpy.int4 import MARGIN, QMAX, QMIN
+from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import (
+    MARGIN,
     HQQ_BETA,
     HQQ_ITERS,
     HQQ_KAPPA,

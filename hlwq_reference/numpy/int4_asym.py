@@ -38,7 +38,9 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
-from hlwq_reference.numpy.int4 import MARGIN, QMAX, QMIN, pack_int4, unpack_int4
+from hlwq_reference.numpy.int4 import QMAX, QMIN, pack_int4, unpack_int4
+
+MARGIN = 1e-4  # a trial must lower the objective by this relative amount to replace the best
 
 __all__ = [
     "Int4AsymWeight",
