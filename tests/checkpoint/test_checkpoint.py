@@ -187,8 +187,13 @@ def test_existing_destination_refused_without_overwrite(sources, tmp_path):
     with pytest.raises(CheckpointError, match="not empty"):
         quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False)
     assert (dst / "precious.txt").read_text() == "keep me"
-    quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False, overwrite=True)
-    assert not (dst / "precious.txt").exists() and (dst / "model.safetensors.index.json").is_file()
+    with pytest.raises(CheckpointError, match="not an earlier output of this converter"):  # issue 13
+        quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False, overwrite=True)
+    assert (dst / "precious.txt").read_text() == "keep me"
+    (dst / "precious.txt").unlink()
+    quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False)
+    quantize_checkpoint(sources("llama"), dst, method="rtn", scale="mse", progress=False, overwrite=True)
+    assert json.loads((dst / "hlwq_report.json").read_text())["scale"] == "mse"  # the earlier output replaced
     with pytest.raises(CheckpointError, match="must not be the source"):
         quantize_checkpoint(sources("llama"), sources("llama") / "sub", method="rtn", progress=False)
 
