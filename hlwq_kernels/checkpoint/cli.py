@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --verify: the source, to report errors and compare kept tensors byte for byte")
     p.add_argument("--method", choices=["rtn", "hlwq"], default="rtn",
                    help="rtn: plain round-to-nearest INT4; hlwq: Hadamard-Lloyd pre-pass, then INT4")
-    p.add_argument("--scale", choices=["absmax", "mse"], default="absmax",
-                   help="INT4 group scale: absmax (max|w|/7.5, compressed-tensors' rule) or mse (per-group "
-                        "MSE-optimal: lower weight error, but higher perplexity measured on a real decoder)")
+    p.add_argument("--scheme", choices=["sym", "asym"], default="sym",
+                   help="sym: one scale per group; asym: a scale and a zero point per group (with --method rtn)")
+    p.add_argument("--scale", choices=["absmax", "mse", "minmax", "clip", "hqq"],
+                   help="group rule; with --scheme sym: absmax (max|w|/7.5, compressed-tensors' rule; the default) "
+                        "or mse (per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
+                        "decoder); with --scheme asym: minmax (the default), clip or hqq")
     p.add_argument("--group-size", type=int, default=128, help="inputs per INT4 scale (a multiple of 8)")
     p.add_argument("--bits", type=int, default=5, help="with --method hlwq: Lloyd-Max bits of the pre-pass (1-8)")
     p.add_argument("--block-size", type=int, default=128, help="with --method hlwq: Hadamard block size")
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             src, dst, overwrite = args.src, args.dst, args.overwrite
         report = quantize_checkpoint(
             src, dst, method=args.method, bits=args.bits, group_size=args.group_size,
-            block_size=args.block_size, scale=args.scale, device=args.device, ignore=args.ignore,
+            block_size=args.block_size, scheme=args.scheme, scale=args.scale, device=args.device, ignore=args.ignore,
             max_shard_size=args.max_shard_size, overwrite=overwrite, progress=not args.quiet,
         )
     except (CheckpointError, ValueError) as e:
