@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group rule; with --scheme sym: absmax (max|w|/7.5, compressed-tensors' rule; the default) "
                         "or mse (per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
                         "decoder); with --scheme asym: minmax (the default), clip or hqq")
+    p.add_argument("--rotate", action="store_true",
+                   help="fold Hadamard rotations into the weights before quantizing (R1 residual stream, R2 "
+                        "attention heads, where exact; the output's config.json records them as hlwq_rotation)")
+    p.add_argument("--rotate-seed", type=int, default=0, help="with --rotate: seed of the random signs")
+    p.add_argument("--rotate-block-size", type=int, default=128,
+                   help="with --rotate: R1 Hadamard block (0: one block of the full hidden size); when it does not "
+                        "divide the hidden size the largest buildable block that does is used")
     p.add_argument("--group-size", type=int, default=128, help="inputs per INT4 scale (a multiple of 8)")
     p.add_argument("--bits", type=int, default=5, help="with --method hlwq: Lloyd-Max bits of the pre-pass (1-8)")
     p.add_argument("--block-size", type=int, default=128, help="with --method hlwq: Hadamard block size")
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             src, dst, method=args.method, bits=args.bits, group_size=args.group_size,
             block_size=args.block_size, scheme=args.scheme, scale=args.scale, device=args.device, ignore=args.ignore,
             max_shard_size=args.max_shard_size, overwrite=overwrite, progress=not args.quiet,
+            rotate=args.rotate, rotate_seed=args.rotate_seed, rotate_block_size=args.rotate_block_size or None,
         )
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}{_kept_work_note(args)}", file=sys.stderr)

@@ -44,6 +44,7 @@ from hlwq_kernels.checkpoint.io import (
 from hlwq_kernels.checkpoint.plan import Plan, Unit, make_plan
 from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
+from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotated_dir
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
 from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_layers
@@ -94,6 +95,9 @@ def quantize_checkpoint(
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     progress: bool = True,
+    rotate: bool = False,
+    rotate_seed: int = 0,
+    rotate_block_size: int | None = 128,
 ) -> ConversionReport:
     """Convert the safetensors checkpoint ``src`` (directory or Hub repo id) into an INT4
     compressed-tensors checkpoint at ``dst`` and return the report (also saved as
@@ -106,6 +110,9 @@ def quantize_checkpoint(
     zero point per group; rtn only). scale: the group rule of the scheme, for "sym" "absmax"
     (compressed-tensors' rule, the default) or "mse", for "asym" "minmax" (the default), "clip" or
     "hqq". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    rotate: fold Hadamard rotations into the weights first (``rotated_source``; seed
+    ``rotate_seed``, R1 block ``rotate_block_size``, None = the full hidden size); the output's
+    config.json keeps the ``hlwq_rotation`` record.
     """
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
@@ -127,7 +134,8 @@ def quantize_checkpoint(
     try:
         report = _convert(group, src, dst, dev, method=method, bits=bits, group_size=group_size, block_size=block_size,
                           scheme=scheme, scale=scale, ignore=tuple(ignore), max_bytes=max_bytes, overwrite=overwrite,
-                          show_progress=progress, t_start=t_start)
+                          show_progress=progress, t_start=t_start,
+                          rotation=(rotate_seed, rotate_block_size) if rotate else None)
         return group.broadcast(report)
     finally:
         group.close()
@@ -135,7 +143,7 @@ def quantize_checkpoint(
 
 def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: int, group_size: int, block_size: int,
              scheme: str, scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
-             t_start: float) -> ConversionReport | None:
+             t_start: float, rotation: tuple[int, int | None] | None) -> ConversionReport | None:
     """Every rank: plan, convert its share of the missing tensors; rank 0 also prepares the
     partial directory, finishes and publishes (and returns the report; the others None)."""
     src_path = resolve_source(src)
@@ -147,6 +155,10 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
             f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
         )
     check_destination(src_path, dst_path, overwrite)
+    notes: tuple[str, ...] = ()
+    if rotation is not None:
+        src_path, notes = _rotated_source(group, src_path, dst_path, *rotation, max_bytes)
+        config = read_config(src_path)
     files = weight_files(src_path)
     tensors = scan_source(files)
     try:
@@ -165,6 +177,8 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                    ignore=list(ignore), max_shard_size=max_bytes, device=dev.type)
     if not symmetric:  # the symmetric fingerprint stays the one of earlier versions (resumable)
         options["scheme"] = scheme
+    if rotation is not None:
+        options["rotation"] = list(rotation)
     fprint = journal_files.fingerprint(files, options, plan)
     work = journal_files.partial_dir(dst_path)
     if group.rank == 0:
@@ -200,6 +214,7 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         kept=selection.kept, ignore=selection.ignore, num_tensors=len(tensors),
         input_bytes=sum(t.nbytes for t in tensors.values()), shards=len(plan.shards), resumed_tensors=len(done),
     )
+    report.notes = list(notes)
     report.layers = _layers(plan, journal_files.load_done(work))
     report.output_bytes = sum(s.size for s in plan.shards)
     write_json(work / INDEX_NAME, {"metadata": {"total_size": plan.output_bytes}, "weight_map": plan.weight_map()})
@@ -215,7 +230,25 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                        "total_s": round(now - t_start, 4)}
     report.save(work / REPORT_NAME)
     publish(work, dst_path)
+    if rotation is not None:
+        shutil.rmtree(rotated_dir(dst_path), ignore_errors=True)
     return report
+
+
+def _rotated_source(group: Group, src: Path, dst: Path, seed: int, block_size: int | None,
+                    max_bytes: int) -> tuple[Path, tuple[str, ...]]:
+    """Rank 0 rotates ``src`` (``rotated_source``); every rank gets the rotated directory and the
+    notes, or rank 0's error."""
+    result: tuple = (None, None, None)
+    if group.rank == 0:
+        try:
+            result = (*prepare_rotated_source(src, dst, seed, block_size, max_bytes), None)
+        except (CheckpointError, ValueError, OSError) as e:
+            result = (None, None, str(e))
+    path, notes, error = group.broadcast(result)
+    if error is not None:
+        raise CheckpointError(error)
+    return Path(path), tuple(notes)
 
 
 def _layers(plan: Plan, done: dict[str, dict]) -> list[LayerReport]:
