@@ -85,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=["sym", "asym"], default="sym",
                    help="sym: one scale per group; asym: a scale and a zero point per group (with --method rtn)")
     p.add_argument("--scale", choices=["absmax", "mse", "minmax", "clip", "hqq"],
-                   help="group rule; with --scheme sym: absmax (max|w|/7.5, compressed-tensors' rule; the default) "
-                        "or mse (per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
-                        "decoder); with --scheme asym: minmax (the default), clip or hqq")
+                   help="group rule of the scheme; sym: absmax (max|w|/7.5, compressed-tensors' rule) or mse "
+                        "(per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
+                        "decoder); asym: minmax (compressed-tensors' rule, the asym default), clip or hqq "
+                        "(default: absmax)")
     p.add_argument("--rotate", action="store_true",
                    help="fold Hadamard rotations into the weights before quantizing (R1 residual stream, R2 "
                         "attention heads, where exact; the output's config.json records them as hlwq_rotation)")
