@@ -132,3 +132,45 @@ def test_cli_rotate_with_asym(tiny, tmp_path, capsys):
     assert config["hlwq_rotation"]["r1"]["seed"] == 2
     assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] is False
     assert main(["--verify", str(dst)]) == 0
+
+
+def test_interrupted_rotated_asym_conversion_resumes_byte_identical(tiny, tmp_path, monkeypatch):
+    """A write error in the quantization stage leaves ``.<dst>.rotated`` and ``.<dst>.partial``; the
+    rerun reuses the rotation, redoes only the unfinished tensors and writes the same bytes as an
+    uninterrupted run."""
+    import hashlib
+
+    from hlwq_kernels.checkpoint import io as checkpoint_io
+    from hlwq_kernels.checkpoint.progress import load_done
+
+    src = tiny("llama")
+    options = dict(rotate=True, scheme="asym", scale="clip", max_shard_size="250KB", progress=False)
+    clean = tmp_path / "clean"
+    quantize_checkpoint(src, clean, **options)
+    dst = tmp_path / "out"
+    real_write_at = checkpoint_io.write_at
+    calls = {"n": 0}
+
+    def failing_write_at(fd, data, offset, path):
+        if ".out.partial" in str(path) and "00003-of" in path.name:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise CheckpointError(f"disk full while writing {path}")
+        real_write_at(fd, data, offset, path)
+
+    monkeypatch.setattr(checkpoint_io, "write_at", failing_write_at)
+    with pytest.raises(CheckpointError, match="disk full"):
+        quantize_checkpoint(src, dst, **options)
+    assert not dst.exists() and rotated_dir(dst).is_dir()
+    saved = len(load_done(tmp_path / ".out.partial"))
+    assert saved > 0
+    monkeypatch.setattr(checkpoint_io, "write_at", real_write_at)
+    report = quantize_checkpoint(src, dst, **options)
+    assert report.resumed_tensors == saved and f"rotation: reused {rotated_dir(dst)} from an earlier run" in report.notes
+    assert not rotated_dir(dst).exists()
+
+    def digests(path: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in path.iterdir()
+                if p.is_file() and p.name != "hlwq_report.json"}
+
+    assert digests(dst) == digests(clean)
