@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result.ok else 1
         if args.against:
             parser.error("--against needs --verify")
+        if not args.rotate and (args.rotate_seed != 0 or args.rotate_block_size != 128):
+            parser.error("--rotate-seed and --rotate-block-size need --rotate")
         if args.demo:
             if args.dst:
                 parser.error("--demo takes at most one directory")

@@ -15,23 +15,10 @@ from hlwq_kernels.checkpoint.cli import main
 from hlwq_kernels.checkpoint.io import CheckpointError, read_tensor, scan_source, weight_files
 from hlwq_kernels.checkpoint.rotated_source import choose_rotation, fitting_block, prepare_rotated_source, rotated_dir
 from hlwq_kernels.checkpoint.verify import verify_checkpoint
-from tests.tiny_checkpoints import save_tiny
+from tests.checkpoint.test_checkpoint import sources  # noqa: F401 (the module-scoped tiny-source fixture)
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """arch -> tiny source checkpoint (built once per module)."""
-    cache: dict[str, Path] = {}
-
-    def get(arch: str) -> Path:
-        if arch not in cache:
-            cache[arch] = save_tiny(arch, tmp_path_factory.mktemp(arch) / "src")
-        return cache[arch]
-
-    return get
 
 
 def stored(path: Path) -> dict[str, torch.Tensor]:
@@ -44,11 +31,11 @@ def logits(path: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-def test_rotated_conversion_structure_and_function(tiny, tmp_path):
+def test_rotated_conversion_structure_and_function(sources, tmp_path):
     """A tied decoder (Qwen3): the output has its own lm_head, identity norms, the rotation record,
     passes verify, loads in transformers, and computes close to the source; the rotated
     intermediate directory is gone."""
-    src = tiny("qwen3")
+    src = sources("qwen3")
     dst = tmp_path / "rot"
     report = quantize_checkpoint(src, dst, rotate=True, rotate_seed=3, progress=False)
     assert report.notes[0] == "rotated before quantizing: R1 block 128, R2 per head of 64, seed 3 (config.json: hlwq_rotation)"
@@ -74,8 +61,8 @@ def test_rotated_conversion_structure_and_function(tiny, tmp_path):
     assert 0 < err["rot"] < 0.5 and err["rot"] < 2 * err["plain"], err
 
 
-def test_r1_refused_gives_r2_alone(tiny, tmp_path):
-    src = tiny("gemma2")
+def test_r1_refused_gives_r2_alone(sources, tmp_path):
+    src = sources("gemma2")
     report = quantize_checkpoint(src, tmp_path / "out", rotate=True, progress=False)
     assert report.notes[0].startswith("rotated before quantizing: no R1, R2 per head of")
     assert report.notes[1].startswith("rotation: R2 only (cannot fold R1 into model_type 'gemma2'")
@@ -84,10 +71,10 @@ def test_r1_refused_gives_r2_alone(tiny, tmp_path):
     assert verify_checkpoint(tmp_path / "out").ok
 
 
-def test_nothing_to_rotate_is_one_error(tiny, tmp_path):
+def test_nothing_to_rotate_is_one_error(sources, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    for p in tiny("llama").iterdir():
+    for p in sources("llama").iterdir():
         if p.is_file():
             (src / p.name).write_bytes(p.read_bytes())
     config = json.loads((src / "config.json").read_text())
@@ -110,8 +97,8 @@ def test_block_that_does_not_divide_the_hidden_size():
     assert "rotation: R1 block 64 (hidden size 576 is not a multiple of 128)" in choice.notes
 
 
-def test_rotated_source_reused_only_when_it_matches(tiny, tmp_path):
-    src = tiny("llama")
+def test_rotated_source_reused_only_when_it_matches(sources, tmp_path):
+    src = sources("llama")
     dst = tmp_path / "out"
     work, _ = prepare_rotated_source(src, dst, seed=0, block_size=128, max_bytes=1 << 30)
     stamp = (work / "config.json").stat().st_mtime_ns
@@ -123,8 +110,8 @@ def test_rotated_source_reused_only_when_it_matches(tiny, tmp_path):
     assert json.loads((work / "config.json").read_text())["hlwq_rotation"]["r1"]["seed"] == 1
 
 
-def test_cli_rotate_with_asym(tiny, tmp_path, capsys):
-    src = tiny("llama")
+def test_cli_rotate_with_asym(sources, tmp_path, capsys):
+    src = sources("llama")
     dst = tmp_path / "out"
     assert main([str(src), str(dst), "--rotate", "--rotate-seed", "2", "--scheme", "asym", "--quiet"]) == 0
     assert "rotated before quantizing: R1 block 128, R2 per head of 64, seed 2" in capsys.readouterr().out
@@ -132,9 +119,13 @@ def test_cli_rotate_with_asym(tiny, tmp_path, capsys):
     assert config["hlwq_rotation"]["r1"]["seed"] == 2
     assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] is False
     assert main(["--verify", str(dst)]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(src), str(tmp_path / "other"), "--rotate-seed", "1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("error: --rotate-seed and --rotate-block-size need --rotate")
 
 
-def test_interrupted_rotated_asym_conversion_resumes_byte_identical(tiny, tmp_path, monkeypatch):
+def test_interrupted_rotated_asym_conversion_resumes_byte_identical(sources, tmp_path, monkeypatch):
     """A write error in the quantization stage leaves ``.<dst>.rotated`` and ``.<dst>.partial``; the
     rerun reuses the rotation, redoes only the unfinished tensors and writes the same bytes as an
     uninterrupted run."""
@@ -143,7 +134,7 @@ def test_interrupted_rotated_asym_conversion_resumes_byte_identical(tiny, tmp_pa
     from hlwq_kernels.checkpoint import io as checkpoint_io
     from hlwq_kernels.checkpoint.progress import load_done
 
-    src = tiny("llama")
+    src = sources("llama")
     options = dict(rotate=True, scheme="asym", scale="clip", max_shard_size="250KB", progress=False)
     clean = tmp_path / "clean"
     quantize_checkpoint(src, clean, **options)
