@@ -82,9 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --verify: the source, to report errors and compare kept tensors byte for byte")
     p.add_argument("--method", choices=["rtn", "hlwq"], default="rtn",
                    help="rtn: plain round-to-nearest INT4; hlwq: Hadamard-Lloyd pre-pass, then INT4")
-    p.add_argument("--scale", choices=["absmax", "mse"], default="absmax",
-                   help="INT4 group scale: absmax (max|w|/7.5, compressed-tensors' rule) or mse (per-group "
-                        "MSE-optimal: lower weight error, but higher perplexity measured on a real decoder)")
+    p.add_argument("--scheme", choices=["sym", "asym"], default="sym",
+                   help="sym: one scale per group; asym: a scale and a zero point per group (with --method rtn)")
+    p.add_argument("--scale", choices=["absmax", "mse", "minmax", "clip", "hqq"],
+                   help="group rule of the scheme; sym: absmax (max|w|/7.5, compressed-tensors' rule) or mse "
+                        "(per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
+                        "decoder); asym: minmax (compressed-tensors' rule, the asym default), clip or hqq "
+                        "(default: absmax)")
+    p.add_argument("--rotate", action="store_true",
+                   help="fold Hadamard rotations into the weights before quantizing (R1 residual stream, R2 "
+                        "attention heads, where exact; the output's config.json records them as hlwq_rotation)")
+    p.add_argument("--rotate-seed", type=int, default=0, help="with --rotate: seed of the random signs")
+    p.add_argument("--rotate-block-size", type=int, default=128,
+                   help="with --rotate: R1 Hadamard block (0: one block of the full hidden size); when it does not "
+                        "divide the hidden size the largest buildable block that does is used")
     p.add_argument("--group-size", type=int, default=128, help="inputs per INT4 scale (a multiple of 8)")
     p.add_argument("--bits", type=int, default=5, help="with --method hlwq: Lloyd-Max bits of the pre-pass (1-8)")
     p.add_argument("--block-size", type=int, default=128, help="with --method hlwq: Hadamard block size")
@@ -136,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result.ok else 1
         if args.against:
             parser.error("--against needs --verify")
+        if not args.rotate and (args.rotate_seed != 0 or args.rotate_block_size != 128):
+            parser.error("--rotate-seed and --rotate-block-size need --rotate")
         if args.demo:
             if args.dst:
                 parser.error("--demo takes at most one directory")
@@ -146,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             src, dst, overwrite = args.src, args.dst, args.overwrite
         report = quantize_checkpoint(
             src, dst, method=args.method, bits=args.bits, group_size=args.group_size,
-            block_size=args.block_size, scale=args.scale, device=args.device, ignore=args.ignore,
+            block_size=args.block_size, scheme=args.scheme, scale=args.scale, device=args.device, ignore=args.ignore,
             max_shard_size=args.max_shard_size, overwrite=overwrite, progress=not args.quiet,
+            rotate=args.rotate, rotate_seed=args.rotate_seed, rotate_block_size=args.rotate_block_size or None,
         )
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}{_kept_work_note(args)}", file=sys.stderr)

@@ -12,7 +12,9 @@ import torch
 
 from hlwq_kernels.checkpoint.runner import PieceResult, StageTimes
 from hlwq_kernels.checkpoint.stats import row_stats
+from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.ops.int4 import Int4Weight
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight
 
 PIECE_BYTES = 4 << 20  # rows read, quantized and written together
 TILE_ELEMENTS = 1 << 16  # rows quantized together: float32 temporaries of 256 KiB fit in L2
@@ -21,7 +23,7 @@ TILE_ELEMENTS = 1 << 16  # rows quantized together: float32 temporaries of 256 K
 class CpuBackend:
     """``runner.Backend`` on ``threads`` worker threads (default: torch's intra-op thread count)."""
 
-    def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight], group_size: int, threads: int | None = None):
+    def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight | Int4AsymWeight], group_size: int, threads: int | None = None):
         self.quantize, self.group_size = quantize, group_size
         self.threads = threads or torch.get_num_threads()
         self.piece_bytes, self.readers, self.writers, self.buffers = PIECE_BYTES, 1, 1, self.threads + 2
@@ -44,19 +46,18 @@ class CpuBackend:
     def _quantize(self, w: torch.Tensor) -> PieceResult:
         start = time.perf_counter()
         n, k = w.shape
-        packed = torch.empty((n, k // 8), dtype=torch.int32)
-        scale = torch.empty((n, k // self.group_size), dtype=w.dtype)
         err = torch.empty(n, dtype=torch.float32)
         energy = torch.empty(n, dtype=torch.float32)
-        step = max(8, TILE_ELEMENTS // k // 8 * 8)
+        step = max(8, TILE_ELEMENTS // k // 8 * 8)  # a multiple of 8 rows: whole zero-point words
+        tiles: list[tuple[torch.Tensor, ...]] = []
         for r in range(0, n, step):
             tile = w[r : r + step]
             q = self.quantize(tile)
-            packed[r : r + step] = q.packed
-            scale[r : r + step] = q.scale
+            tiles.append(ct.row_tensors(q))
             err[r : r + step], energy[r : r + step] = row_stats(tile, q)
+        outputs = tuple(torch.cat(parts) for parts in zip(*tiles))
         self.times.add("kernel_s", time.perf_counter() - start)
-        return PieceResult(packed, scale, err.numpy(), energy.numpy())
+        return PieceResult(outputs, err.numpy(), energy.numpy())
 
     def timings(self) -> dict[str, float]:
         """Busy seconds of the workers (summed over threads)."""

@@ -18,7 +18,9 @@ import torch
 from hlwq_kernels.checkpoint.io import cpu_count
 from hlwq_kernels.checkpoint.runner import PieceResult, StageTimes
 from hlwq_kernels.checkpoint.stats import row_stats
+from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.ops.int4 import Int4Weight
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight
 
 PIECE_BYTES = 32 << 20
 
@@ -32,7 +34,7 @@ class _Pending:
 class GpuBackend:
     """``runner.Backend`` on one CUDA device."""
 
-    def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight], device: torch.device):
+    def __init__(self, quantize: Callable[[torch.Tensor], Int4Weight | Int4AsymWeight], device: torch.device):
         self.quantize, self.device = quantize, device
         torch.cuda.set_device(device)  # Triton launches on the current device
         cores = cpu_count()
@@ -60,7 +62,7 @@ class GpuBackend:
             e[2].record()
             dev.record_stream(compute)
             q = self.quantize(dev)
-            outputs = (q.packed, q.scale, *row_stats(dev, q))
+            outputs = (*ct.row_tensors(q), *row_stats(dev, q))
             e[3].record()
         d2h.wait_event(e[3])
         host = []
@@ -82,8 +84,8 @@ class GpuBackend:
         self.times.add("gpu_wait_s", time.perf_counter() - start)
         for key, (a, b) in (("h2d_s", (0, 1)), ("kernel_s", (2, 3)), ("d2h_s", (4, 5))):
             self.times.add(key, e[a].elapsed_time(e[b]) / 1e3)
-        packed, scale, err, energy = handle.host
-        return PieceResult(packed, scale, err.numpy(), energy.numpy())
+        *outputs, err, energy = handle.host
+        return PieceResult(tuple(outputs), err.numpy(), energy.numpy())
 
     def timings(self) -> dict[str, float]:
         """GPU seconds per stage (summed over pieces; stages overlap)."""

@@ -44,14 +44,23 @@ from hlwq_kernels.checkpoint.io import (
 from hlwq_kernels.checkpoint.plan import Plan, Unit, make_plan
 from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
+from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotated_dir
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
 from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_layers
 from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym
+
+# The scale rules of each scheme, the first is the default: symmetric absmax is compressed-tensors'
+# rule, asymmetric minmax its asymmetric one.
+SCALES = {"sym": ("absmax", "mse"), "asym": ("minmax", "clip", "hqq")}
 
 
-def _quantizer(method: str, bits: int, group_size: int, block_size: int, scale: str) -> Callable[[torch.Tensor], Int4Weight]:
+def _quantizer(method: str, bits: int, group_size: int, block_size: int, scheme: str,
+               scale: str) -> Callable[[torch.Tensor], Int4Weight | Int4AsymWeight]:
     """The per-tensor quantizer of ``method`` (row by row: any block of rows may be passed)."""
+    if scheme == "asym":
+        return lambda w: quantize_int4_asym(w, group_size=group_size, method=scale)
     if method == "rtn":
         return lambda w: quantize_int4(w, group_size=group_size, scale=scale)
     from hlwq_kernels.ops.hlwq import hlwq_int4
@@ -79,12 +88,16 @@ def quantize_checkpoint(
     bits: int = 5,
     group_size: int = 128,
     block_size: int = 128,
-    scale: str = "absmax",
+    scheme: str = "sym",
+    scale: str | None = None,
     device: str = "auto",
     ignore: Iterable[str] = (),
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     progress: bool = True,
+    rotate: bool = False,
+    rotate_seed: int = 0,
+    rotate_block_size: int | None = 128,
 ) -> ConversionReport:
     """Convert the safetensors checkpoint ``src`` (directory or Hub repo id) into an INT4
     compressed-tensors checkpoint at ``dst`` and return the report (also saved as
@@ -93,13 +106,23 @@ def quantize_checkpoint(
     The defaults (rtn + absmax) are compressed-tensors' own rule: on a real decoder (Gemma-3-270M)
     the MSE-optimal scale lowered weight error but raised perplexity 1.65x more than absmax.
     method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4) or "rtn"
-    (plain INT4 round-to-nearest). scale: INT4 group scale, "absmax" (compressed-tensors' rule)
-    or "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    (plain INT4 round-to-nearest). scheme: "sym" (one scale per group) or "asym" (a scale and a
+    zero point per group; rtn only). scale: the group rule of the scheme, for "sym" "absmax"
+    (compressed-tensors' rule, the default) or "mse", for "asym" "minmax" (the default), "clip" or
+    "hqq". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    rotate: fold Hadamard rotations into the weights first (``rotated_source``; seed
+    ``rotate_seed``, R1 block ``rotate_block_size``, None = the full hidden size); the output's
+    config.json keeps the ``hlwq_rotation`` record.
     """
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
-    if scale not in ("absmax", "mse"):
-        raise ValueError(f"scale must be 'absmax' or 'mse', got {scale!r}")
+    if scheme not in SCALES:
+        raise ValueError(f"scheme must be 'sym' or 'asym', got {scheme!r}")
+    scale = scale or SCALES[scheme][0]
+    if scale not in SCALES[scheme]:
+        raise ValueError(f"scale must be one of {', '.join(SCALES[scheme])} with scheme {scheme!r}, got {scale!r}")
+    if scheme == "asym" and method != "rtn":
+        raise ValueError(f"scheme 'asym' works with method 'rtn' only, got {method!r}")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     if method == "hlwq" and not 1 <= bits <= 8:
@@ -110,16 +133,17 @@ def quantize_checkpoint(
     group = join(dev)
     try:
         report = _convert(group, src, dst, dev, method=method, bits=bits, group_size=group_size, block_size=block_size,
-                          scale=scale, ignore=tuple(ignore), max_bytes=max_bytes, overwrite=overwrite,
-                          show_progress=progress, t_start=t_start)
+                          scheme=scheme, scale=scale, ignore=tuple(ignore), max_bytes=max_bytes, overwrite=overwrite,
+                          show_progress=progress, t_start=t_start,
+                          rotation=(rotate_seed, rotate_block_size) if rotate else None)
         return group.broadcast(report)
     finally:
         group.close()
 
 
 def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: int, group_size: int, block_size: int,
-             scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
-             t_start: float) -> ConversionReport | None:
+             scheme: str, scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
+             t_start: float, rotation: tuple[int, int | None] | None) -> ConversionReport | None:
     """Every rank: plan, convert its share of the missing tensors; rank 0 also prepares the
     partial directory, finishes and publishes (and returns the report; the others None)."""
     src_path = resolve_source(src)
@@ -131,6 +155,10 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
             f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
         )
     check_destination(src_path, dst_path, overwrite)
+    notes: tuple[str, ...] = ()
+    if rotation is not None:
+        src_path, notes = _rotated_source(group, src_path, dst_path, *rotation, max_bytes)
+        config = read_config(src_path)
     files = weight_files(src_path)
     tensors = scan_source(files)
     try:
@@ -143,9 +171,14 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         )
     except SelectionError as e:
         raise CheckpointError(str(e)) from e
-    plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes)
+    symmetric = scheme == "sym"
+    plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
                    ignore=list(ignore), max_shard_size=max_bytes, device=dev.type)
+    if not symmetric:  # the symmetric fingerprint stays the one of earlier versions (resumable)
+        options["scheme"] = scheme
+    if rotation is not None:
+        options["rotation"] = list(rotation)
     fprint = journal_files.fingerprint(files, options, plan)
     work = journal_files.partial_dir(dst_path)
     if group.rank == 0:
@@ -160,7 +193,7 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                               f"(every process must read the same {src_path} with the same options)")
     todo = [i for i, u in enumerate(plan.units) if u.source.name not in done]
     mine = [todo[j] for j in assign([plan.units[i].source.nbytes for i in todo], group.world)[group.rank]]
-    backend = _backend(dev, _quantizer(method, bits, group_size, block_size, scale), group_size)
+    backend = _backend(dev, _quantizer(method, bits, group_size, block_size, scheme, scale), group_size)
     bar = _ProgressBar(len(plan.units), len(done), show_progress and group.rank == 0)
     journal = journal_files.Journal(work)
     t_setup = time.perf_counter() - t_start
@@ -175,16 +208,17 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
     t_finish = time.perf_counter()
     report = ConversionReport(
         src=str(src), dst=str(dst_path), method=method, bits=bits, group_size=group_size,
-        block_size=block_size, scale=scale, device=str(dev), model_type=str(config.get("model_type", "")),
+        block_size=block_size, scheme=scheme, scale=scale, device=str(dev), model_type=str(config.get("model_type", "")),
         architectures=list(config.get("architectures") or []),
         known_architecture=config.get("model_type") in KNOWN_MODEL_TYPES,
         kept=selection.kept, ignore=selection.ignore, num_tensors=len(tensors),
         input_bytes=sum(t.nbytes for t in tensors.values()), shards=len(plan.shards), resumed_tensors=len(done),
     )
+    report.notes = list(notes)
     report.layers = _layers(plan, journal_files.load_done(work))
     report.output_bytes = sum(s.size for s in plan.shards)
     write_json(work / INDEX_NAME, {"metadata": {"total_size": plan.output_bytes}, "weight_map": plan.weight_map()})
-    config["quantization_config"] = ct.quantization_config(group_size, selection.ignore)
+    config["quantization_config"] = ct.quantization_config(group_size, selection.ignore, symmetric)
     write_json(work / CONFIG_NAME, config, sort_keys=False)  # the source's key order
     copied = auxiliary_files(src_path)
     copy_files(src_path, work, copied)
@@ -196,7 +230,25 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                        "total_s": round(now - t_start, 4)}
     report.save(work / REPORT_NAME)
     publish(work, dst_path)
+    if rotation is not None:
+        shutil.rmtree(rotated_dir(dst_path), ignore_errors=True)
     return report
+
+
+def _rotated_source(group: Group, src: Path, dst: Path, seed: int, block_size: int | None,
+                    max_bytes: int) -> tuple[Path, tuple[str, ...]]:
+    """Rank 0 rotates ``src`` (``rotated_source``); every rank gets the rotated directory and the
+    notes, or rank 0's error."""
+    result: tuple = (None, None, None)
+    if group.rank == 0:
+        try:
+            result = (*prepare_rotated_source(src, dst, seed, block_size, max_bytes), None)
+        except (CheckpointError, ValueError, OSError) as e:
+            result = (None, None, str(e))
+    path, notes, error = group.broadcast(result)
+    if error is not None:
+        raise CheckpointError(error)
+    return Path(path), tuple(notes)
 
 
 def _layers(plan: Plan, done: dict[str, dict]) -> list[LayerReport]:
@@ -208,7 +260,7 @@ def _layers(plan: Plan, done: dict[str, dict]) -> list[LayerReport]:
                   key=lambda l: l.name)
 
 
-def _backend(dev: torch.device, quantize: Callable[[torch.Tensor], Int4Weight], group_size: int) -> runner.Backend:
+def _backend(dev: torch.device, quantize: Callable[[torch.Tensor], Int4Weight | Int4AsymWeight], group_size: int) -> runner.Backend:
     if dev.type == "cuda":
         from hlwq_kernels.checkpoint.gpu_backend import GpuBackend
 

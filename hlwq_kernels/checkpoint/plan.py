@@ -70,17 +70,19 @@ class Plan:
         return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
 
 
-def make_plan(tensors: dict[str, SourceTensor], quantized: Iterable[str], group_size: int, max_bytes: int) -> Plan:
+def make_plan(tensors: dict[str, SourceTensor], quantized: Iterable[str], group_size: int, max_bytes: int,
+              symmetric: bool = True) -> Plan:
     """The plan for ``tensors`` where the weights named in ``quantized`` become compressed-tensors
-    INT4 tensors and every other tensor is kept; shards of at most ``max_bytes`` (a unit larger
-    than that gets a shard of its own)."""
+    INT4 tensors (with zero points unless ``symmetric``) and every other tensor is kept; shards of
+    at most ``max_bytes`` (a unit larger than that gets a shard of its own)."""
     quantized = set(quantized)
     drafts: list[tuple[SourceTensor, list[OutTensor], bool]] = []
     for name in sorted(tensors):
         t = tensors[name]
         if name in quantized:
             n, k = t.shape
-            outputs = [OutTensor(*spec) for spec in ct.layer_tensors(name[: -len(".weight")], n, k, group_size, t.dtype)]
+            outputs = [OutTensor(*spec) for spec in ct.layer_tensors(name[: -len(".weight")], n, k, group_size, t.dtype,
+                                                                        symmetric)]
             drafts.append((t, outputs, True))
         else:
             drafts.append((t, [OutTensor(name, t.dtype, t.shape)], False))

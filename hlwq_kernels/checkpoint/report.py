@@ -36,6 +36,7 @@ class ConversionReport:
     bits: int
     group_size: int
     block_size: int
+    scheme: str
     scale: str
     device: str
     model_type: str
@@ -51,6 +52,7 @@ class ConversionReport:
     shards: int = 0
     resumed_tensors: int = 0  # source tensors already finished by an interrupted earlier run
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. what the rotation did
 
     @property
     def mean_sqnr_db(self) -> float:
@@ -70,7 +72,9 @@ class ConversionReport:
         rows = sorted(self.layers, key=lambda l: l.sqnr_db)
         shown = rows if len(rows) <= max_rows else rows[:max_rows]
         lines = [
-            f"{self.method.upper()} INT4 (group {self.group_size}, scale {self.scale}"
+            f"{self.method.upper()} INT4 (group {self.group_size}, "
+            + ("asymmetric: scale and zero point, " if self.scheme == "asym" else "")
+            + f"scale {self.scale}"
             + (f", {self.bits}-bit Lloyd-Max, block {self.block_size}" if self.method == "hlwq" else "")
             + f") on {self.device}: {self.src} -> {self.dst}",
             "",
@@ -96,6 +100,7 @@ class ConversionReport:
             f"time {t.get('total_s', 0):.2f} s (read {t.get('read_s', 0):.2f}, kernels {t.get('kernel_s', 0):.2f}, "
             f"transfer {t.get('transfer_s', 0):.2f}, write {t.get('write_s', 0):.2f})",
         ]
+        lines += self.notes
         if not self.known_architecture:
             lines.append(
                 f"model_type {self.model_type!r} is not one of the tested architectures: quantized the 2-D "

@@ -36,6 +36,7 @@ from hlwq_kernels.checkpoint.io import DTYPES, ITEMSIZE, CheckpointError, copy_r
 from hlwq_kernels.checkpoint.plan import Plan, Unit
 from hlwq_kernels.checkpoint.progress import Journal
 from hlwq_kernels.checkpoint.stats import layer_report
+from hlwq_kernels.formats import compressed_tensors as ct
 
 ROW_ALIGN = 64  # pieces start at multiples of 64 rows (room for formats that pack 8 rows together)
 
@@ -51,11 +52,11 @@ class Piece:
 
 @dataclass
 class PieceResult:
-    """A quantized piece on the host: packed words and scales of its rows, and per-row
-    ``||w - dequant||²`` and ``||w||²`` (float32)."""
+    """A quantized piece on the host: its part of each per-row output tensor (in the unit's output
+    order: packed words, scales, zero points if any), and per-row ``||w - dequant||²`` and
+    ``||w||²`` (float32)."""
 
-    packed: torch.Tensor
-    scale: torch.Tensor
+    tensors: tuple[torch.Tensor, ...]
     err: np.ndarray
     energy: np.ndarray
 
@@ -188,18 +189,21 @@ class _Run:
         self.pool.put(buf)
         unit = self.plan.units[piece.unit]
         rows = piece.stop - piece.start
-        packed, scale, _ = unit.outputs
-        if tuple(res.packed.shape) != (rows, packed.shape[1]) or tuple(res.scale.shape) != (rows, scale.shape[1]) \
-                or res.scale.dtype != DTYPES[scale.dtype]:
+        *per_row, shape = unit.outputs
+        ratios = [ct.rows_per_stored_row(o.name) for o in per_row]
+        if len(res.tensors) != len(per_row) or any(
+                tuple(t.shape) != (-(-rows // r), o.shape[1]) or t.dtype != DTYPES[o.dtype]
+                for t, o, r in zip(res.tensors, per_row, ratios)):
             raise CheckpointError(f"quantizer returned unexpected shapes/dtypes for {unit.source.name!r}")
         if not np.isfinite(res.energy).all() and not bool(torch.isfinite(read_tensor(unit.source)).all()):
             t = unit.source
             raise CheckpointError(f"{t.file}: tensor {t.name!r} contains NaN or Inf values; refusing to quantize it")
         fd, path = self.dst_fds[unit.shard], self.work / self.plan.shards[unit.shard].name
-        checkpoint_io.write_at(fd, _bytes_of(res.packed), unit.offsets[0] + piece.start * packed.nbytes // packed.shape[0], path)
-        checkpoint_io.write_at(fd, _bytes_of(res.scale), unit.offsets[1] + piece.start * scale.nbytes // scale.shape[0], path)
+        for t, o, r, offset in zip(res.tensors, per_row, ratios, unit.offsets):  # pieces start at whole words
+            checkpoint_io.write_at(fd, _bytes_of(t), offset + piece.start // r * (o.nbytes // o.shape[0]), path)
         if piece.start == 0:
-            checkpoint_io.write_at(fd, memoryview(np.array(unit.source.shape, dtype=np.int64)).cast("B"), unit.offsets[2], path)
+            checkpoint_io.write_at(fd, memoryview(np.array(unit.source.shape, dtype=np.int64)).cast("B"),
+                                   unit.offsets[-1], path)
         self.finish(piece, (res.err, res.energy))
 
     def finish(self, piece: Piece, stats: tuple[np.ndarray, np.ndarray] | None) -> None:

@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from hlwq_kernels.checkpoint.report import LayerReport
+from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.metrics import sqnr_db
-from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4
+from hlwq_kernels.ops.int4 import Int4Weight
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight
 
 
-def row_stats(w: torch.Tensor, q: Int4Weight) -> tuple[torch.Tensor, torch.Tensor]:
+def row_stats(w: torch.Tensor, q: Int4Weight | Int4AsymWeight) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``w`` ``[R, K]``: ``||w - dequant(q)||²`` and ``||w||²``, float32, on ``w``'s device
     (no host synchronisation). A non-finite energy flags a NaN/Inf (or float32-overflowing) row."""
     wf = w.float()
-    d = dequantize_int4(q, dtype=torch.float32).sub_(wf)
+    d = ct.dequantize(q).sub_(wf)
     return torch.linalg.vecdot(d, d, dim=1), torch.linalg.vecdot(wf, wf, dim=1)
 
 
