@@ -326,7 +326,10 @@ def quantize_int4_asym(
     kernel = use_triton(backend, w)  # validates backend
     if kernel and method != "minmax" and backend == "triton":
         raise ValueError(f"the Triton kernel computes method='minmax' only; use backend='torch' for {method!r}")
-    if kernel and method == "minmax":
+    # backend="auto" takes the kernel only where it was verified bit-exact compiled on an H200:
+    # bf16 weights whose groups fit one chunk (a power of two <= 256); elsewhere the torch path
+    verified = w.dtype == torch.bfloat16 and group_size <= 256 and group_size & (group_size - 1) == 0
+    if kernel and method == "minmax" and (backend == "triton" or verified):
         from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 
         packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)
