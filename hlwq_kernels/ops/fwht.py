@@ -1,6 +1,6 @@
 """Fast Walsh–Hadamard transform: public API, input checks and the torch path.
 
-``fwht(x)`` computes ``x @ H.T / sqrt(n)`` along ``dim`` with ``H = hadamard_matrix(n)`` (design.md §3).
+``fwht(x)`` computes ``x @ H.T / sqrt(n)`` along ``dim`` with ``H = hadamard_matrix(n)`` (docs/design.md §3).
 CUDA tensors use the Triton kernel (``hlwq_kernels.ops.fwht_triton``); CPU tensors use the torch path
 below; ``backend="triton"`` on CPU tensors runs the kernel in Triton's interpreter.
 """

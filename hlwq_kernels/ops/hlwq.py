@@ -1,4 +1,4 @@
-"""The HLWQ per-matrix pipeline (design.md §1): block Hadamard + Lloyd–Max, then symmetric INT4.
+"""The HLWQ per-matrix pipeline (docs/design.md §1): block Hadamard + Lloyd–Max, then symmetric INT4.
 
 For a weight ``W [N, K]`` and blocks of ``b`` inputs along each row:
 

@@ -1,4 +1,4 @@
-"""Fused Triton kernel for the HLWQ pipeline (design.md §1) and its launcher.
+"""Fused Triton kernel for the HLWQ pipeline (docs/design.md §1) and its launcher.
 
 One program walks over tiles of ``ROWS`` rows × one Hadamard block of ``B`` inputs (a persistent
 loop: ``H_B`` is loaded once per program). Each weight is read once; per tile the kernel computes

@@ -1,7 +1,7 @@
 """Symmetric group INT4 quantization in the compressed-tensors ``pack-quantized`` format.
 
 A weight ``w`` ``[N, K]`` (bf16, fp16 or fp32) is split along ``K`` into groups of ``group_size``
-columns with one scale each, stored in the weight's dtype (design.md §3). Codes
+columns with one scale each, stored in the weight's dtype (docs/design.md §3). Codes
 ``q = round_half_even(clamp(w / s, -8, 7))``, the quotient taken in float32 with the scale as stored,
 are kept as ``q + 8`` in 4-bit nibbles: column ``j`` of a row goes into int32 word ``j // 8``,
 nibble ``j % 8``, column 0 least significant. Dequantization is ``(u - 8) * s``.

@@ -227,7 +227,7 @@ def gaussian_codebook(levels: int) -> Codebook:
 
 
 def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
-    """The original HLWQ release's codebook (design.md §1), recomputed.
+    """The original HLWQ release's codebook (docs/design.md §1), recomputed.
 
     Cell boundaries start evenly spaced on [-4, 4] (``2**bits + 1`` of them); the outer two are set
     to ±inf (``outer="inf"``) or kept at ±4 (``outer="clip"``, centroids of the truncated cells); then

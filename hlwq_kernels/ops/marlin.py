@@ -1,6 +1,6 @@
 """Marlin tile layout (INT4 weights, 16-bit activations): pack an ``Int4Weight`` for Marlin-style kernels.
 
-Layout (design.md §3). Let ``Q[k, n] = q + 8`` be the transposed codes, ``K x N``. The output is int32
+Layout (docs/design.md §3). Let ``Q[k, n] = q + 8`` be the transposed codes, ``K x N``. The output is int32
 ``[K/16, 2N]``: for k-tile ``kt``, n-tile ``nt < N/64``, lane ``t < 32`` and warp ``w < 4``, with
 ``r0 = 16 kt + 2 (t % 4)`` and ``c0 = 64 nt + 16 w + t // 4``, word ``B[kt, 128 nt + 4 t + w]`` holds
 in nibbles 0..7: ``Q[r0,c0], Q[r0+8,c0], Q[r0,c0+8], Q[r0+8,c0+8], Q[r0+1,c0], Q[r0+9,c0],

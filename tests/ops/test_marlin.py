@@ -27,7 +27,7 @@ def pack_with(q: Int4Weight, backend: str) -> MarlinWeight:
 
 
 def closed_form_words(q: Int4Weight) -> list[list[int]]:
-    """Each Marlin word straight from the formula in design.md §3, one word at a time."""
+    """Each Marlin word straight from the formula in docs/design.md §3, one word at a time."""
     n, k = q.shape
     codes = unpack_int4(q.packed, k).tolist()
 
