@@ -147,5 +147,5 @@ def test_unwritable_destination_is_one_line_and_exit_2(source, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
                           timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"error: cannot create the output's working directory {tmp_path / 'a-file' / '.out.partial'}: Not a directory"]
+    assert proc.stderr.strip().splitlines() == [f"error: the destination's parent {blocker} is not a directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing left behind
