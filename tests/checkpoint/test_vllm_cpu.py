@@ -114,6 +114,10 @@ def vllm_results(vllm_python, minilm_int4, tmp_path_factory) -> dict:
         quantize_checkpoint(src, dst, progress=False)
         jobs.append([arch, "generate", str(dst), PROMPT])
         dirs[arch] = (src, dst)
+    src, asym = dirs["llama"][0], root / "llama" / "int4-asym"  # asymmetric INT4: zero points too
+    quantize_checkpoint(src, asym, scheme="asym", progress=False)
+    jobs.append(["llama-asym", "generate", str(asym), PROMPT])
+    dirs["llama-asym"] = (src, asym)
     jobs.append(["minilm", "embed", str(minilm_int4), MINILM_IDS])
     (root / "jobs.json").write_text(json.dumps(jobs))
     (root / "run_vllm.py").write_text(SCRIPT)
@@ -144,7 +148,11 @@ def test_vllm_generates_same_greedy_tokens(arch, vllm_results):
         ids = torch.tensor([PROMPT])
         out = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
                                  min_new_tokens=8, pad_token_id=0)
-    expected = out[0, len(PROMPT):].tolist()
+    assert_same_greedy(reference, tokens, out[0, len(PROMPT):].tolist())
+
+
+def assert_same_greedy(reference: torch.nn.Module, tokens: list, expected: list) -> None:
+    """vLLM's greedy ``tokens`` equal transformers' ``expected``, or differ only at near-ties."""
     assert len(set(expected)) > 1  # not a degenerate repetition
     if tokens != expected:
         # Allowed only at a near-tie: teacher-force vLLM's tokens through transformers; each vLLM
@@ -155,6 +163,20 @@ def test_vllm_generates_same_greedy_tokens(arch, vllm_results):
         chosen = logits.gather(1, torch.tensor(tokens)[:, None])[:, 0]
         gap = logits.max(dim=1).values - chosen
         assert (gap <= 0.02 * logits.std(dim=1)).all(), (tokens, expected, gap.tolist())
+
+
+@pytest.mark.slow
+def test_vllm_serves_asymmetric_int4(vllm_results):
+    """--scheme asym (zero points): vLLM's CPU W4A16 kernel serves it with transformers' greedy tokens."""
+    transformers = pytest.importorskip("transformers")
+    tokens = served(vllm_results, "llama-asym")
+    _, dst = vllm_results["dirs"]["llama-asym"]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()  # dequantizes
+    with torch.no_grad():
+        ids = torch.tensor([PROMPT])
+        out = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                                 min_new_tokens=8, pad_token_id=0)
+    assert_same_greedy(reference, tokens, out[0, len(PROMPT):].tolist())
 
 
 @pytest.mark.slow
