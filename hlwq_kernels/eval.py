@@ -1,4 +1,5 @@
-"""``python -m hlwq_kernels.eval``: the quality study's command line (see ``hlwq_kernels.study.run``)."""
+"""``python -m hlwq_kernels.eval``: the quality study's command line (see ``hlwq_kernels.study.run``);
+``--decoders`` runs the decoder perplexity study (``hlwq_kernels.study.decoder_study``)."""
 
 import sys
 

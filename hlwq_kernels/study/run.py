@@ -13,6 +13,9 @@ and measures:
   sentence-transformers does), over deterministic sentences: mean and worst case.
 It writes ``results.md``, ``results.json`` and ``per_layer.png`` into ``--out``
 (default ``bench/results/quality-<date>/``). ``--quick`` runs a small subset (for CI).
+
+``python -m hlwq_kernels.eval --decoders ...`` runs the decoder perplexity study instead
+(``hlwq_kernels.study.decoder_study``, issue 12).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ import torch
 
 from hlwq_kernels.metrics import error_energy, sqnr_db
 from hlwq_kernels.study.data import load_minilm, make_sentences, minilm_linears, synthetic_matrices
+from hlwq_kernels.study.output import write_study_outputs
 from hlwq_kernels.study.methods import GROUP, METHODS, Method, Quantized, rotate_inputs
 from hlwq_kernels.ops.int4 import Int4Weight
 
@@ -226,16 +230,19 @@ def _plot(res: dict, path: Path) -> None:
 
 def write_results(res: dict, out_dir: Path) -> list[Path]:
     """Write results.md, results.json and per_layer.png into ``out_dir``; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "results.md", out_dir / "results.json", out_dir / "per_layer.png"]
-    paths[0].write_text(_markdown(res))
-    paths[1].write_text(json.dumps(res, indent=1))
-    _plot(res, paths[2])
-    return paths
+    return write_study_outputs(out_dir, res, _markdown, _plot, "per_layer.png")
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--decoders" in argv:
+        from hlwq_kernels.study.decoder_study import main as decoder_main
+
+        return decoder_main([a for a in argv if a != "--decoders"])
+    p = argparse.ArgumentParser(prog="python -m hlwq_kernels.eval", description=__doc__.split("\n\n")[0],
+                                epilog="--decoders runs the decoder perplexity study instead "
+                                       "(python -m hlwq_kernels.eval --decoders --help lists its options)")
+    p.add_argument("--decoders", action="store_true", help="the decoder perplexity study (issue 12)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default bench/results/quality-<date>/)")
     p.add_argument("--quick", action="store_true", help="small subset (first MiniLM block, small matrices)")
     p.add_argument("--sentences", type=int, default=None, help="number of sentences (default 1024; 64 with --quick)")
