@@ -1,9 +1,18 @@
-"""Helpers shared by the GPU benchmark scripts (``bench/gpu_*.py``)."""
+"""Helpers shared by the GPU benchmark scripts (``bench/gpu_*.py``).
+
+Conventions: bandwidth is bytes read plus bytes written over the median time; ``torch.clone`` of
+the same bytes in the same process is the ceiling (``pct_clone``); relative error is
+``||y - ref|| / ||ref||`` against a float64 reference. ``roofline_row`` builds the dict that every
+``roofline_rows()`` returns for the combined table.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -15,10 +24,70 @@ def bench_seconds(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
 
 
+def graph_seconds(fn: Callable[[], object], rep_ms: float = 20.0) -> float:
+    """Median time of one ``fn`` call in seconds, replayed from a CUDA graph: no host overhead
+    (Python, argument checks, launch) in the timed region; median of 10 replays of a graph of
+    about ``rep_ms`` of calls. ``fn`` must not synchronize."""
+    import triton.testing
+
+    fn()  # compile / warm caches outside the capture
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median") * 1e-3
+
+
+def host_seconds(fn: Callable[[], object], calls: int = 2000) -> float:
+    """Wall time per call of ``fn`` issued back to back (the host side of a launch when the kernel
+    is shorter than the call: use a tiny input)."""
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
+def clone_gbps(x: torch.Tensor) -> float:
+    """``torch.clone`` bandwidth on ``x`` (bytes read + written): the best of a graph-replayed
+    ``x.clone()``, an event-timed ``x.clone()`` and a graph-replayed copy into a preallocated
+    tensor. (On an H200, graph-replayed clones of power-of-two sizes ran at 2700 GB/s in one
+    process where the event-timed ones ran at 4150: the ceiling is the fastest way to copy.)"""
+    out = torch.empty_like(x)
+    best = min(graph_seconds(lambda: x.clone()), bench_seconds(lambda: x.clone()),
+               graph_seconds(lambda: out.copy_(x)))
+    return 2 * x.numel() * x.element_size() / best / 1e9
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||y - ref|| / ||ref||`` in float64."""
+    return float((y.double() - ref).norm() / ref.norm())
+
+
 def poison_allocator(nbytes: int) -> None:
     """Fill soon-to-be-reused allocator blocks with NaN so unwritten outputs show up."""
     junk = torch.full((nbytes // 4 + 1,), float("nan"), device="cuda")
     del junk
+
+
+def roofline_row(op: str, shape: tuple[int, ...], dtype: torch.dtype | str, gbps: float, clone: float,
+                 err: float | None, note: str = "") -> dict:
+    """One row of the combined roofline table (keys: op, shape, dtype, gbps, pct_clone, rel_err, note)."""
+    return {
+        "op": op, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
+        "gbps": round(gbps, 1), "pct_clone": round(100 * gbps / clone, 1), "rel_err": err, "note": note,
+    }
+
+
+def run_parallel(fn: Callable, tasks: Iterable, jobs: int) -> list:
+    """``fn(task)`` for every task in ``jobs`` spawned processes (for example to compile Triton
+    kernels into the shared on-disk cache before timing in one process)."""
+    tasks = list(tasks)
+    if jobs <= 1 or len(tasks) <= 1:
+        return [fn(t) for t in tasks]
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        return list(pool.map(fn, tasks))
 
 
 def emit_table(lines: list[str], out: str | None) -> None:

@@ -1,10 +1,15 @@
-"""GPU roofline benchmark of the FWHT kernel (run on a CUDA machine).
+"""GPU roofline benchmark of ``hlwq_kernels.fwht`` (run on a CUDA machine).
 
-For each size n and dtype: 2**28 elements (rows = 2**28 // n), bandwidth in GB/s counting bytes read
-plus bytes written, against ``torch.clone`` of the same tensor and cuBLAS ``x @ (H.T / sqrt(n))``
-in the same process, plus the relative error of each against float64 on a slice of rows.
+For each size n and dtype: 2**28 elements (rows = 2**28 // n), normalized transform along the last
+dim. GB/s = bytes read + written over the median time of CUDA-graph replays of the public ``fwht()``
+call (no host overhead in the timed region), against ``torch.clone`` of the same tensor in the same
+process; relative error against float64 on the first 256 rows (the output buffer is poisoned with NaN
+first). The host overhead of one ``fwht()`` call is measured separately, on a tiny input.
 
-    python bench/gpu_fwht.py --out bench/results/fwht-h100.md [--sweep]
+    python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
+    python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
+
+``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
 
 from __future__ import annotations
@@ -12,112 +17,211 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+from typing import Callable
 
 import torch
 
-from gpu_common import bench_seconds, emit_table, poison_allocator
-from hlwq_kernels import fwht, hadamard_factors
-from hlwq_kernels.ops import fwht_triton
-from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_modes
-from hlwq_kernels.ops.hadamard import hadamard_tensor
+from gpu_common import (
+    clone_gbps, emit_table, graph_seconds, host_seconds, poison_allocator, rel_err, roofline_row, run_parallel,
+)
+from hlwq_kernels import fwht, hadamard_factors, random_signs
+from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
-KSIZES = [1536, 2560, 3584, 10240, 14336, 18944, 11008, 28672, 40960]
+LLM = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]
+QUICK = [128, 1024, 4096, 16384, 32768, 3584, 14336, 11008]
+DTYPES = (torch.bfloat16, torch.float32)
 TOTAL = 1 << 28
+CHECK_ROWS = 256
+# (n, variant) rows that check block_size= and signs= run at the speed of the plain transform
+VARIANTS = [(4096, "signs"), (4096, "block128"), (4096, "block128+signs"), (14336, "signs")]
 
 
+def _input(n: int, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator(device="cuda").manual_seed(n)
+    return torch.randn(TOTAL // n, n, device="cuda", generator=gen).to(dtype)
 
 
-def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y.double() - ref).norm() / ref.norm())
+def _call(x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | None) -> Callable[[], torch.Tensor]:
+    n = x.shape[1]
+    if config is not None:
+        return lambda: fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
+    kw: dict = {}
+    if "block128" in variant:
+        kw["block_size"] = 128
+    if "signs" in variant:
+        kw["signs"] = random_signs(n, 1, device="cuda")
+        fwht(x[:1], **kw)  # checks the signs once (a sync) before any graph capture
+    return lambda: fwht(x, **kw)
 
 
-def _measure(n: int, dtype: torch.dtype, variants: list[dict]) -> list[dict]:
-    rows = TOTAL // n
-    x = torch.randn(rows, n, device="cuda", dtype=torch.float32).to(dtype)
+def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
+    n = x.shape[1]
+    kw: dict = {"block_size": 128} if "block128" in variant else {}
+    if "signs" in variant:
+        kw["signs"] = random_signs(n, 1, device="cuda").double()
+    return fwht(x[:CHECK_ROWS].double(), backend="torch", **kw)
+
+
+def _describe(n: int, elem_size: int, config) -> str:
+    plan = kernel_plan(n, elem_size, config)
+    cfg = config or "table"
+    return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
+           f"pps={plan.programs_per_sm} conversions={plan.conversions}" + (f" ({cfg})" if config else "")
+
+
+def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms: float = 20.0) -> list[dict]:
+    """Time the library (config None) and any candidate configurations on one input."""
+    x = _input(n, dtype)
+    ref = _reference(x, variant)
+    clone = clone_gbps(x)
     nbytes = 2 * x.numel() * x.element_size()
-    check = x[:256]
-    ref = fwht(check.double(), backend="torch")
-    t_clone = bench_seconds(lambda: x.clone())
-    out = []
-    cublas = None
-    if n <= 8192:
-        k, _ = hadamard_factors(n)
-        h = (hadamard_tensor(n, transpose=True, device="cuda", dtype=dtype) / math.sqrt(n)).to(dtype)
-        t_mm = bench_seconds(lambda: x @ h)
-        cublas = (nbytes / t_mm / 1e9, _rel_err(check @ h, ref))
-    for var in variants:
-        scale = 1.0 / math.sqrt(n)
-
-        def run():
-            if not var:  # the public API: Triton (tuned on first use) or the torch fallback
-                return fwht(x)
-            return fwht_rows_triton(x, n, False, scale, None, **var)
-
+    results = []
+    for config in configs:
+        fn = _call(x, variant, config)
         try:
             poison_allocator(nbytes // 2)
-            y = run()
+            y = fn()
             torch.cuda.synchronize()
             finite = bool(torch.isfinite(y).all())
-            err = _rel_err(y[:256], ref)
-            t = bench_seconds(run)
-        except Exception as exc:  # report a variant that fails to compile instead of stopping
-            out.append({"n": n, "dtype": str(dtype).removeprefix("torch."), "variant": var, "error": repr(exc)[:200]})
+            err = rel_err(y[:CHECK_ROWS], ref)
+            del y
+            gbps = nbytes / graph_seconds(fn, rep_ms) / 1e9
+        except Exception as exc:  # a candidate that fails to compile or launch is reported, not fatal
+            results.append({"n": n, "dtype": dtype, "variant": variant, "config": config, "error": repr(exc)[:300]})
             continue
-        if not var:
-            plan = kernel_modes(n)
-            tuned = [v for key, v in fwht_triton._tuned.items() if key[0] == n and key[1] == dtype]
-            var = {"path": "triton" if plan else "torch (cuBLAS mode products)"}
-            if tuned:
-                var.update(tuned[-1])
-        out.append({
-            "n": n, "dtype": str(dtype).removeprefix("torch."), "variant": var,
-            "clone": nbytes / t_clone / 1e9, "fwht": nbytes / t / 1e9, "finite": finite, "err": err,
-            "cublas": cublas,
+        b = 128 if "block128" in variant else n
+        results.append({
+            "n": n, "dtype": dtype, "variant": variant, "config": config, "clone": clone, "gbps": gbps,
+            "err": err, "finite": finite, "desc": _describe(b, x.element_size(), config),
         })
     del x
     torch.cuda.empty_cache()
-    return out
+    return results
+
+
+def sweep_configs(n: int, elem_size: int) -> list:
+    """Alternative launch configurations worth timing for rows of length n (distinct plans only,
+    at most 64 to 128 fp32 values per thread)."""
+    k, p = hadamard_factors(n)
+    if k == 1:
+        cands = [Pow2Config(*c) for c in ((4, 32, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0),
+                                          (4, 64, 2, 4), (8, 64, 2, 2), (4, 128, 1, 0))]
+    else:
+        cands = [DenseConfig(*c) for c in ((4, 64, 1, 0, 64, 128), (4, 64, 1, 0, 32, 128), (8, 128, 1, 0, 64, 128),
+                                           (4, 64, 3, 2, 64, 128), (4, 32, 1, 0, 64, 64))]
+    default = kernel_plan(n, elem_size)
+    seen, out = {(default.meta, default.num_warps, default.stages, default.programs_per_sm)}, []
+    for cfg in cands:
+        plan = kernel_plan(n, elem_size, cfg)
+        per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
+        key = (plan.meta, plan.num_warps, plan.stages, plan.programs_per_sm)
+        if 16 <= per_thread <= 128 and key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    return out[:3]
+
+
+def _compile_task(task: tuple) -> None:
+    """Run one configuration once at its benchmark shape (fills the on-disk Triton cache)."""
+    n, dtype_name, variant, config = task
+    x = _input(n, getattr(torch, dtype_name))
+    try:
+        _call(x, variant, config)()
+        torch.cuda.synchronize()
+    except Exception:  # measure() reports the error
+        pass
+
+
+def host_overhead_us() -> list[dict]:
+    """Wall time per public fwht() call on a tiny bf16 input (the host side of a call)."""
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    signs = random_signs(1024, 0, device="cuda")
+    cases = {"fwht(x)": lambda: fwht(x), "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
+             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone() (reference)": lambda: x.clone()}
+    return [{"call": name, "us": 1e6 * host_seconds(fn)} for name, fn in cases.items()]
+
+
+def _cases(sizes: list[int], dtypes, with_variants: bool) -> list[tuple[int, torch.dtype, str]]:
+    cases = [(n, dt, "") for dt in dtypes for n in sizes]
+    if with_variants:
+        cases += [(n, dt, v) for dt in dtypes for n, v in VARIANTS]
+    return cases
+
+
+def roofline_rows(quick: bool = False) -> list[dict]:
+    """The library's FWHT at every benchmark size (QUICK sizes when ``quick``), as combined-table rows."""
+    rows = []
+    for n, dtype, variant in _cases(QUICK if quick else POW2 + LLM, DTYPES, not quick):
+        for r in measure(n, dtype, [None], variant):
+            if "error" in r:
+                rows.append({"op": "fwht", "shape": f"{TOTAL // n}x{n}", "dtype": str(dtype), "gbps": None,
+                             "pct_clone": None, "rel_err": None, "note": r["error"]})
+                continue
+            k, p = hadamard_factors(n)
+            note = f"n={k}*{p}" + (f", {variant}" if variant else "") + f"; {r['desc']}"
+            rows.append(roofline_row("fwht", (TOTAL // n, n), dtype, r["gbps"], r["clone"], r["err"], note))
+    return rows
+
+
+def _target(n: int, variant: str) -> float:
+    k, _ = hadamard_factors(n if "block128" not in variant else 128)
+    return 80.0 if k > 1 or n > 16384 else 90.0
+
+
+def _table(results: list[dict], title: str) -> list[str]:
+    lines = [title, "", "| n | K·2^m | dtype | variant | clone GB/s | fwht GB/s | % clone | target | rel. err | launch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        k, p = hadamard_factors(r["n"])
+        dt = str(r["dtype"]).removeprefix("torch.")
+        if "error" in r:
+            lines.append(f"| {r['n']} | {k}·{p} | {dt} | {r['variant']} | failed: {r['error']} ||||||")
+            continue
+        pct = 100 * r["gbps"] / r["clone"]
+        target = _target(r["n"], r["variant"])
+        flag = "" if r["finite"] else " NON-FINITE"
+        lines.append(f"| {r['n']} | {k}·{p} | {dt} | {r['variant'] or '-'} | {r['clone']:.0f} | {r['gbps']:.0f} | "
+                     f"{pct:.1f}% | {'met' if pct >= target else 'MISSED'} ({target:.0f}%) | {r['err']:.2e}{flag} | "
+                     f"{r['desc']} |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--sweep", action="store_true", help="try several kernel configurations")
-    parser.add_argument("--sizes", default=None, help="comma-separated n (default: all)")
+    parser.add_argument("--sweep", default="", help="comma-separated n: also time alternative launch configurations")
+    parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
+    parser.add_argument("--rep-ms", type=float, default=20.0)
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + KSIZES
-    variants = [{}]  # the library's own choice (tuned on first use)
-    if args.sweep:
-        variants = [
-            {"num_warps": w, "tile_elems": t, "programs_per_sm": pps, "stages": st}
-            for w in (4, 8, 16) for t in (2048, 8192, 16384) for pps, st in ((None, 1), (4, 2))
-        ]
-    results = []
-    for dtype in [getattr(torch, d) for d in args.dtypes.split(",")]:
-        for n in sizes:
-            for r in _measure(n, dtype, variants):
-                results.append(r)
-                print(r, flush=True)
-    lines = [
-        f"# FWHT on {torch.cuda.get_device_name()} ({datetime.date.today()}), 2^28 elements, GB/s = (read+write)/time",
-        "",
-        "| n | K·2^m | dtype | variant | clone GB/s | fwht GB/s | % of clone | rel. err vs fp64 | cuBLAS x@H GB/s | cuBLAS err |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        k, p = hadamard_factors(r["n"])
-        if "error" in r:
-            lines.append(f"| {r['n']} | {k}·{p} | {r['dtype']} | {r['variant']} | failed: {r['error']} |||||||")
-            continue
-        cb = r["cublas"]
-        cb_txt = f"{cb[0]:.0f} | {cb[1]:.1e}" if cb else "– | –"
-        flag = "" if r["finite"] else " (NON-FINITE)"
-        lines.append(
-            f"| {r['n']} | {k}·{p} | {r['dtype']} | {r['variant'] or 'default'} | {r['clone']:.0f} | "
-            f"{r['fwht']:.0f} | {100 * r['fwht'] / r['clone']:.0f}% | {r['err']:.2e}{flag} | {cb_txt} |"
-        )
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
+    swept = {int(s) for s in args.sweep.split(",") if s}
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    plans = {}
+    for n, dt, v in _cases(sizes, dtypes, True):
+        extra = sweep_configs(n, torch.empty(0, dtype=dt).element_size()) if n in swept and not v else []
+        plans[(n, dt, v)] = [None] + extra
+    tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
+    run_parallel(_compile_task, tasks, args.jobs)
+    library, best = [], {}
+    for (n, dt, v), cfgs in plans.items():
+        for r in measure(n, dt, cfgs, v, args.rep_ms):
+            print({k: r.get(k) for k in ("n", "dtype", "variant", "config", "gbps", "clone", "err", "error")}, flush=True)
+            if r["config"] is None:
+                library.append(r)
+            key = (n, str(dt), v)
+            if "error" not in r and r["finite"] and (key not in best or r["gbps"] > best[key]["gbps"]):
+                best[key] = r
+    head = f"# FWHT on {torch.cuda.get_device_name()} ({datetime.date.today()}), 2^28 elements, " \
+           "GB/s = (read + write) / median CUDA-graph time"
+    lines = _table(library, head + ", the library's launch table")
+    better = [r for r in best.values() if r["config"] is not None]
+    if better:
+        lines += [""] + _table(better, "## Faster launch configurations found by the sweep")
+    lines += ["", "Host overhead per call (tiny input, back-to-back calls):", ""]
+    lines += [f"- {h['call']}: {h['us']:.1f} us" for h in host_overhead_us()]
     emit_table(lines, args.out)
 
 

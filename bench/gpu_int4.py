@@ -1,15 +1,20 @@
-"""GPU benchmark of INT4 quantize+pack and Marlin repack (run on a CUDA machine), plus the error table.
+"""GPU benchmark of INT4 quantize+pack (absmax and MSE scales) and the Marlin repack, plus the error table.
 
-Throughput: for 14336x4096, 4096x14336 and 16384x16384 (2**28 elements) BF16 weights, group 128,
-GB/s counting bytes read plus bytes written, against ``torch.clone`` of the weight in the same
-process, for: the fused kernel with absmax scales and with MSE scales, the Marlin repack (words and
-scales) and, when the package is importable, compressed-tensors' own compress path (dynamic scales,
-``quantize``, ``pack_to_int32``). Each output is checked against the torch path on the same device.
+Throughput, for bf16 weights of the LLM shapes below, group 128: GB/s counting bytes read plus bytes
+written, against ``torch.clone`` of the weight in the same process. Each op is the public API
+(``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays, so no host
+work is in the timed region; the host time per call is measured separately (calls issued back to
+back on a small weight, no sync in between). Every output is first compared with the torch path on
+the same device (the first 1024 rows): ``rel. err`` is ``‖kernel − torch path‖ / ‖torch path‖`` of the
+dequantized weights (0 = bit-exact codes and scales).
 
 Quality: relative weight MSE ``Σ (w - ŵ)² / Σ w²`` (float64) of absmax and MSE scales on Gaussian and
 Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (``--quality-only``).
 
-    python bench/gpu_int4.py --out bench/results/int4-h100.md [--sweep]
+The timing helpers here (``graph_seconds``, ``host_us``, ``roofline_row``, ``roofline_table``) are
+shared with ``bench/gpu_lloyd.py`` and ``bench/gpu_hlwq.py``.
+
+    python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep] [--quick]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
 """
 
@@ -17,85 +22,175 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import time
+from typing import Callable
 
 import torch
+import triton
+import triton.language as tl
 
-from gpu_common import bench_seconds, emit_table
+from gpu_common import bench_seconds, emit_table, poison_allocator
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
 from hlwq_kernels.ops.int4_triton import int4_quantize_pack
 from hlwq_kernels.ops.marlin import marlin_pack
 from hlwq_kernels.ops.marlin_triton import marlin_repack
 
-SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384)]
+SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384), (5120, 27648), (27648, 5120)]
 GROUP = 128
+CHECK_ROWS = 1024
 
 
-
-def _ct_compress():
-    """compressed-tensors' compress of one weight, or None when the package is not installed."""
-    try:
-        from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
-        from compressed_tensors.quantization import QuantizationArgs
-        from compressed_tensors.quantization.lifecycle.forward import quantize
-        from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
-    except ImportError:
-        return None
-    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP)
-
-    def compress(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, _ = compute_dynamic_scales_and_zp(w, args, module=None)
-        return pack_to_int32(quantize(w, scale, None, args, dtype=torch.int8), 4), scale
-
-    return compress
+def graph_seconds(fn: Callable[[], object]) -> float:
+    """Median time of one call of ``fn`` replayed from a CUDA graph (the GPU work only)."""
+    fn()  # compile and warm the allocator outside the capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    seconds = bench_seconds(graph.replay)
+    del graph
+    return seconds
 
 
-def throughput(sweep: bool) -> list[str]:
-    ct = _ct_compress()
-    lines = [
-        "| shape (bf16) | clone GB/s | quantize absmax GB/s (% clone) | quantize mse GB/s (% clone) "
-        "| Marlin repack GB/s (% clone) | compressed-tensors GB/s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, k in SHAPES:
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+def host_us(fn: Callable[[], object], calls: int = 300) -> float:
+    """Host time per call in µs: ``calls`` calls issued back to back (no sync), on a small input."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def roofline_row(op: str, shape: str, dtype: str, nbytes: int, seconds: float, clone_gbs: float,
+                 rel_err: float, note: str = "") -> dict:
+    """One row of the combined roofline table (keys: op, shape, dtype, gbps, pct_clone, rel_err, note)."""
+    gbps = nbytes / seconds / 1e9
+    return {"op": op, "shape": shape, "dtype": dtype, "gbps": gbps, "pct_clone": 100 * gbps / clone_gbs,
+            "rel_err": rel_err, "note": note}
+
+
+def roofline_table(rows: list[dict]) -> list[str]:
+    """Markdown table of roofline rows."""
+    lines = ["| op | shape | dtype | GB/s | % clone | rel. err | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['gbps']:.0f} | {r['pct_clone']:.0f}% | "
+                     f"{r['rel_err']:.1e} | {r['note']} |")
+    return lines
+
+
+def host_table(calls: dict[str, Callable[[], object]]) -> list[str]:
+    """Markdown table of the host µs per call of each named call."""
+    return (["| public call (256x1024 bf16) | host µs per call |", "|---|---|"]
+            + [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()])
+
+
+def report(title: str, rows: list[dict], host: dict[str, Callable[[], object]],
+           sweep_lines: list[str] | None) -> list[str]:
+    """Title, roofline table, host-overhead table and (optional) sweep lines of one GPU script."""
+    lines = [title, "", *roofline_table(rows), "", *host_table(host), ""]
+    return lines + (sweep_lines + [""] if sweep_lines is not None else [])
+
+
+def arg_parser(doc: str, sweep_help: str) -> argparse.ArgumentParser:
+    """--out, --quick and --sweep, the options every GPU script of the kernels takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", help="write the Markdown tables here")
+    parser.add_argument("--quick", action="store_true", help="two shapes only")
+    parser.add_argument("--sweep", action="store_true", help=sweep_help)
+    return parser
+
+
+def clone_gbps(x: torch.Tensor) -> float:
+    """torch.clone of ``x``: bytes read + written per second, in GB/s."""
+    return 2 * x.numel() * x.element_size() / bench_seconds(lambda: x.clone()) / 1e9
+
+
+def _int4_err(got: Int4Weight, want: Int4Weight) -> float:
+    a, b = dequantize_int4(got, torch.float64), dequantize_int4(want, torch.float64)
+    return float((a - b).norm() / b.norm())
+
+
+def roofline_rows(quick: bool = False) -> list[dict]:
+    """INT4 absmax, INT4 MSE and Marlin repack rows for each shape (``quick``: the first two shapes)."""
+    rows = []
+    for n, k in SHAPES[:2] if quick else SHAPES:
+        w = torch.randn(n, k, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+        shape = f"{n}x{k}"
         elems = n * k
         scale_bytes = 2 * elems // GROUP
         q_bytes = 2 * elems + elems // 2 + scale_bytes
         m_bytes = 2 * (elems // 2 + scale_bytes)
-        gbs = lambda nbytes, t: nbytes / t / 1e9  # noqa: E731
-        clone = gbs(4 * elems, bench_seconds(lambda: w.clone()))
-
-        ours = quantize_int4(w, GROUP, "absmax")
-        torch_path = quantize_int4(w, GROUP, "absmax", backend="torch")
-        assert torch.equal(ours.packed, torch_path.packed) and torch.equal(ours.scale, torch_path.scale)
-        absmax = gbs(q_bytes, bench_seconds(lambda: quantize_int4(w, GROUP, "absmax")))
-        mse = gbs(q_bytes, bench_seconds(lambda: quantize_int4(w, GROUP, "mse")))
-        del torch_path
-
-        m = marlin_pack(ours)
-        assert torch.equal(m.qweight, marlin_pack(ours, backend="torch").qweight)
-        marlin = gbs(m_bytes, bench_seconds(lambda: marlin_pack(ours)))
-
-        ct_col = "not installed"
-        if ct is not None:
-            packed, scale = ct(w)
-            assert torch.equal(scale, ours.scale) and torch.equal(packed, ours.packed)
-            ct_col = f"{gbs(q_bytes, bench_seconds(lambda: ct(w))):.0f}"
-        pct = lambda x: f"{x:.0f} ({100 * x / clone:.0f}%)"  # noqa: E731
-        lines.append(f"| {n}x{k} | {clone:.0f} | {pct(absmax)} | {pct(mse)} | {pct(marlin)} | {ct_col} |")
-        print(lines[-1], flush=True)
-        if sweep:
-            for block_n in (4, 8, 16, 32):
-                for warps in (4, 8):
-                    t = bench_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_n=block_n, num_warps=warps))
-                    print(f"  quantize block_n={block_n} warps={warps}: {gbs(q_bytes, t):.0f} GB/s", flush=True)
-            for block_k in (4, 8, 16, 32):
-                for warps in (2, 4, 8):
-                    t = bench_seconds(lambda: marlin_repack(ours.packed, block_k=block_k, num_warps=warps))
-                    print(f"  repack block_k={block_k} warps={warps}: {gbs(elems, t):.0f} GB/s", flush=True)
-        del w, ours, m
+        clone = clone_gbps(w)
+        check = w[:CHECK_ROWS]
+        for rule in ("absmax", "mse"):
+            poison_allocator(q_bytes)
+            got, want = quantize_int4(check, GROUP, rule), quantize_int4(check, GROUP, rule, backend="torch")
+            exact = torch.equal(got.packed, want.packed) and torch.equal(got.scale, want.scale)
+            t = graph_seconds(lambda: quantize_int4(w, GROUP, rule))
+            rows.append(roofline_row(f"int4 quantize+pack ({rule})", shape, "bf16", q_bytes, t, clone,
+                                     _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
+        q = quantize_int4(w, GROUP)
+        qc = Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP)
+        poison_allocator(m_bytes)
+        got, want = marlin_pack(qc), marlin_pack(qc, backend="torch")
+        exact = torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)
+        t = graph_seconds(lambda: marlin_pack(q))
+        rows.append(roofline_row("marlin repack", shape, "int4", m_bytes, t, clone, 0.0 if exact else float("nan"),
+                                 "bit-exact" if exact else "MISMATCH"))
+        del w, q
         torch.cuda.empty_cache()
-    return lines
+    return rows
+
+
+@triton.jit
+def _store_one(out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, 1, mask=offs < n)
+
+
+def host_calls() -> dict[str, Callable[[], object]]:
+    """The public functions on a small weight (256 x 1024 bf16), and a bare Triton launch (one
+    pointer, one int: Triton's own launcher cost)."""
+    w = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
+    q = quantize_int4(w, GROUP)
+    one = torch.empty(16, dtype=torch.int32, device="cuda")
+    return {
+        "bare Triton launch (2 arguments)": lambda: _store_one[(1,)](one, 16, BLOCK=16),
+        "quantize_int4(absmax)": lambda: quantize_int4(w, GROUP),
+        "quantize_int4(mse)": lambda: quantize_int4(w, GROUP, "mse"),
+        "marlin_pack": lambda: marlin_pack(q),
+        "int4_quantize_pack (launcher)": lambda: int4_quantize_pack(w, GROUP, "absmax"),
+    }
+
+
+def sweep(n: int = 16384, k: int = 16384) -> list[str]:
+    """Tile sizes of the quantize and repack kernels on one shape (GB/s)."""
+    w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+    elems = n * k
+    q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
+    out = []
+    for rule, configs in (("absmax", [(16, 2, 4), (32, 2, 8), (16, 4, 8), (8, 2, 4)]), ("mse", [(4, 2, 4)])):
+        for block_n, block_g, warps in configs:
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_n=block_n, block_g=block_g,
+                                                         num_warps=warps))
+            out.append(f"  quantize {rule} block_n={block_n} block_g={block_g} warps={warps}: "
+                       f"{q_bytes / t / 1e9:.0f} GB/s")
+            print(out[-1], flush=True)
+    q = quantize_int4(w, GROUP)
+    m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
+    for block_k, warps in [(16, 4), (32, 4), (32, 8), (64, 8)]:
+        t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
+        out.append(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s")
+        print(out[-1], flush=True)
+    return out
 
 
 def _rel_mse(w: torch.Tensor, q: Int4Weight) -> float:
@@ -125,18 +220,16 @@ def quality(device: str, rows: int, cols: int = 4096) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="write the Markdown tables here")
+    parser = arg_parser(__doc__, "also time other tile sizes")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="also time other tile sizes")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
     if not args.quality_only:
-        out += [f"torch {torch.__version__}; GB/s = (bytes read + written) / median time", ""]
-        out += throughput(args.sweep) + [""]
+        title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
+        out += report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

@@ -1,25 +1,22 @@
 """GPU roofline benchmark of the Lloyd–Max kernels (run on a CUDA machine).
 
-2**28 elements: one empirical Lloyd step over float32 samples (bytes = samples read), quantize
-(bfloat16 in, uint8 out) and dequantize (uint8 in, bfloat16 out); GB/s = (bytes read + written) / time,
-against ``torch.clone`` of the same input and the plain-torch way (``torch.bucketize`` +
-``scatter_add_``; ``levels[idx]``) in the same process. Each result is checked first: indices equal
-the torch path exactly, per-cell counts equal and sums agree to 1e-5 with float64 torch.
+Quantize (bf16 in, uint8 out) of weights of the LLM shapes below with the Gaussian codebooks of 16,
+32 and 256 levels: GB/s = (bytes read + written) / time, against ``torch.clone`` of the same input
+in the same process. The public ``Codebook.quantize`` is captured in a CUDA graph and timed by its
+replays (its lookup table is built on the first call and kept), checked first against the torch
+path (indices equal). ``--sweep`` also times the lookup kernel's block sizes and the grid kernel the
+fp32 path uses; the host time per public call is measured on a small input.
 
-Second table, the sorted-prefix scheme the empirical solver iterates with: the one-time setup
-(``torch.sort`` of the 2**28 fp32 samples + float64 prefix sums), one Lloyd step (``searchsorted`` of
-the thresholds + prefix differences, including the copy of the per-cell results to the host), its
-GB/s-equivalent (bytes of the samples / step time, against clone), and the cost per step amortised
-over a full ``lloyd_max(levels=n, samples=x)`` solve on the same samples: (setup + K · step) / K with K
-its number of steps. Checked first against the float64 torch step on all samples: per-cell counts
-equal exactly, sums agree to 1e-9 relative.
+``--solver`` adds the 2**28-sample tables of the solver's own steps: one empirical Lloyd step over
+float32 samples (bytes = samples read) and the sorted-prefix scheme the empirical solver iterates
+with (setup: ``torch.sort`` + float64 prefix sums; one step: ``searchsorted`` + prefix differences,
+including the copy of the per-cell results to the host), both checked against float64 torch.
 
-    python bench/gpu_lloyd.py --out bench/results/lloyd-h100.md
+    python bench/gpu_lloyd.py --out bench/results/lloyd-h200.md [--sweep] [--quick] [--solver]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import time
 
@@ -27,11 +24,12 @@ import numpy as np
 import torch
 
 from gpu_common import bench_seconds, emit_table
+from gpu_int4 import SHAPES, arg_parser, clone_gbps, graph_seconds, report, roofline_row
 from hlwq_kernels.ops.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
-from hlwq_kernels.ops.lloyd_max_triton import assign_table, dequantize_triton, lloyd_step_triton, quantize_triton
+from hlwq_kernels.ops.lloyd_max_triton import assign_table, lloyd_step_triton, quantize_lookup, quantize_triton
 
+LEVELS = [16, 32, 256]
 TOTAL = 1 << 28
-
 
 
 def _torch_step(x: torch.Tensor, thr: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,47 +91,56 @@ def _sorted_rows(levels: list[int]) -> list[dict]:
     return rows
 
 
-def _quant_rows(levels: list[int]) -> list[dict]:
-    x = torch.randn(TOTAL, device="cuda", dtype=torch.float32).to(torch.bfloat16)
-    clone = 2 * x.numel() * 2 / bench_seconds(lambda: x.clone()) / 1e9
+def roofline_rows(quick: bool = False) -> list[dict]:
+    """Codebook quantize (bf16 -> uint8) rows for each shape and level count (``quick``: two shapes)."""
     rows = []
-    for n in levels:
-        cb = gaussian_codebook(n)
-        table = assign_table(cb.thresholds, torch.float32, x.device)
-        thr = torch.tensor(cb.thresholds, dtype=torch.float32, device="cuda")
-        idx = quantize_triton(x, table, torch.uint8)
-        want = cb.quantize(x, backend="torch")
-        ok = bool(torch.equal(idx, want))
-        t_k = bench_seconds(lambda: quantize_triton(x, table, torch.uint8))
-        t_t = bench_seconds(lambda: torch.bucketize(x.float(), thr, right=True).to(torch.uint8))
-        rows.append(_row("quantize (bf16 → u8)", n, x.numel() * 3, clone, t_k, t_t, ok))
-        lev = torch.tensor(cb.levels, dtype=torch.float64).to(torch.bfloat16).cuda()
-        y = dequantize_triton(idx, lev)
-        ok = bool(torch.equal(y, lev[idx.long()]))
-        t_k = bench_seconds(lambda: dequantize_triton(idx, lev))
-        t_t = bench_seconds(lambda: lev[idx.long()])
-        rows.append(_row("dequantize (u8 → bf16)", n, x.numel() * 3, clone, t_k, t_t, ok))
-    del x
-    torch.cuda.empty_cache()
+    for n, k in SHAPES[:2] if quick else SHAPES:
+        x = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        clone = clone_gbps(x)
+        for levels in LEVELS:
+            cb = gaussian_codebook(levels)
+            exact = torch.equal(cb.quantize(x[:1024]), cb.quantize(x[:1024], backend="torch"))
+            t = graph_seconds(lambda: cb.quantize(x))
+            rows.append(roofline_row(f"lloyd quantize ({levels} levels)", f"{n}x{k}", "bf16", 3 * x.numel(), t,
+                                     clone, 0.0 if exact else float("nan"), "bit-exact" if exact else "MISMATCH"))
+        del x
+        torch.cuda.empty_cache()
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--levels", default="16,32,256")
-    args = parser.parse_args()
-    levels = [int(v) for v in args.levels.split(",")]
-    rows = _step_rows(levels) + _quant_rows(levels)
-    sorted_rows = _sorted_rows(levels)
+def host_calls() -> dict:
+    x = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
+    cb = gaussian_codebook(32)
+    idx = cb.quantize(x)
+    return {"Codebook.quantize (bf16)": lambda: cb.quantize(x), "Codebook.dequantize": lambda: cb.dequantize(idx)}
+
+
+def sweep(n: int = 16384, k: int = 16384) -> list[str]:
+    """Lookup kernel block sizes and the grid kernel, bf16 -> uint8 (GB/s)."""
+    x = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+    out = []
+    for levels in LEVELS:
+        cb = gaussian_codebook(levels)
+        table = cb.cached(("lookup", x.dtype, x.device), lambda: cb._lookup_table(x.dtype, x.device))
+        for block, warps in [(2048, 4), (4096, 4), (8192, 8)]:
+            t = graph_seconds(lambda: quantize_lookup(x, table, block, warps))
+            out.append(f"  {levels} levels lookup block={block} warps={warps}: {3 * x.numel() / t / 1e9:.0f} GB/s")
+            print(out[-1], flush=True)
+        grid = assign_table(cb.thresholds, torch.float32, x.device)
+        t = graph_seconds(lambda: quantize_triton(x, grid, torch.uint8))
+        out.append(f"  {levels} levels grid kernel (K={grid.k}): {3 * x.numel() / t / 1e9:.0f} GB/s")
+        print(out[-1], flush=True)
+    return out
+
+
+def solver_tables() -> list[str]:
+    rows = _step_rows(LEVELS)
+    sorted_rows = _sorted_rows(LEVELS)
     x = torch.randn(1 << 24, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     t0 = time.perf_counter()
     cb = lloyd_max(bits=5, samples=x)
     solve = time.perf_counter() - t0
     lines = [
-        f"# Lloyd–Max kernels on {torch.cuda.get_device_name()} ({datetime.date.today()}), 2^28 elements, "
-        "GB/s = (bytes read + written) / time (median of do_bench)",
-        "",
         "| op | levels | clone GB/s | kernel GB/s | % of clone | plain torch GB/s | check |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -154,9 +161,19 @@ def main() -> None:
               f"{cb.iterations} Lloyd steps, converged={cb.converged}, mse={cb.mse:.6f} "
               f"(Gaussian optimum {gaussian_codebook(32).mse:.6f})."]
     lines += ["", "Lloyd step bytes = samples read (fp32); clone GB/s counts its read + write. Plain torch = "
-              "`torch.bucketize(x, thr, right=True)` + two fp32 `scatter_add_` (counts, sums); quantize: "
-              "`bucketize` on the fp32 upcast + cast to uint8; dequantize: `levels[idx.long()]`. "
-              "Clone columns: clone of the fp32 samples (step) and of the bf16 input (quantize, dequantize)."]
+              "`torch.bucketize(x, thr, right=True)` + two fp32 `scatter_add_` (counts, sums)."]
+    return lines
+
+
+def main() -> None:
+    parser = arg_parser(__doc__, "also time block sizes and the grid kernel")
+    parser.add_argument("--solver", action="store_true", help="also the Lloyd step and sorted-prefix tables")
+    args = parser.parse_args()
+    title = (f"# Lloyd–Max quantize on {torch.cuda.get_device_name()} ({datetime.date.today()}), "
+             "GB/s = (bytes read + written) / median CUDA-graph replay time")
+    lines = report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
+    if args.solver:
+        lines += solver_tables()
     emit_table(lines, args.out)
 
 

@@ -9,6 +9,7 @@ from hlwq_kernels.ops.fwht import fwht
 from hlwq_kernels.ops.lloyd_max import Codebook, lloyd_max, gaussian_codebook, original_release_codebook
 from hlwq_kernels.ops.hlwq import HLWQConfig, HLWQCodes, hlwq_quantize, hlwq_dequantize, hlwq_int4
 from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4, quantize_int4_with_scale, dequantize_int4, absmax_scale, int4_codes, pack_int4, unpack_int4
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym, quantize_int4_asym_with_params, dequantize_int4_asym
 from hlwq_kernels.ops.marlin import MarlinWeight, marlin_pack, marlin_unpack
 from hlwq_kernels.checkpoint import ConversionReport, quantize_checkpoint
 
@@ -35,6 +36,10 @@ __all__ = [
     "int4_codes",
     "pack_int4",
     "unpack_int4",
+    "Int4AsymWeight",
+    "quantize_int4_asym",
+    "quantize_int4_asym_with_params",
+    "dequantize_int4_asym",
     "MarlinWeight",
     "marlin_pack",
     "marlin_unpack",

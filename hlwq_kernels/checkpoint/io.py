@@ -5,10 +5,10 @@ no code executed); tensor bytes are then read with positioned reads at the offse
 so only the tensor in hand is resident (no memory map keeps the whole file in the process's RSS).
 
 Writing: the shard layout is planned before anything is written (every output size is known from
-the source header), each shard's header is written first and tensors are written at their offsets
-as they are produced (no shard is ever held in memory). A shard is written to ``<name>.tmp`` and
-renamed when complete. Output is deterministic: tensors sorted by (alignment, name), JSON with
-sorted keys, fixed metadata.
+the source header, ``shard_layout``), so tensors are written at their offsets as they are produced,
+in any order and by any process (no shard is ever held in memory); kept tensors are copied file to
+file inside the kernel (``copy_range``). Output is deterministic: tensors sorted by (alignment,
+name), JSON with sorted keys, fixed metadata.
 """
 
 from __future__ import annotations
@@ -159,10 +159,14 @@ def weight_files(src: Path) -> list[Path]:
         return files
     pickles = sorted(p.name for p in src.iterdir() if p.suffix in PICKLE_WEIGHT_SUFFIXES)
     if pickles:
+        first = src / pickles[0]
         raise CheckpointError(
             f"{src} has only pickle weights ({', '.join(pickles[:3])}), which are never loaded because "
-            "unpickling can run arbitrary code. Convert them to safetensors first, e.g. in a trusted "
-            "environment: AutoModel.from_pretrained(src).save_pretrained(out, safe_serialization=True)"
+            "unpickling can run arbitrary code. Convert them to safetensors first, in a trusted environment, "
+            f"keeping every tensor ({'once per file' if len(pickles) > 1 else 'one command'}): python -c \"import torch; "
+            f"from safetensors.torch import save_file; sd = torch.load('{first}', weights_only=True); "
+            f"save_file({{k: v.contiguous().clone() for k, v in sd.items()}}, '{first.with_suffix('.safetensors')}', "
+            "metadata={'format': 'pt'})\""
         )
     raise CheckpointError(f"no *.safetensors weight files in {src}")
 
@@ -205,14 +209,8 @@ def scan_source(files: Sequence[Path]) -> dict[str, SourceTensor]:
 def read_bytes(t: SourceTensor) -> bytearray:
     """The raw bytes of one source tensor (read straight into one buffer)."""
     buf = bytearray(t.nbytes)
-    view = memoryview(buf)
     with open(t.file, "rb") as fh:
-        done = 0
-        while done < t.nbytes:
-            n = os.preadv(fh.fileno(), [view[done:]], t.start + done)
-            if n == 0:
-                raise CheckpointError(f"{t.file}: tensor {t.name!r} is truncated")
-            done += n
+        read_into(fh.fileno(), memoryview(buf), t.start, t)
     return buf
 
 
@@ -249,63 +247,59 @@ def plan_shards(sizes: Sequence[int], max_bytes: int) -> list[range]:
     return shards
 
 
-class ShardWriter:
-    """Writes one safetensors shard: header first, then tensors at their planned offsets.
+def shard_layout(tensors: Iterable[OutTensor]) -> tuple[bytes, dict[str, int]]:
+    """The safetensors header of a shard holding ``tensors`` and each tensor's absolute byte offset
+    in the file. Deterministic: tensors sorted by (alignment, name), JSON with sorted keys, fixed
+    metadata, the header padded to a multiple of 8 bytes."""
+    order = sorted(tensors, key=lambda t: (-ITEMSIZE[t.dtype], t.name))
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offsets: dict[str, int] = {}
+    offset = 0
+    for t in order:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offsets[t.name] = offset
+        offset += t.nbytes
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    head = struct.pack("<Q", len(raw)) + raw
+    return head, {name: len(head) + off for name, off in offsets.items()}
 
-    Use as a context manager; on success the ``.tmp`` file is renamed to ``path``, on failure it
-    is removed, so a file named ``*.safetensors`` is always complete.
-    """
 
-    def __init__(self, path: Path, tensors: Iterable[OutTensor]):
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        order = sorted(tensors, key=lambda t: (-ITEMSIZE[t.dtype], t.name))
-        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-        self.offsets: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for t in order:
-            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
-            self.offsets[t.name] = (offset, offset + t.nbytes)
-            offset += t.nbytes
-        raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.header = struct.pack("<Q", len(raw)) + raw
-        self.size = len(self.header) + offset
-        self.written: set[str] = set()
-        self.fd = -1
+def read_into(fd: int, view: memoryview, offset: int, t: SourceTensor) -> None:
+    """Fill ``view`` from file descriptor ``fd`` at ``offset`` (positioned reads, no file position)."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise CheckpointError(f"{t.file}: tensor {t.name!r} is truncated")
+        done += n
 
-    def __enter__(self) -> "ShardWriter":
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_at(self.fd, self.header, 0, self.tmp)
-        except BaseException:
-            self._discard()
-            raise
-        return self
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
-        """Write the bytes of tensor ``name`` at its planned offset."""
-        start, end = self.offsets[name]
-        if len(data) != end - start:
-            raise CheckpointError(f"{self.path.name}: tensor {name!r} has {len(data)} bytes, expected {end - start}")
-        write_at(self.fd, data, len(self.header) + start, self.tmp)
-        self.written.add(name)
+def copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int, nbytes: int, path: Path) -> None:
+    """Copy ``nbytes`` between files inside the kernel (``copy_file_range``: no user-space buffer),
+    falling back to positioned reads and writes where the file systems do not support it."""
+    step = 64 << 20
+    buf = None if hasattr(os, "copy_file_range") else memoryview(bytearray(min(nbytes, step)))  # Linux only
+    while nbytes:
+        n = 0
+        if buf is None:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(nbytes, step), src_offset, dst_offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
+                    raise write_error(e, path) from e
+        if n == 0:  # not supported here (or the source ended early): copy through memory from now on
+            buf = buf or memoryview(bytearray(min(nbytes, step)))
+            n = os.preadv(src_fd, [buf[: min(nbytes, step)]], src_offset)
+            if n == 0:
+                raise CheckpointError(f"{path}: the source ended early while copying")
+            write_at(dst_fd, buf[:n], dst_offset, path)
+        src_offset, dst_offset, nbytes = src_offset + n, dst_offset + n, nbytes - n
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
-        if self.written != set(self.offsets):
-            self._discard()
-            missing = sorted(set(self.offsets) - self.written)
-            raise CheckpointError(f"{self.path.name}: tensors not written: {', '.join(missing[:5])}")
-        os.fsync(self.fd)
-        os.close(self.fd)
-        os.replace(self.tmp, self.path)
 
-    def _discard(self) -> None:
-        os.close(self.fd)
-        self.tmp.unlink(missing_ok=True)
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def write_at(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
@@ -316,23 +310,25 @@ def write_at(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(f"disk full while writing {path} ({e.strerror})") from e
-        raise CheckpointError(f"cannot write {path}: {e}") from e
+        raise write_error(e, path) from e
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
-    """The bytes of a CPU tensor in C order (no copy when already contiguous)."""
-    t = t.detach().contiguous().cpu()
-    return memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
+def write_error(e: OSError, path: Path) -> CheckpointError:
+    """The one-line error for a failed write of ``path``: a full disk is named as such."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(f"disk full while writing {path} ({e.strerror})")
+    return CheckpointError(f"cannot write {path}: {e}")
 
 
 def write_json(path: Path, data: object, sort_keys: bool = True) -> None:
     """JSON with 2-space indent and a trailing newline (keys sorted unless ``sort_keys=False``),
-    written then renamed."""
+    written, flushed to disk, then renamed."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -1,58 +1,66 @@
 """quantize_checkpoint: a BF16/FP16/FP32 safetensors checkpoint in, a vLLM-ready INT4
 compressed-tensors ``pack-quantized`` checkpoint out.
 
-The conversion streams tensor by tensor (one source tensor and its outputs in memory at a time),
-writes into a hidden sibling directory ``.<dst>.partial`` and renames it to ``dst`` only when
-everything is written, so an interrupted run never leaves something that looks finished; a rerun
-with the same source and options resumes from the shards already completed.
+The conversion is planned first (``plan``: every output tensor's shard and offset), then run by
+overlapping stages (``runner``: readers, quantization on CPU threads or CUDA streams, writers,
+a committer), into a hidden sibling directory ``.<dst>.partial`` that is renamed to ``dst`` only
+when everything is written, so an interrupted run never leaves something that looks finished.
+Progress is durable per tensor (``progress``): a rerun with the same source and options does only
+the missing tensors, and the result is byte-identical to an uninterrupted run. Under torchrun (or
+``--devices``) several processes share the work (``distributed``).
+
+The quantizer is a per-tensor function ``w [N, K] -> Int4Weight`` (``_quantizer``); it must work
+row by row (each output row depends only on the same input row), because large weights are
+quantized in blocks of rows.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable
 
 import torch
 
+from hlwq_kernels.checkpoint import progress as journal_files
+from hlwq_kernels.checkpoint import runner
+from hlwq_kernels.checkpoint.distributed import Group, assign, join, local_rank
 from hlwq_kernels.checkpoint.io import (
     CONFIG_NAME,
     INDEX_NAME,
     CheckpointError,
-    OutTensor,
-    ShardWriter,
-    SourceTensor,
     auxiliary_files,
     copy_files,
     parse_size,
-    plan_shards,
-    read_bytes,
     read_config,
     resolve_source,
     scan_source,
-    shard_name,
-    tensor_bytes,
-    tensor_from_bytes,
     weight_files,
     write_json,
 )
+from hlwq_kernels.checkpoint.plan import Plan, Unit, make_plan
+from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
+from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotated_dir
 from hlwq_kernels.formats import compressed_tensors as ct
-from hlwq_kernels.metrics import relative_error
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
-from hlwq_kernels.models.selection import Selection, SelectionError, TensorSpec, select_layers
-from hlwq_kernels.ops.int4 import dequantize_int4, quantize_int4
+from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_layers
+from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym
 
-PROGRESS_NAME = "progress.json"
+# The scale rules of each scheme, the first is the default: symmetric absmax is compressed-tensors'
+# rule, asymmetric minmax its asymmetric one.
+SCALES = {"sym": ("absmax", "mse"), "asym": ("minmax", "clip", "hqq")}
 
 
-def _quantizer(method: str, bits: int, group_size: int, block_size: int, scale: str) -> Callable:
+def _quantizer(method: str, bits: int, group_size: int, block_size: int, scheme: str,
+               scale: str) -> Callable[[torch.Tensor], Int4Weight | Int4AsymWeight]:
+    """The per-tensor quantizer of ``method`` (row by row: any block of rows may be passed)."""
+    if scheme == "asym":
+        return lambda w: quantize_int4_asym(w, group_size=group_size, method=scale)
     if method == "rtn":
         return lambda w: quantize_int4(w, group_size=group_size, scale=scale)
     from hlwq_kernels.ops.hlwq import hlwq_int4
@@ -61,118 +69,15 @@ def _quantizer(method: str, bits: int, group_size: int, block_size: int, scale: 
 
 
 def _resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when there is one; a bare ``cuda`` is this process's local GPU (torchrun)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError("device 'cuda' requested but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank())
     return dev
-
-
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise CheckpointError(f"destination {dst} must not be the source {src} or inside it (or contain it)")
-    if dst.exists():
-        if not dst.is_dir():
-            raise CheckpointError(f"destination {dst} exists and is not a directory")
-        if any(dst.iterdir()) and not overwrite:
-            raise CheckpointError(f"destination {dst} exists and is not empty (pass overwrite=True / --overwrite)")
-
-
-class _Unit(NamedTuple):
-    """One source tensor, the output tensors written from it, and whether it is quantized."""
-
-    source: SourceTensor
-    outputs: list[OutTensor]
-    quantized: bool
-
-    @property
-    def nbytes(self) -> int:
-        return sum(o.nbytes for o in self.outputs)
-
-
-def _units(tensors: dict[str, SourceTensor], selection: Selection, group_size: int) -> list[_Unit]:
-    """One unit per source tensor, in sorted source-name order."""
-    quantized = {f"{m}.weight" for m in selection.quantize}
-    units = []
-    for name in sorted(tensors):
-        t = tensors[name]
-        if name in quantized:
-            n, k = t.shape
-            outputs = [OutTensor(*spec) for spec in ct.layer_tensors(name[: -len(".weight")], n, k, group_size, t.dtype)]
-            units.append(_Unit(t, outputs, True))
-        else:
-            units.append(_Unit(t, [OutTensor(name, t.dtype, t.shape)], False))
-    return units
-
-
-def _fingerprint(files: list[Path], tensors: dict[str, SourceTensor], options: dict) -> str:
-    inventory = {
-        "options": options,
-        "files": [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files],
-        "tensors": [[t.name, t.file.name, list(t.shape), t.dtype] for t in tensors.values()],
-    }
-    return hashlib.sha256(json.dumps(inventory, sort_keys=True).encode()).hexdigest()
-
-
-def _load_progress(work: Path, fingerprint: str) -> dict:
-    """Completed shards from an earlier run of the same conversion, else start afresh."""
-    path = work / PROGRESS_NAME
-    if work.exists():
-        try:
-            progress = json.loads(path.read_text())
-            if progress.get("fingerprint") == fingerprint:
-                done = {
-                    shard: info
-                    for shard, info in progress["completed"].items()
-                    if (work / shard).is_file() and (work / shard).stat().st_size == info["size"]
-                }
-                return {"fingerprint": fingerprint, "completed": done}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    return {"fingerprint": fingerprint, "completed": {}}
-
-
-class _Timer:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.totals = {"read_s": 0.0, "transfer_s": 0.0, "kernel_s": 0.0, "write_s": 0.0}
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def add(self, key: str, start: float) -> float:
-        now = time.perf_counter()
-        self.totals[key] += now - start
-        return now
-
-
-def _quantize_tensor(
-    t: SourceTensor, w: torch.Tensor, quantize: Callable, device: torch.device, timer: _Timer
-) -> tuple[dict[str, torch.Tensor], LayerReport]:
-    """Quantize source weight ``w`` (CPU) on ``device``: the three output tensors and the error."""
-    start = time.perf_counter()
-    w = w.to(device)
-    timer.sync()
-    start = timer.add("transfer_s", start)
-    if not bool(torch.isfinite(w).all()):
-        raise CheckpointError(f"{t.file}: tensor {t.name!r} contains NaN or Inf values; refusing to quantize it")
-    q = quantize(w)
-    rel, sqnr = relative_error(w, dequantize_int4(q, dtype=torch.float32))
-    timer.sync()
-    start = timer.add("kernel_s", start)
-    n, k = t.shape
-    if tuple(q.packed.shape) != (n, k // 8) or q.scale.shape[0] != n or q.scale.dtype != w.dtype:
-        raise CheckpointError(f"quantizer returned unexpected shapes/dtypes for {t.name!r}")
-    module = t.name[: -len(".weight")]
-    out = ct.compress(module, q)
-    timer.sync()
-    timer.add("transfer_s", start)
-    bytes_out = sum(v.numel() * v.element_size() for v in out.values())
-    return out, LayerReport(module, [n, k], t.dtype, rel, sqnr, t.nbytes, bytes_out)
 
 
 def quantize_checkpoint(
@@ -183,12 +88,16 @@ def quantize_checkpoint(
     bits: int = 5,
     group_size: int = 128,
     block_size: int = 128,
-    scale: str = "absmax",
+    scheme: str = "sym",
+    scale: str | None = None,
     device: str = "auto",
     ignore: Iterable[str] = (),
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     progress: bool = True,
+    rotate: bool = False,
+    rotate_seed: int = 0,
+    rotate_block_size: int | None = 128,
 ) -> ConversionReport:
     """Convert the safetensors checkpoint ``src`` (directory or Hub repo id) into an INT4
     compressed-tensors checkpoint at ``dst`` and return the report (also saved as
@@ -197,13 +106,23 @@ def quantize_checkpoint(
     The defaults (rtn + absmax) are compressed-tensors' own rule: on a real decoder (Gemma-3-270M)
     the MSE-optimal scale lowered weight error but raised perplexity 1.65x more than absmax.
     method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4) or "rtn"
-    (plain INT4 round-to-nearest). scale: INT4 group scale, "absmax" (compressed-tensors' rule)
-    or "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    (plain INT4 round-to-nearest). scheme: "sym" (one scale per group) or "asym" (a scale and a
+    zero point per group; rtn only). scale: the group rule of the scheme, for "sym" "absmax"
+    (compressed-tensors' rule, the default) or "mse", for "asym" "minmax" (the default), "clip" or
+    "hqq". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    rotate: fold Hadamard rotations into the weights first (``rotated_source``; seed
+    ``rotate_seed``, R1 block ``rotate_block_size``, None = the full hidden size); the output's
+    config.json keeps the ``hlwq_rotation`` record.
     """
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
-    if scale not in ("absmax", "mse"):
-        raise ValueError(f"scale must be 'absmax' or 'mse', got {scale!r}")
+    if scheme not in SCALES:
+        raise ValueError(f"scheme must be 'sym' or 'asym', got {scheme!r}")
+    scale = scale or SCALES[scheme][0]
+    if scale not in SCALES[scheme]:
+        raise ValueError(f"scale must be one of {', '.join(SCALES[scheme])} with scheme {scheme!r}, got {scale!r}")
+    if scheme == "asym" and method != "rtn":
+        raise ValueError(f"scheme 'asym' works with method 'rtn' only, got {method!r}")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     if method == "hlwq" and not 1 <= bits <= 8:
@@ -211,6 +130,22 @@ def quantize_checkpoint(
     max_bytes = parse_size(max_shard_size)
     t_start = time.perf_counter()
     dev = _resolve_device(device)
+    group = join(dev)
+    try:
+        report = _convert(group, src, dst, dev, method=method, bits=bits, group_size=group_size, block_size=block_size,
+                          scheme=scheme, scale=scale, ignore=tuple(ignore), max_bytes=max_bytes, overwrite=overwrite,
+                          show_progress=progress, t_start=t_start,
+                          rotation=(rotate_seed, rotate_block_size) if rotate else None)
+        return group.broadcast(report)
+    finally:
+        group.close()
+
+
+def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: int, group_size: int, block_size: int,
+             scheme: str, scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
+             t_start: float, rotation: tuple[int, int | None] | None) -> ConversionReport | None:
+    """Every rank: plan, convert its share of the missing tensors; rank 0 also prepares the
+    partial directory, finishes and publishes (and returns the report; the others None)."""
     src_path = resolve_source(src)
     dst_path = Path(dst).expanduser().resolve()
     config = read_config(src_path)
@@ -219,10 +154,13 @@ def quantize_checkpoint(
             f"{src_path / CONFIG_NAME} already has a quantization_config "
             f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
         )
-    _check_destination(src_path, dst_path, overwrite)
+    check_destination(src_path, dst_path, overwrite)
+    notes: tuple[str, ...] = ()
+    if rotation is not None:
+        src_path, notes = _rotated_source(group, src_path, dst_path, *rotation, max_bytes)
+        config = read_config(src_path)
     files = weight_files(src_path)
     tensors = scan_source(files)
-    ignore = tuple(ignore)
     try:
         selection = select_layers(
             [TensorSpec(t.name, t.shape, t.dtype) for t in tensors.values()],
@@ -233,98 +171,119 @@ def quantize_checkpoint(
         )
     except SelectionError as e:
         raise CheckpointError(str(e)) from e
-
+    symmetric = scheme == "sym"
+    plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
-                   ignore=list(ignore), max_shard_size=max_bytes)
-    units = _units(tensors, selection, group_size)
-    shards = [units[r.start:r.stop] for r in plan_shards([u.nbytes for u in units], max_bytes)]
-    names = [shard_name(i, len(shards)) for i in range(len(shards))]
-    work = dst_path.parent / f".{dst_path.name}.partial"
-    state = _load_progress(work, _fingerprint(files, tensors, options))
-    quantize = _quantizer(method, bits, group_size, block_size, scale)
-    timer = _Timer(dev)
+                   ignore=list(ignore), max_shard_size=max_bytes, device=dev.type)
+    if not symmetric:  # the symmetric fingerprint stays the one of earlier versions (resumable)
+        options["scheme"] = scheme
+    if rotation is not None:
+        options["rotation"] = list(rotation)
+    fprint = journal_files.fingerprint(files, options, plan)
+    work = journal_files.partial_dir(dst_path)
+    if group.rank == 0:
+        check_free_space(src_path, dst_path, work, plan.output_bytes)
+    done = None
+    if group.rank == 0:
+        journal_files.prepare(work, fprint, plan)
+        done = journal_files.load_done(work)
+    fprint0, done = group.broadcast((fprint, done))
+    if fprint0 != fprint:
+        raise CheckpointError(f"rank {group.rank} sees another source, plan or options than rank 0 "
+                              f"(every process must read the same {src_path} with the same options)")
+    todo = [i for i, u in enumerate(plan.units) if u.source.name not in done]
+    mine = [todo[j] for j in assign([plan.units[i].source.nbytes for i in todo], group.world)[group.rank]]
+    backend = _backend(dev, _quantizer(method, bits, group_size, block_size, scheme, scale), group_size)
+    bar = _ProgressBar(len(plan.units), len(done), show_progress and group.rank == 0)
+    journal = journal_files.Journal(work)
+    t_setup = time.perf_counter() - t_start
+    try:
+        timings = runner.run(plan, work, mine, backend, journal, bar)
+    finally:
+        journal.close()
+        bar.close()
+    group.barrier()
+    if group.rank != 0:
+        return None
+    t_finish = time.perf_counter()
     report = ConversionReport(
         src=str(src), dst=str(dst_path), method=method, bits=bits, group_size=group_size,
-        block_size=block_size, scale=scale, device=str(dev), model_type=str(config.get("model_type", "")),
+        block_size=block_size, scheme=scheme, scale=scale, device=str(dev), model_type=str(config.get("model_type", "")),
         architectures=list(config.get("architectures") or []),
         known_architecture=config.get("model_type") in KNOWN_MODEL_TYPES,
         kept=selection.kept, ignore=selection.ignore, num_tensors=len(tensors),
-        input_bytes=sum(t.nbytes for t in tensors.values()), shards=len(shards),
+        input_bytes=sum(t.nbytes for t in tensors.values()), shards=len(plan.shards), resumed_tensors=len(done),
     )
-    bar = _progress_bar(len(tensors), progress)
-    try:
-        for shard, fname in zip(shards, names):
-            if fname in state["completed"]:
-                report.resumed_shards += 1
-                bar.update(len(shard))
-                continue
-            size, layers = _write_shard(work / fname, shard, quantize, dev, timer, bar)
-            state["completed"][fname] = {"size": size, "layers": layers}
-            write_json(work / PROGRESS_NAME, state)
-    finally:
-        bar.close()
-
-    weight_map = {o.name: fname for shard, fname in zip(shards, names) for u in shard for o in u.outputs}
-    total = sum(u.nbytes for u in units)
-    write_json(work / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
-    config["quantization_config"] = ct.quantization_config(group_size, selection.ignore)
+    report.notes = list(notes)
+    report.layers = _layers(plan, journal_files.load_done(work))
+    report.output_bytes = sum(s.size for s in plan.shards)
+    write_json(work / INDEX_NAME, {"metadata": {"total_size": plan.output_bytes}, "weight_map": plan.weight_map()})
+    config["quantization_config"] = ct.quantization_config(group_size, selection.ignore, symmetric)
     write_json(work / CONFIG_NAME, config, sort_keys=False)  # the source's key order
     copied = auxiliary_files(src_path)
     copy_files(src_path, work, copied)
     report.copied_files = [p.as_posix() for p in copied]
-    report.layers = sorted(
-        (LayerReport(**l) for info in state["completed"].values() for l in info["layers"]), key=lambda l: l.name
-    )
-    report.output_bytes = sum(info["size"] for info in state["completed"].values())
-    (work / PROGRESS_NAME).unlink()
-    report.timings = {k: round(v, 4) for k, v in timer.totals.items()}
-    report.timings["total_s"] = round(time.perf_counter() - t_start, 4)
+    journal_files.clear(work)
+    now = time.perf_counter()
+    report.timings = {k: round(v, 4) for k, v in sorted(timings.items())}
+    report.timings |= {"setup_s": round(t_setup, 4), "finish_s": round(now - t_finish, 4),
+                       "total_s": round(now - t_start, 4)}
     report.save(work / REPORT_NAME)
-    _publish(work, dst_path)
+    publish(work, dst_path)
+    if rotation is not None:
+        shutil.rmtree(rotated_dir(dst_path), ignore_errors=True)
     return report
 
 
-def _write_shard(path: Path, shard: list[_Unit], quantize: Callable, device: torch.device, timer: _Timer,
-                 bar) -> tuple[int, list[dict]]:
-    """Write one shard; the next source tensor is read in a background thread while the current
-    one is quantized and written. Returns the shard's size and its layer reports."""
-    layers: list[dict] = []
-    with ShardWriter(path, [o for u in shard for o in u.outputs]) as writer, ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(read_bytes, shard[0].source) if shard else None
-        for i, unit in enumerate(shard):
-            source = unit.source
-            start = time.perf_counter()
-            data = pending.result()
-            pending = pool.submit(read_bytes, shard[i + 1].source) if i + 1 < len(shard) else None
-            start = timer.add("read_s", start)
-            if unit.quantized:
-                result, layer = _quantize_tensor(source, tensor_from_bytes(source, data), quantize, device, timer)
-                start = time.perf_counter()
-                for key, value in result.items():
-                    writer.write(key, tensor_bytes(value))
-                layers.append(asdict(layer))
-            else:
-                writer.write(source.name, data)
-            timer.add("write_s", start)
-            bar.set_postfix_str(source.name[-40:], refresh=False)
-            bar.update(1)
-    return writer.size, layers
+def _rotated_source(group: Group, src: Path, dst: Path, seed: int, block_size: int | None,
+                    max_bytes: int) -> tuple[Path, tuple[str, ...]]:
+    """Rank 0 rotates ``src`` (``rotated_source``); every rank gets the rotated directory and the
+    notes, or rank 0's error."""
+    result: tuple = (None, None, None)
+    if group.rank == 0:
+        try:
+            result = (*prepare_rotated_source(src, dst, seed, block_size, max_bytes), None)
+        except (CheckpointError, ValueError, OSError) as e:
+            result = (None, None, str(e))
+    path, notes, error = group.broadcast(result)
+    if error is not None:
+        raise CheckpointError(error)
+    return Path(path), tuple(notes)
 
 
-def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+def _layers(plan: Plan, done: dict[str, dict]) -> list[LayerReport]:
+    """The layer reports of the journal, sorted by name; every unit must be there."""
+    missing = [u.source.name for u in plan.units if u.source.name not in done]
+    if missing:
+        raise CheckpointError(f"tensors missing after every process finished: {', '.join(missing[:5])}")
+    return sorted((LayerReport(**done[u.source.name]["layer"]) for u in plan.units if u.quantized),
+                  key=lambda l: l.name)
 
-    return tqdm(total=total, desc="quantizing", unit="tensor", disable=not enabled, dynamic_ncols=True)
+
+def _backend(dev: torch.device, quantize: Callable[[torch.Tensor], Int4Weight | Int4AsymWeight], group_size: int) -> runner.Backend:
+    if dev.type == "cuda":
+        from hlwq_kernels.checkpoint.gpu_backend import GpuBackend
+
+        return GpuBackend(quantize, dev)
+    from hlwq_kernels.checkpoint.cpu_backend import CpuBackend
+
+    return CpuBackend(quantize, group_size)
 
 
-def _publish(work: Path, dst: Path) -> None:
-    """Move the finished ``work`` directory to ``dst`` (replacing an old ``dst``)."""
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
-        os.replace(work, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(work, dst)
+class _ProgressBar:
+    """tqdm counting finished tensors, updated from the writer threads."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="quantizing", unit="tensor", disable=not enabled,
+                        dynamic_ncols=True)
+        self.lock = threading.Lock()
+
+    def __call__(self, unit: Unit) -> None:
+        with self.lock:
+            self.bar.set_postfix_str(unit.source.name[-40:], refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

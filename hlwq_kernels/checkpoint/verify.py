@@ -24,7 +24,6 @@ from hlwq_kernels.checkpoint.report import LayerReport
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.metrics import relative_error
 from hlwq_kernels.models.selection import fused_group
-from hlwq_kernels.ops.int4 import dequantize_int4
 
 
 @dataclass
@@ -64,7 +63,7 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     report = VerifyReport(dst=str(path), against=None if against is None else str(against))
     problems = report.problems
     config = read_config(path)
-    group_size, ignore, config_problems = ct.check_config(config)
+    group_size, ignore, config_problems, symmetric = ct.check_config(config)
     problems += config_problems
     if not (path / INDEX_NAME).is_file():
         problems.append(f"no {INDEX_NAME}")
@@ -73,13 +72,14 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     linear = {n[: -len(".weight")] for n, t in tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
     broken: set[str] = set()  # modules with a problem of their own: no error is measured for them
     for m in modules:
-        parts = [tensors.get(name) for name in ct.tensor_names(m)]
+        parts = [tensors.get(name) for name in ct.tensor_names(m, symmetric)]
         if None in parts:
-            problems.append(f"{m}: missing weight_scale or weight_shape")
+            problems.append(f"{m}: missing " + ", ".join(n.rsplit(".", 1)[-1] for n, t in
+                                                         zip(ct.tensor_names(m, symmetric), parts) if t is None))
             broken.add(m)
             continue
         before = len(problems)
-        packed, scale, shape = parts
+        packed, scale, *zero, shape = parts
         n, k = (int(v) for v in read_tensor(shape).tolist())
         if packed.dtype != "I32" or packed.shape != (n, k // 8):
             problems.append(f"{m}.weight_packed is {packed.dtype} {list(packed.shape)}, expected I32 [{n}, {k // 8}]")
@@ -89,6 +89,11 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
             s = read_tensor(scale)
             if not bool((torch.isfinite(s) & (s > 0)).all()):
                 problems.append(f"{m}.weight_scale has non-finite or non-positive values")
+        if zero and (group_size <= 0 or zero[0].dtype != "I32" or zero[0].shape != (-(-n // 8), k // group_size)):
+            problems.append(f"{m}.weight_zero_point is {zero[0].dtype} {list(zero[0].shape)}, expected I32 "
+                            f"[{-(-n // 8)}, {k // max(group_size, 1)}]")
+        if symmetric and f"{m}.weight_zero_point" in tensors:
+            problems.append(f"{m}.weight_zero_point is present but the config says symmetric")
         if ct.is_ignored(m, ignore):
             problems.append(f"{m} is quantized but matches the ignore list")
         if len(problems) > before:
@@ -99,15 +104,17 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     for m in sorted(linear):
         if not ct.is_ignored(m, ignore):
             problems.append(f"{m}.weight is kept unquantized but not listed in ignore")
+    if "lm_head" not in modules and "lm_head" not in linear and not ct.is_ignored("lm_head", ignore):
+        problems.append("lm_head is not quantized but not listed in ignore (a tied head would load as an INT4 layer)")
     report.quantized = len(modules)
     report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
     if against is not None:
-        _compare_source(resolve_source(against), tensors, modules, broken, group_size, report)
+        _compare_source(resolve_source(against), tensors, modules, broken, group_size, symmetric, report)
     return report
 
 
 def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], broken: set[str],
-                    group_size: int, report: VerifyReport) -> None:
+                    group_size: int, symmetric: bool, report: VerifyReport) -> None:
     source = scan_source(weight_files(src))
     quantized = {f"{m}.weight" for m in modules}
     for name, t in source.items():
@@ -115,13 +122,13 @@ def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[s
             m = name[: -len(".weight")]
             if m in broken:
                 continue
-            q = ct.decompress(m, lambda name: read_tensor(tensors[name]), group_size)
-            rel, sqnr = relative_error(read_tensor(t), dequantize_int4(q, dtype=torch.float32), torch.float64)
-            out_bytes = sum(tensors[name].nbytes for name in ct.tensor_names(m))
+            q = ct.decompress(m, lambda name: read_tensor(tensors[name]), group_size, symmetric)
+            rel, sqnr = relative_error(read_tensor(t), ct.dequantize(q), torch.float64)
+            out_bytes = sum(tensors[name].nbytes for name in ct.tensor_names(m, symmetric))
             report.layers.append(LayerReport(m, list(t.shape), t.dtype, rel, sqnr, t.nbytes, out_bytes))
         elif name not in tensors:
             report.problems.append(f"source tensor {name!r} is missing from the checkpoint")
         elif tensors[name].dtype != t.dtype or tensors[name].shape != t.shape or read_bytes(tensors[name]) != read_bytes(t):
             report.problems.append(f"kept tensor {name!r} differs from the source")
-    extra = set(tensors) - set(source) - {name for m in modules for name in ct.tensor_names(m)}
+    extra = set(tensors) - set(source) - {name for m in modules for name in ct.tensor_names(m, symmetric)}
     report.problems += [f"tensor {n!r} is not in the source" for n in sorted(extra)]

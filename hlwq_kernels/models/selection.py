@@ -9,8 +9,11 @@ The rules work on tensor names and shapes only (the model's code is never import
   modules, and every layer whose shape the INT4 kernels cannot take;
 - the parts of a fused layer (q/k/v, gate/up, ...) are quantized all together or not at all.
 
-Every kept module with a 2-D weight (and ``lm_head`` for decoders, tied or not) is listed in the
-``ignore`` list of the quantization config.
+Every kept module with a 2-D weight is listed in the ``ignore`` list of the quantization config, and
+so is ``lm_head`` always (it is never quantized): a tied decoder stores no ``lm_head`` tensor, yet
+transformers builds an ``lm_head`` Linear that the loader would otherwise replace with an INT4 layer.
+Whether a model is a decoder is not needed, so configs without ``architectures`` (e.g. written from
+a GGUF-loaded model) convert the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ MTP_PARTS = frozenset({"mtp"})
 TRANSPOSED_MODEL_TYPES = frozenset({"gpt2", "imagegpt", "decision_transformer"})
 QUANTIZABLE_DTYPES = ("BF16", "F16", "F32")
 MIN_OUT_FEATURES_MULTIPLE = 64  # Marlin / Machete tile width along N
+# Why each fixed reason keeps a module (shown in the conversion summary).
+WHY_KEPT = {
+    "lm_head": "the output head stays in the source dtype, as in usual W4A16 checkpoints: its error reaches every logit",
+    "embedding": "a lookup table, not a matrix product: the INT4 GEMM kernels do not apply",
+    "norm": "a norm's scale, not a matrix product",
+    "vision/audio tower": "only the language model is quantized",
+    "multi-token-prediction head": "only the main language model is quantized",
+    "MoE router gate": "small, and routing decisions are sensitive to its error",
+    "gated delta-net a/b projection": "one output per head: too narrow for the INT4 kernels",
+    "ignored by user": "--ignore / ignore=",
+}
 
 
 @dataclass(frozen=True)
@@ -136,12 +150,6 @@ def fused_group(module: str, siblings: set[str]) -> tuple[str, ...]:
     return (module,)
 
 
-def is_decoder(config: Mapping) -> bool:
-    """Whether the config describes a generative model with an output head."""
-    archs = config.get("architectures") or []
-    return any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs)
-
-
 def select_layers(
     tensors: Iterable[TensorSpec],
     config: Mapping,
@@ -180,7 +188,7 @@ def select_layers(
         blockers = [m for m in fused_group(module, names) if m in reasons]
         if blockers:
             reasons[module] = f"fused with {blockers[0]} ({reasons[blockers[0]]})"
-    ignored = set(reasons) | ({"lm_head"} if is_decoder(config) else set())
+    ignored = set(reasons) | {"lm_head"}  # also when tied (no tensor) or not a decoder (no such module)
     multimodal = is_multimodal(config)
     return Selection(
         quantize=sorted(names - set(reasons)),
@@ -196,8 +204,11 @@ def is_multimodal(config: Mapping) -> bool:
 
 def ignore_entry(module: str, multimodal: bool) -> str:
     """The ``ignore`` entry for a kept module: its checkpoint name, or for multimodal models a
-    ``re:`` pattern that also matches the renamed module in transformers 5 (where checkpoint
-    ``visual.x`` becomes ``model.visual.x`` and ``model.layers.x`` ``model.language_model.layers.x``)."""
+    ``re:`` pattern that also matches the module as transformers 5 renames it (checkpoint
+    ``visual.x`` becomes ``model.visual.x``, ``model.layers.x`` ``model.language_model.layers.x``,
+    Gemma 3's ``language_model.model.x`` ``model.language_model.x``) and as vLLM names it."""
     if not multimodal:
         return module
-    return "re:(.*\\.)?" + re.escape(module.removeprefix("model.")) + "$"
+    body = re.escape(module.removeprefix("model."))
+    body = body.replace(re.escape("language_model.model."), "language_model\\.(model\\.)?", 1)
+    return "re:(.*\\.)?" + body + "$"

@@ -1,6 +1,6 @@
 """Fast Walsh–Hadamard transform: public API, input checks and the torch path.
 
-``fwht(x)`` computes ``x @ H.T / sqrt(n)`` along ``dim`` with ``H = hadamard_matrix(n)`` (design.md §3).
+``fwht(x)`` computes ``x @ H.T / sqrt(n)`` along ``dim`` with ``H = hadamard_matrix(n)`` (docs/design.md §3).
 CUDA tensors use the Triton kernel (``hlwq_kernels.ops.fwht_triton``); CPU tensors use the torch path
 below; ``backend="triton"`` on CPU tensors runs the kernel in Triton's interpreter.
 """
@@ -8,11 +8,15 @@ below; ``backend="triton"`` on CPU tensors runs the kernel in Triton's interpret
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
-from hlwq_kernels.ops._triton import use_triton
+from hlwq_kernels.ops._triton import HAVE_TRITON, use_triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
+
+if HAVE_TRITON:
+    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_plan
 
 __all__ = ["fwht"]
 
@@ -41,13 +45,6 @@ def _fwht_torch(x2: torch.Tensor, b: int, inverse: bool) -> torch.Tensor:
     return y.reshape(x2.shape)
 
 
-def _kernel_takes(b: int) -> bool:
-    """True when the Triton kernel handles blocks of length b (Triton is installed)."""
-    from hlwq_kernels.ops.fwht_triton import kernel_modes
-
-    return kernel_modes(b) is not None
-
-
 def _check_inputs(
     x: torch.Tensor, dim: int, block_size: int | None, signs: torch.Tensor | None
 ) -> tuple[int, int]:
@@ -62,15 +59,36 @@ def _check_inputs(
     if b < 1 or n % b:
         raise ValueError(f"block_size={block_size} must be positive and divide the size n={n} of dim {dim}")
     hadamard_factors(b)  # raises ValueError naming n and the nearest supported sizes
-    if signs is not None:
-        if signs.ndim != 1 or signs.shape[0] not in (n, b):
-            raise ValueError(
-                f"signs must be a 1-D ±1 vector of length n={n}" + (f" or block_size={b}" if b != n else "")
-                + f", got shape {tuple(signs.shape)}"
-            )
-        if not bool(((signs == 1) | (signs == -1)).all()):
-            raise ValueError("signs must contain only +1 and -1")
+    if signs is not None and (signs.ndim != 1 or signs.shape[0] not in (n, b)):
+        raise ValueError(
+            f"signs must be a 1-D ±1 vector of length n={n}" + (f" or block_size={b}" if b != n else "")
+            + f", got shape {tuple(signs.shape)}"
+        )
     return n, b
+
+
+_SIGN_CACHE: dict[int, tuple] = {}
+_SIGN_CACHE_SIZE = 32
+
+
+def _signs_on(signs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``signs`` as fp32 on ``device``, checked to be ±1. The check (a device sync for GPU tensors)
+    and the copy run once per tensor and version; later calls reuse the cached device vector."""
+    try:
+        version = signs._version
+    except RuntimeError:  # inference tensors have no version counter: check every call
+        version = None
+    hit = _SIGN_CACHE.get(id(signs))
+    if version is not None and hit is not None and hit[0]() is signs and hit[1:3] == (version, device):
+        return hit[3]
+    if not bool(((signs == 1) | (signs == -1)).all()):
+        raise ValueError("signs must contain only +1 and -1")
+    row = signs.to(device=device, dtype=torch.float32).contiguous()
+    if version is not None:
+        if len(_SIGN_CACHE) >= _SIGN_CACHE_SIZE:
+            _SIGN_CACHE.pop(next(iter(_SIGN_CACHE)))
+        _SIGN_CACHE[id(signs)] = (weakref.ref(signs), version, device, row)
+    return row
 
 
 def fwht(
@@ -98,31 +116,33 @@ def fwht(
     a single rounding at the end.
     """
     n, b = _check_inputs(x, dim, block_size, signs)
-    on_triton = use_triton(backend, x) and (backend == "triton" or _kernel_takes(b))
+    # use_triton is True only with Triton installed; "auto" falls back to torch for a length the
+    # kernels cannot hold (a power-of-two factor above 2**16)
+    on_triton = use_triton(backend, x) and (backend == "triton" or kernel_plan(b, x.element_size()) is not None)
     if x.dtype == torch.float64 and on_triton:
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")
         on_triton = False
-    moved = x.movedim(dim, -1)
-    x2 = moved.reshape(-1, n)
-    sign_row = None
-    if signs is not None:
-        sign_row = signs.to(device=x.device, dtype=torch.float32).repeat(n // signs.shape[0])
+    sign_row = None if signs is None else _signs_on(signs, x.device)
     if normalized:
         scale = 1.0 / math.sqrt(b)
     else:
         scale = 1.0 / b if inverse else 1.0
+    last = dim in (-1, x.ndim - 1)
+    moved = x if last else x.movedim(dim, -1)
+    x2 = moved if moved.ndim == 2 else moved.reshape(-1, n)
     if on_triton:
-        from hlwq_kernels.ops.fwht_triton import fwht_rows_triton
-
         y2 = fwht_rows_triton(x2, b, inverse, scale, sign_row)
     else:
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         y2 = x2.to(compute)
+        if sign_row is not None:
+            sign_row = sign_row.to(compute).repeat(n // sign_row.shape[0])
         if sign_row is not None and not inverse:
-            y2 = y2 * sign_row.to(compute)
+            y2 = y2 * sign_row
         y2 = _fwht_torch(y2, b, inverse) * scale
         if sign_row is not None and inverse:
-            y2 = y2 * sign_row.to(compute)
+            y2 = y2 * sign_row
         y2 = y2.to(x.dtype)
-    return y2.reshape(moved.shape).movedim(-1, dim)
+    y = y2 if moved.ndim == 2 else y2.reshape(moved.shape)
+    return y if last else y.movedim(-1, dim)

@@ -1,245 +1,492 @@
-"""Triton FWHT kernel and its launcher.
+"""Triton FWHT kernels and their launcher.
 
-A row of length n = K * 2**m is held in registers as a tensor of up to three modes
-``[M0, M1, M2]`` (the K mode, zero-padded to a power of two, comes first; the power-of-two part
-is split into factors of 16..128). Each mode is multiplied by its (small, ±1) Hadamard factor on
-the tensor cores with ``tl.dot``, then the modes are rotated so the next one is last; after the
-last mode the original order is back and the row is stored. H is exact in bf16, so the dot is
-exact for bf16/fp16 inputs; fp32 operands (the input when fp32, and every intermediate) are split
-into 2 (bf16/fp16 data) or 3 (fp32 data) bf16 pieces, which keeps fp32 accuracy; accumulation is
-fp32 and the result is rounded once at the store.
+A row of length n = K * 2**m is transformed in one read and one write of device memory, with every
+intermediate in fp32 and one rounding at the store.
+
+* The power-of-two factor H_{2^m} runs as fp32 butterflies on the CUDA cores. A tile of rows is held
+  as a tensor with one size-2 dimension per bit of its (row, column) index; a butterfly on column bit
+  c is ``split`` + ``join`` on that dimension once it is moved last. Which bits a thread holds in
+  registers, which bits its lanes and warps hold, follows from the order of the dimensions (Triton's
+  default layout puts the innermost five on lanes, the next ones on warps and the rest in registers),
+  so the kernel works in *rounds*: the column bits held in registers are transformed without any
+  data movement, then one layout conversion (through shared memory) brings other bits into
+  registers. The load and the store go through pointer tensors whose dimensions are chosen bits, so
+  the first round runs in the load layout and the last one in the store layout: with 64 values per
+  thread every n up to 2**16 takes two conversions.
+* A factor K > 1 (dense, exact ±1 entries) runs first, on the tensor cores: ``H_K @ X`` with X the
+  row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
+  exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), each chunk of
+  the contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one
+  program each, the input re-read from L2) and of the contraction (a loop). The power-of-two
+  butterflies then start in the MMA accumulator layout and end in the store layout.
+
+``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
+``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
+after the first launch.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+from typing import NamedTuple
 
 import torch
 
 from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
-from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
+from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "kernel_modes", "MAX_KERNEL_SIZE"]
+__all__ = ["fwht_rows_triton", "kernel_plan", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
 
-MAX_KERNEL_SIZE = 1 << 15  # padded elements per row held by one program (shared-memory bound)
-_MIN_DOT = 16
-_MAX_DENSE_MODE = 128
+MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
+_MIN_DOT = 16  # smallest tl.dot dimension
+
+Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
 
 
 @triton.jit
-def _mode_product(v, h_ptr, F: tl.constexpr, NATIVE: tl.constexpr, PIECES: tl.constexpr):
-    """v [R, F] @ Hm [F, F] with fp32 accumulation (Hm given row-major at h_ptr, exact in bf16).
+def _butterfly_last(v):
+    """2-point Hadamard transform along the last (size-2) dimension."""
+    a, b = tl.split(v)
+    return tl.join(a + b, a - b)
 
-    PIECES = 1 (interpreter only: Triton's interpreter has no bf16 dot) multiplies in fp32.
+
+@triton.jit
+def _butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr):
+    """Apply the planned butterflies to v (a tensor of size-2 dims) and reshape it to SHAPE.
+
+    STEPS[i] (i < NUM_STEPS) is the permutation that moves the next bit last; STEPS[NUM_STEPS]
+    restores the natural dimension order.
     """
-    offs = tl.arange(0, F)
-    hm = tl.load(h_ptr + offs[:, None] * F + offs[None, :])
-    if NATIVE:
-        acc = tl.dot(v, hm.to(v.dtype))
+    for i in tl.static_range(NUM_STEPS):
+        v = _butterfly_last(tl.permute(v, STEPS[i]))
+    return tl.reshape(tl.permute(v, STEPS[NUM_STEPS]), SHAPE)
+
+
+# Row and tile counts and the direction are plain runtime values: one compiled kernel serves them all.
+_RUNTIME = ["rows", "num_tiles", "k_chunks", "sign_blocks", "inverse"]
+
+
+@triton.jit
+def _dim_offsets(DIM: tl.constexpr, NBITS: tl.constexpr):
+    """Row and column offsets of the 2**NBITS positions along one tile dimension whose index bit j
+    is tile bit DIM[j]: column bit p (DIM[j] = p >= 0) or row bit p (DIM[j] = -1 - p)."""
+    idx = tl.arange(0, 1 << NBITS)
+    row = idx * 0
+    col = idx * 0
+    for j in tl.static_range(NBITS):
+        bit = (idx >> j) & 1
+        if DIM[j] >= 0:
+            col += bit << DIM[j]
+        else:
+            row += bit << (-1 - DIM[j])
+    return row, col
+
+
+@triton.jit
+def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, BITS1: tl.constexpr, C: tl.constexpr):
+    """(row [D0, D1, 1], column [D0, D1, C]) offsets of a tile addressed as [D0, D1, C]: C
+    consecutive columns, D0 and D1 made of the tile bits DIM0 and DIM1."""
+    r0, c0 = _dim_offsets(DIM0, BITS0)
+    r1, c1 = _dim_offsets(DIM1, BITS1)
+    row = r0[:, None, None] + r1[None, :, None]
+    col = c0[:, None, None] + c1[None, :, None] + tl.arange(0, C)[None, None, :]
+    return row, col
+
+
+@triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
+def _fwht_pow2_kernel(
+    x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
+    N: tl.constexpr, BM: tl.constexpr, C: tl.constexpr,
+    LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
+    STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
+    BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
+    [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
+    that the load and store layouts hold the bits the plan wants in registers. The signs of row i
+    start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS, else at s_ptr."""
+    load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C)
+    store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
+        row = tile * BM + load_row
+        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
+        v = v.to(tl.float32)
+        if HAS_SIGNS:
+            if inverse == 0:
+                sign_at = s_ptr + load_col
+                if SIGN_ROWS:
+                    sign_at += (row % sign_blocks) * N
+                v = v * tl.load(sign_at)
+        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+        row = tile * BM + store_row
+        if HAS_SIGNS:
+            if inverse != 0:
+                sign_at = s_ptr + store_col
+                if SIGN_ROWS:
+                    sign_at += (row % sign_blocks) * N
+                v = v * tl.load(sign_at)
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v.to(y_ptr.dtype.element_ty), mask=row < rows)
+
+
+@triton.jit
+def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
+    """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
+    bf16 hi + mid + lo, sums this chunk on its own and adds it to acc with a round-to-nearest fp32
+    add (the tensor cores truncate while accumulating: over long contractions that bias adds up);
+    0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
+    if PIECES == 0:
+        acc = tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
     elif PIECES == 1:
-        acc = tl.dot(v.to(tl.float32), hm.to(tl.float32))
+        acc = tl.dot(h, x, acc)
     else:
-        hi = v.to(tl.bfloat16)
-        rest = v - hi.to(tl.float32)
-        acc = tl.dot(hi, hm)
+        x = x.to(tl.float32)
+        hi = x.to(tl.bfloat16)
+        rest = x - hi.to(tl.float32)
         mid = rest.to(tl.bfloat16)
-        acc = tl.dot(mid, hm, acc)
-        if PIECES == 3:
-            lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-            acc = tl.dot(lo, hm, acc)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        part = tl.dot(h, lo)
+        part = tl.dot(h, mid, part)
+        part = tl.dot(h, hi, part)
+        acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     return acc
 
 
-@triton.jit
-def _fwht_kernel(
-    x_ptr, y_ptr, s_ptr, h0_ptr, h1_ptr, h2_ptr,
-    rows, num_tiles, blocks_per_row, stride_xr, stride_xc, scale,
-    N: tl.constexpr, K0: tl.constexpr, M0: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr,
-    NUM_MODES: tl.constexpr, BM: tl.constexpr, HAS_SIGNS: tl.constexpr, INVERSE: tl.constexpr,
-    NATIVE: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
+@triton.jit(do_not_specialize=_RUNTIME)
+def _fwht_dense_kernel(
+    x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, inverse, stride_xr, stride_xc, scale,
+    K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
+    BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+    HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
 ):
+    """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
+    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
+    j = tl.arange(0, P)[None, None, :]
+    ki0 = tl.arange(0, KI)[:, None, None]
     for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
-        r = tile * BM + tl.arange(0, BM)
-        i0 = tl.arange(0, M0)
-        if NUM_MODES == 1:
-            col = i0[None, :]
-            row = r[:, None]
-            valid = (row < rows) & (col < K0)
-        elif NUM_MODES == 2:
-            i1 = tl.arange(0, M1)
-            col = i0[None, :, None] * M1 + i1[None, None, :]
-            row = r[:, None, None]
-            valid = (row < rows) & (i0[None, :, None] < K0)
-        else:
-            i1 = tl.arange(0, M1)
-            i2 = tl.arange(0, M2)
-            col = i0[None, :, None, None] * (M1 * M2) + i1[None, None, :, None] * M2 + i2[None, None, None, :]
-            row = r[:, None, None, None]
-            valid = (row < rows) & (i0[None, :, None, None] < K0)
-        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=valid, other=0.0)
+        rb = tile // k_chunks
+        ko = (tile % k_chunks) * KO + tl.arange(0, KO)
+        row = rb * BM + tl.arange(0, BM)[None, :, None]
+        row_ok = row < rows
+        sign_row = s_ptr
+        if SIGN_ROWS:
+            sign_row += (row % sign_blocks) * (K * P)
+        acc = tl.zeros((KO, BM * P), dtype=tl.float32)
+        for step in range(KI_STEPS):
+            ki = step * KI + ki0
+            col = ki * P + j
+            ok = row_ok & (ki < K)
+            v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
+            if HAS_SIGNS:
+                if inverse == 0:
+                    v = (v.to(tl.float32) * tl.load(sign_row + col, mask=ki < K, other=0.0)).to(v.dtype)
+            h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
+            acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
+        v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+        ko3 = ko[:, None, None]
+        out_col = ko3 * P + j
         if HAS_SIGNS:
-            sign_idx = (row % blocks_per_row) * N + col
-            sgn = tl.load(s_ptr + sign_idx, mask=valid, other=0.0)
-            if not INVERSE:
-                v = (v.to(tl.float32) * sgn).to(v.dtype)  # ±1: exact; fp32 avoids the interpreter's bf16 arithmetic
-        if NUM_MODES == 1:
-            acc = _mode_product(v, h0_ptr, M0, NATIVE, PIECES)
-        elif NUM_MODES == 2:
-            acc = _mode_product(tl.reshape(v, (BM * M0, M1)), h1_ptr, M1, NATIVE, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M0, M1)), (0, 2, 1))
-            acc = _mode_product(tl.reshape(acc, (BM * M1, M0)), h0_ptr, M0, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M1, M0)), (0, 2, 1))
-        else:
-            acc = _mode_product(tl.reshape(v, (BM * M0 * M1, M2)), h2_ptr, M2, NATIVE, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M0, M1, M2)), (0, 3, 1, 2))
-            acc = _mode_product(tl.reshape(acc, (BM * M2 * M0, M1)), h1_ptr, M1, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M2, M0, M1)), (0, 3, 1, 2))
-            acc = _mode_product(tl.reshape(acc, (BM * M1 * M2, M0)), h0_ptr, M0, False, PIECES)
-            acc = tl.permute(tl.reshape(acc, (BM, M1, M2, M0)), (0, 3, 1, 2))
-        out = acc * scale
-        if HAS_SIGNS:
-            if INVERSE:
-                out = out * sgn.to(tl.float32)
-        tl.store(y_ptr + row.to(tl.int64) * (M1 * M2 * K0) + col, out.to(y_ptr.dtype.element_ty), mask=valid)
+            if inverse != 0:
+                v = v * tl.load(sign_row + out_col, mask=ko3 < K, other=0.0)
+        ok = row_ok & (ko3 < K)
+        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def kernel_modes(n: int, max_factor: int = 128) -> tuple[int, list[int]] | None:
-    """(real size of mode 0, padded mode sizes) for an n-point transform, or None when the kernel
-    cannot hold it (more than MAX_KERNEL_SIZE padded elements, or a dense mode above 128)."""
-    plan = _modes(n, max_factor)
-    if plan is None or math.prod(plan[1]) > MAX_KERNEL_SIZE:
-        return None
-    return plan
+# ----------------------------------------------------------------------------------------------
+# Planning: which bits live in registers, lanes and warps, round by round.
 
 
-def _pow2_parts(m: int, max_bits: int, max_parts: int) -> list[int] | None:
-    return pow2_split(m, max_bits, max_parts, min_bits=4)
+def _round_order(regs: list[Bit], warps: list[Bit], lanes: list[Bit], split: Bit) -> list[Bit]:
+    """Dimension order whose default layout has ``regs`` in registers, ``warps`` on warps and
+    ``lanes`` on lanes (both listed from their lowest bit), with ``split`` last (in registers)."""
+    return [b for b in regs if b != split] + warps[::-1] + lanes[::-1] + [split]
 
 
-def _modes(n: int, max_factor: int) -> tuple[int, list[int]] | None:
+Layout = tuple[list[Bit], list[Bit], list[Bit]]  # bits in registers, on warps, on lanes (lowest first)
+
+
+def _butterfly_plan(
+    natural: list[Bit], cols: list[Bit], warp_bits: int, first: Layout, last: Layout, out_order: list[Bit],
+) -> tuple[tuple[tuple[int, ...], ...], int]:
+    """Permutations (see ``_butterflies``) that transform every bit in ``cols`` of a tile whose
+    dimensions are ``natural`` (as loaded, most significant first) and leave them in ``out_order``
+    (as stored), and the number of layout conversions.
+
+    The first round runs in ``first``, the layout the tile arrives in (the load layout, or the MMA
+    accumulator layout). Bits that ``last`` (the store layout) holds in registers are left for a
+    final round in it, so that no conversion precedes the store. Bits in neither are transformed in
+    rounds in between, each taking as many of them into registers as there are register bits and
+    keeping the other bits on the warps they were on where it can.
+    """
+    slots = len(natural) - 5 - warp_bits
+    rounds = [(first, [b for b in cols if b in first[0]])]
+    todo = [b for b in cols if b not in first[0]]
+    final = [b for b in todo if b in last[0]]
+    todo = [b for b in todo if b not in last[0]]
+    prev_regs, prev_warps = first[0], first[1]
+    while todo:
+        if slots < 1:
+            raise ValueError(f"tile of {len(natural)} bits is too small for {warp_bits} warp bits")
+        work, todo = todo[:slots], todo[slots:]
+        rest = [b for b in prev_regs if b not in work] + [b for b in natural if b not in work and b not in prev_regs]
+        regs = work + rest[: slots - len(work)]
+        left = [b for b in natural if b not in regs]
+        warps = [b for b in prev_warps if b in left][:warp_bits]
+        warps += [b for b in left if b not in warps][: warp_bits - len(warps)]
+        lanes = sorted((b for b in left if b not in warps), key=lambda b: ("rkc".index(b[0]) == 2, b[1]))
+        rounds.append(((regs, warps, lanes), work))
+        prev_regs, prev_warps = regs, warps
+    if final:
+        rounds.append((last, final))
+    steps = []
+    cur = natural
+    for (regs, warps, lanes), work in rounds:
+        for bit in work:
+            nxt = _round_order(regs, warps, lanes, bit)
+            steps.append(tuple(cur.index(b) for b in nxt))
+            cur = nxt
+    steps.append(tuple(cur.index(b) for b in out_order))
+    conversions = len(rounds) - 1 + (rounds[-1][0] != last)
+    return tuple(steps), conversions
+
+
+def _bits(kind: str, count: int) -> list[Bit]:
+    return [(kind, i) for i in reversed(range(count))]
+
+
+def _coalesced_layout(dims: list[list[Bit]], contiguous: int, v: int, w: int) -> Layout:
+    """Triton's coalesced layout for a tile with these dimensions (each a list of bits, lowest
+    first), ``dims[contiguous]`` contiguous in memory and read 2^v elements per access: lanes and
+    then warps go along the contiguous dimension, then along the others in index order."""
+    inner = dims[contiguous]
+    v = min(v, len(inner))
+    pool = inner[v:] + [b for d, bits in enumerate(dims) if d != contiguous for b in bits]
+    return inner[:v] + pool[5 + w:], pool[5: 5 + w], pool[:5]
+
+
+def _mma_layout(m_bits: list[Bit], n_bits: list[Bit], w: int) -> Layout:
+    """Layout of a tl.dot accumulator [M, N] on Hopper: wgmma (M >= 64, warps along M) or mma.sync
+    (warps along N); each warp holds 16 rows: lanes = (N1, N2, M0, M1, M2), registers hold N0, M3
+    and the repetitions."""
+    lanes = [n_bits[1], n_bits[2]] + m_bits[:3]
+    if len(m_bits) >= 6:
+        return [n_bits[0], m_bits[3]] + n_bits[3:] + m_bits[4 + w:], m_bits[4: 4 + w], lanes
+    return [n_bits[0], m_bits[3]] + m_bits[4:] + n_bits[3 + w:], n_bits[3: 3 + w], lanes
+
+
+class Pow2Config(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
+    programs_per_sm: int
+
+
+class DenseConfig(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int
+    programs_per_sm: int
+    ki: int  # contraction chunk of H_K
+    ko: int  # output chunk of H_K (rows of H_K per tile)
+
+
+# Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
+_POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
+_POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+_POW2_TABLE_16BIT = {15: Pow2Config(8, 64, 2, 2)}  # 16-bit rows of 2^15: persistent programs prefetching
+_DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
+_MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
+_MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
+
+
+class KernelPlan(NamedTuple):
+    kernel: str  # "pow2" or "dense"
+    meta: tuple  # constexpr launch arguments as (name, value) pairs
+    num_warps: int
+    tile_rows: int
+    k_chunks: int
+    stages: int
+    programs_per_sm: int
+    conversions: int  # layout conversions through shared memory between load (or MMA) and store
+
+
+def _vec_bits(elem_size: int) -> int:
+    return (16 // elem_size).bit_length() - 1
+
+
+def _encode(bits: list[Bit]) -> tuple[int, ...]:
+    """Tile bits as _dim_offsets takes them: column bit p -> p, row bit p -> -1 - p."""
+    return tuple(p if kind == "c" else -1 - p for kind, p in bits)
+
+
+@functools.lru_cache(maxsize=256)
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
+    """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
+    columns (then rows), warps on rows, then on high columns; registers on the rest. The store
+    layout differs from it only in which of those high bits are on warps and which in registers:
+    the high bits the load layout puts on warps and a middle round cannot take are held in
+    registers by the store layout and transformed in a final round there."""
+    v = min(_vec_bits(elem_size), m)
+    w = cfg.num_warps.bit_length() - 1
+    threads_bits = 5 + w
+    tile_bits = max(threads_bits + v, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    b = max(0, tile_bits - m)
+    slots = tile_bits - threads_bits  # register bits per thread
+    cols, rows = _bits("c", m)[::-1], _bits("r", b)[::-1]
+    c_bits = min(m, v + 5)
+    lanes = (cols[v:c_bits] + rows)[:5]
+    high = [r for r in rows if r not in lanes] + cols[c_bits:]  # on warps or in registers
+    load_warps, load_regs = high[:w], high[w:]
+    warp_cols = [c for c in load_warps if c[0] == "c"]
+    final = warp_cols[len(warp_cols) - min(len(warp_cols), slots - v):]
+    store_high = [bit for bit in high if bit not in final] + final
+    store_warps, store_regs = store_high[:w], store_high[w:]
+    extra_lanes = lanes[c_bits - v:]
+    load_dims, store_dims = (extra_lanes + load_warps, load_regs), (extra_lanes + store_warps, store_regs)
+    natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
+    out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:c_bits][::-1]
+    first = (cols[:v] + load_regs, load_warps, lanes)
+    last = (cols[:v] + store_regs, store_warps, lanes)
+    steps, conversions = _butterfly_plan(natural, cols, w, first, last, out_order)
+    meta = (("N", 1 << m), ("BM", 1 << b), ("C", 1 << c_bits),
+            ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
+            ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
+            ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
+            ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
+            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions)
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
+    # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
+    per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
+    k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
+    ko = min(k_pad, cfg.ko)
+    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps:
+        ko //= 2
+    num_warps = max(cfg.num_warps, triton.next_power_of_2(triton.cdiv(ko << m, per_thread * 32)))
+    w = num_warps.bit_length() - 1
+    ko_bits = ko.bit_length() - 1
+    tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
+    b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
+    ki = min(k_pad, cfg.ki)
+    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK:
+        ki //= 2
+    natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
+    k_bits, r_bits, cols = _bits("k", ko_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
+    first = _mma_layout(k_bits, cols + r_bits, w)
+    last = _coalesced_layout([k_bits, r_bits, cols], 2, _vec_bits(elem_size), w)
+    steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
+    ki_steps = -(-k // ki)
+    meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
+            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
+
+
+@functools.lru_cache(maxsize=512)
+def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
+    kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
-    max_bits = max_factor.bit_length() - 1
+    if m > MAX_POW2_BITS:
+        return None
     if k == 1:
-        parts = _pow2_parts(m, max_bits, 3) or _pow2_parts(m, 7, 3)
-        if parts is None:
-            dense = max(_MIN_DOT, p)
-            return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
-        return parts[0], parts
-    pad_k = max(_MIN_DOT, triton.next_power_of_2(k))
-    parts = _pow2_parts(m, max_bits, 2) or _pow2_parts(m, 7, 2)
-    if parts is None or pad_k > _MAX_DENSE_MODE:
-        dense = max(_MIN_DOT, triton.next_power_of_2(n))
-        return (n, [dense]) if dense <= _MAX_DENSE_MODE else None
-    return k, [pad_k] + parts
+        table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
+        return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 
-def _mode_matrices(n: int, k0: int, modes: list[int], inverse: bool, device: torch.device) -> list[torch.Tensor]:
-    """Right-multiplication matrices (H.T forward, H inverse) for each mode, bf16, zero-padded."""
-    sizes = [k0] + modes[1:]
-    # mode 0 carries H_K (or the whole dense H_n); Sylvester modes are symmetric.
-    return [
-        hadamard_tensor(size, transpose=not inverse, pad=pad, dtype=torch.bfloat16, device=device)
-        for size, pad in zip(sizes, modes)
-    ]
+@functools.lru_cache(maxsize=64)
+def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """H_K (H_K.T for the inverse) zero-padded to [rows, cols], on the device (built once)."""
+    h = torch.zeros(rows, cols, dtype=dtype)
+    h[:k, :k] = hadamard_tensor(k, transpose=inverse)
+    return h.to(device)
 
 
-def _block_rows(padded: int, modes: list[int], tile_elems: int) -> int:
-    """Rows per tile: about tile_elems padded elements, and at least 16 rows in every dot."""
-    bm = max(1, tile_elems // padded)
-    smallest_rows = padded // max(modes)
-    while bm * smallest_rows < _MIN_DOT:
-        bm *= 2
-    return bm
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# Launch configurations tried by the tuner (num_warps, tile_elems, programs_per_sm, stages); the
-# first is the untuned default. Chosen from the H100 sweeps in bench/results/fwht-*.md.
-_CANDIDATES = [
-    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": None, "stages": 1},
-    {"num_warps": 4, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
-    {"num_warps": 4, "tile_elems": 2048, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": 4, "stages": 2},
-    {"num_warps": 8, "tile_elems": 8192, "programs_per_sm": None, "stages": 1},
-]
-_TUNE_MIN_ELEMENTS = 1 << 22
-_tuned: dict[tuple, dict[str, int | None]] = {}
+def _int_key(v: int) -> tuple[bool, bool, bool]:
+    """What Triton specializes an integer argument on: == 1, divisible by 16, fits int32."""
+    return v == 1, v % 16 == 0, -(1 << 31) <= v < (1 << 31)
 
 
-def _tuned_config(key: tuple, run) -> dict[str, int | None]:
-    """Time every candidate once on the real input (CUDA events, 3 reps) and cache the fastest."""
-    if key not in _tuned:
-        times = []
-        for cfg in _CANDIDATES:
-            run(cfg)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(3):
-                run(cfg)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        _tuned[key] = _CANDIDATES[times.index(min(times))]
-    return _tuned[key]
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _run(kernel, key: tuple, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
+    """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``). On
+    CUDA, the compiled kernel is cached under ``key`` (everything Triton specializes on) and called
+    directly afterwards: Triton's generic dispatch (argument binding, hashing the constexpr tuples)
+    costs several times the launch itself."""
+    hit = _COMPILED.get(key) if x.is_cuda else None
+    if hit is None:
+        constexprs = dict(plan.meta, STAGES=plan.stages, **extra)
+        if not x.is_cuda:
+            launch(kernel, (programs,), x.device, *runtime, **constexprs, num_warps=plan.num_warps)
+            return
+        compiled = kernel[(programs,)](*runtime, **constexprs, num_warps=plan.num_warps)
+        _COMPILED[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(runtime):]))
+        return
+    compiled, consts = hit
+    args = runtime + consts
+    stream = triton.runtime.driver.active.get_current_stream(x.device.index)
+    knobs = triton.knobs.runtime
+    compiled.run(programs, 1, 1, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata((programs, 1, 1), stream, *args), knobs.launch_enter_hook,
+                 knobs.launch_exit_hook, *args)
 
 
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
-    max_factor: int = 128, **config: int | None,
+    config: Pow2Config | DenseConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 
-    ``config`` overrides the launch heuristic (num_warps, tile_elems, programs_per_sm, stages);
-    the GPU benchmark uses it to sweep configurations.
+    ``sign_row`` (fp32 ±1 of length b, or n when every block has its own signs, on x2's device)
+    multiplies the input of the forward transform and the output of the inverse. ``config``
+    overrides the launch table (benchmark sweeps).
     """
     require_triton()
     rows, n = x2.shape
-    plan = kernel_modes(b, max_factor)
+    plan = kernel_plan(b, x2.element_size(), config)
     if plan is None:
-        raise ValueError(
-            f"n={b} does not fit the Triton FWHT kernel (more than {MAX_KERNEL_SIZE} padded elements or "
-            f"a Hadamard order K > {_MAX_DENSE_MODE}); use backend='torch'"
-        )
-    k0, modes = plan
-    padded = math.prod(modes)
+        raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:
         x2 = x2.contiguous().view(rows * (n // b), b)
-    out = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+    out = torch.empty_like(x2, memory_format=torch.contiguous_format)
     if out.numel() == 0:
         return out.view(rows, n)
-    mats = _mode_matrices(b, k0, modes, inverse, x2.device)
-    mats += [mats[0]] * (3 - len(mats))
-    signs = sign_row if sign_row is not None else out
-    native = x2.dtype in (torch.bfloat16, torch.float16)
-    if x2.is_cuda:
-        pieces = 2 if native else 3
-    else:  # the interpreter cannot multiply bf16 operands: exact fp32 products instead
-        native, pieces = x2.dtype == torch.float16, 1
-
-    def run(cfg: dict[str, int | None]) -> None:
-        bm = _block_rows(padded, modes, cfg["tile_elems"])
-        num_tiles = triton.cdiv(x2.shape[0], bm)
-        programs = num_tiles
-        if cfg["programs_per_sm"] and x2.is_cuda:
-            sms = torch.cuda.get_device_properties(x2.device).multi_processor_count
-            programs = min(num_tiles, sms * cfg["programs_per_sm"])
-        launch(
-            _fwht_kernel, (programs,), x2.device,
-            x2, out, signs, mats[0], mats[1], mats[2],
-            x2.shape[0], num_tiles, n // b, x2.stride(0), x2.stride(1), scale,
-            N=b, K0=k0, M0=modes[0], M1=modes[1] if len(modes) > 1 else 1,
-            M2=modes[2] if len(modes) > 2 else 1, NUM_MODES=len(modes), BM=bm,
-            HAS_SIGNS=sign_row is not None, INVERSE=inverse, NATIVE=native,
-            PIECES=pieces, STAGES=cfg["stages"], num_warps=cfg["num_warps"],
-        )
-
-    if config:
-        cfg = {**_CANDIDATES[0], **config}
-    elif x2.is_cuda and out.numel() >= _TUNE_MIN_ELEMENTS:
-        size_class = out.numel().bit_length()
-        cfg = _tuned_config((b, x2.dtype, sign_row is not None, size_class, x2.device.index), run)
+    num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
+    programs = num_tiles
+    if plan.programs_per_sm and x2.is_cuda:
+        programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
+    has_signs = sign_row is not None
+    signs = sign_row if has_signs else out
+    sign_blocks = sign_row.shape[0] // b if has_signs else 1
+    extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
+    stride_r, stride_c = x2.stride()
+    key = (b, config, x2.dtype, x2.device, has_signs, sign_blocks > 1, x2.data_ptr() % 16 == 0,
+           _int_key(stride_r), _int_key(stride_c), x2.shape[0] < (1 << 31))
+    if plan.kernel == "pow2":
+        runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
+        _run(_fwht_pow2_kernel, key, programs, x2, runtime, plan, extra)
     else:
-        cfg = _CANDIDATES[0]
-    run(cfg)
-    return out.view(rows, n)
+        if not x2.is_cuda:
+            pieces, h_dtype = 0, torch.float32
+        elif x2.dtype == torch.float32:
+            pieces, h_dtype = 3, torch.bfloat16
+        else:
+            pieces, h_dtype = 1, x2.dtype
+        meta = dict(plan.meta)
+        h = _dense_matrix(meta["K"], meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype,
+                          x2.device)
+        runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
+                   stride_c, scale)
+        _run(_fwht_dense_kernel, key, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
+    return out if b == n else out.view(rows, n)

@@ -1,4 +1,4 @@
-"""The HLWQ per-matrix pipeline (design.md §1): block Hadamard + Lloyd–Max, then symmetric INT4.
+"""The HLWQ per-matrix pipeline (docs/design.md §1): block Hadamard + Lloyd–Max, then symmetric INT4.
 
 For a weight ``W [N, K]`` and blocks of ``b`` inputs along each row:
 
@@ -16,7 +16,7 @@ keep such a layer unquantized or pad it yourself. ``block_size`` is a power of t
 NaN/Inf weights raise ValueError.
 
 Backends: ``"triton"`` runs one fused kernel (``hlwq_triton``) that reads each weight once, on CUDA
-or in Triton's interpreter on CPU tensors; ``"torch"`` computes in float64 with plain torch ops
+or in Triton's interpreter on CPU tensors (its codebook tables are built once per device and kept); ``"torch"`` computes in float64 with plain torch ops
 (the CPU path); ``"auto"`` picks triton for CUDA tensors. The fused kernel computes in fp32 with
 exact products, so it agrees with the float64 paths except where a value lies within float32
 rounding of a threshold or of a rounding boundary (measured in tests/test_hlwq.py).
@@ -126,27 +126,30 @@ def _dequantize_torch(codes: torch.Tensor, norms: torch.Tensor, levels: torch.Te
 
 
 def _levels64(cb: Codebook) -> torch.Tensor:
-    return torch.tensor(cb.levels, dtype=torch.float64)
+    return cb.cached(("levels64",), lambda: torch.tensor(cb.levels, dtype=torch.float64))
 
 
-def _fused(w: torch.Tensor, cb: Codebook, b: int, **outputs):
+def _fused(w: torch.Tensor, cb: Codebook, b: int, check_finite: bool, **outputs):
     from hlwq_kernels.ops.hlwq_triton import hlwq_fused
 
-    out = hlwq_fused(w.contiguous(), _levels64(cb), torch.tensor(cb.thresholds, dtype=torch.float64), b,
-                     **outputs)
-    if not out.finite:
+    out = hlwq_fused(w.contiguous(), cb, b, check_finite=check_finite, **outputs)
+    if out.finite is False:
         raise _nonfinite(w)
     return out
 
 
 def hlwq_quantize(w: torch.Tensor, bits: int = 5, block_size: int = 128, codebook: Codebook | None = None,
-                  backend: str = "auto") -> HLWQCodes:
-    """Rotate each block of ``block_size`` inputs and quantize it to the Lloyd–Max codebook."""
+                  backend: str = "auto", check_finite: bool = True) -> HLWQCodes:
+    """Rotate each block of ``block_size`` inputs and quantize it to the Lloyd–Max codebook.
+
+    ``check_finite=False`` skips the NaN/Inf check on the Triton path (no device sync; a
+    non-finite block then gets a NaN norm).
+    """
     _check_params(bits, block_size, 8, "absmax")
     _check_weight(w, block_size)
     cb = _codebook(bits, codebook)
     if use_triton(backend, w):
-        out = _fused(w, cb, block_size, codes=True)
+        out = _fused(w, cb, block_size, check_finite, codes=True)
         codes, norms = out.codes, out.norms
     else:
         codes, norms = _codes_torch(w, cb, block_size)
@@ -166,11 +169,15 @@ def hlwq_int4(
     scale: str = "absmax",
     codebook: Codebook | None = None,
     backend: str = "auto",
+    check_finite: bool = True,
 ) -> Int4Weight:
     """HLWQ ``W'`` quantized to symmetric group INT4 (compressed-tensors packing).
 
     With the Triton backend, ``scale="absmax"`` and ``group_size`` dividing ``block_size`` the
     whole chain is one kernel; otherwise the kernel writes ``W'`` and ``quantize_int4`` follows.
+    NaN/Inf weights raise ValueError; on the Triton path that check reads a flag back from the
+    device (one sync per call): ``check_finite=False`` skips it (the converter validates weights
+    when it reads them; non-finite blocks then give NaN scales).
     """
     _check_params(bits, block_size, group_size, scale)
     _check_weight(w, block_size)
@@ -178,9 +185,9 @@ def hlwq_int4(
     cb = _codebook(bits, codebook)
     if use_triton(backend, w):
         if scale == "absmax" and block_size % group_size == 0:
-            out = _fused(w, cb, block_size, int4_group=group_size)
+            out = _fused(w, cb, block_size, check_finite, int4_group=group_size)
             return Int4Weight(out.packed, out.scale, tuple(w.shape), group_size)
-        wp = _fused(w, cb, block_size, wprime=True).wprime
+        wp = _fused(w, cb, block_size, check_finite, wprime=True).wprime
     else:
         codes, norms = _codes_torch(w, cb, block_size)
         wp = _dequantize_torch(codes, norms, _levels64(cb), block_size, w.dtype)

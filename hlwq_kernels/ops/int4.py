@@ -1,7 +1,7 @@
 """Symmetric group INT4 quantization in the compressed-tensors ``pack-quantized`` format.
 
 A weight ``w`` ``[N, K]`` (bf16, fp16 or fp32) is split along ``K`` into groups of ``group_size``
-columns with one scale each, stored in the weight's dtype (design.md §3). Codes
+columns with one scale each, stored in the weight's dtype (docs/design.md §3). Codes
 ``q = round_half_even(clamp(w / s, -8, 7))``, the quotient taken in float32 with the scale as stored,
 are kept as ``q + 8`` in 4-bit nibbles: column ``j`` of a row goes into int32 word ``j // 8``,
 nibble ``j % 8``, column 0 least significant. Dequantization is ``(u - 8) * s``.
@@ -10,10 +10,12 @@ Scale rules:
 - ``"absmax"``: compressed-tensors' own rule, ``max|w| / 7.5`` in float32 cast to the weight dtype;
   an all-zero group gets ``torch.finfo(dtype).eps``.
 - ``"mse"``: per group, the stored scale with the least squared error among ``N_RATIOS`` clip ratios
-  ``1, 1 - RATIO_STEP, ...`` of the absmax scale (ratio 1 *is* the absmax scale), then
-  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ w q / Σ q²`` from the best one. A trial replaces
-  the best only when its float32 error is lower by the relative ``MARGIN`` (far above float32
-  summation error), so no group is ever worse than with absmax.
+  ``RATIOS = float32(1 - i * RATIO_STEP)`` of the absmax rule (ratio 1 *is* the absmax scale), then
+  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ |w| |q| / Σ q²`` from the best one. Errors are
+  compared exactly through ``D(s) = s (s Σ q² - 2 Σ |w| |q|)`` (the error minus ``Σ w²``; float64
+  sums that are exact, see ``hlwq_reference.numpy.int4``); a trial replaces the best only when its
+  ``D`` is strictly lower, so no group is ever worse than absmax and the torch path, the kernel and
+  the NumPy reference return the same scales bit for bit.
 
 CUDA tensors use the fused Triton kernel (``hlwq_kernels.ops.int4_triton``: one read of the weight, packed
 words and scales out); CPU tensors use the torch path below; ``backend="triton"`` on CPU tensors runs
@@ -29,7 +31,7 @@ import torch
 from hlwq_kernels.ops._triton import use_triton
 
 # The format contract's constants live in the (torch-free) reference, so both sides share one copy.
-from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, MARGIN, N_RATIOS, QMAX, QMIN, RATIO_STEP
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
 __all__ = [
     "Int4Weight",
@@ -84,6 +86,12 @@ def _store(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(stored == 0, torch.finfo(dtype).eps, stored)
 
 
+def _div(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``x / divisor`` by IEEE division (CUDA divides by a Python scalar through its reciprocal,
+    an ulp off for some quotients, which the stored scale can inherit)."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def _group_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Float codes of float32 groups ``[N, G, g]`` for float32 scales ``[N, G]``."""
     return (wg / s.unsqueeze(-1)).clamp_(QMIN, QMAX).round_()
@@ -96,35 +104,37 @@ def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX
     """
     n, k = _check_weight(w, group_size)
     amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
-    return _store(amax / divisor, w.dtype).to(w.dtype)
+    return _store(_div(amax, divisor), w.dtype).to(w.dtype)
 
 
-def trial_ratios(device: torch.device | None = None) -> torch.Tensor:
-    """The clip ratios tried by ``scale="mse"``, float32: ``1 - i * RATIO_STEP``."""
-    i = torch.arange(N_RATIOS, dtype=torch.float32, device=device)
-    return 1.0 - i * torch.tensor(RATIO_STEP, dtype=torch.float32)
+def _trial(wg: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(D, A, B)`` of float32 scales ``s`` [N, G]: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``."""
+    a = wg.abs()
+    q = torch.minimum(a / s.unsqueeze(-1), torch.where(wg < 0, -QMIN, QMAX).to(a.dtype)).round_()
+    sa = (a.double() * q.double()).sum(dim=-1)  # exact: see hlwq_reference.numpy.int4
+    sb = q.square().sum(dim=-1).double()
+    s64 = s.double()
+    return s64 * (s64 * sb - 2 * sa), sa, sb
 
 
 def _mse_scale_torch(w: torch.Tensor, group_size: int) -> torch.Tensor:
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)
     amax = wg.abs().amax(dim=-1)
-    ratios = trial_ratios().tolist()
-    best_s = best_e = best_next = None
+    best = None
     for t in range(N_RATIOS + LLOYD_STEPS):
-        s = _store(amax * ratios[t] / ABSMAX_DIVISOR if t < N_RATIOS else best_next, w.dtype)
-        q = _group_codes(wg, s)
-        err = (wg - q * s.unsqueeze(-1)).square().sum(dim=-1)
-        sqq = q.square().sum(dim=-1)
-        nxt = torch.where(sqq > 0, (wg * q).sum(dim=-1) / sqq.clamp_min(1), s)
-        if best_s is None:
-            best_s, best_e, best_next = s, err, nxt
-            continue
-        better = err < best_e * (1 - MARGIN)
-        best_s = torch.where(better, s, best_s)
-        best_e = torch.where(better, err, best_e)
-        best_next = torch.where(better, nxt, best_next)
-    return best_s.to(w.dtype)
+        if t < N_RATIOS:
+            s = _store(_div(amax * float(RATIOS[t]), ABSMAX_DIVISOR), w.dtype)
+        else:  # Lloyd update of the best scale (kept where all its codes are 0)
+            best_s, _, sa, sb = best
+            s = _store(torch.where(sb > 0, sa / sb.clamp_min(1), best_s.double()).float(), w.dtype)
+        trial = (s, *_trial(wg, s))
+        if best is None:
+            best = trial
+        else:  # strictly lower D replaces the best; ties keep the earlier trial
+            better = trial[1] < best[1]
+            best = tuple(torch.where(better, new, old) for new, old in zip(trial, best))
+    return best[0].to(w.dtype)
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -132,6 +142,22 @@ def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     n, k = w.shape
     g = k // scale.shape[1]
     return _group_codes(w.float().reshape(n, k // g, g), scale.float()).reshape(n, k).to(torch.int8)
+
+
+def _stored_codes(wg: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The stored nibbles ``q + 8`` (uint8 ``[N, K]``) of float32 groups ``[N, G, g]`` with float32
+    scales ``[N, G]``."""
+    n = wg.shape[0]
+    return _group_codes(wg, s).sub_(QMIN).reshape(n, -1).to(torch.uint8)
+
+
+def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
+    """Pack nibbles in [0, 15] (uint8 ``[N, K]``, contiguous) into int32 ``[N, K/8]``: byte ``i`` of
+    a row holds columns ``2i`` (low) and ``2i + 1`` (high), and four little-endian bytes make one
+    word. Each byte pair read as a little-endian int16 ``x = lo | hi << 8`` gives ``lo | hi << 4``
+    in the low byte of ``x | x >> 4``."""
+    x = u.reshape(-1).view(torch.int16)  # 1-D first: a [1, K] tensor may carry any stride on its size-1 dim
+    return (x | (x >> 4)).to(torch.uint8).view(torch.int32).reshape(u.shape[0], -1)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -142,20 +168,16 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"pack_int4 takes integer codes, got {q.dtype}")
     if q.numel() and (int(q.min()) < QMIN or int(q.max()) > QMAX):
         raise ValueError("pack_int4: codes must lie in [-8, 7]")
-    n, k = q.shape
-    u = (q.to(torch.int64) + 8).reshape(n, k // 8, 8)
-    shifts = 4 * torch.arange(8, device=q.device, dtype=torch.int64)
-    words = (u << shifts).sum(dim=-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return _pack_nibbles((q - QMIN).to(torch.uint8).contiguous())
 
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
     if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
         raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
-    shifts = 4 * torch.arange(8, device=packed.device, dtype=torch.int32)
-    u = (packed.unsqueeze(-1) >> shifts) & 0xF
-    return (u.reshape(packed.shape[0], -1)[:, :k] - 8).to(torch.int8)
+    x = packed.contiguous().reshape(-1).view(torch.uint8).to(torch.int16)  # one byte: two nibbles, low first
+    u = ((x & 0xF) | ((x << 4) & 0xF00)).view(torch.uint8).reshape(packed.shape[0], -1)[:, :k]
+    return u.view(torch.int8) + QMIN
 
 
 def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
@@ -180,7 +202,8 @@ def quantize_int4_with_scale(w: torch.Tensor, scale: torch.Tensor, backend: str 
 
         packed, _ = int4_quantize_pack(w, group_size, "given", scale=scale)
     else:
-        packed = pack_int4(int4_codes(w, scale))
+        wg = w.float().reshape(n, k // group_size, group_size)
+        packed = _pack_nibbles(_stored_codes(wg, scale.float()))
     return Int4Weight(packed, scale, (n, k), group_size)
 
 
@@ -196,13 +219,17 @@ def quantize_int4(
 
         packed, s = int4_quantize_pack(w, group_size, scale)
         return Int4Weight(packed, s, (n, k), group_size)
-    s = absmax_scale(w, group_size) if scale == "absmax" else _mse_scale_torch(w, group_size)
-    return Int4Weight(pack_int4(int4_codes(w, s)), s, (n, k), group_size)
+    wg = w.float().reshape(n, k // group_size, group_size)
+    if scale == "absmax":  # max|w| / 7.5 as absmax_scale, from the float32 copy made anyway
+        s32 = _store(wg.abs().amax(dim=-1) / ABSMAX_DIVISOR, w.dtype)
+    else:
+        s32 = _mse_scale_torch(w, group_size).float()
+    return Int4Weight(_pack_nibbles(_stored_codes(wg, s32)), s32.to(w.dtype), (n, k), group_size)
 
 
 def dequantize_int4(q: Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``(u - 8) * scale`` computed in float32, cast to ``dtype`` (default: the scale's dtype)."""
     n, k = check_int4_shape(q.shape, q.group_size)
     codes = unpack_int4(q.packed, k).float().reshape(n, k // q.group_size, q.group_size)
-    w = (codes * q.scale.float().unsqueeze(-1)).reshape(n, k)
+    w = codes.mul_(q.scale.float().unsqueeze(-1)).reshape(n, k)
     return w.to(dtype or q.scale.dtype)

@@ -30,7 +30,6 @@ import torch
 from scipy.linalg import solve_banded
 from scipy.special import erfc, ndtri
 
-from hlwq_kernels.ops import lloyd_max_triton as _lt
 from hlwq_kernels.ops._triton import use_triton
 
 __all__ = ["Codebook", "lloyd_max", "gaussian_codebook", "original_release_codebook"]
@@ -38,7 +37,7 @@ __all__ = ["Codebook", "lloyd_max", "gaussian_codebook", "original_release_codeb
 _SQRT2 = math.sqrt(2.0)
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
+_16BIT = (torch.float16, torch.bfloat16)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,7 +60,9 @@ class Codebook:
     """A scalar quantizer: sorted ``levels``, midpoint ``thresholds`` and its MSE.
 
     ``mse`` is the expected squared error under N(0,1) for Gaussian codebooks and the weighted mean
-    squared error over the samples for empirical ones.
+    squared error over the samples for empirical ones. Tables derived from the codebook for a
+    device (kernel lookup tables, rounded levels) are built on first use and kept (``cached``), so
+    repeated calls copy nothing to the device.
     """
 
     levels: np.ndarray
@@ -69,6 +70,7 @@ class Codebook:
     mse: float
     iterations: int
     converged: bool
+    _tables: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     @property
     def index_dtype(self) -> torch.dtype:
@@ -78,15 +80,32 @@ class Codebook:
             return torch.uint8
         return torch.int16 if n <= 32768 else torch.int32
 
+    def cached(self, key: tuple, build):
+        """``build()`` the first time ``key`` is asked for, the same object afterwards."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
+
+    def _lookup_table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The index of every 16-bit pattern of ``dtype`` (position = unsigned pattern), by the torch path."""
+        patterns = torch.arange(1 << 16, dtype=torch.int32, device=device).to(torch.int16).view(dtype)
+        return self.quantize(patterns, backend="torch")
+
     def quantize(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """Index of the nearest level of every element: ``#{k : x >= thresholds[k]}``."""
         if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_DTYPES:
             raise TypeError("quantize expects a floating-point torch.Tensor")
         cd = _compute_dtype(x.dtype)
         if use_triton(backend, x):
-            table = _lt.assign_table(self.thresholds, cd, x.device)
-            return _lt.quantize_triton(x.contiguous(), table, self.index_dtype)
-        return _assign_torch(x.to(cd), _rounded(self.thresholds, cd, x.device)).to(self.index_dtype)
+            from hlwq_kernels.ops import lloyd_max_triton as lt
+
+            if x.dtype in _16BIT:
+                table = self.cached(("lookup", x.dtype, x.device), lambda: self._lookup_table(x.dtype, x.device))
+                return lt.quantize_lookup(x.contiguous(), table)
+            table = self.cached(("assign", cd, x.device), lambda: lt.assign_table(self.thresholds, cd, x.device))
+            return lt.quantize_triton(x.contiguous(), table, self.index_dtype)
+        thr = self.cached(("thresholds", cd, x.device), lambda: _rounded(self.thresholds, cd, x.device))
+        return _assign_torch(x.to(cd), thr).to(self.index_dtype)
 
     def dequantize(self, idx: torch.Tensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
         """``levels[idx]`` in ``dtype`` (levels rounded from float64 once).
@@ -96,9 +115,11 @@ class Codebook:
         """
         if not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.dtype.is_complex:
             raise TypeError("dequantize expects an integer torch.Tensor of indices")
-        lev = _rounded(self.levels, dtype, idx.device)
+        lev = self.cached(("levels", dtype, idx.device), lambda: _rounded(self.levels, dtype, idx.device))
         if use_triton(backend, idx):
-            return _lt.dequantize_triton(idx.contiguous(), lev)
+            from hlwq_kernels.ops import lloyd_max_triton as lt
+
+            return lt.dequantize_triton(idx.contiguous(), lev)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.levels.size):
             raise ValueError(f"indices must lie in [0, {self.levels.size})")
         return lev[idx.long()]
@@ -206,7 +227,7 @@ def gaussian_codebook(levels: int) -> Codebook:
 
 
 def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
-    """The original HLWQ release's codebook (design.md §1), recomputed.
+    """The original HLWQ release's codebook (docs/design.md §1), recomputed.
 
     Cell boundaries start evenly spaced on [-4, 4] (``2**bits + 1`` of them); the outer two are set
     to ±inf (``outer="inf"``) or kept at ±4 (``outer="clip"``, centroids of the truncated cells); then
@@ -243,8 +264,11 @@ def _lloyd_step(x: torch.Tensor, w: torch.Tensor | None, levels: np.ndarray, tri
     """Per-cell weight and weighted sum (float64 numpy) and total weighted squared error."""
     cd = _compute_dtype(x.dtype)
     thr = (levels[:-1] + levels[1:]) / 2
-    if triton and levels.size <= _lt.MAX_STEP_LEVELS:
-        return _lt.lloyd_step_triton(x, w, _lt.assign_table(thr, cd, x.device), levels)
+    if triton:
+        from hlwq_kernels.ops import lloyd_max_triton as lt
+
+        if levels.size <= lt.MAX_STEP_LEVELS:
+            return lt.lloyd_step_triton(x, w, lt.assign_table(thr, cd, x.device), levels)
     xc = x.to(cd)
     idx = _assign_torch(xc, _rounded(thr, cd, x.device))
     x64 = xc.to(torch.float64)

@@ -1,5 +1,12 @@
 """Triton kernels for scalar codebooks: nearest-level assignment (quantize / one Lloyd step) and gather.
 
+16-bit inputs (bf16, fp16) have 65536 possible values: ``quantize_lookup`` reads each input's bit
+pattern and gathers its index from a 65536-entry table built once per codebook with the torch path
+(so it is the torch path, bit for bit, including ties, ±inf and NaN); one load, one gather and one
+store per element.
+
+Wider inputs (fp32, fp64) use the grid assignment below.
+
 Assignment maps ``x`` to ``idx = #{k : x >= t_k}`` (ties go to the upper cell, NaN to 0) without a
 binary search: a uniform grid over ``[t_0, t_last]`` with ``M`` cells and a lookup table
 ``lut[g] = #{k : g(t_k) < g}`` gives a lower bound, and ``K`` compares against
@@ -18,78 +25,77 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hlwq_kernels.ops._triton import HAVE_TRITON, launch
+from hlwq_kernels.ops._jit import codebook_index
+from hlwq_kernels.ops._triton import launch, tl, triton
 
-if HAVE_TRITON:
-    import triton
-    import triton.language as tl
-
-__all__ = ["AssignTable", "assign_table", "quantize_triton", "lloyd_step_triton", "dequantize_triton"]
+__all__ = [
+    "AssignTable", "assign_table", "quantize_triton", "quantize_lookup", "lloyd_step_triton", "dequantize_triton",
+]
 
 _MAX_GRID = 4096
 _QUANT_BLOCK = 2048
+_LOOKUP_BLOCK = 4096
 _STATS_ELEMS = 8192  # elements of the [BLOCK, levels] one-hot tile per loop iteration
 MAX_STEP_LEVELS = 256  # the one-pass Lloyd step kernel handles up to this many levels
 
 
-if HAVE_TRITON:
-
-    @triton.jit
-    def _assign_kernel(
-        x_ptr, w_ptr, lut_ptr, thr_ptr, lev_ptr, idx_ptr, stats_ptr, err_ptr,
-        n, lo, inv_h, grid_max, num_thr,
-        F64: tl.constexpr, HAS_W: tl.constexpr, STORE_IDX: tl.constexpr, STATS: tl.constexpr,
-        K: tl.constexpr, NLP: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-    ):
-        pid = tl.program_id(0).to(tl.int64)
-        cells = tl.arange(0, NLP)
-        if STATS:
-            lev = tl.load(lev_ptr + cells)
-            acc_w = lev * 0.0
-            acc_s = lev * 0.0
-            acc_e = tl.sum(acc_w, axis=0)
-        for it in range(ITERS):
-            offs = (pid * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
-            mask = offs < n
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-            if F64:
-                x = x.to(tl.float64)
-            else:
-                x = x.to(tl.float32)
-            gf = (x - lo) * inv_h
-            gf = tl.where(gf > 0, gf, 0.0)
-            gf = tl.where(gf < grid_max, gf, grid_max)
-            base = tl.load(lut_ptr + gf.to(tl.int32))
-            idx = base
-            for k in tl.static_range(K):
-                t = tl.load(thr_ptr + base + k)
-                idx += (x >= t).to(tl.int32)
-            idx = tl.minimum(idx, num_thr)
-            if STORE_IDX:
-                tl.store(idx_ptr + offs, idx.to(idx_ptr.dtype.element_ty), mask=mask)
-            if STATS:
-                if HAS_W:
-                    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(x.dtype)
-                else:
-                    w = tl.where(mask, 1.0, 0.0).to(x.dtype)
-                onehot = idx[:, None] == cells[None, :]
-                acc_w += tl.sum(tl.where(onehot, w[:, None], 0.0), axis=0)
-                acc_s += tl.sum(tl.where(onehot, (w * x)[:, None], 0.0), axis=0)
-                d = x - tl.load(lev_ptr + idx)
-                acc_e += tl.sum(w * d * d, axis=0)
-        if STATS:
-            tl.store(stats_ptr + pid * 2 * NLP + cells, acc_w)
-            tl.store(stats_ptr + pid * 2 * NLP + NLP + cells, acc_s)
-            tl.store(err_ptr + pid, acc_e)
-
-    @triton.jit
-    def _gather_kernel(idx_ptr, lev_ptr, out_ptr, n, num_levels, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+@triton.jit
+def _assign_kernel(
+    x_ptr, w_ptr, lut_ptr, thr_ptr, lev_ptr, idx_ptr, stats_ptr, err_ptr,
+    n, lo, inv_h, grid_max, num_thr,
+    F64: tl.constexpr, HAS_W: tl.constexpr, STORE_IDX: tl.constexpr, STATS: tl.constexpr,
+    K: tl.constexpr, NLP: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    cells = tl.arange(0, NLP)
+    if STATS:
+        lev = tl.load(lev_ptr + cells)
+        acc_w = lev * 0.0
+        acc_s = lev * 0.0
+        acc_e = tl.sum(acc_w, axis=0)
+    for it in range(ITERS):
+        offs = (pid * ITERS + it) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        idx = tl.load(idx_ptr + offs, mask=mask, other=0).to(tl.int32)
-        idx = tl.minimum(tl.maximum(idx, 0), num_levels - 1)
-        y = tl.load(lev_ptr + idx, mask=mask)
-        tl.store(out_ptr + offs, y, mask=mask)
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        if F64:
+            x = x.to(tl.float64)
+        else:
+            x = x.to(tl.float32)
+        idx = codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K)
+        if STORE_IDX:
+            tl.store(idx_ptr + offs, idx.to(idx_ptr.dtype.element_ty), mask=mask)
+        if STATS:
+            if HAS_W:
+                w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(x.dtype)
+            else:
+                w = tl.where(mask, 1.0, 0.0).to(x.dtype)
+            onehot = idx[:, None] == cells[None, :]
+            acc_w += tl.sum(tl.where(onehot, w[:, None], 0.0), axis=0)
+            acc_s += tl.sum(tl.where(onehot, (w * x)[:, None], 0.0), axis=0)
+            d = x - tl.load(lev_ptr + idx)
+            acc_e += tl.sum(w * d * d, axis=0)
+    if STATS:
+        tl.store(stats_ptr + pid * 2 * NLP + cells, acc_w)
+        tl.store(stats_ptr + pid * 2 * NLP + NLP + cells, acc_s)
+        tl.store(err_ptr + pid, acc_e)
+
+
+@triton.jit
+def _gather_kernel(idx_ptr, lev_ptr, out_ptr, n, num_levels, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    idx = tl.load(idx_ptr + offs, mask=mask, other=0).to(tl.int32)
+    idx = tl.minimum(tl.maximum(idx, 0), num_levels - 1)
+    y = tl.load(lev_ptr + idx, mask=mask)
+    tl.store(out_ptr + offs, y, mask=mask)
+
+
+@triton.jit
+def _lookup_kernel(bits_ptr, table_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    bits = tl.load(bits_ptr + offs, mask=mask, other=0).to(tl.int32) & 0xFFFF
+    tl.store(out_ptr + offs, tl.load(table_ptr + bits), mask=mask)
 
 
 class AssignTable:
@@ -149,6 +155,17 @@ def quantize_triton(x: torch.Tensor, table: AssignTable, out_dtype: torch.dtype)
             F64=_f64(table), HAS_W=False, STORE_IDX=True, STATS=False,
             K=table.k, NLP=2, BLOCK=_QUANT_BLOCK, ITERS=1,
         )
+    return out.reshape(x.shape)
+
+
+def quantize_lookup(x: torch.Tensor, table: torch.Tensor, block: int = _LOOKUP_BLOCK, num_warps: int = 4) -> torch.Tensor:
+    """``table[bits(x)]`` of a contiguous bf16/fp16 tensor, ``table`` indexed by the unsigned 16-bit pattern."""
+    bits = x.reshape(-1).view(torch.int16)
+    out = torch.empty(bits.shape, dtype=table.dtype, device=x.device)
+    n = bits.numel()
+    if n:
+        launch(_lookup_kernel, (triton.cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
+               num_warps=num_warps)
     return out.reshape(x.shape)
 
 

@@ -1,6 +1,6 @@
 """Marlin tile layout (INT4 weights, 16-bit activations): pack an ``Int4Weight`` for Marlin-style kernels.
 
-Layout (design.md §3). Let ``Q[k, n] = q + 8`` be the transposed codes, ``K x N``. The output is int32
+Layout (docs/design.md §3). Let ``Q[k, n] = q + 8`` be the transposed codes, ``K x N``. The output is int32
 ``[K/16, 2N]``: for k-tile ``kt``, n-tile ``nt < N/64``, lane ``t < 32`` and warp ``w < 4``, with
 ``r0 = 16 kt + 2 (t % 4)`` and ``c0 = 64 nt + 16 w + t // 4``, word ``B[kt, 128 nt + 4 t + w]`` holds
 in nibbles 0..7: ``Q[r0,c0], Q[r0+8,c0], Q[r0,c0+8], Q[r0+8,c0+8], Q[r0+1,c0], Q[r0+9,c0],
@@ -10,12 +10,14 @@ Scales ``[K/g, N]`` (the transpose of ``Int4Weight.scale``) are permuted in runs
 runs of 64 take ``out[8 i + j] = in[i + 8 j]``; with one group over all of K (per-channel) runs of 32
 take ``out[8 i + m] = in[2 i + (0, 1, 8, 9, 16, 17, 24, 25)[m]]``.
 
-CUDA tensors repack with the Triton kernel in ``hlwq_kernels.ops.marlin_triton`` (reads the
-compressed-tensors words directly); CPU tensors use the torch path below.
+CUDA tensors repack words and scales in one launch of the Triton kernel in
+``hlwq_kernels.ops.marlin_triton`` (reads the compressed-tensors tensors directly, no host work per
+call); CPU tensors use the torch path below (its index tables are built once per device).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +54,7 @@ def marlin_scale_perm(group_size: int, k: int) -> list[int]:
     return _CHANNEL_PERM if group_size == k else _GROUPED_PERM
 
 
+@functools.lru_cache(maxsize=None)
 def _tile_order(device: torch.device) -> torch.Tensor:
     """Flat index ``16-row x 64-col tile -> r * 64 + c`` of nibble ``i`` of word ``4 t + w``, in word order."""
     t = torch.arange(32, device=device).view(32, 1, 1)
@@ -76,9 +79,13 @@ def _unpack_qweight_torch(qweight: torch.Tensor, n: int, k: int) -> torch.Tensor
     return pack_int4(codes_t.T)
 
 
+@functools.lru_cache(maxsize=None)
+def _index(perm: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(perm, device=device)
+
+
 def _permute_runs(s: torch.Tensor, perm: list[int]) -> torch.Tensor:
-    index = torch.tensor(perm, device=s.device)
-    return s.reshape(-1, len(perm))[:, index].reshape(s.shape)
+    return s.reshape(-1, len(perm))[:, _index(tuple(perm), s.device)].reshape(s.shape)
 
 
 def marlin_pack(q: Int4Weight, backend: str = "auto") -> MarlinWeight:
@@ -89,10 +96,10 @@ def marlin_pack(q: Int4Weight, backend: str = "auto") -> MarlinWeight:
     if use_triton(backend, q.packed):
         from hlwq_kernels.ops.marlin_triton import marlin_repack
 
-        qweight = marlin_repack(q.packed)
+        qweight, scales = marlin_repack(q.packed, q.scale, q.group_size)
     else:
         qweight = _pack_qweight_torch(q.packed, n, k)
-    scales = _permute_runs(q.scale.T.contiguous(), marlin_scale_perm(q.group_size, k))
+        scales = _permute_runs(q.scale.T.contiguous(), marlin_scale_perm(q.group_size, k))
     return MarlinWeight(qweight, scales, (n, k), q.group_size)
 
 

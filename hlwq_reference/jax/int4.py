@@ -7,6 +7,7 @@ in float32, ``q + 8`` packed 8 nibbles per int32 word, column 0 least significan
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, QMAX, QMIN
@@ -26,7 +27,11 @@ def int4_codes(w: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
     """Codes in [-8, 7] (int8 ``[N, K]``)."""
     n, k = w.shape
     g = k // scale.shape[1]
-    y = w.astype(jnp.float32).reshape(n, k // g, g) / scale.astype(jnp.float32)[..., None]
+    # XLA rewrites a division by a broadcast into a product with the broadcast reciprocal, which is
+    # an ulp off where w / s is an exact half-integer (common with bf16 weights and scales) and
+    # then rounds to the other code; the barrier keeps the IEEE division.
+    s = jax.lax.optimization_barrier(jnp.broadcast_to(scale.astype(jnp.float32)[..., None], (n, k // g, g)))
+    y = w.astype(jnp.float32).reshape(n, k // g, g) / s
     return jnp.round(jnp.clip(y, QMIN, QMAX)).astype(jnp.int8).reshape(n, k)
 
 

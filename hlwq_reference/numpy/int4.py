@@ -9,11 +9,17 @@ even) are stored as ``u = q + 8`` in ``[0, 15]``; column ``j`` of a row goes int
 Scales:
 - ``"absmax"`` (compressed-tensors' rule): ``s = max|w_group| / 7.5`` computed in float32 and rounded
   to the stored dtype; an all-zero group gets that dtype's machine epsilon.
-- ``"mse"``: per group, the stored scale with the least squared error among a grid of clip ratios
-  ``r = 1, 1 - RATIO_STEP, ...`` (``s = r * max|w| / 7.5``, so ``r = 1`` is the absmax scale) followed
-  by ``LLOYD_STEPS`` Lloyd updates ``s = Σ w q / Σ q²``. A trial replaces the best scale only when
-  its error is lower by the relative ``MARGIN``, so the result is never worse than absmax even
-  when errors are summed in float32.
+- ``"mse"``: per group, the stored scale with the least squared error among the clip ratios
+  ``RATIOS = float32(1 - i * RATIO_STEP)`` of the absmax rule (``s = dtype(float32(amax * r) / 7.5)``
+  in float32, so ``r = 1`` *is* the absmax scale), followed by ``LLOYD_STEPS`` Lloyd updates
+  ``s = dtype(float32(Σ |w| |q| / Σ q²))`` from the best scale so far. Errors are compared exactly:
+  ``Σ (w - q s)² = Σ w² + D(s)`` with ``D(s) = s (s Σ q² - 2 Σ |w| |q|)``, whose sums are exact in
+  float64 (products of a weight and a code need at most 28 bits, and only weights with a non-zero
+  code, within a few binades of ``s``, contribute), so ``D`` is exact for bfloat16 and float16
+  scales and a single rounding of exact values for float32. A trial replaces the best scale only
+  when its ``D`` is strictly lower; ties keep the earlier trial, so no group is ever worse than
+  absmax, and every implementation (this one, the torch path, the Triton kernel) picks the same
+  scale bit for bit.
 
 The code of ``w`` is defined by the float32 quotient ``w / s`` (IEEE division by the scale as stored),
 which is what compressed-tensors' GPU path and our kernels compute; that is why ``codes`` divides in
@@ -45,8 +51,8 @@ QMIN, QMAX = -8, 7
 ABSMAX_DIVISOR = 7.5
 N_RATIOS = 24
 RATIO_STEP = 0.025
+RATIOS = (1.0 - np.arange(N_RATIOS) * RATIO_STEP).astype(np.float32)
 LLOYD_STEPS = 4
-MARGIN = 1e-4
 
 _SCALE_DTYPES = {
     "bfloat16": ml_dtypes.bfloat16,
@@ -104,37 +110,38 @@ def _group_error(wg: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (d * d).sum(axis=-1)
 
 
-def _keep_better(
-    wg: np.ndarray, s: np.ndarray, best_s: np.ndarray, best_e: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per group, ``s`` and its error where it beats the best so far by the relative ``MARGIN``."""
-    e = _group_error(wg, s)
-    better = e < best_e * (1 - MARGIN)
-    return np.where(better, s, best_s), np.where(better, e, best_e)
-
-
 def group_sq_error(w: np.ndarray, scale: np.ndarray, group_size: int = 128) -> np.ndarray:
     """Squared error ``Σ (w - q s)²`` of each group ``[N, K/g]`` when quantized with ``scale``."""
     return _group_error(_groups(w, group_size), np.asarray(scale))
+
+
+def _trial(wg: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(D, A, B)`` of stored scales ``s``: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``."""
+    q = np.abs(_group_codes(wg, s))
+    a, b = (np.abs(wg.astype(np.float64)) * q).sum(axis=-1), (q * q).sum(axis=-1)
+    s64 = s.astype(np.float64)
+    return s64 * (s64 * b - 2 * a), a, b
 
 
 def mse_scale(w: np.ndarray, group_size: int = 128, scale_dtype: str | None = None) -> np.ndarray:
     """Per-group scale minimising the squared error on the INT4 grid (see module docstring)."""
     dtype = _scale_dtype(w, scale_dtype)
     wg = _groups(w, group_size)
-    w64 = wg.astype(np.float64)
-    amax = np.abs(w64).max(axis=-1)
-    best_s = _store(amax / ABSMAX_DIVISOR, dtype)
-    best_e = _group_error(wg, best_s)
-    for i in range(1, N_RATIOS):
-        s = _store(amax * (1.0 - i * RATIO_STEP) / ABSMAX_DIVISOR, dtype)
-        best_s, best_e = _keep_better(wg, s, best_s, best_e)
-    for _ in range(LLOYD_STEPS):
-        q = _group_codes(wg, best_s)
-        num, den = (w64 * q).sum(axis=-1), (q * q).sum(axis=-1)
-        s = _store(np.where(den > 0, num / np.where(den > 0, den, 1), best_s.astype(np.float64)), dtype)
-        best_s, best_e = _keep_better(wg, s, best_s, best_e)
-    return best_s
+    amax = np.abs(wg.astype(np.float32)).max(axis=-1)
+    best = None
+    for t in range(N_RATIOS + LLOYD_STEPS):
+        if t < N_RATIOS:
+            s = _store(amax * RATIOS[t] / np.float32(ABSMAX_DIVISOR), dtype)
+        else:  # Lloyd update of the best scale (kept where all its codes are 0)
+            best_s, _, a, b = best
+            s = _store(np.where(b > 0, a / np.where(b > 0, b, 1), best_s.astype(np.float64)), dtype)
+        trial = (s, *_trial(wg, s))
+        if best is None:
+            best = trial
+        else:  # strictly lower D replaces the best; ties keep the earlier trial
+            better = trial[1] < best[1]
+            best = tuple(np.where(better, new, old) for new, old in zip(trial, best))
+    return best[0]
 
 
 def int4_codes(w: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from hlwq_kernels.checkpoint import io as checkpoint_io
 from hlwq_kernels.checkpoint import REPORT_NAME, quantize_checkpoint
 from hlwq_kernels.formats.compressed_tensors import quantization_config
 from hlwq_kernels.checkpoint.io import CheckpointError, read_tensor, scan_source, weight_files
+from hlwq_kernels.checkpoint.progress import load_done
 from hlwq_kernels.ops.hlwq import hlwq_int4
 from hlwq_kernels.ops.int4 import quantize_int4
 from tests.tiny_checkpoints import AUX_FILES, save_tiny, write_config
@@ -58,7 +59,7 @@ def test_llama_output_structure_and_tensors(sources, tmp_path, method):
     for rel, text in AUX_FILES.items():
         assert (dst / rel).read_text() == text
     assert (dst / "generation_config.json").read_bytes() == (src / "generation_config.json").read_bytes()
-    assert not list(dst.glob("*.tmp")) and not (dst / "progress.json").exists()
+    assert not list(dst.glob("*.tmp")) and not (dst / "progress").exists()
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     out, ref = load_all(dst), load_all(src)
     assert set(index["weight_map"]) == set(out)
@@ -186,15 +187,20 @@ def test_existing_destination_refused_without_overwrite(sources, tmp_path):
     with pytest.raises(CheckpointError, match="not empty"):
         quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False)
     assert (dst / "precious.txt").read_text() == "keep me"
-    quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False, overwrite=True)
-    assert not (dst / "precious.txt").exists() and (dst / "model.safetensors.index.json").is_file()
+    with pytest.raises(CheckpointError, match="not an earlier output of this converter"):  # issue 13
+        quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False, overwrite=True)
+    assert (dst / "precious.txt").read_text() == "keep me"
+    (dst / "precious.txt").unlink()
+    quantize_checkpoint(sources("llama"), dst, method="rtn", progress=False)
+    quantize_checkpoint(sources("llama"), dst, method="rtn", scale="mse", progress=False, overwrite=True)
+    assert json.loads((dst / "hlwq_report.json").read_text())["scale"] == "mse"  # the earlier output replaced
     with pytest.raises(CheckpointError, match="must not be the source"):
         quantize_checkpoint(sources("llama"), sources("llama") / "sub", method="rtn", progress=False)
 
 
 def test_disk_full_leaves_no_finished_looking_output_and_resume_completes(sources, tmp_path, monkeypatch):
-    """Writing shard 3 fails with ENOSPC after writing part of it: no destination, no complete
-    shard file for it; the rerun resumes from the two completed shards and the result is
+    """Writing into shard 3 fails with ENOSPC after writing part of a tensor: no destination; the
+    rerun redoes only the tensors that were not recorded as finished, and the result is
     byte-identical to an uninterrupted conversion."""
     src = sources("llama")
     clean = tmp_path / "clean"
@@ -219,14 +225,20 @@ def test_disk_full_leaves_no_finished_looking_output_and_resume_completes(source
         quantize_checkpoint(src, dst, method="rtn", max_shard_size="250KB", progress=False)
     assert not dst.exists()
     partial = tmp_path / ".out.partial"
-    assert sorted(p.name for p in partial.iterdir()) == [
-        f"model-00001-of-{n:05d}.safetensors", f"model-00002-of-{n:05d}.safetensors", "progress.json"]
+    assert sorted(p.name for p in partial.glob("*.safetensors")) == [f"model-{i:05d}-of-{n:05d}.safetensors"
+                                                                     for i in range(1, n + 1)]
+    saved = len(load_done(partial))
+    assert 0 < saved < report_tensors(clean)
     monkeypatch.setattr(checkpoint_io, "write_at", real_write_at)
     report = quantize_checkpoint(src, dst, method="rtn", max_shard_size="250KB", progress=False)
-    assert report.resumed_shards == 2 and report.shards == n
+    assert report.resumed_tensors == saved and report.shards == n
     assert not partial.exists()
     assert file_digests(dst, exclude=(REPORT_NAME,)) == file_digests(clean, exclude=(REPORT_NAME,))
     assert [l.name for l in report.layers] == [l["name"] for l in json.loads((clean / REPORT_NAME).read_text())["layers"]]
+
+
+def report_tensors(path: Path) -> int:
+    return json.loads((path / REPORT_NAME).read_text())["num_tensors"]
 
 
 def test_real_enospc_from_os_becomes_clear_error(sources, tmp_path, monkeypatch):
@@ -235,10 +247,9 @@ def test_real_enospc_from_os_becomes_clear_error(sources, tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_io.os, "pwrite", full)
-    with pytest.raises(CheckpointError, match=r"disk full while writing .*model-00001-of-00001\.safetensors\.tmp"):
+    with pytest.raises(CheckpointError, match=r"disk full while writing .*model-00001-of-00001\.safetensors"):
         quantize_checkpoint(sources("llama"), tmp_path / "out", method="rtn", progress=False)
     assert not (tmp_path / "out").exists()
-    assert not list((tmp_path / ".out.partial").glob("*.safetensors*"))
 
 
 def test_changed_options_restart_instead_of_resuming(sources, tmp_path, monkeypatch):
@@ -246,14 +257,15 @@ def test_changed_options_restart_instead_of_resuming(sources, tmp_path, monkeypa
     dst = tmp_path / "out"
     real = checkpoint_io.write_at
 
-    def fail_on_second_shard(fd, data, offset, path):
-        if "00002-of" in path.name:
+    def fail_on_third_shard(fd, data, offset, path):
+        if "00003-of" in path.name:
             raise CheckpointError("disk full while writing (simulated)")
         real(fd, data, offset, path)
 
-    monkeypatch.setattr(checkpoint_io, "write_at", fail_on_second_shard)
+    monkeypatch.setattr(checkpoint_io, "write_at", fail_on_third_shard)
     with pytest.raises(CheckpointError):
         quantize_checkpoint(src, dst, method="rtn", scale="absmax", max_shard_size="250KB", progress=False)
+    assert load_done(tmp_path / ".out.partial")
     monkeypatch.setattr(checkpoint_io, "write_at", real)
     report = quantize_checkpoint(src, dst, method="rtn", scale="mse", max_shard_size="250KB", progress=False)
-    assert report.resumed_shards == 0
+    assert report.resumed_tensors == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
-from hlwq_kernels.checkpoint.io import CheckpointError, parse_size
+from hlwq_kernels.checkpoint.io import CheckpointError, parse_size, read_tensor, scan_source, weight_files
 from tests.tiny_checkpoints import write_config
 
 LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"])
@@ -61,8 +63,32 @@ def test_invalid_config_json(tmp_path):
 def test_pickle_only_source_is_refused_with_conversion_hint(tmp_path):
     src = config_only_source(tmp_path / "src")
     (src / "pytorch_model.bin").write_bytes(b"\x80\x04 not unpickled")
-    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*safetensors.*save_pretrained"):
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\).*keeping every tensor"):
         convert(src, tmp_path / "out")
+
+
+def test_pickle_hint_command_keeps_every_tensor(tmp_path):
+    """The command in the pickle-only message, run as printed, writes a safetensors file with
+    every tensor of the state dict (lm_head and the tied embedding included), which converts."""
+    from tests.tiny_checkpoints import build_model
+
+    src = tmp_path / "src"
+    model = build_model("qwen3").to(torch.bfloat16)  # tied: lm_head.weight shares the embedding
+    model.config.save_pretrained(src)
+    state = model.state_dict()
+    torch.save(state, src / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as err:
+        convert(src, tmp_path / "out")
+    command = str(err.value).split("python -c ", 1)[1]
+    assert command.startswith('"') and command.endswith('"')
+    subprocess.run([sys.executable, "-c", command[1:-1]], check=True, cwd=tmp_path, timeout=300)
+    (src / "pytorch_model.bin").unlink()
+    converted = scan_source(weight_files(src))
+    assert set(converted) == set(state)
+    for name, t in state.items():
+        assert torch.equal(read_tensor(converted[name]), t), name
+    report = quantize_checkpoint(src, tmp_path / "out", progress=False)
+    assert report.kept["lm_head"] == "lm_head" and len(report.layers) == 14
 
 
 def test_no_weights_at_all(tmp_path):
@@ -161,3 +187,14 @@ def test_bad_options(tmp_path, kwargs, message):
     src = make_source(tmp_path / "src")
     with pytest.raises(ValueError, match=message):
         quantize_checkpoint(src, tmp_path / "out", progress=False, **kwargs)
+
+
+def test_overwrite_never_deletes_unrelated_files(tmp_path):
+    src = make_source(tmp_path / "src")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "thesis.tex").write_text("years of work")
+    with pytest.raises(CheckpointError, match="is not an earlier output of this converter"):
+        quantize_checkpoint(src, dst, progress=False, overwrite=True)
+    assert (dst / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

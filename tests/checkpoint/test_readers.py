@@ -1,5 +1,6 @@
-"""Converted checkpoints read by the real readers: transformers + compressed-tensors on CPU, and
-compressed-tensors' own config parser, unpacker and decompressor."""
+"""Converted checkpoints read by the real readers: transformers + compressed-tensors on CPU (every
+known architecture), sentence-transformers (the real MiniLM), and compressed-tensors' own config
+parser, unpacker and decompressor."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ import torch
 from hlwq_kernels.checkpoint import quantize_checkpoint
 from hlwq_kernels.checkpoint.io import read_tensor, scan_source, weight_files
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, unpack_int4
-from tests.tiny_checkpoints import ARCHS, save_tiny
+from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
+from hlwq_kernels.models.bundled import minilm_dir
+from tests.tiny_checkpoints import ARCHS, MODEL_TYPES, save_tiny
+
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A quantized model still embeds text well.",
+    "Vienna is the capital of Austria.",
+    "How do I convert a checkpoint to four bits?",
+    "The weather was cold and rainy all week.",
+    "She plays the violin in an orchestra.",
+]
 
 pytest.importorskip("compressed_tensors")
 transformers = pytest.importorskip("transformers")
@@ -28,7 +40,8 @@ def converted(tmp_path_factory):
             root = tmp_path_factory.mktemp(arch)
             src = save_tiny(arch, root / "src")
             dst = root / "int4"
-            quantize_checkpoint(src, dst, method="hlwq", progress=False)
+            # a kept Linear inside the language model exercises the ignore list through every naming scheme
+            quantize_checkpoint(src, dst, method="hlwq", ignore=["layers.1.mlp.down_proj"], progress=False)
             cache[arch] = (src, dst)
         return cache[arch]
 
@@ -50,13 +63,22 @@ def dequantized_weights(dst: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+MIXTRAL_EXPERTS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+
+
 def model_weight(model: torch.nn.Module, ckpt_name: str) -> tuple[str, torch.Tensor]:
     """The parameter (name, view) that checkpoint module ``ckpt_name`` loads into. transformers 5
     renames multimodal checkpoints (``model.x`` -> ``model.language_model.x``, ``visual.x`` ->
-    ``model.visual.x``) and fuses MoE experts (``experts.E.gate_proj`` / ``up_proj`` -> rows of
-    ``experts.gate_up_proj[E]``, ``experts.E.down_proj`` -> ``experts.down_proj[E]``)."""
+    ``model.visual.x``; Gemma 3: ``language_model.model.x`` -> ``model.language_model.x``) and fuses MoE experts (``experts.E.gate_proj`` / ``up_proj`` -> rows of
+    ``experts.gate_up_proj[E]``, ``experts.E.down_proj`` -> ``experts.down_proj[E]``; Mixtral's
+    ``block_sparse_moe.experts.E.w1`` / ``w3`` / ``w2`` likewise, under ``mlp``)."""
     params = dict(model.named_parameters())
-    for candidate in (ckpt_name, "model.language_model." + ckpt_name.removeprefix("model."), "model." + ckpt_name):
+    parent, _, leaf = ckpt_name.rpartition(".")
+    if ".block_sparse_moe.experts." in ckpt_name:
+        ckpt_name = parent.replace(".block_sparse_moe.", ".mlp.") + "." + MIXTRAL_EXPERTS[leaf]
+    candidates = (ckpt_name, "model.language_model." + ckpt_name.removeprefix("model."), "model." + ckpt_name,
+                  "model.language_model." + ckpt_name.removeprefix("language_model.model."))
+    for candidate in candidates:
         if f"{candidate}.weight" in params:
             return f"{candidate}.weight", params[f"{candidate}.weight"]
         parent, _, leaf = candidate.rpartition(".")
@@ -70,44 +92,82 @@ def model_weight(model: torch.nn.Module, ckpt_name: str) -> tuple[str, torch.Ten
     raise KeyError(ckpt_name)
 
 
-def load(path: Path) -> torch.nn.Module:
-    config = json.loads((path / "config.json").read_text())
-    cls = getattr(transformers, config["architectures"][0])
+def load(path: Path, cls=None) -> torch.nn.Module:
+    """``path`` loaded by transformers with the class its config names (or ``cls``)."""
+    if cls is None:
+        cls = getattr(transformers, json.loads((path / "config.json").read_text())["architectures"][0])
     return cls.from_pretrained(path, dtype=torch.bfloat16).eval()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_transformers_loads_exact_weights_and_logits(arch, converted):
-    """transformers + compressed-tensors load the output on CPU; every quantized weight (MoE
-    experts included, which transformers 5 fuses into experts.gate_up_proj on load) equals our
-    dequantization exactly, every other parameter equals the source, and the logits equal those
-    of the source model carrying our dequantized weights."""
-    src, dst = converted(arch)
+def assert_loads_exactly(src: Path, dst: Path, cls=None) -> None:
+    """transformers + compressed-tensors load ``dst`` on CPU, dequantized while loading (the config's
+    ``dequantize``); every quantized weight (MoE experts included, which transformers 5 fuses into
+    experts.gate_up_proj on load) equals our dequantization exactly, every other parameter equals
+    the source, and the logits equal those of the source model carrying our dequantized weights."""
     ours = dequantized_weights(dst)
-    assert len(ours) >= 8
+    assert len(ours) >= 7  # Phi-3: 2 layers x (qkv, o, gate_up, down), one down_proj kept
     ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(1))
-    quant = load(dst)
-    with torch.no_grad():
-        logits = quant(input_ids=ids).logits  # first forward decompresses the model
-    reference = load(src)
+    quant = load(dst, cls)
+    reference = load(src, cls)
     with torch.no_grad():
         for m, w in ours.items():
-            loaded = model_weight(quant, m)[1]
+            loaded = model_weight(quant, m)[1]  # before any forward: dense already
             assert loaded.dtype == w.dtype and torch.equal(loaded, w), m
             target = model_weight(reference, m)[1]
             assert not torch.equal(target, w), m  # the source really differs: the copy below matters
             target.copy_(w)
+        logits = quant(input_ids=ids).logits
         expected = reference(input_ids=ids).logits
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
     # every other parameter (embeddings, norms, kept layers, towers) loaded with the source values
     quantized = {model_weight(quant, m)[0] for m in ours}
-    src_params = dict(load(src).named_parameters())
+    src_params = dict(load(src, cls).named_parameters())
     kept = [(n, p) for n, p in quant.named_parameters()
             if n not in quantized and not n.rsplit(".", 1)[-1].startswith("weight_")]
     assert kept
     for name, p in kept:
         assert torch.equal(p, src_params[name]), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_transformers_loads_exact_weights_and_logits(arch, converted):
+    src, dst = converted(arch)
+    assert json.loads((src / "config.json").read_text())["model_type"] == MODEL_TYPES.get(arch, arch)
+    assert_loads_exactly(src, dst)
+
+
+def test_every_known_model_type_has_a_tiny_model():
+    """KNOWN_MODEL_TYPES lists only what the test above covers (bert: the real MiniLM below)."""
+    tested = {MODEL_TYPES.get(arch, arch) for arch in ARCHS} | {"bert"}
+    assert KNOWN_MODEL_TYPES <= tested, sorted(KNOWN_MODEL_TYPES - tested)
+
+
+def test_tied_decoder_without_architectures(tmp_path):
+    """A tied decoder whose config.json has no ``architectures`` (as written from a GGUF-loaded
+    model) gets ``lm_head`` in ``ignore`` and loads in transformers exactly."""
+    src = save_tiny("qwen3", tmp_path / "src")  # tie_word_embeddings=True: no lm_head tensor
+    config = json.loads((src / "config.json").read_text())
+    del config["architectures"]
+    (src / "config.json").write_text(json.dumps(config))
+    dst = tmp_path / "int4"
+    quantize_checkpoint(src, dst, progress=False)
+    assert "lm_head" in json.loads((dst / "config.json").read_text())["quantization_config"]["ignore"]
+    assert_loads_exactly(src, dst, transformers.AutoModelForCausalLM)
+
+
+def test_sentence_transformers_loads_converted_minilm(minilm_int4):
+    """A plain SentenceTransformer(dst) loads the converted MiniLM (pooling and tokenizer files are
+    copied) and embeds close to the original: cosine >= 0.95 on every sentence (--scale mse)."""
+    st = pytest.importorskip("sentence_transformers")
+    original = st.SentenceTransformer(str(minilm_dir()), device="cpu")
+    converted = st.SentenceTransformer(str(minilm_int4), device="cpu")
+    a = original.encode(SENTENCES, convert_to_tensor=True)
+    b = converted.encode(SENTENCES, convert_to_tensor=True)
+    assert a.shape == b.shape == (len(SENTENCES), 384)
+    cos = torch.nn.functional.cosine_similarity(a, b)
+    print("cosine to the original per sentence:", [round(c, 3) for c in cos.tolist()])  # README quotes these (-rP)
+    assert (cos >= 0.95).all() and (cos < 0.9999).all(), cos.tolist()  # close, and really quantized
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])

@@ -8,21 +8,26 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_matrix, random_signs
-from hlwq_kernels.ops.fwht_triton import kernel_modes
+from hlwq_kernels.ops.fwht_triton import kernel_plan
 from hlwq_reference.numpy import fwht as fwht_ref
 from tests.helpers import assert_close, kernel_devices, random_weight, rel_err
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-KERNEL_SIZES = [1, 2, 4, 16, 32, 48, 64, 128, 192, 256, 320, 512, 1024, 1536, 2048, 3584]
+KERNEL_SIZES = [1, 2, 4, 8, 12, 16, 32, 48, 64, 128, 160, 192, 256, 320, 512, 1024, 1536, 2048, 3584]
 TORCH_SIZES = KERNEL_SIZES + [11008, 18944, 29568, 40960]
+# hidden and MLP sizes of Llama / Qwen / Mistral models: every one runs on the kernels on CUDA
+LLM_SIZES = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]
+CUDA_SIZES = [1, 8, 12, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 1536, 2560, 10240] + LLM_SIZES
 # inputs with log-normal column magnitudes: rows are not constant, columns not equally weighted
 _random = functools.partial(random_weight, column_spread=1.0)
 
 
 def _check(x: torch.Tensor, backend: str, **kw) -> None:
+    if x.is_cuda:  # NaN in the allocator blocks the output will reuse: unwritten elements fail
+        torch.full((2 * x.numel() + 1024,), float("nan"), device=x.device)
     y = fwht(x, backend=backend, **kw)
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
     assert torch.isfinite(y).all(), "unwritten or non-finite output"
@@ -65,18 +70,37 @@ def _cases(draw):
     return shape, dim, dtype, transpose, block, use_signs, draw(st.integers(0, 2**16)), draw(st.booleans())
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(
+    "backend, device", [("torch", "cpu")] + [("triton", d) for d in kernel_devices()],
+    ids=lambda v: v,
+)
 @given(case=_cases())
-def test_property_shapes_strides_dims(backend: str, case) -> None:
+def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
     shape, dim, dtype, transpose, block, use_signs, seed, inverse = case
-    # backend="triton" runs only sizes the kernel holds (kernel_modes); others raise a clear error
-    assume(backend == "torch" or kernel_modes(block or shape[dim]) is not None)
-    x = _random(tuple(shape), dtype, seed)
+    x = _random(tuple(shape), dtype, seed, device=device)
     if transpose:  # non-contiguous input with the transform dim moved
         x = x.transpose(0, -1).contiguous().transpose(0, -1)
     b = block or shape[dim]
-    signs = random_signs(b if block and seed % 2 else shape[dim], seed) if use_signs else None
+    signs = random_signs(b if block and seed % 2 else shape[dim], seed, device=device) if use_signs else None
     _check(x, backend, dim=dim, block_size=block, signs=signs, inverse=inverse)
+
+
+@pytest.mark.parametrize("n", LLM_SIZES + [1 << m for m in range(17)])
+def test_kernels_take_every_llm_and_power_of_two_size(n: int) -> None:
+    for elem_size in (2, 4):
+        assert kernel_plan(n, elem_size) is not None
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_signs_checked_once_and_recheck_after_change(device: str) -> None:
+    x = _random((3, 64), torch.float32, 5, device=device)
+    signs = random_signs(64, 3, device=device)
+    _check(x, "triton", signs=signs)
+    signs[5] = -signs[5]  # in place: a new version, used by the next call
+    _check(x, "triton", signs=signs)
+    signs[7] = 0.5
+    with pytest.raises(ValueError, match=r"\+1 and -1"):
+        fwht(x, signs=signs, backend="triton")
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -146,9 +170,11 @@ def test_random_signs_reproducible() -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("n", [128, 4096, 32768, 3584, 18944, 11008, 29568])
+@pytest.mark.parametrize("n", CUDA_SIZES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_large_sizes(n: int, dtype: torch.dtype) -> None:
-    x = _random((8, n), dtype, seed=n, device="cuda")
+    rows = max(3, min(300, (1 << 20) // n))  # several tiles, the last one partial
+    x = _random((rows, n), dtype, seed=n, device="cuda")
     _check(x, "auto")
-    _check(x, "auto", inverse=True)
+    signs = random_signs(n, n, device="cuda")
+    _check(x, "auto", inverse=True, signs=signs)

@@ -11,7 +11,7 @@ from hlwq_reference.numpy.hadamard import hadamard_order_matrix
 
 LLM_DIMS = [1536, 2560, 3584, 4864, 5120, 6912, 8960, 9728, 11008, 13824, 14336, 17408, 18432,
             18944, 27648, 28672, 29568]
-# Expected K of n = K * 2**m (design.md §3): the smallest buildable order.
+# Expected K of n = K * 2**m (docs/design.md §3): the smallest buildable order.
 EXPECTED_K = {1536: 12, 2560: 20, 3584: 28, 4864: 76, 5120: 20, 6912: 108, 8960: 140, 9728: 76,
               11008: 344, 13824: 108, 14336: 28, 17408: 68, 18432: 36, 18944: 148, 27648: 108,
               28672: 28, 29568: 924}

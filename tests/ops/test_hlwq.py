@@ -37,7 +37,7 @@ def _reference(w: torch.Tensor, cb, b: int, g: int, scale: str = "absmax"):
 
 
 def _fused_all(w: torch.Tensor, cb, b: int, g: int):
-    return hlwq_fused(w, _levels64(cb), torch.tensor(cb.thresholds), b, codes=True, wprime=True, int4_group=g)
+    return hlwq_fused(w, cb, b, codes=True, wprime=True, int4_group=g)
 
 
 def _torch_all(w: torch.Tensor, cb, b: int, g: int):
@@ -227,6 +227,26 @@ def test_nonfinite_weight_is_refused(backend, bad):
     for fn in (hlwq_int4, hlwq_quantize):
         with pytest.raises(ValueError, match=r"shape \(17, 256\).*NaN or Inf"):
             fn(w, backend=backend)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_unchecked_nonfinite_weight_gives_nonfinite_scales(bad):
+    """check_finite=False: no device sync and no error; the block's INT4 scales are not finite."""
+    w = _weight(17, 256, torch.bfloat16, seed=4)
+    w[5, 200] = bad
+    q = hlwq_int4(w, backend="triton", check_finite=False)
+    assert not torch.isfinite(q.scale[5, 1].float())
+    assert torch.isfinite(q.scale[:5].float()).all()
+
+
+def test_codebook_tables_are_built_once():
+    from hlwq_kernels.ops.hlwq_triton import _tables
+
+    cb = gaussian_codebook(32)
+    w = _weight(16, 128, torch.bfloat16, seed=1)
+    hlwq_int4(w, backend="triton")
+    assert _tables(cb, w.device) is _tables(cb, w.device)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

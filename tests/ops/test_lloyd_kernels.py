@@ -142,3 +142,15 @@ def test_assign_table_is_exact_near_grid_edges():
     thr = table.thr.numpy()
     got = lut[g] + sum((around >= thr[lut[g] + k]).astype(np.int64) for k in range(table.k))
     np.testing.assert_array_equal(got, ref_quantize(around, t32))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("levels", [16, 256, 300])
+def test_quantize_every_16bit_pattern(device, dtype, levels):
+    """The 16-bit lookup kernel on all 65536 inputs (±0, subnormals, ±inf, NaN) against the reference."""
+    cb = gaussian_codebook(levels)
+    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+    got = cb.quantize(x.to(device), backend="triton").cpu()
+    assert got.dtype == cb.index_dtype
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), _expected_indices(cb, x))

@@ -27,7 +27,7 @@ def pack_with(q: Int4Weight, backend: str) -> MarlinWeight:
 
 
 def closed_form_words(q: Int4Weight) -> list[list[int]]:
-    """Each Marlin word straight from the formula in design.md §3, one word at a time."""
+    """Each Marlin word straight from the formula in docs/design.md §3, one word at a time."""
     n, k = q.shape
     codes = unpack_int4(q.packed, k).tolist()
 
@@ -103,6 +103,10 @@ def test_marlin_bad_shapes_raise(shape: tuple, g: int, match: str) -> None:
 
 
 @pytest.mark.cuda
-def test_cuda_repack_large_matches_torch() -> None:
-    q = quantize_int4(weights(4096, 1024, torch.bfloat16, 9).cuda(), 128)
-    assert torch.equal(marlin_pack(q).qweight, marlin_pack(q, backend="torch").qweight)
+@pytest.mark.parametrize(("n", "k", "g"), [(4096, 1024, 128), (1024, 4096, 128), (512, 2048, 2048), (192, 4096, 32)])
+def test_cuda_repack_large_matches_torch(n: int, k: int, g: int) -> None:
+    q = quantize_int4(weights(n, k, torch.bfloat16, 9).cuda(), g)
+    junk = torch.full((4 * n * k,), -1, dtype=torch.int32, device="cuda")  # poison reused memory
+    del junk
+    got, want = marlin_pack(q), marlin_pack(q, backend="torch")
+    assert torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)

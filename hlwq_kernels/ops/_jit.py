@@ -1,0 +1,123 @@
+"""@triton.jit helpers shared by the kernels: rounding, exact division, INT4 scales and nibble packing.
+
+Every helper computes the same bits compiled on CUDA and in Triton's interpreter on CPU:
+
+- ``round_to_bf16``: float32 -> the nearest bfloat16 value (ties to even), kept in float32, by
+  integer arithmetic on the bits (the cast's rounding is not the same in every interpreter version).
+- ``round_to_dtype``: the same for any stored dtype (bf16 by hand, fp16/fp32 by the cast).
+- ``round_half_even``: float32 ``|y| < 2**22`` -> int32 nearest integer, ties to even (adding
+  1.5 * 2**23 leaves the integer in the low mantissa bits); ``rint`` the same as float32.
+- ``div_exact``: ``x / s`` correctly rounded (= ``tl.div_rn``) from ``inv = div_rn(1, s)`` in three
+  instructions (Markstein's correction step: ``q = x inv``, exact residual ``r = fma(-q, s, x)``,
+  ``fma(r, inv, q)``). It equals ``div_rn(x, s)`` wherever ``|x / s| >= 1/4`` (below that any
+  rounding to an integer gives 0 anyway) provided ``s`` and ``max|x| / s`` stay in range, which
+  ``quotient_is_exact`` checks per scale; ``group_quotient`` divides a tile of groups by their
+  scales with it, or with ``tl.div_rn`` when the tile's check failed.
+- ``int4_absmax_scale``: compressed-tensors' symmetric INT4 scale rule ``dtype(amax / 7.5)``
+  (IEEE float32 division), 0 -> the dtype's epsilon.
+- ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
+  in word ``j // 8``, nibble ``j % 8`` (column 0 least significant) — compressed-tensors' order.
+- ``codebook_index``: ``#{k : x >= t_k}`` (NaN -> 0) for sorted thresholds, from the grid lookup
+  table of ``hlwq_kernels.ops.lloyd_max_triton.AssignTable`` (one gather, then ``K`` compares).
+"""
+
+from __future__ import annotations
+
+from hlwq_kernels.ops._triton import tl, triton
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR
+
+_DIVISOR = tl.constexpr(ABSMAX_DIVISOR)
+# 2**-90 <= s <= 2**90 and |x / s| <= 2**60 keep every step of div_exact normal and finite.
+_TINY = tl.constexpr(2.0**-90)
+_HUGE = tl.constexpr(2.0**60)
+
+
+@triton.jit
+def round_to_bf16(x):
+    """float32 -> the nearest bfloat16 value (ties to even), as float32."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def round_to_dtype(x, DTYPE: tl.constexpr):
+    """float32 -> the nearest value of ``DTYPE`` (bf16, fp16 or fp32), as float32."""
+    if DTYPE == tl.bfloat16:
+        return round_to_bf16(x)
+    else:
+        return x.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def round_half_even(y):
+    """float32 ``|y| < 2**22`` -> the nearest integer as int32, ties to even."""
+    return (y + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def rint(y):
+    """float32 ``|y| < 2**22`` -> the nearest integer as float32, ties to even."""
+    return (y + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def div_exact(x, s, inv):
+    """``x / s`` rounded to nearest float32, given ``inv = div_rn(1, s)`` (see the module docstring)."""
+    q = x * inv
+    r = tl.fma(-q, s, x)
+    return tl.fma(r, inv, q)
+
+
+@triton.jit
+def reciprocal(s):
+    """``1 / s`` rounded to nearest float32."""
+    return tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+
+
+@triton.jit
+def group_quotient(x, s, inv, fast):
+    """``x / s`` (IEEE) for a tile of groups ``[R, G, C]`` and per-group scales ``s``, ``inv`` ``[R, G]``;
+    ``fast`` (a scalar) is ``quotient_is_exact`` for the whole tile."""
+    if fast:
+        y = div_exact(x, s[:, :, None], inv[:, :, None])
+    else:
+        y = tl.div_rn(x, tl.broadcast_to(s[:, :, None], x.shape))
+    return y
+
+
+@triton.jit
+def quotient_is_exact(s, inv, amax):
+    """Whether ``div_exact(x, s, inv)`` equals ``div_rn(x, s)`` for every ``1/4 <= |x / s|``,
+    ``|x| <= amax`` of the tile (one scalar for per-group tensors ``s``, ``inv``, ``amax``)."""
+    ok = (s >= _TINY) & (amax * inv <= _HUGE) & (inv >= _TINY)
+    return tl.min(ok.to(tl.int32)) > 0
+
+
+@triton.jit
+def int4_absmax_scale(amax, eps, DTYPE: tl.constexpr):
+    """compressed-tensors' scale ``DTYPE(amax / 7.5)`` (0 -> ``eps``), as float32."""
+    s = round_to_dtype(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE)
+    return tl.where(s == 0.0, eps, s)
+
+
+@triton.jit
+def pack_nibbles(u):
+    """int32 ``[R, C]`` nibbles (C % 8 == 0) -> int32 words ``[R, C // 8]``, column j in nibble j % 8."""
+    R: tl.constexpr = u.shape[0]
+    C: tl.constexpr = u.shape[1]
+    shifts = (tl.arange(0, 8) * 4)[None, None, :]
+    return tl.sum(tl.reshape(u, [R, C // 8, 8]) << shifts, axis=2)
+
+
+@triton.jit
+def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.constexpr):
+    """``#{k : x >= t_k}`` as int32 (ties up, NaN -> 0) with the tables of an ``AssignTable``."""
+    gf = (x - lo) * inv_h
+    gf = tl.where(gf > 0, gf, 0.0)
+    gf = tl.where(gf < grid_max, gf, grid_max)
+    base = tl.load(lut_ptr + gf.to(tl.int32))
+    idx = base
+    for k in tl.static_range(K):
+        idx += (x >= tl.load(thr_ptr + base + k)).to(tl.int32)
+    return tl.minimum(idx, num_thr)
