@@ -50,7 +50,8 @@ from hlwq_kernels.study.text import evaluation_text
 __all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_results", "main"]
 
 DEFAULT_KEY = "rtn-absmax"  # the converter's default today
-CONVERSION_TIMING_NAME = "study_conversion.json"
+CONVERSION_RECORD_NAME = "study_conversion.json"
+IGNORED_QUANTIZATION_FIELDS = ("version", "dequantize")  # do not change what load_causal_lm scores
 RTN_PEER, GPTQ_PEER = "llmc-rtn", "llmc-gptq"
 FALLBACK_FLIP_FRACTION = 0.005  # measured on Gemma-3-270M, used when no llm-compressor RTN is there
 BF16_RELATIVE = 2.0**-9  # half a bfloat16 ulp, relative
@@ -58,7 +59,8 @@ PERTURBATIONS = {  # kind -> label
     "flip": "default with {fraction:.2%} of codes moved ±1 at random",
     "jitter": "default rounded again with w / s jittered by ±2⁻⁹ ({fraction:.2%} of codes change)",
 }
-SYMMETRIC_KERNELS = "CUDA: Machete (Hopper), Marlin; CPU: CPUWNA16 (AVX-512)"
+SYMMETRIC_KERNELS = "CUDA: Machete (Hopper) or Marlin; CPU: CPUWNA16 (AVX-512)"
+ASYMMETRIC_KERNELS = "CUDA: Marlin with zero points; CPU: CPUWNA16 uint4 (AVX-512)"
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,25 @@ METHODS = (
     StudyMethod("llmc-spinquant", "llm-compressor SpinQuant R1+R2, then RTN W4A16", "peer", peer="spinquant",
                 rotated=True, recipe="oneshot(model, recipe=[SpinQuantModifier(rotations=[R1, R2]), "
                                      "QuantizationModifier(W4A16 with the study's group size, ignore=[lm_head])]), no data"),
-    StudyMethod(DEFAULT_KEY, "ours `--method rtn --scale absmax` (default)", "ours",
-                {"method": "rtn", "scale": "absmax"}),
-    StudyMethod("rtn-mse", "ours `--method rtn --scale mse`", "ours", {"method": "rtn", "scale": "mse"}),
+    StudyMethod(DEFAULT_KEY, "ours `--scheme sym --scale absmax` (default)", "ours",
+                {"method": "rtn", "scheme": "sym", "scale": "absmax"}),
+    StudyMethod("rtn-mse", "ours `--scheme sym --scale mse`", "ours", {"method": "rtn", "scheme": "sym", "scale": "mse"}),
     StudyMethod("hlwq-absmax", "ours `--method hlwq` (Q5 Lloyd–Max pre-pass, absmax)", "ours",
-                {"method": "hlwq", "scale": "absmax"}),
+                {"method": "hlwq", "scheme": "sym", "scale": "absmax"}),
+    StudyMethod("asym-minmax", "ours `--scheme asym --scale minmax`", "ours",
+                {"method": "rtn", "scheme": "asym", "scale": "minmax"}, kernels=ASYMMETRIC_KERNELS),
+    StudyMethod("asym-clip", "ours `--scheme asym --scale clip`", "ours",
+                {"method": "rtn", "scheme": "asym", "scale": "clip"}, kernels=ASYMMETRIC_KERNELS),
+    StudyMethod("asym-hqq", "ours `--scheme asym --scale hqq`", "ours",
+                {"method": "rtn", "scheme": "asym", "scale": "hqq"}, kernels=ASYMMETRIC_KERNELS),
+    StudyMethod("rotate-absmax", "ours `--rotate --scheme sym --scale absmax`", "ours",
+                {"method": "rtn", "scheme": "sym", "scale": "absmax", "rotate": True}, rotated=True),
+    StudyMethod("rotate-asym-minmax", "ours `--rotate --scheme asym --scale minmax`", "ours",
+                {"method": "rtn", "scheme": "asym", "scale": "minmax", "rotate": True}, rotated=True,
+                kernels=ASYMMETRIC_KERNELS),
+    StudyMethod("rotate-asym-clip", "ours `--rotate --scheme asym --scale clip`", "ours",
+                {"method": "rtn", "scheme": "asym", "scale": "clip", "rotate": True}, rotated=True,
+                kernels=ASYMMETRIC_KERNELS),
 )
 
 
@@ -111,25 +127,27 @@ def _peer_timings(peers_dir: Path) -> dict[str, dict]:
 
 
 def _convert(d: Decoder, m: StudyMethod, src: Path, reconvert: bool) -> tuple[Path, dict]:
-    """Our checkpoint of ``m`` (reused when one with the same options is cached) and its conversion
-    time: wall seconds, CPU seconds of this process, the load average before."""
+    """Our checkpoint of ``m`` (reused when one converted with the same options is cached), its
+    conversion time (wall seconds, CPU seconds of this process, the load average before) and the
+    names of the layers it quantized."""
     from hlwq_kernels.checkpoint import quantize_checkpoint
 
     dst = cache_dir("converted") / d.key / m.key
     options = {"group_size": d.group_size, **m.options}
     if options.get("method") == "hlwq":  # its Hadamard block must divide every layer's inputs, as the group does
         options.setdefault("block_size", d.group_size)
-    timing_path = dst / CONVERSION_TIMING_NAME
-    if not reconvert and timing_path.is_file():
-        report = json.loads((dst / "hlwq_report.json").read_text())
-        if all(report.get(k) == v for k, v in options.items()):
-            return dst, {**json.loads(timing_path.read_text()), "quantized": [l["name"] for l in report["layers"]]}
+    record_path = dst / CONVERSION_RECORD_NAME
+    if not reconvert and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("options") == options:
+            return dst, record
     load, cpu = os.getloadavg()[0], time.process_time()
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     report = quantize_checkpoint(src, dst, device="cpu", overwrite=True, progress=False, **options)
-    timing = {"wall_s": report.timings["total_s"], "cpu_s": round(time.process_time() - cpu, 1), "load_average": load}
-    timing_path.write_text(json.dumps(timing))
-    return dst, {**timing, "quantized": [l.name for l in report.layers]}
+    record = {"options": options, "wall_s": report.timings["total_s"], "cpu_s": round(time.process_time() - cpu, 1),
+              "load_average": load, "quantized": [layer.name for layer in report.layers], "notes": report.notes}
+    record_path.write_text(json.dumps(record))
+    return dst, record
 
 
 def _weight_error(model: torch.nn.Module, ref: torch.nn.Module) -> dict:
@@ -170,11 +188,11 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
             row.update(path=path, conversion_s=job.get("wall_s"), conversion_cpu_s=job.get("cpu_s", job.get("cpu_user_s")),
                        recipe=m.recipe)
         else:
-            path, timing = _convert(d, m, src, reconvert)
-            row.update(path=path, conversion_s=timing["wall_s"], conversion_cpu_s=timing["cpu_s"], options=m.options,
-                       quantized_layers=len(timing["quantized"]))
-            quantized[m.key] = sorted(timing["quantized"])
-            _log(f"[{d.key}] {m.key}: {path} (conversion {timing['wall_s']:.1f} s wall, {timing['cpu_s']:.1f} s CPU)")
+            path, record = _convert(d, m, src, reconvert)
+            row.update(path=path, conversion_s=record["wall_s"], conversion_cpu_s=record["cpu_s"], options=m.options,
+                       quantized_layers=len(record["quantized"]), notes=record.get("notes", []))
+            quantized[m.key] = sorted(record["quantized"])
+            _log(f"[{d.key}] {m.key}: {path} (conversion {record['wall_s']:.1f} s wall, {record['cpu_s']:.1f} s CPU)")
         rows[m.key] = row
     first = next(iter(quantized), None)
     for k, layers in quantized.items():
@@ -187,13 +205,19 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
 
 
 def _fingerprint(path: Path) -> str:
-    """Identifies a checkpoint's contents: SHA-256 over its safetensors files and config.json."""
+    """Identifies what a checkpoint's scores depend on: SHA-256 over its safetensors files and its
+    config.json, less the fields the loader ignores (quantization_config's ``version``, and
+    ``dequantize``, which ``load_causal_lm`` overrides)."""
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + [path / "config.json"]:
+    for f in sorted(path.glob("*.safetensors")):
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             while chunk := fh.read(1 << 24):
                 h.update(chunk)
+    config = json.loads((path / "config.json").read_text())
+    for key in IGNORED_QUANTIZATION_FIELDS:
+        (config.get("quantization_config") or {}).pop(key, None)
+    h.update(json.dumps(config, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -408,7 +432,8 @@ def _provenance(model: dict, row: dict) -> str:
     if row["kind"] == "source":
         return f"{model['source']} by `python -m hlwq_kernels.study.decoders` (transformers' GGUF reader, rounded to bfloat16)"
     if row["kind"] == "peer":
-        return f"llm-compressor, `{row['recipe']}` (`python -m hlwq_kernels.study.peers`), read from `{row['path']}`"
+        return (f"llm-compressor, `{row['recipe']}` (`python -m hlwq_kernels.study.peers`), read from `{row['path']}`; "
+                f"served by {row['kernels']}")
     if row["kind"] == "perturbed" and row["perturbation"] == "flip":
         return (f"`perturb_checkpoint({DEFAULT_KEY}, fraction={row['fraction']:.5f}, seed={row['seed']})`: "
                 "that fraction of the default's codes moved by ±1 at random, scales kept")
@@ -416,8 +441,11 @@ def _provenance(model: dict, row: dict) -> str:
         return (f"`jitter_checkpoint({DEFAULT_KEY}, weights=BF16 source, relative=2**-9, seed={row['seed']})`: "
                 f"codes rounded again from w / s · (1 + 2⁻⁹ u), u uniform in [-1, 1), scales kept; "
                 f"{row['fraction']:.3%} of codes change")
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in {"group_size": model["group_size"], **row["options"]}.items())
-    return f"`python -m hlwq_kernels.convert SRC DST {flags} --device cpu` (quantize_checkpoint), {row['quantized_layers']} layers"
+    flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                     for k, v in {"group_size": model["group_size"], **row["options"]}.items())
+    notes = "".join(f"; {n}" for n in row.get("notes", []))
+    return (f"`python -m hlwq_kernels.convert SRC DST {flags} --device cpu` (quantize_checkpoint), "
+            f"{row['quantized_layers']} layers quantized{notes}; served by {row['kernels']}")
 
 
 def _conversion(row: dict) -> str:
