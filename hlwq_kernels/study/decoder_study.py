@@ -10,8 +10,9 @@ and scored on windows of 512 tokens of *Pride and Prejudice* (``hlwq_kernels.stu
 perplexity and ``KL(P_BF16 || P_method)`` per token.
 
 Two stages keep the cost down: every method on the first ``--screen-windows`` windows (16), then the
-peers, today's default and the ``--finalists`` best of ours by KL on the remaining windows up to
-``--windows`` (64 windows = 32,704 scored tokens). Sensitivity: ``--seeds`` copies of the default's
+peers, the converter's default, ours with llm-compressor RTN's rule and the ``--finalists`` best of
+ours by KL on the remaining windows up to ``--windows`` (64 windows = 32,704 scored tokens).
+Sensitivity: ``--seeds`` copies of ours with llm-compressor RTN's rule (sym absmax)
 checkpoint of two kinds, ``flip`` (a random fraction of codes moved by +-1: the fraction that differs
 between ours and llm-compressor's RTN, whose scales are identical) and ``jitter`` (codes rounded again
 from a bfloat16-sized random jitter of w / s: only near-ties flip, the kind of difference a division in
@@ -47,17 +48,18 @@ from hlwq_kernels.study.output import write_study_outputs
 from hlwq_kernels.study.perturb import PERTURBATION_NAME, code_difference, jitter_checkpoint, perturb_checkpoint
 from hlwq_kernels.study.text import evaluation_text
 
-__all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "run_decoder_study", "write_results", "main"]
+__all__ = ["StudyMethod", "METHODS", "DEFAULT_KEY", "NOISE_KEY", "run_decoder_study", "write_results", "main"]
 
-DEFAULT_KEY = "rtn-absmax"  # the converter's default today
+DEFAULT_KEY = "asym-minmax"  # the converter's default
+NOISE_KEY = "rtn-absmax"  # perturbed for the noise rows: same scales and rule as llm-compressor's RTN
 CONVERSION_RECORD_NAME = "study_conversion.json"
 IGNORED_QUANTIZATION_FIELDS = ("version", "dequantize")  # do not change what load_causal_lm scores
 RTN_PEER, GPTQ_PEER = "llmc-rtn", "llmc-gptq"
 FALLBACK_FLIP_FRACTION = 0.005  # measured on Gemma-3-270M, used when no llm-compressor RTN is there
 BF16_RELATIVE = 2.0**-9  # half a bfloat16 ulp, relative
 PERTURBATIONS = {  # kind -> label
-    "flip": "default with {fraction:.2%} of codes moved ±1 at random",
-    "jitter": "default rounded again with w / s jittered by ±2⁻⁹ ({fraction:.2%} of codes change)",
+    "flip": "sym absmax with {fraction:.2%} of codes moved ±1 at random",
+    "jitter": "sym absmax rounded again with w / s jittered by ±2⁻⁹ ({fraction:.2%} of codes change)",
 }
 SYMMETRIC_KERNELS = "CUDA: Machete (Hopper) or Marlin; CPU: CPUWNA16 (AVX-512)"
 ASYMMETRIC_KERNELS = "CUDA: Marlin with zero points; CPU: CPUWNA16 uint4 (AVX-512)"
@@ -67,7 +69,7 @@ ASYMMETRIC_KERNELS = "CUDA: Marlin with zero points; CPU: CPUWNA16 uint4 (AVX-51
 class StudyMethod:
     """One row of the study. ``kind``: ``source``, ``peer`` (a checkpoint found in the peers
     directory as ``<decoder>-<peer>``), ``ours`` (``quantize_checkpoint(**options)``) or ``perturbed``
-    (the default's checkpoint with codes flipped; added per seed). ``rotated``: its weights are not
+    (the sym absmax checkpoint with codes flipped; added per seed). ``rotated``: its weights are not
     comparable one to one with the source's (no weight error)."""
 
     key: str
@@ -91,12 +93,12 @@ METHODS = (
     StudyMethod("llmc-spinquant", "llm-compressor SpinQuant R1+R2, then RTN W4A16", "peer", peer="spinquant",
                 rotated=True, recipe="oneshot(model, recipe=[SpinQuantModifier(rotations=[R1, R2]), "
                                      "QuantizationModifier(W4A16 with the study's group size, ignore=[lm_head])]), no data"),
-    StudyMethod(DEFAULT_KEY, "ours `--scheme sym --scale absmax` (default)", "ours",
+    StudyMethod(NOISE_KEY, "ours `--scheme sym --scale absmax`", "ours",
                 {"method": "rtn", "scheme": "sym", "scale": "absmax"}),
     StudyMethod("rtn-mse", "ours `--scheme sym --scale mse`", "ours", {"method": "rtn", "scheme": "sym", "scale": "mse"}),
     StudyMethod("hlwq-absmax", "ours `--method hlwq` (Q5 Lloyd–Max pre-pass, absmax)", "ours",
                 {"method": "hlwq", "scheme": "sym", "scale": "absmax"}),
-    StudyMethod("asym-minmax", "ours `--scheme asym --scale minmax`", "ours",
+    StudyMethod(DEFAULT_KEY, "ours `--scheme asym --scale minmax` (default)", "ours",
                 {"method": "rtn", "scheme": "asym", "scale": "minmax"}, kernels=ASYMMETRIC_KERNELS),
     StudyMethod("asym-clip", "ours `--scheme asym --scale clip`", "ours",
                 {"method": "rtn", "scheme": "asym", "scale": "clip"}, kernels=ASYMMETRIC_KERNELS),
@@ -199,7 +201,7 @@ def _checkpoints(d: Decoder, methods: list[StudyMethod], seeds: int, peers_dir: 
         if layers != quantized[first]:
             raise StudyDataError(f"{d.key}: {k} quantizes {len(layers)} layers, {first} {len(quantized[first])}: "
                                  "the rows would not compare the same model")
-    if seeds and DEFAULT_KEY in rows:
+    if seeds and NOISE_KEY in rows:
         rows.update(_perturbed(d, src, rows, seeds))
     return src, rows
 
@@ -253,16 +255,17 @@ class _ScoreCache:
 
 
 def _perturbed(d: Decoder, src: Path, rows: dict[str, dict], seeds: int) -> dict[str, dict]:
-    """Rows of the default's perturbed copies, ``seeds`` of each kind: ``flip`` (the fraction of codes
+    """Rows of the perturbed copies of ``NOISE_KEY`` (llm-compressor RTN's rule), ``seeds`` of each kind:
+    ``flip`` (the fraction of codes
     that differ from llm-compressor's RTN moved ±1 at random) and ``jitter`` (rounded again with a
     bfloat16-sized relative jitter of w / s: only near-ties flip)."""
-    base = rows[DEFAULT_KEY]["path"]
+    base = rows[NOISE_KEY]["path"]
     diff = code_difference(base, rows[RTN_PEER]["path"]) if RTN_PEER in rows else None
-    rows[DEFAULT_KEY]["codes_vs_llmc_rtn"] = diff
+    rows[NOISE_KEY]["codes_vs_llmc_rtn"] = diff
     fraction = diff["fraction"] if diff else FALLBACK_FLIP_FRACTION
     out = {}
     for kind, seed in itertools.product(PERTURBATIONS, range(seeds)):
-        key = f"{DEFAULT_KEY}~{kind}{seed}"
+        key = f"{NOISE_KEY}~{kind}{seed}"
         path = cache_dir("converted") / d.key / key
         if kind == "flip":
             meta = {"kind": kind, "source": str(base), "fraction": fraction, "seed": seed}
@@ -370,7 +373,7 @@ def run_decoder_study(decoders: list[Decoder] | None = None, methods: list[Study
             f"{k} {v['ppl']:.2f}/{v['kl']:.4f}" for k, v in summaries["screen"]["methods"].items()))
         if windows > screen_windows:
             ours = sorted((k for k in rows if rows[k]["kind"] == "ours"), key=lambda k: summaries["screen"]["methods"][k]["kl"])
-            final = [k for k in rows if rows[k]["kind"] in ("source", "peer") or k == DEFAULT_KEY
+            final = [k for k in rows if rows[k]["kind"] in ("source", "peer") or k in (DEFAULT_KEY, NOISE_KEY)
                      or k in ours[:finalists] or (noise_full and rows[k]["kind"] == "perturbed")]
             runs.append(_score(src, rows, final, text, range(screen_windows, windows), max_loaded, cache))
             summaries["full"] = _summary(rows, windows)
@@ -435,10 +438,10 @@ def _provenance(model: dict, row: dict) -> str:
         return (f"llm-compressor, `{row['recipe']}` (`python -m hlwq_kernels.study.peers`), read from `{row['path']}`; "
                 f"served by {row['kernels']}")
     if row["kind"] == "perturbed" and row["perturbation"] == "flip":
-        return (f"`perturb_checkpoint({DEFAULT_KEY}, fraction={row['fraction']:.5f}, seed={row['seed']})`: "
-                "that fraction of the default's codes moved by ±1 at random, scales kept")
+        return (f"`perturb_checkpoint({NOISE_KEY}, fraction={row['fraction']:.5f}, seed={row['seed']})`: "
+                "that fraction of its codes moved by ±1 at random, scales kept")
     if row["kind"] == "perturbed":
-        return (f"`jitter_checkpoint({DEFAULT_KEY}, weights=BF16 source, relative=2**-9, seed={row['seed']})`: "
+        return (f"`jitter_checkpoint({NOISE_KEY}, weights=BF16 source, relative=2**-9, seed={row['seed']})`: "
                 f"codes rounded again from w / s · (1 + 2⁻⁹ u), u uniform in [-1, 1), scales kept; "
                 f"{row['fraction']:.3%} of codes change")
     flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
@@ -494,9 +497,9 @@ def _markdown(res: dict) -> str:
              "Every checkpoint is loaded by transformers in float32 (compressed-tensors decompresses INT4 to "
              "q × scale exactly) and scored on the same windows; KL is KL(P_BF16 ‖ P_method) of the next-token "
              "distributions, per scored token. Screen: every method on the first windows; all windows: the peers, "
-             "the default and the best of ours by KL. Two kinds of perturbed copies of the default measure how "
-             "much perplexity moves for differences that carry no method: `flip`, the fraction of codes that "
-             "differs between the default and llm-compressor's RTN moved ±1 at random (random errors of that "
+             "the default, ours with llm-compressor RTN's rule (sym absmax) and the best of ours by KL. Two kinds "
+             "of perturbed copies of the sym absmax checkpoint measure how much perplexity moves for differences "
+             "that carry no method: `flip`, the fraction of codes that differs between it and llm-compressor's RTN moved ±1 at random (random errors of that "
              "count); `jitter`, the codes rounded again after a bfloat16-sized random jitter of w / s (only "
              "near-ties flip, as when llm-compressor divides in bfloat16). Differences within their spread are "
              "noise.", ""]
@@ -508,9 +511,9 @@ def _markdown(res: dict) -> str:
                 lines += [f"### {title}", ""] + _table(model, model["summary"][stage]) + [""]
         lines += ["How each checkpoint was produced:", ""] + [f"- `{k}`: {_provenance(model, r)}"
                                                               for k, r in model["methods"].items()] + [""]
-        diff = model["methods"].get(DEFAULT_KEY, {}).get("codes_vs_llmc_rtn")
+        diff = model["methods"].get(NOISE_KEY, {}).get("codes_vs_llmc_rtn")
         if diff:
-            lines += [f"Codes of the default vs llm-compressor RTN: {diff['fraction']:.2%} of {diff['codes']} differ "
+            lines += [f"Codes of `{NOISE_KEY}` vs llm-compressor RTN: {diff['fraction']:.2%} of {diff['codes']} differ "
                       f"(count by |difference|: {diff['by']}); scales identical: {diff['scales_equal']}.", ""]
         lines += ["Forward seconds over all windows scored (from the run that computed them; the reference's "
                   "pass is shared by the checkpoints scored with it):", "", "| checkpoint | windows | forward s |",
@@ -572,20 +575,20 @@ def main(argv: list[str] | None = None) -> int:
                                             "LLMs ranked by perplexity and KL against the BF16 source.")
     p.add_argument("--out", type=Path, default=None, help="output directory (default bench/results/decoders-<date>/)")
     p.add_argument("--quick", action="store_true",
-                   help="small run: SmolLM2 only, 2 windows, the default and one perturbed copy")
+                   help="small run: SmolLM2 only, 2 windows, the default, sym absmax and one perturbed copy of each kind")
     p.add_argument("--models", default=None, help=f"comma-separated decoders (default: {','.join(d.key for d in DECODERS)})")
     p.add_argument("--methods", default=None, help=f"comma-separated methods (default all: {','.join(m.key for m in METHODS)})")
     p.add_argument("--screen-windows", type=int, default=16, help="windows every method is scored on (default 16)")
     p.add_argument("--windows", type=int, default=64, help="windows for the peers and finalists (default 64)")
     p.add_argument("--finalists", type=int, default=3, help="how many of ours (best KL) get all windows (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="perturbed copies of the default of each kind (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="perturbed copies of sym absmax of each kind (default 3)")
     p.add_argument("--noise-full", action="store_true", help="score the perturbed copies on all windows too")
     p.add_argument("--peers", type=Path, default=None, help="llm-compressor checkpoints (default <cache>/peers)")
     p.add_argument("--reconvert", action="store_true", help="convert again even when a cached checkpoint matches")
     p.add_argument("--max-loaded", type=int, default=8, help="checkpoints in memory at once (default 8)")
     args = p.parse_args(argv)
     known = {m.key: m for m in METHODS}
-    wanted = args.methods.split(",") if args.methods else (["bf16", DEFAULT_KEY] if args.quick else list(known))
+    wanted = args.methods.split(",") if args.methods else (["bf16", DEFAULT_KEY, NOISE_KEY] if args.quick else list(known))
     unknown = [k for k in wanted if k not in known]
     if unknown:
         p.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -10,8 +10,8 @@ summed ``KL(P_ref || P_model)`` of the next-token distributions over the same po
 the window's position in the text, so results of separate runs over different windows combine. ``PPL = exp(sum NLL / tokens)``.
 
 Every checkpoint is loaded by transformers (the real reader) in float32 on the CPU; a
-compressed-tensors checkpoint is decompressed by its own code on the first forward (weights become
-``q * scale`` exactly in float32). The reference's forward pass of a window is shared by all models
+compressed-tensors checkpoint is decompressed by compressed-tensors' own code with the scales
+widened to float32 (weights become ``(q - z) * scale`` exactly). The reference's forward pass of a window is shared by all models
 evaluated with it.
 """
 
@@ -116,34 +116,61 @@ def make_windows(tokenizer, text: str, n_windows: int, seq_len: int = SEQ_LEN, o
 
 
 def load_causal_lm(path: str | os.PathLike) -> torch.nn.Module:
-    """A checkpoint loaded by ``AutoModelForCausalLM`` in float32, eval mode, fully decompressed."""
+    """A checkpoint loaded by ``AutoModelForCausalLM`` in float32, eval mode, fully decompressed.
+
+    transformers' dense loading of a compressed-tensors checkpoint rounds ``(q - z) * scale`` to the
+    scale's dtype (bfloat16); every quantized Linear's weight is therefore decompressed again by
+    compressed-tensors' own ``pack-quantized`` decompressor from the checkpoint's tensors with the
+    scale widened to float32, which makes it exact."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModelForCausalLM
     from transformers.utils.quantization_config import CompressedTensorsConfig
 
-    # dequantize=False overrides the checkpoint's "dequantize": true (which rounds q * scale to the
-    # model dtype while loading): compressed-tensors then decompresses exactly in float32
-    kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=False)} if _compressed(path) else {}
+    config = _quantization_config(path)
+    kwargs = {"quantization_config": CompressedTensorsConfig(dequantize=True)} if config else {}
     model = AutoModelForCausalLM.from_pretrained(Path(path), dtype=torch.float32, **kwargs).eval()
-    if getattr(model.config, "quantization_config", None) is not None:
-        with torch.no_grad():  # compressed-tensors decompresses every module on the first forward
-            model(torch.tensor([[0, 1]]), use_cache=False)
-        packed = [n for n, m in model.named_modules() if hasattr(m, "weight_packed")]
-        if packed:
-            raise RuntimeError(f"{path}: {len(packed)} modules still compressed after the first forward ({packed[0]}, ...)")
     for p in model.parameters():
         if p.is_floating_point() and p.dtype != torch.float32:
             p.data = p.data.float()
+    if config:
+        _decompress_exactly(model, Path(path), config)
     return model
 
 
-def _compressed(path: str | os.PathLike) -> bool:
-    """Whether the checkpoint's config.json has a compressed-tensors quantization_config."""
+def _quantization_config(path: str | os.PathLike) -> dict | None:
+    """The config.json's compressed-tensors quantization_config, if any."""
     import json
 
-    config = json.loads((Path(path) / "config.json").read_text())
-    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
+    config = json.loads((Path(path) / "config.json").read_text()).get("quantization_config") or {}
+    return config if config.get("quant_method") == "compressed-tensors" else None
+
+
+@torch.no_grad()
+def _decompress_exactly(model: torch.nn.Module, path: Path, config: dict) -> None:
+    """Overwrite every ``pack-quantized`` Linear weight of ``model`` with its float32 decompression."""
+    from compressed_tensors.compressors import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors import safe_open
+
+    groups = list(config.get("config_groups", {}).values())
+    if len(groups) != 1 or groups[0].get("format", config.get("format")) != "pack-quantized":
+        raise ValueError(f"{path}: the study reads checkpoints with one pack-quantized config group")
+    scheme = QuantizationScheme.model_validate({"targets": ["Linear"], **groups[0]})
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                name, _, tensor = key.rpartition(".")
+                if tensor.startswith("weight_"):
+                    modules.setdefault(name, {})[tensor] = st.get_tensor(key)
+    for name, tensors in modules.items():
+        tensors["weight_scale"] = tensors["weight_scale"].float()
+        weight = PackedQuantizationCompressor.decompress(tensors, scheme)["weight"]
+        target = model.get_submodule(name).weight
+        if target.shape != weight.shape:
+            raise RuntimeError(f"{path}: {name} decompresses to {tuple(weight.shape)}, the model has {tuple(target.shape)}")
+        target.copy_(weight)
 
 
 def share_equal_parameters(model: torch.nn.Module, ref: torch.nn.Module) -> int:

@@ -18,9 +18,9 @@ from safetensors import safe_open
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
 from hlwq_kernels.metrics import error_energy
-from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4
+from hlwq_kernels.formats.compressed_tensors import decompress, dequantize
 from hlwq_kernels.study.data import make_sentences
-from hlwq_kernels.study.decoder_study import DEFAULT_KEY, METHODS, run_decoder_study, write_results
+from hlwq_kernels.study.decoder_study import DEFAULT_KEY, METHODS, NOISE_KEY, run_decoder_study, write_results
 from hlwq_kernels.study.decoders import Decoder
 from hlwq_kernels.study.perplexity import expects_bos, load_causal_lm, make_windows, perplexity
 from hlwq_kernels.study.perturb import code_difference, jitter_checkpoint, perturb_checkpoint
@@ -49,11 +49,12 @@ def _tokenizer(bos: bool):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random LLaMA checkpoint (BF16, tokenizer adding BOS) and its INT4 conversion."""
+    """A tiny random LLaMA checkpoint (BF16, tokenizer adding BOS) and its symmetric INT4 conversion
+    (the perturbation tools work on llm-compressor RTN's symmetric codes)."""
     root = tmp_path_factory.mktemp("decoders")
     src = save_tiny("llama", root / "models" / "tiny", init_std=0.1)
     _tokenizer(bos=True).save_pretrained(src)
-    quantize_checkpoint(src, root / "int4", progress=False, device="cpu")
+    quantize_checkpoint(src, root / "int4", progress=False, device="cpu", scheme="sym")
     return root, src, root / "int4"
 
 
@@ -88,14 +89,16 @@ def test_identical_checkpoints_score_identically_and_kl_of_a_model_with_itself_i
     assert again[str(int4)].nll == q.nll and again[str(int4)].kl == q.kl
 
 
-def test_quantized_checkpoint_loads_decompressed_as_q_times_scale(tiny):
-    _, src, int4 = tiny
+@pytest.mark.parametrize("scheme", ["sym", "asym"])
+def test_quantized_checkpoint_loads_decompressed_exactly(tiny, tmp_path, scheme):
+    _, src, _ = tiny
+    int4 = tmp_path / scheme
+    quantize_checkpoint(src, int4, progress=False, device="cpu", scheme=scheme)
     model = load_causal_lm(int4)
     name = "model.layers.0.mlp.down_proj"
     with safe_open(next(int4.glob("*.safetensors")), "pt") as st:
-        packed, scale, shape = (st.get_tensor(f"{name}.weight_{s}") for s in ("packed", "scale", "shape"))
-    expected = dequantize_int4(Int4Weight(packed, scale, tuple(shape.tolist()), 128), torch.float32)
-    assert torch.equal(model.get_submodule(name).weight, expected)
+        q = decompress(name, st.get_tensor, 128, symmetric=scheme == "sym")
+    assert torch.equal(model.get_submodule(name).weight, dequantize(q))  # (q - z) * s exactly in float32
 
 
 def test_perturbation_moves_the_requested_fraction_by_one_and_seeds_differ(tiny, tmp_path):
@@ -129,13 +132,13 @@ def test_study_end_to_end_on_the_tiny_decoder(tiny, tmp_path, monkeypatch):
     root, src, _ = tiny
     monkeypatch.setenv("HLWQ_CACHE", str(root))
     d = Decoder("tiny", "tiny LLaMA", "-", "-", "-", "random", 128)
-    methods = [m for m in METHODS if m.key in ("bf16", DEFAULT_KEY, "llmc-rtn")]
+    methods = [m for m in METHODS if m.key in ("bf16", DEFAULT_KEY, NOISE_KEY, "llmc-rtn")]
     res = run_decoder_study([d], methods, screen_windows=1, windows=2, finalists=1, seeds=2, text=TEXT, noise_full=True)
     model = res["models"]["tiny"]
     assert "llmc-rtn" not in model["methods"]  # no peer checkpoint: skipped
     full = model["summary"]["full"]
-    copies = [f"{DEFAULT_KEY}~{kind}{seed}" for kind in ("flip", "jitter") for seed in (0, 1)]
-    assert {"bf16", DEFAULT_KEY, *copies} <= set(full["methods"]) and full["windows"] == 2
+    copies = [f"{NOISE_KEY}~{kind}{seed}" for kind in ("flip", "jitter") for seed in (0, 1)]
+    assert {"bf16", DEFAULT_KEY, NOISE_KEY, *copies} <= set(full["methods"]) and full["windows"] == 2
     assert full["methods"]["bf16"]["increase"] == 0 and full["methods"]["bf16"]["kl"] == 0
     assert full["methods"][DEFAULT_KEY]["tokens"] == 2 * (SEQ - 1)
     assert set(full["noise"]) == {"flip", "jitter"}
