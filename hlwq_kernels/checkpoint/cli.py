@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "in --scheme")
     p.add_argument("--scheme", choices=list(SCALES),
                    help="asym: a scale and an integer zero point per group (compressed-tensors symmetric: false); "
-                        f"sym: one scale per group (default: {DEFAULT_SCHEME}; the scheme of --scale when only that "
-                        "is given, e.g. --scale mse means sym)")
+                        f"sym: one scale per group (default: {DEFAULT_SCHEME}, but sym for models with quantized MoE "
+                        "experts, whose zero points transformers does not read; the scheme of --scale when only "
+                        "that is given, e.g. --scale mse means sym)")
     p.add_argument("--scale", choices=[rule for rules in SCALES.values() for rule in rules],
                    help="group rule of the scheme; asym: minmax (min-max range, compressed-tensors' rule), clip "
                         "(clip search + least-squares refit) or hqq (half-quadratic); sym: absmax (max|w|/7.5, "

@@ -17,6 +17,7 @@ quantized in blocks of rows.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -60,14 +61,20 @@ DEFAULT_SCHEME = "asym"
 DEFAULT_SCALES = {"asym": "minmax", "sym": "absmax"}
 # Every scale rule of each scheme.
 SCALES = {"asym": ("minmax", "clip", "hqq"), "sym": ("absmax", "mse")}
+# MoE experts stored one module per expert, which transformers fuses while loading: its loader
+# (transformers 5.24) drops their zero points and leaves such experts randomly initialised, so a
+# model with quantized experts gets the symmetric scheme unless a scheme or rule is asked for.
+_FUSED_EXPERT = re.compile(r"(^|\.)experts\.\d+\.")
+MOE_NOTE = ("scheme sym: the default for models with quantized MoE experts (transformers 5.24 does not read "
+            "their zero points); --scheme asym for vLLM, which serves them")
 
 
-def resolve_scheme(scheme: str | None, scale: str | None) -> tuple[str, str]:
+def resolve_scheme(scheme: str | None, scale: str | None, default: str = DEFAULT_SCHEME) -> tuple[str, str]:
     """``(scheme, scale)`` with the defaults filled in: no scheme means the one whose rules include
-    ``scale`` (the rule names are distinct), or ``DEFAULT_SCHEME``; no scale, the scheme's default.
+    ``scale`` (the rule names are distinct), or ``default``; no scale, the scheme's default rule.
     A scheme or a rule that does not exist, or a rule of the other scheme, is a ValueError."""
     if scheme is None:
-        scheme = next((name for name, rules in SCALES.items() if scale in rules), DEFAULT_SCHEME)
+        scheme = next((name for name, rules in SCALES.items() if scale in rules), default)
     if scheme not in SCALES:
         raise ValueError(f"scheme must be one of {', '.join(SCALES)}, got {scheme!r}")
     scale = scale or DEFAULT_SCALES[scheme]
@@ -133,7 +140,8 @@ def quantize_checkpoint(
     method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4 of its output in
     ``scheme``) or "rtn" (plain INT4 round-to-nearest). scheme: "asym" (a scale and an integer zero
     point per group, compressed-tensors ``symmetric: false``) or "sym" (one scale per group); None:
-    the scheme of ``scale`` when one is given (``scale="mse"`` means sym), else ``DEFAULT_SCHEME``.
+    the scheme of ``scale`` when one is given (``scale="mse"`` means sym), else ``DEFAULT_SCHEME``, or
+    "sym" for a model with quantized MoE experts (``MOE_NOTE``; the report's notes say so).
     scale: the group rule of the scheme, None for its default; for "asym" "minmax"
     (compressed-tensors' rule), "clip" or "hqq", for "sym" "absmax" (compressed-tensors' rule) or
     "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
@@ -143,7 +151,7 @@ def quantize_checkpoint(
     """
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
-    scheme, scale = resolve_scheme(scheme, scale)
+    resolve_scheme(scheme, scale)  # bad options fail before any work; the model decides when neither is given
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     if method == "hlwq" and not 1 <= bits <= 8:
@@ -163,7 +171,7 @@ def quantize_checkpoint(
 
 
 def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: int, group_size: int, block_size: int,
-             scheme: str, scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
+             scheme: str | None, scale: str | None, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
              t_start: float, rotation: tuple[int, int | None] | None) -> ConversionReport | None:
     """Every rank: plan, convert its share of the missing tensors; rank 0 also prepares the
     partial directory, finishes and publishes (and returns the report; the others None)."""
@@ -192,6 +200,10 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         )
     except SelectionError as e:
         raise CheckpointError(str(e)) from e
+    experts = scheme is None and scale is None and any(_FUSED_EXPERT.search(m) for m in selection.quantize)
+    scheme, scale = resolve_scheme(scheme, scale, "sym" if experts else DEFAULT_SCHEME)
+    if experts and scheme != DEFAULT_SCHEME:
+        notes += (MOE_NOTE,)
     symmetric = scheme == "sym"
     plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
