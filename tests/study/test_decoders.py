@@ -53,7 +53,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoders")
     src = save_tiny("llama", root / "models" / "tiny", init_std=0.1)
     _tokenizer(bos=True).save_pretrained(src)
-    quantize_checkpoint(src, root / "int4", progress=False, device="cpu")
+    quantize_checkpoint(src, root / "int4", scheme="sym", progress=False, device="cpu")  # the perturbations: sym
     return root, src, root / "int4"
 
 
