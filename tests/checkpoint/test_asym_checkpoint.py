@@ -1,4 +1,4 @@
-"""quantize_checkpoint(scheme="asym") and ``--scheme asym``: compressed-tensors' asymmetric
+"""quantize_checkpoint(scheme="asym") and ``--scheme asym``, the default: compressed-tensors' asymmetric
 ``pack-quantized`` layout (weight_zero_point, ``symmetric: false``), bit-exact against the library
 op and compressed-tensors' decompressor, loaded by transformers, checked by verify."""
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hlwq_kernels.checkpoint import cpu_backend, quantize_checkpoint
+from hlwq_kernels.checkpoint.pipeline import MOE_NOTE
 from hlwq_kernels.checkpoint.io import read_tensor, scan_source, weight_files
 from hlwq_kernels.checkpoint.verify import verify_checkpoint
 from hlwq_kernels.formats import compressed_tensors as ct
@@ -157,9 +158,9 @@ def test_symmetric_config_is_reported_as_such(converted):
 
 @pytest.mark.parametrize("options, message", [
     (dict(scheme="asym", scale="absmax"), "scale must be one of minmax, clip, hqq with scheme 'asym', got 'absmax'"),
-    (dict(scale="hqq"), "scale must be one of absmax, mse with scheme 'sym', got 'hqq'"),
-    (dict(scheme="asym", method="hlwq"), "scheme 'asym' works with method 'rtn' only"),
-    (dict(scheme="affine"), "scheme must be 'sym' or 'asym'"),
+    (dict(scheme="sym", scale="hqq"), "scale must be one of absmax, mse with scheme 'sym', got 'hqq'"),
+    (dict(scale="median"), "scale must be one of minmax, clip, hqq with scheme 'asym', got 'median'"),
+    (dict(scheme="affine"), "scheme must be one of asym, sym, got 'affine'"),
 ])
 def test_wrong_combination_is_one_error(converted, tmp_path, options, message):
     src, _ = converted["minmax"]
@@ -168,16 +169,48 @@ def test_wrong_combination_is_one_error(converted, tmp_path, options, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_scheme_asym(converted, tmp_path):
-    src, _ = converted["minmax"]
+def test_cli_default_is_asym_minmax(converted, tmp_path):
+    """No --scheme, no --scale: asymmetric min-max, the same bytes as --scheme asym; --scale alone
+    picks its scheme; a rule of the other scheme is one error line."""
+    src, reference = converted["minmax"]
     dst = tmp_path / "cli"
     run = lambda *a: subprocess.run([sys.executable, "-m", "hlwq_kernels.convert", *a], capture_output=True, text=True)
-    proc = run(str(src), str(dst), "--scheme", "asym", "--quiet")
+    proc = run(str(src), str(dst), "--quiet", "--max-shard-size", "300KB")
     assert proc.returncode == 0, proc.stderr
     assert "asymmetric: scale and zero point, scale minmax" in proc.stdout
     report = json.loads((dst / "hlwq_report.json").read_text())
     assert report["scheme"] == "asym" and report["scale"] == "minmax"
+    assert stored(dst).keys() == stored(reference).keys()
+    assert all(torch.equal(t, stored(reference)[n]) for n, t in stored(dst).items())
     assert run("--verify", str(dst), "--against", str(src)).returncode == 0
+    mse = run(str(src), str(tmp_path / "mse"), "--scale", "mse", "--quiet")
+    assert mse.returncode == 0 and "symmetric, scale mse" in mse.stdout, mse.stderr
+    assert json.loads((tmp_path / "mse" / "config.json").read_text())["quantization_config"]["config_groups"][
+        "group_0"]["weights"]["symmetric"] is True
     bad = run(str(src), str(tmp_path / "bad"), "--scheme", "asym", "--scale", "mse")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("error: scale must be one of minmax, clip, hqq with scheme 'asym', got 'mse'")
+
+
+def test_hlwq_with_the_default_scheme(converted, tmp_path):
+    """--method hlwq without --scheme: the pre-pass output quantized asymmetrically, which verify
+    accepts and whose error is that of the pre-pass plus INT4."""
+    src, _ = converted["minmax"]
+    report = quantize_checkpoint(src, tmp_path / "hlwq", method="hlwq", progress=False)
+    assert report.scheme == "asym" and report.scale == "minmax"
+    result = verify_checkpoint(tmp_path / "hlwq", against=src)
+    assert result.ok, result.problems
+    plain = {l.name: l.rel_error for l in verify_checkpoint(converted["minmax"][1], against=src).layers}
+    assert all(plain[l.name] < l.rel_error < 0.2 for l in result.layers)
+
+
+def test_moe_model_gets_the_symmetric_default_with_a_note(tmp_path):
+    """Quantized MoE experts: sym unless a scheme or an asymmetric rule is asked for."""
+    src = save_tiny("qwen3_moe", tmp_path / "src")
+    report = quantize_checkpoint(src, tmp_path / "default", progress=False)
+    assert (report.scheme, report.scale) == ("sym", "absmax") and MOE_NOTE in report.notes
+    assert MOE_NOTE in report.summary()
+    for options in (dict(scheme="asym"), dict(scale="clip")):
+        report = quantize_checkpoint(src, tmp_path / "asym", progress=False, overwrite=True, **options)
+        assert report.scheme == "asym" and MOE_NOTE not in report.notes
+        assert verify_checkpoint(tmp_path / "asym", against=src).ok

@@ -18,8 +18,9 @@ from hlwq_kernels.checkpoint import REPORT_NAME, quantize_checkpoint
 from hlwq_kernels.formats.compressed_tensors import quantization_config
 from hlwq_kernels.checkpoint.io import CheckpointError, read_tensor, scan_source, weight_files
 from hlwq_kernels.checkpoint.progress import load_done
-from hlwq_kernels.ops.hlwq import hlwq_int4
-from hlwq_kernels.ops.int4 import quantize_int4
+from hlwq_kernels.ops.hlwq import hlwq_dequantize, hlwq_int4, hlwq_quantize
+from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym
 from tests.tiny_checkpoints import AUX_FILES, save_tiny, write_config
 
 
@@ -47,14 +48,24 @@ def file_digests(path: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("method", ["rtn", "hlwq"])
-def test_llama_output_structure_and_tensors(sources, tmp_path, method):
+def expected_int4(w: torch.Tensor, method: str, scheme: str | None, scale: str | None) -> Int4Weight | Int4AsymWeight:
+    """What the converter must write for ``w``: the library ops on the whole tensor."""
+    if scheme is None:  # the default: asymmetric min-max, of the HLWQ pre-pass output for hlwq
+        wp = w if method == "rtn" else hlwq_dequantize(hlwq_quantize(w, 5, 128), w.dtype)
+        return quantize_int4_asym(wp, 128, "minmax")
+    return quantize_int4(w, 128, scale=scale) if method == "rtn" else hlwq_int4(w, 5, 128, 128, scale)
+
+
+@pytest.mark.parametrize("method, scheme, scale", [("rtn", None, None), ("hlwq", None, None), ("rtn", "sym", "mse"),
+                                                   ("hlwq", "sym", "absmax")])
+def test_llama_output_structure_and_tensors(sources, tmp_path, method, scheme, scale):
     src = sources("llama")
     dst = tmp_path / "out"
-    report = quantize_checkpoint(src, dst, method=method, scale="mse" if method == "rtn" else "absmax", progress=False)
+    report = quantize_checkpoint(src, dst, method=method, scheme=scheme, scale=scale, progress=False)
+    assert (report.scheme, report.scale) == ((scheme, scale) if scheme else ("asym", "minmax"))
     config = json.loads((dst / "config.json").read_text())
     source_config = json.loads((src / "config.json").read_text())
-    assert config.pop("quantization_config") == quantization_config(128, report.ignore)
+    assert config.pop("quantization_config") == quantization_config(128, report.ignore, symmetric=scheme == "sym")
     assert config == source_config
     for rel, text in AUX_FILES.items():
         assert (dst / rel).read_text() == text
@@ -70,9 +81,13 @@ def test_llama_output_structure_and_tensors(sources, tmp_path, method):
     for name, w in ref.items():
         module = name[: -len(".weight")]
         if module in quantized:
-            q = (quantize_int4(w, 128, scale="mse") if method == "rtn" else hlwq_int4(w, 5, 128, 128, "absmax"))
+            q = expected_int4(w, method, scheme, scale)
             assert torch.equal(out[f"{module}.weight_packed"], q.packed), name
             assert torch.equal(out[f"{module}.weight_scale"], q.scale) and q.scale.dtype == w.dtype, name
+            if scheme is None:
+                assert torch.equal(out[f"{module}.weight_zero_point"], q.zero_point_packed), name
+            else:
+                assert f"{module}.weight_zero_point" not in out, name
             assert out[f"{module}.weight_shape"].tolist() == list(w.shape)
             assert name not in out
         else:

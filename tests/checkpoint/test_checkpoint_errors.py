@@ -179,7 +179,8 @@ def test_parse_size():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(method="gptq"), "method must be"),
-    (dict(scale="minmax"), "scale must be"),
+    (dict(scheme="sym", scale="minmax"), "scale must be"),
+    (dict(scale="max"), "scale must be"),
     (dict(group_size=100), "group_size must be"),
     (dict(method="hlwq", bits=9), "bits must be"),
 ])

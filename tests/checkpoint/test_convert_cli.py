@@ -78,6 +78,10 @@ def test_demo_converts_minilm_and_reruns(tmp_path):
     assert "quantizing" in proc.stderr  # the progress bar
     report = json.loads((tmp_path / "demo" / "hlwq_report.json").read_text())
     assert report["model_type"] == "bert" and len(report["layers"]) == 37  # 6 x (q,k,v,o,up,down) + pooler
+    assert (report["method"], report["scheme"], report["scale"]) == ("rtn", "asym", "minmax")  # the defaults
+    weights = json.loads((tmp_path / "demo" / "config.json").read_text())["quantization_config"]["config_groups"][
+        "group_0"]["weights"]
+    assert weights["symmetric"] is False and "asymmetric: scale and zero point, scale minmax" in proc.stdout
     assert all(l["sqnr_db"] > 14 for l in report["layers"])
     assert (tmp_path / "demo" / "tokenizer.json").is_file() and (tmp_path / "demo" / "1_Pooling" / "config.json").is_file()
     # the summary explains its metric and names what it kept and why
@@ -97,8 +101,10 @@ def test_demo_converts_minilm_and_reruns(tmp_path):
 
 def test_help_shows_defaults_and_version():
     help_text = " ".join(cli("--help").stdout.split())
-    for option in ("--method {rtn,hlwq}", "(default: rtn)", "(default: absmax)", "(default: 128)", "(default: 5GB)",
-                   "(default: auto)", "--overwrite", "--version", "vllm serve"):
+    for option in ("--method {rtn,hlwq}", "(default: rtn)", "--scheme {asym,sym}", "(default: asym, but sym for models "
+                   "with quantized MoE experts", "(default: minmax with asym, absmax with sym)", "(default: 128)",
+                   "(default: 5GB)", "(default: auto)", "--overwrite", "--version", "vllm serve",
+                   "by default asymmetric: a scale and an integer zero point per group"):
         assert option in help_text, option
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("python -m hlwq_kernels.convert (hlwq-kernels ")
@@ -133,7 +139,7 @@ def test_overwrite_replaces_only_an_earlier_output(converted, tmp_path):
     assert_one_line_error(refused, "holds an earlier output of this converter: pass --overwrite")
     replaced = cli(src, dst, "--quiet", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
-    assert json.loads((dst / "hlwq_report.json").read_text())["scale"] == "absmax"  # the new run's options
+    assert json.loads((dst / "hlwq_report.json").read_text())["scale"] == "minmax"  # the new run's options (default)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     other = tmp_path / "other"
     other.mkdir()

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
+from hlwq_kernels.checkpoint.pipeline import MOE_NOTE
 from hlwq_kernels.checkpoint.io import read_tensor, scan_source, weight_files
-from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, unpack_int4
+from hlwq_kernels.formats import compressed_tensors as ct
+from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
+from hlwq_kernels.ops.int4_asym import dequantize_int4_asym
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
 from hlwq_kernels.models.bundled import minilm_dir
 from tests.tiny_checkpoints import ARCHS, MODEL_TYPES, save_tiny
@@ -32,37 +35,42 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """arch -> (source dir, converted dir); built once per module."""
-    cache: dict[str, tuple[Path, Path]] = {}
+    """(arch, scheme) -> (source dir, converted dir); built once per module. ``scheme`` None: the
+    converter's default (asymmetric)."""
+    cache: dict[tuple[str, str | None], tuple[Path, Path]] = {}
 
-    def get(arch: str) -> tuple[Path, Path]:
-        if arch not in cache:
+    def get(arch: str, scheme: str | None = None) -> tuple[Path, Path]:
+        if (arch, scheme) not in cache:
             root = tmp_path_factory.mktemp(arch)
             src = save_tiny(arch, root / "src")
             dst = root / "int4"
             # a kept Linear inside the language model exercises the ignore list through every naming scheme
-            quantize_checkpoint(src, dst, method="hlwq", ignore=["layers.1.mlp.down_proj"], progress=False)
-            cache[arch] = (src, dst)
-        return cache[arch]
+            report = quantize_checkpoint(src, dst, method="hlwq", scheme=scheme, ignore=["layers.1.mlp.down_proj"],
+                                         progress=False)
+            assert report.scheme == (scheme or ("sym" if arch in MOE_ARCHS else "asym"))
+            assert (MOE_NOTE in report.notes) is (scheme is None and arch in MOE_ARCHS)
+            cache[arch, scheme] = (src, dst)
+        return cache[arch, scheme]
 
     return get
 
 
 def dequantized_weights(dst: Path) -> dict[str, torch.Tensor]:
-    """Our dequantization of every quantized module of ``dst``: module name -> weight."""
-    config = json.loads((dst / "config.json").read_text())
-    group = config["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"]
+    """Our dequantization of every quantized module of ``dst`` (either scheme, as its config says):
+    module name -> weight."""
+    group, _, problems, symmetric = ct.check_config(json.loads((dst / "config.json").read_text()))
+    assert not problems, problems
     tensors = scan_source(weight_files(dst))
+    read = lambda name: read_tensor(tensors[name])
     out = {}
-    for name in tensors:
-        if name.endswith(".weight_packed"):
-            m = name[: -len(".weight_packed")]
-            shape = tuple(read_tensor(tensors[f"{m}.weight_shape"]).tolist())
-            q = Int4Weight(read_tensor(tensors[name]), read_tensor(tensors[f"{m}.weight_scale"]), shape, group)
-            out[m] = dequantize_int4(q)
+    for m in (n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed")):
+        q = ct.decompress(m, read, group, symmetric)
+        out[m] = dequantize_int4(q) if symmetric else dequantize_int4_asym(q)  # in the scale's dtype
     return out
 
 
+# The tiny architectures with quantized per-expert MoE modules (qwen3_vl_moe keeps its fused experts).
+MOE_ARCHS = {"qwen3_moe", "qwen3_next", "mixtral", "qwen2_moe", "qwen3_5_moe"}
 MIXTRAL_EXPERTS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 
 
@@ -132,9 +140,43 @@ def assert_loads_exactly(src: Path, dst: Path, cls=None) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_transformers_loads_exact_weights_and_logits(arch, converted):
+    """The default output of every architecture: asymmetric (zero points, ``symmetric: false``),
+    symmetric for the models with quantized MoE experts (transformers drops their zero points)."""
     src, dst = converted(arch)
     assert json.loads((src / "config.json").read_text())["model_type"] == MODEL_TYPES.get(arch, arch)
+    weights = json.loads((dst / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["weights"]
+    assert weights["symmetric"] is (arch in MOE_ARCHS)
+    assert any(n.endswith(".weight_zero_point") for n in scan_source(weight_files(dst))) is (arch not in MOE_ARCHS)
     assert_loads_exactly(src, dst)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_transformers_loads_symmetric_exactly(arch, converted):
+    src, dst = converted(arch, "sym")
+    assert not any(n.endswith(".weight_zero_point") for n in scan_source(weight_files(dst)))
+    assert_loads_exactly(src, dst)
+
+
+def test_default_logits_close_to_the_source(converted, tmp_path):
+    """The default conversion (rtn, asym, minmax) loaded by transformers computes close to the
+    unquantized source (both in float32), as close as the symmetric absmax one or closer."""
+    ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def logits(path: Path) -> torch.Tensor:
+        model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    src = converted("llama")[0]
+    reference = logits(src)
+    err = {}
+    for scheme in (None, "sym"):
+        dst = tmp_path / str(scheme)
+        report = quantize_checkpoint(src, dst, scheme=scheme, progress=False)
+        assert (report.scheme, report.scale) == (("asym", "minmax") if scheme is None else ("sym", "absmax"))
+        err[scheme] = float((logits(dst) - reference).norm() / reference.norm())
+    print("relative logit error to the source:", err)
+    assert 0 < err[None] < 0.3 and err[None] <= err["sym"], err  # 0.198 and 0.233 measured
 
 
 def test_every_known_model_type_has_a_tiny_model():
@@ -151,41 +193,50 @@ def test_tied_decoder_without_architectures(tmp_path):
     del config["architectures"]
     (src / "config.json").write_text(json.dumps(config))
     dst = tmp_path / "int4"
-    quantize_checkpoint(src, dst, progress=False)
+    quantize_checkpoint(src, dst, scheme="sym", progress=False)  # the default scheme: every architecture above
     assert "lm_head" in json.loads((dst / "config.json").read_text())["quantization_config"]["ignore"]
     assert_loads_exactly(src, dst, transformers.AutoModelForCausalLM)
 
 
-def test_sentence_transformers_loads_converted_minilm(minilm_int4):
+def test_sentence_transformers_loads_converted_minilm(minilm_int4, tmp_path):
     """A plain SentenceTransformer(dst) loads the converted MiniLM (pooling and tokenizer files are
-    copied) and embeds close to the original: cosine >= 0.95 on every sentence (--scale mse)."""
+    copied) and embeds close to the original: with the default (asym, minmax: the demo's output)
+    cosine >= 0.95 on every sentence, and closer on average than symmetric absmax."""
     st = pytest.importorskip("sentence_transformers")
     original = st.SentenceTransformer(str(minilm_dir()), device="cpu")
-    converted = st.SentenceTransformer(str(minilm_int4), device="cpu")
     a = original.encode(SENTENCES, convert_to_tensor=True)
-    b = converted.encode(SENTENCES, convert_to_tensor=True)
-    assert a.shape == b.shape == (len(SENTENCES), 384)
-    cos = torch.nn.functional.cosine_similarity(a, b)
-    print("cosine to the original per sentence:", [round(c, 3) for c in cos.tolist()])  # README quotes these (-rP)
-    assert (cos >= 0.95).all() and (cos < 0.9999).all(), cos.tolist()  # close, and really quantized
+    config = json.loads((minilm_int4 / "config.json").read_text())
+    assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"] is False
+    quantize_checkpoint(minilm_dir(), tmp_path / "sym", scheme="sym", progress=False)
+    cos = {}
+    for name, path in (("default", minilm_int4), ("sym absmax", tmp_path / "sym")):
+        b = st.SentenceTransformer(str(path), device="cpu").encode(SENTENCES, convert_to_tensor=True)
+        assert a.shape == b.shape == (len(SENTENCES), 384)
+        cos[name] = torch.nn.functional.cosine_similarity(a, b)
+        print(f"cosine to the original per sentence, {name}:", [round(c, 3) for c in cos[name].tolist()])  # README (-rP)
+    c = cos["default"]
+    assert (c >= 0.95).all() and (c < 0.9999).all(), c.tolist()  # close, and really quantized
+    assert c.mean() > cos["sym absmax"].mean(), cos
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
-def test_compressed_tensors_decompressor(arch, converted):
+@pytest.mark.parametrize("arch, scheme", [("llama", None), ("qwen3_moe", None), ("llama", "sym"), ("qwen3_moe", "asym")])
+def test_compressed_tensors_decompressor(arch, scheme, converted):
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
     from compressed_tensors.quantization import QuantizationConfig
 
-    _, dst = converted(arch)
+    _, dst = converted(arch, scheme)
     qc = json.loads((dst / "config.json").read_text())["quantization_config"]
     parsed = QuantizationConfig.model_validate(qc)  # compressed-tensors' own schema accepts ours
-    scheme = parsed.config_groups["group_0"]
-    assert scheme.weights.group_size == 128 and scheme.weights.symmetric and scheme.weights.num_bits == 4
+    args = parsed.config_groups["group_0"]
+    assert args.weights.group_size == 128 and args.weights.num_bits == 4
+    assert args.weights.symmetric is ((scheme or ("sym" if arch in MOE_ARCHS else "asym")) == "sym")
     tensors = scan_source(weight_files(dst))
     ours = dequantized_weights(dst)
     for m, w in ours.items():
-        state = {f"weight_{s}": read_tensor(tensors[f"{m}.weight_{s}"]) for s in ("packed", "scale", "shape")}
-        out = PackedQuantizationCompressor.decompress(dict(state), scheme)
+        names = ct.tensor_names(m, args.weights.symmetric)
+        state = {name.rsplit(".", 1)[-1]: read_tensor(tensors[name]) for name in names}
+        out = PackedQuantizationCompressor.decompress(dict(state), args)
         assert torch.equal(out["weight"].to(w.dtype), w), m
         codes = unpack_from_int32(state["weight_packed"], 4, state["weight_shape"])
         assert torch.equal(codes.to(torch.int8), unpack_int4(state["weight_packed"], w.shape[1])), m

