@@ -4,8 +4,9 @@ On the same synthetic BF16 Llama (transformers ``LlamaConfig(hidden_size=2048,
 intermediate_size=5632, num_hidden_layers=8, vocab_size=32000)``, random init, seed 0,
 ``save_pretrained`` in bfloat16: 1.08 GB), alternating the converters, best of ``--repeats``:
 
-- ``hlwq``: ``python -m hlwq_kernels.convert SRC DST --quiet`` with its defaults (durable output:
-  the shards are flushed to disk before the command returns);
+- ``hlwq``: ``python -m hlwq_kernels.convert SRC DST --scheme sym --quiet`` (symmetric INT4, the
+  peers' format; durable output: the shards are flushed to disk before the command returns), and
+  with the converter's defaults (asymmetric min-max INT4);
 - ``oneshot``: llm-compressor ``oneshot`` + ``QuantizationModifier(targets="Linear",
   scheme="W4A16", ignore=["lm_head"])`` on the loaded model, then ``save_pretrained(dst,
   save_compressed=True)``;
@@ -96,7 +97,9 @@ def main() -> None:
         llmc = str(ROOT / os.environ.get("HLWQ_LLMC_VENV", ".venv-llmc") / "bin" / "python")
     size = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     runs = {
-        "hlwq_kernels (default: rtn, absmax)": [sys.executable, "-m", "hlwq_kernels.convert", str(src), "{dst}", "--quiet"],
+        "hlwq_kernels --scheme sym (the peers' format)": [sys.executable, "-m", "hlwq_kernels.convert", str(src), "{dst}",
+                                                          "--scheme", "sym", "--quiet"],
+        "hlwq_kernels (default: asym, minmax)": [sys.executable, "-m", "hlwq_kernels.convert", str(src), "{dst}", "--quiet"],
         "llm-compressor oneshot W4A16 + save_pretrained": [llmc, "-c", ONESHOT, str(src), "{dst}"],
         "llm-compressor model_free_ptq W4A16": [llmc, "-c", MODEL_FREE, str(src), "{dst}"],
     }

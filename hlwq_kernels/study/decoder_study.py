@@ -62,7 +62,7 @@ PERTURBATIONS = {  # kind -> label
     "jitter": "sym absmax rounded again with w / s jittered by ±2⁻⁹ ({fraction:.2%} of codes change)",
 }
 SYMMETRIC_KERNELS = "CUDA: Machete (Hopper) or Marlin; CPU: CPUWNA16 (AVX-512)"
-ASYMMETRIC_KERNELS = "CUDA: Marlin with zero points; CPU: CPUWNA16 uint4 (AVX-512)"
+ASYMMETRIC_KERNELS = "CUDA: Machete (Hopper) or Marlin, with zero points; CPU: CPUWNA16 uint4 (AVX-512)"
 
 
 @dataclass(frozen=True)
