@@ -4,7 +4,8 @@ Each method maps a weight ``w [N, K]`` (bfloat16, as in an LLM checkpoint) to a 
 the matrix it approximates (``target``: ``w`` itself, or ``w`` with its inputs rotated), the
 approximation, and the INT4 export (compressed-tensors ``pack-quantized``, group 128) when there is one.
 
-INT4 methods (all export the same symmetric group-128 format vLLM serves):
+INT4 methods (all export compressed-tensors' group-128 ``pack-quantized`` format vLLM serves;
+symmetric except 7):
 1. ``rtn-absmax``: round to nearest, compressed-tensors' scale ``max|w| / 7.5``;
 2. ``rtn-mse``: round to nearest, the MSE-optimal scale per group;
 3. ``hlwq-original``: HLWQ as first released: its unconverged Q5 codebook (the main variant,
@@ -15,6 +16,8 @@ INT4 methods (all export the same symmetric group-128 format vLLM serves):
    is kept: ``W Rᵀ`` is quantized and the model must feed it ``R x`` (``W x = (W Rᵀ)(R x)``).
    Its error is measured against ``W Rᵀ`` (the same number as against ``W`` after undoing R,
    since R is orthogonal).
+7. ``asym-minmax`` / ``asym-clip`` / ``asym-hqq``: asymmetric INT4 (a zero point per group) with the
+   min-max rule (the converter's default), the clip search with a least-squares refit, HQQ updates.
 Reference rows, not INT4: ``hl-stage-{3,4,5}bit``, the Hadamard–Lloyd stage alone (``W'``, no INT4).
 """
 
@@ -28,6 +31,7 @@ import torch
 from hlwq_kernels.ops.fwht import fwht
 from hlwq_kernels.ops.hlwq import hlwq_dequantize, hlwq_int4, hlwq_quantize
 from hlwq_kernels.ops.int4 import Int4Weight, absmax_scale, dequantize_int4, quantize_int4, quantize_int4_with_scale
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight, dequantize_int4_asym, quantize_int4_asym
 from hlwq_kernels.ops.lloyd_max import original_release_codebook
 
 __all__ = ["GROUP", "BLOCK", "Quantized", "Method", "METHODS", "method", "original_int4_scale", "rotate_inputs"]
@@ -44,7 +48,7 @@ class Quantized:
 
     target: torch.Tensor
     approx: torch.Tensor
-    int4: Int4Weight | None
+    int4: Int4Weight | Int4AsymWeight | None
     rotated: bool
 
 
@@ -73,6 +77,14 @@ def _int4(target: torch.Tensor, q: Int4Weight, rotated: bool = False) -> Quantiz
 
 def _rtn(scale: str) -> Callable[[torch.Tensor], Quantized]:
     return lambda w: _int4(w.float(), quantize_int4(w, GROUP, scale))
+
+
+def _asym(rule: str) -> Callable[[torch.Tensor], Quantized]:
+    def run(w: torch.Tensor) -> Quantized:
+        q = quantize_int4_asym(w, GROUP, method=rule)
+        return Quantized(w.float(), dequantize_int4_asym(q, torch.float32), q, False)
+
+    return run
 
 
 def _hlwq(scale: str) -> Callable[[torch.Tensor], Quantized]:
@@ -109,6 +121,9 @@ METHODS: list[Method] = [
     Method("hlwq-mse", "5. HLWQ, converged Q5, MSE-optimal scale", _hlwq("mse")),
     Method("rotated-absmax", "6a. Hadamard kept, absmax/7.5", _rotated("absmax")),
     Method("rotated-mse", "6b. Hadamard kept, MSE-optimal scale", _rotated("mse")),
+    Method("asym-minmax", "7a. asymmetric, min-max (the converter's default)", _asym("minmax")),
+    Method("asym-clip", "7b. asymmetric, clip search + least-squares refit", _asym("clip")),
+    Method("asym-hqq", "7c. asymmetric, HQQ updates", _asym("hqq")),
     *[Method(f"hl-stage-{b}bit", f"ref. Hadamard–Lloyd stage alone, {b} bits (not INT4)", _q_stage(b), is_int4=False)
       for b in (3, 4, 5)],
 ]

@@ -35,6 +35,7 @@ from hlwq_kernels.study.data import load_minilm, make_sentences, minilm_linears,
 from hlwq_kernels.study.output import write_study_outputs
 from hlwq_kernels.study.methods import GROUP, METHODS, Method, Quantized, rotate_inputs
 from hlwq_kernels.ops.int4 import Int4Weight
+from hlwq_kernels.ops.int4_asym import Int4AsymWeight
 
 __all__ = ["weight_error", "group_sq_errors", "check_int4_export", "embed", "quantized_model", "run_study",
            "write_results", "main"]
@@ -60,7 +61,7 @@ def group_sq_errors(target: torch.Tensor, approx: torch.Tensor, group_size: int 
     return (target.double() - approx.double()).square().reshape(n, k // group_size, group_size).sum(-1)
 
 
-def check_int4_export(q: Int4Weight, shape: tuple[int, int]) -> None:
+def check_int4_export(q: Int4Weight | Int4AsymWeight, shape: tuple[int, int]) -> None:
     """Raise ValueError unless ``q`` is a valid compressed-tensors group-128 export of ``shape``."""
     n, k = shape
     problems = []

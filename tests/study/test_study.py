@@ -40,7 +40,7 @@ def _int4_input(key: str, w: torch.Tensor, res: Quantized) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("pair", [("rtn-absmax", "rtn-mse"), ("hlwq-absmax", "hlwq-mse"),
-                                  ("rotated-absmax", "rotated-mse")])
+                                  ("rotated-absmax", "rotated-mse"), ("asym-minmax", "asym-clip")])
 def test_mse_scale_never_worse_than_absmax_on_any_group(weights, pair):
     """On the matrix the INT4 stage sees (for HLWQ that is W', not W)."""
     absmax, mse = method(pair[0]), method(pair[1])
