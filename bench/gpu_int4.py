@@ -1,5 +1,8 @@
 """GPU benchmark of INT4 quantize+pack (absmax and MSE scales) and the Marlin repack, plus the error table.
 
+(The asymmetric min-max kernel's throughput rows are in ``bench/int4_asym.py``; its host time per
+call is in this script's host table.)
+
 Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES``, group 128: GB/s counting
 bytes read plus bytes written, against ``torch.clone`` of the weight in the same process. Each op is
 the public API (``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays,
@@ -26,6 +29,8 @@ import triton.language as tl
 
 from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
+from hlwq_kernels.ops.int4_asym import quantize_int4_asym
+from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 from hlwq_kernels.ops.int4_triton import int4_quantize_pack
 from hlwq_kernels.ops.marlin import marlin_pack
 from hlwq_kernels.ops.marlin_triton import marlin_repack
@@ -89,6 +94,8 @@ def host_calls() -> dict[str, Callable[[], object]]:
         "quantize_int4(mse)": lambda: quantize_int4(w, GROUP, "mse"),
         "marlin_pack": lambda: marlin_pack(q),
         "int4_quantize_pack (launcher)": lambda: int4_quantize_pack(w, GROUP, "absmax"),
+        "quantize_int4_asym(minmax)": lambda: quantize_int4_asym(w, GROUP),
+        "int4_asym_minmax_pack (launcher)": lambda: int4_asym_minmax_pack(w, GROUP),
     }
 
 
