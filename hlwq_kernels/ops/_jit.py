@@ -18,6 +18,7 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
   (IEEE float32 division), 0 -> the dtype's epsilon.
 - ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
   in word ``j // 8``, nibble ``j % 8`` (column 0 least significant) — compressed-tensors' order.
+- ``group_tile``: rows, groups, masks and pointers of one program of the group-wise INT4 kernels.
 - ``pack_codes``: float32 codes ``[A, B, C, D]`` already clamped to [QMIN, QMAX] -> int32 words
   ``[A, B, C, D / 8]`` of the nibbles ``rint(y) - QMIN`` (half to even), same order as
   ``pack_nibbles``, in about one instruction per code: the bits of ``y + 1.5 * 2**23`` are
@@ -118,6 +119,29 @@ def pack_nibbles(u):
     C: tl.constexpr = u.shape[1]
     shifts = (tl.arange(0, 8) * 4)[None, None, :]
     return tl.sum(tl.reshape(u, [R, C // 8, 8]) << shifts, axis=2)
+
+
+@triton.jit
+def group_tile(w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G: tl.constexpr, CHUNK: tl.constexpr,
+               SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The tile of the group-wise INT4 kernels: program (axis 0: ``BLOCK_G`` groups, axis 1:
+    ``BLOCK_N`` rows) -> rows, groups, their masks ``[BN, BG]`` and ``[BN, BG, 1, 1]``, and the
+    pointers of its first chunk ``[BN, BG, SEGS, CHUNK // SEGS]`` into the weight and (per word, last
+    axis ``W // 8``) into the packed codes. Group blocks come first on the grid: programs running
+    together read whole rows."""
+    W: tl.constexpr = CHUNK // SEGS
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    grps = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
+    cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
+    w_ptrs = (
+        w_ptr
+        + rows.to(tl.int64)[:, None, None, None] * stride_wn
+        + (grps[None, :, None, None] * G + cols).to(tl.int64) * stride_wk
+    )
+    words = (tl.arange(0, SEGS) * (W // 8))[None, None, :, None] + tl.arange(0, W // 8)[None, None, None, :]
+    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None, None, None] * K8 + (grps[None, :, None, None] * (G // 8) + words)
+    return rows, grps, mask2, mask2[:, :, None, None], w_ptrs, p_ptrs
 
 
 @triton.jit

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from hlwq_kernels.ops._jit import group_quotient, pack_codes, quotient_is_exact, reciprocal, round_to_dtype
+from hlwq_kernels.ops._jit import group_quotient, group_tile, pack_codes, quotient_is_exact, reciprocal, round_to_dtype
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_kernels.ops.int4_triton import _EPS, group_tiles, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
@@ -43,23 +43,11 @@ def _int4_asym_minmax_kernel(
     w_ptr, scale_ptr, packed_ptr, zero_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    # group blocks on grid axis 0 (launched first): programs running together read whole rows
-    row_block = tl.program_id(1)
-    grp_block = tl.program_id(0)
     NCHUNK: tl.constexpr = G // CHUNK
-    W: tl.constexpr = CHUNK // SEGS
     DT: tl.constexpr = scale_ptr.dtype.element_ty
-    rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    grps = grp_block * BLOCK_G + tl.arange(0, BLOCK_G)
+    rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
+        w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     row_ok = rows < N
-    mask2 = row_ok[:, None] & (grps < NG)[None, :]
-    mask4 = mask2[:, :, None, None]
-    cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
-    w_ptrs = (
-        w_ptr
-        + rows.to(tl.int64)[:, None, None, None] * stride_wn
-        + (grps[None, :, None, None] * G + cols).to(tl.int64) * stride_wk
-    )
     if NCHUNK == 1:
         xr = tl.load(w_ptrs, mask=mask4, other=0.0)
 
@@ -84,8 +72,6 @@ def _int4_asym_minmax_kernel(
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
     zc = z.to(tl.float32)[:, :, None, None]
-    words = (tl.arange(0, SEGS) * (W // 8))[None, None, :, None] + tl.arange(0, W // 8)[None, None, None, :]
-    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None, None, None] * K8 + (grps[None, :, None, None] * (G // 8) + words)
     for c in range(NCHUNK):
         if NCHUNK > 1:
             xr = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0)
@@ -95,7 +81,7 @@ def _int4_asym_minmax_kernel(
     # Zero points z - QMIN of rows 8i .. 8i+7 in word i (row 8i lowest); rows past N pack as 0.
     zu = tl.where(row_ok[:, None], z - _QMIN, 0)
     zw = tl.sum(tl.reshape(zu, [BLOCK_N // 8, 8, BLOCK_G]) << (tl.arange(0, 8) * 4)[None, :, None], axis=1)
-    wrow = row_block * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    wrow = tl.program_id(1) * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
     zmask = (wrow < (N + 7) // 8)[:, None] & (grps < NG)[None, :]
     tl.store(zero_ptr + wrow.to(tl.int64)[:, None] * NG + grps[None, :], zw, mask=zmask)
 

@@ -20,6 +20,7 @@ import torch
 
 from hlwq_kernels.ops._jit import (
     group_quotient,
+    group_tile,
     int4_absmax_scale,
     pack_codes,
     quotient_is_exact,
@@ -55,7 +56,7 @@ def device_ratios(device: torch.device) -> torch.Tensor:
 
 @triton.jit
 def _group_sum(v):
-    """Per-group sums of a tile ``[SEGS, BN, BG, W]`` -> ``[BN, BG]``."""
+    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]``."""
     return tl.sum(tl.sum(v, axis=3), axis=2)
 
 
@@ -97,22 +98,11 @@ def _int4_quantize_pack_kernel(
     MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
     QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
-    # group blocks on grid axis 0 (launched first): programs running together read whole rows
-    row_block = tl.program_id(1)
-    grp_block = tl.program_id(0)
     NCHUNK: tl.constexpr = G // CHUNK
     W: tl.constexpr = CHUNK // SEGS
     DT: tl.constexpr = scale_ptr.dtype.element_ty
-    rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
-    grps = grp_block * BLOCK_G + tl.arange(0, BLOCK_G)
-    mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
-    mask4 = mask2[:, :, None, None]
-    cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
-    w_ptrs = (
-        w_ptr
-        + rows.to(tl.int64)[:, None, None, None] * stride_wn
-        + (grps[None, :, None, None] * G + cols).to(tl.int64) * stride_wk
-    )
+    rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
+        w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
     if NCHUNK == 1:
         x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
@@ -154,8 +144,6 @@ def _int4_quantize_pack_kernel(
     fast = quotient_is_exact(s, inv, amax)
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
-    words = (tl.arange(0, SEGS) * (W // 8))[None, None, :, None] + tl.arange(0, W // 8)[None, None, None, :]
-    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None, None, None] * K8 + (grps[None, :, None, None] * (G // 8) + words)
     for c in range(NCHUNK):
         if NCHUNK > 1:
             x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
