@@ -3,11 +3,12 @@
 Conventions: bandwidth is bytes read plus bytes written over the median time; ``torch.clone`` of
 the same bytes in the same process is the ceiling (``pct_clone``); relative error is
 ``||y - ref|| / ||ref||`` against a float64 reference. ``roofline_row`` builds the dict that every
-``roofline_rows()`` returns for the combined table.
+``roofline_rows()`` returns for the combined table; ``report`` formats a script's tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import multiprocessing
 import time
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+
+SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384), (5120, 27648), (27648, 5120)]  # LLM weights [N, K]
 
 
 def bench_seconds(fn: Callable[[], object]) -> float:
@@ -97,3 +101,38 @@ def emit_table(lines: list[str], out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(table + "\n")
+
+
+def cell(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def roofline_table(rows: list[dict]) -> list[str]:
+    """Markdown table of roofline rows."""
+    lines = ["| op | shape | dtype | GB/s | % clone | rel. err | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(r['gbps'], '.0f')} | "
+                     f"{cell(r['pct_clone'], '.1f')} | {cell(r['rel_err'], '.1e')} | {r.get('note', '')} |")
+    return lines
+
+
+def host_table(calls: dict[str, Callable[[], object]]) -> list[str]:
+    """Markdown table of the host µs per call of each named call (issued back to back on a small input)."""
+    return (["| public call (small input) | host µs per call |", "|---|---|"]
+            + [f"| {name} | {1e6 * host_seconds(fn):.1f} |" for name, fn in calls.items()])
+
+
+def report(title: str, rows: list[dict], host: dict[str, Callable[[], object]],
+           sweep_lines: list[str] | None) -> list[str]:
+    """Title, roofline table, host-overhead table and (optional) sweep lines of one GPU script."""
+    lines = [title, "", *roofline_table(rows), "", *host_table(host), ""]
+    return lines + (sweep_lines + [""] if sweep_lines is not None else [])
+
+
+def arg_parser(doc: str, sweep_help: str) -> argparse.ArgumentParser:
+    """--out, --quick and --sweep, the options every GPU script of the kernels takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", help="write the Markdown tables here")
+    parser.add_argument("--quick", action="store_true", help="two shapes only")
+    parser.add_argument("--sweep", action="store_true", help=sweep_help)
+    return parser

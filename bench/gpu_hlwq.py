@@ -20,8 +20,7 @@ import datetime
 
 import torch
 
-from gpu_common import emit_table, poison_allocator
-from gpu_int4 import SHAPES, arg_parser, clone_gbps, graph_seconds, report, roofline_row
+from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
 from hlwq_kernels import hlwq_int4, hlwq_quantize
 from hlwq_kernels.ops.hlwq_triton import hlwq_fused
 from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
@@ -51,11 +50,11 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         clone = clone_gbps(w)
         err, differ = _check(w[:CHECK_ROWS])
         t = graph_seconds(lambda: hlwq_int4(w, check_finite=False))
-        rows.append(roofline_row("hlwq -> int4 (fused)", f"{n}x{k}", "bf16", 2 * numel + numel // 2 + 2 * numel // B,
-                                 t, clone, err, f"{differ:.1e} of INT4 codes differ from float64"))
+        rows.append(roofline_row("hlwq -> int4 (fused)", (n, k), "bf16", (2 * numel + numel // 2 + 2 * numel // B) / t / 1e9,
+                                 clone, err, f"{differ:.1e} of INT4 codes differ from float64"))
         t = graph_seconds(lambda: hlwq_quantize(w, check_finite=False))
-        rows.append(roofline_row("hlwq codes + norms (fused)", f"{n}x{k}", "bf16", 3 * numel + 4 * numel // B,
-                                 t, clone, float("nan"), "Lloyd–Max codes (uint8) and fp32 block norms"))
+        rows.append(roofline_row("hlwq codes + norms (fused)", (n, k), "bf16", (3 * numel + 4 * numel // B) / t / 1e9,
+                                 clone, None, "Lloyd–Max codes (uint8) and fp32 block norms"))
         del w
         torch.cuda.empty_cache()
     return rows

@@ -1,18 +1,18 @@
 """GPU benchmark of INT4 quantize+pack (absmax and MSE scales) and the Marlin repack, plus the error table.
 
-Throughput, for bf16 weights of the LLM shapes below, group 128: GB/s counting bytes read plus bytes
-written, against ``torch.clone`` of the weight in the same process. Each op is the public API
-(``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays, so no host
-work is in the timed region; the host time per call is measured separately (calls issued back to
-back on a small weight, no sync in between). Every output is first compared with the torch path on
-the same device (the first 1024 rows): ``rel. err`` is ``‖kernel − torch path‖ / ‖torch path‖`` of the
-dequantized weights (0 = bit-exact codes and scales).
+(The asymmetric min-max kernel's throughput rows are in ``bench/int4_asym.py``; its host time per
+call is in this script's host table.)
+
+Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES``, group 128: GB/s counting
+bytes read plus bytes written, against ``torch.clone`` of the weight in the same process. Each op is
+the public API (``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays,
+so no host work is in the timed region; the host time per call is measured separately (calls issued
+back to back on a small weight, no sync in between). Every output is first compared with the torch
+path on the same device (the first 1024 rows): ``rel. err`` is ``‖kernel − torch path‖ / ‖torch path‖``
+of the dequantized weights (0 = bit-exact codes and scales).
 
 Quality: relative weight MSE ``Σ (w - ŵ)² / Σ w²`` (float64) of absmax and MSE scales on Gaussian and
 Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (``--quality-only``).
-
-The timing helpers here (``graph_seconds``, ``host_us``, ``roofline_row``, ``roofline_table``) are
-shared with ``bench/gpu_lloyd.py`` and ``bench/gpu_hlwq.py``.
 
     python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep] [--quick]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
@@ -20,97 +20,23 @@ shared with ``bench/gpu_lloyd.py`` and ``bench/gpu_hlwq.py``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import time
 from typing import Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from gpu_common import bench_seconds, emit_table, poison_allocator
+from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
+from hlwq_kernels.ops.int4_asym import quantize_int4_asym
+from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 from hlwq_kernels.ops.int4_triton import int4_quantize_pack
 from hlwq_kernels.ops.marlin import marlin_pack
 from hlwq_kernels.ops.marlin_triton import marlin_repack
 
-SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384), (5120, 27648), (27648, 5120)]
 GROUP = 128
 CHECK_ROWS = 1024
-
-
-def graph_seconds(fn: Callable[[], object]) -> float:
-    """Median time of one call of ``fn`` replayed from a CUDA graph (the GPU work only)."""
-    fn()  # compile and warm the allocator outside the capture
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    seconds = bench_seconds(graph.replay)
-    del graph
-    return seconds
-
-
-def host_us(fn: Callable[[], object], calls: int = 300) -> float:
-    """Host time per call in µs: ``calls`` calls issued back to back (no sync), on a small input."""
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    elapsed = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
-
-
-def roofline_row(op: str, shape: str, dtype: str, nbytes: int, seconds: float, clone_gbs: float,
-                 rel_err: float, note: str = "") -> dict:
-    """One row of the combined roofline table (keys: op, shape, dtype, gbps, pct_clone, rel_err, note)."""
-    gbps = nbytes / seconds / 1e9
-    return {"op": op, "shape": shape, "dtype": dtype, "gbps": gbps, "pct_clone": 100 * gbps / clone_gbs,
-            "rel_err": rel_err, "note": note}
-
-
-def roofline_table(rows: list[dict]) -> list[str]:
-    """Markdown table of roofline rows."""
-    lines = ["| op | shape | dtype | GB/s | % clone | rel. err | note |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['gbps']:.0f} | {r['pct_clone']:.0f}% | "
-                     f"{r['rel_err']:.1e} | {r['note']} |")
-    return lines
-
-
-def host_table(calls: dict[str, Callable[[], object]]) -> list[str]:
-    """Markdown table of the host µs per call of each named call."""
-    return (["| public call (256x1024 bf16) | host µs per call |", "|---|---|"]
-            + [f"| {name} | {host_us(fn):.1f} |" for name, fn in calls.items()])
-
-
-def report(title: str, rows: list[dict], host: dict[str, Callable[[], object]],
-           sweep_lines: list[str] | None) -> list[str]:
-    """Title, roofline table, host-overhead table and (optional) sweep lines of one GPU script."""
-    lines = [title, "", *roofline_table(rows), "", *host_table(host), ""]
-    return lines + (sweep_lines + [""] if sweep_lines is not None else [])
-
-
-def arg_parser(doc: str, sweep_help: str) -> argparse.ArgumentParser:
-    """--out, --quick and --sweep, the options every GPU script of the kernels takes."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out", help="write the Markdown tables here")
-    parser.add_argument("--quick", action="store_true", help="two shapes only")
-    parser.add_argument("--sweep", action="store_true", help=sweep_help)
-    return parser
-
-
-def clone_gbps(x: torch.Tensor) -> float:
-    """torch.clone of ``x``: bytes read + written per second, in GB/s."""
-    return 2 * x.numel() * x.element_size() / bench_seconds(lambda: x.clone()) / 1e9
 
 
 def _int4_err(got: Int4Weight, want: Int4Weight) -> float:
@@ -123,7 +49,6 @@ def roofline_rows(quick: bool = False) -> list[dict]:
     rows = []
     for n, k in SHAPES[:2] if quick else SHAPES:
         w = torch.randn(n, k, device="cuda", dtype=torch.float32).to(torch.bfloat16)
-        shape = f"{n}x{k}"
         elems = n * k
         scale_bytes = 2 * elems // GROUP
         q_bytes = 2 * elems + elems // 2 + scale_bytes
@@ -135,7 +60,7 @@ def roofline_rows(quick: bool = False) -> list[dict]:
             got, want = quantize_int4(check, GROUP, rule), quantize_int4(check, GROUP, rule, backend="torch")
             exact = torch.equal(got.packed, want.packed) and torch.equal(got.scale, want.scale)
             t = graph_seconds(lambda: quantize_int4(w, GROUP, rule))
-            rows.append(roofline_row(f"int4 quantize+pack ({rule})", shape, "bf16", q_bytes, t, clone,
+            rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), "bf16", q_bytes / t / 1e9, clone,
                                      _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
         q = quantize_int4(w, GROUP)
         qc = Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP)
@@ -143,8 +68,8 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         got, want = marlin_pack(qc), marlin_pack(qc, backend="torch")
         exact = torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)
         t = graph_seconds(lambda: marlin_pack(q))
-        rows.append(roofline_row("marlin repack", shape, "int4", m_bytes, t, clone, 0.0 if exact else float("nan"),
-                                 "bit-exact" if exact else "MISMATCH"))
+        rows.append(roofline_row("marlin repack", (n, k), "int4", m_bytes / t / 1e9, clone,
+                                 0.0 if exact else float("nan"), "bit-exact" if exact else "MISMATCH"))
         del w, q
         torch.cuda.empty_cache()
     return rows
@@ -157,32 +82,33 @@ def _store_one(out_ptr, n, BLOCK: tl.constexpr):
 
 
 def host_calls() -> dict[str, Callable[[], object]]:
-    """The public functions on a small weight (256 x 1024 bf16), and a bare Triton launch (one
-    pointer, one int: Triton's own launcher cost)."""
+    """The public functions on a small weight (256 x 1024 bf16), a bare Triton launch (one pointer,
+    one int: Triton's own launcher cost) and ``x.clone()`` (an allocation and a launch in torch)."""
     w = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
     q = quantize_int4(w, GROUP)
     one = torch.empty(16, dtype=torch.int32, device="cuda")
     return {
         "bare Triton launch (2 arguments)": lambda: _store_one[(1,)](one, 16, BLOCK=16),
+        "x.clone()": lambda: w.clone(),
         "quantize_int4(absmax)": lambda: quantize_int4(w, GROUP),
         "quantize_int4(mse)": lambda: quantize_int4(w, GROUP, "mse"),
         "marlin_pack": lambda: marlin_pack(q),
         "int4_quantize_pack (launcher)": lambda: int4_quantize_pack(w, GROUP, "absmax"),
+        "quantize_int4_asym(minmax)": lambda: quantize_int4_asym(w, GROUP),
+        "int4_asym_minmax_pack (launcher)": lambda: int4_asym_minmax_pack(w, GROUP),
     }
 
 
 def sweep(n: int = 16384, k: int = 16384) -> list[str]:
-    """Tile sizes of the quantize and repack kernels on one shape (GB/s)."""
+    """Launch configurations of the quantize and repack kernels on one shape (GB/s)."""
     w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
     elems = n * k
     q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
     out = []
-    for rule, configs in (("absmax", [(16, 2, 4), (32, 2, 8), (16, 4, 8), (8, 2, 4)]), ("mse", [(4, 2, 4)])):
-        for block_n, block_g, warps in configs:
-            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_n=block_n, block_g=block_g,
-                                                         num_warps=warps))
-            out.append(f"  quantize {rule} block_n={block_n} block_g={block_g} warps={warps}: "
-                       f"{q_bytes / t / 1e9:.0f} GB/s")
+    for rule, configs in (("absmax", [(4, 2, 16), (4, 2, 2), (4, 4, 2), (4, 1, 2), (2, 2, 8)]), ("mse", [(4, 2, 16)])):
+        for lanes, warps, block_g in configs:
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_g=block_g, num_warps=warps, lanes=lanes))
+            out.append(f"  quantize {rule} lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s")
             print(out[-1], flush=True)
     q = quantize_int4(w, GROUP)
     m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
@@ -220,7 +146,7 @@ def quality(device: str, rows: int, cols: int = 4096) -> list[str]:
 
 
 def main() -> None:
-    parser = arg_parser(__doc__, "also time other tile sizes")
+    parser = arg_parser(__doc__, "also time other launch configurations")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")

@@ -23,8 +23,7 @@ import time
 import numpy as np
 import torch
 
-from gpu_common import bench_seconds, emit_table
-from gpu_int4 import SHAPES, arg_parser, clone_gbps, graph_seconds, report, roofline_row
+from gpu_common import SHAPES, arg_parser, bench_seconds, clone_gbps, emit_table, graph_seconds, report, roofline_row
 from hlwq_kernels.ops.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
 from hlwq_kernels.ops.lloyd_max_triton import assign_table, lloyd_step_triton, quantize_lookup, quantize_triton
 
@@ -101,7 +100,7 @@ def roofline_rows(quick: bool = False) -> list[dict]:
             cb = gaussian_codebook(levels)
             exact = torch.equal(cb.quantize(x[:1024]), cb.quantize(x[:1024], backend="torch"))
             t = graph_seconds(lambda: cb.quantize(x))
-            rows.append(roofline_row(f"lloyd quantize ({levels} levels)", f"{n}x{k}", "bf16", 3 * x.numel(), t,
+            rows.append(roofline_row(f"lloyd quantize ({levels} levels)", (n, k), "bf16", 3 * x.numel() / t / 1e9,
                                      clone, 0.0 if exact else float("nan"), "bit-exact" if exact else "MISMATCH"))
         del x
         torch.cuda.empty_cache()

@@ -15,14 +15,11 @@ import datetime
 import importlib
 
 import torch
+import triton
 
-from gpu_common import emit_table
+from gpu_common import emit_table, roofline_table
 
 SCRIPTS = ("gpu_fwht", "gpu_int4", "int4_asym", "gpu_lloyd", "gpu_hlwq")
-
-
-def _cell(value: object, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def main() -> None:
@@ -32,19 +29,17 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     name = torch.cuda.get_device_name()
-    lines = [f"# Roofline, {name}, {datetime.date.today().isoformat()}", "",
-             f"torch {torch.__version__}; command: `python bench/gpu_roofline.py{' --quick' if args.quick else ''}`", "",
-             "| op | shape | dtype | GB/s | % clone | rel. err | note |", "|---|---|---|---|---|---|---|"]
+    only = "" if args.only == list(SCRIPTS) else " --only " + " ".join(args.only)
+    rows = []
     for script in args.only:
         module = importlib.import_module(script)
-        if not hasattr(module, "roofline_rows"):
-            continue
-        for r in module.roofline_rows(args.quick):
-            lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {_cell(r['gbps'], '.0f')} | "
-                         f"{_cell(r['pct_clone'], '.1f')} | {_cell(r['rel_err'], '.2e')} | {r.get('note', '')} |")
-        print(f"done: {script}", flush=True)
-    emit_table(lines, args.out)
-
+        if hasattr(module, "roofline_rows"):
+            rows += module.roofline_rows(args.quick)
+            print(f"done: {script}", flush=True)
+    emit_table([f"# Roofline, {name}, {datetime.date.today().isoformat()}", "",
+                f"torch {torch.__version__}, triton {triton.__version__}; command: "
+                f"`python bench/gpu_roofline.py{' --quick' if args.quick else ''}{only}`", "",
+                *roofline_table(rows)], args.out)
 
 if __name__ == "__main__":
     main()

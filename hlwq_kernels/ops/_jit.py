@@ -3,7 +3,8 @@
 Every helper computes the same bits compiled on CUDA and in Triton's interpreter on CPU:
 
 - ``round_to_bf16``: float32 -> the nearest bfloat16 value (ties to even), kept in float32, by
-  integer arithmetic on the bits (the cast's rounding is not the same in every interpreter version).
+  integer arithmetic on the bits (the cast's rounding is not the same in every interpreter version);
+  NaN stays NaN (CUDA's canonical NaN 0x7FFFFFFF would otherwise carry into the sign bit: -0.0).
 - ``round_to_dtype``: the same for any stored dtype (bf16 by hand, fp16/fp32 by the cast).
 - ``round_half_even``: float32 ``|y| < 2**22`` -> int32 nearest integer, ties to even (adding
   1.5 * 2**23 leaves the integer in the low mantissa bits); ``rint`` the same as float32.
@@ -17,6 +18,12 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
   (IEEE float32 division), 0 -> the dtype's epsilon.
 - ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
   in word ``j // 8``, nibble ``j % 8`` (column 0 least significant) — compressed-tensors' order.
+- ``group_tile``: rows, groups, masks and pointers of one program of the group-wise INT4 kernels.
+- ``pack_codes``: float32 codes ``[A, B, C, D]`` already clamped to [QMIN, QMAX] -> int32 words
+  ``[A, B, C, D / 8]`` of the nibbles ``rint(y) - QMIN`` (half to even), same order as
+  ``pack_nibbles``, in about one instruction per code: the bits of ``y + 1.5 * 2**23`` are
+  ``0x4B400000 + rint(y)``, so the shifted bits summed over a word differ from the packed nibbles
+  by a constant (``_PACK_BIAS``, added once per word; int32 sums wrap).
 - ``codebook_index``: ``#{k : x >= t_k}`` (NaN -> 0) for sorted thresholds, from the grid lookup
   table of ``hlwq_kernels.ops.lloyd_max_triton.AssignTable`` (one gather, then ``K`` compares).
 """
@@ -24,9 +31,13 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
 from __future__ import annotations
 
 from hlwq_kernels.ops._triton import tl, triton
-from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, QMIN
 
 _DIVISOR = tl.constexpr(ABSMAX_DIVISOR)
+_MAGIC_BITS = 0x4B400000  # the bits of 1.5 * 2**23
+# packed nibbles minus the shifted magic bits of a word, as a signed int32
+_BIAS_U32 = (sum(-QMIN << 4 * i for i in range(8)) - sum(_MAGIC_BITS << 4 * i for i in range(8))) % (1 << 32)
+_PACK_BIAS = tl.constexpr(_BIAS_U32 - (1 << 32) if _BIAS_U32 >= 1 << 31 else _BIAS_U32)
 # 2**-90 <= s <= 2**90 and |x / s| <= 2**60 keep every step of div_exact normal and finite.
 _TINY = tl.constexpr(2.0**-90)
 _HUGE = tl.constexpr(2.0**60)
@@ -34,10 +45,10 @@ _HUGE = tl.constexpr(2.0**60)
 
 @triton.jit
 def round_to_bf16(x):
-    """float32 -> the nearest bfloat16 value (ties to even), as float32."""
+    """float32 -> the nearest bfloat16 value (ties to even), as float32; NaN stays NaN."""
     bits = x.to(tl.int32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
-    return bits.to(tl.float32, bitcast=True)
+    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
 
 
 @triton.jit
@@ -65,7 +76,7 @@ def rint(y):
 def div_exact(x, s, inv):
     """``x / s`` rounded to nearest float32, given ``inv = div_rn(1, s)`` (see the module docstring)."""
     q = x * inv
-    r = tl.fma(-q, s, x)
+    r = tl.fma(q, -s, x)  # -s, not -q: a per-group negation, not one per weight
     return tl.fma(r, inv, q)
 
 
@@ -77,12 +88,12 @@ def reciprocal(s):
 
 @triton.jit
 def group_quotient(x, s, inv, fast):
-    """``x / s`` (IEEE) for a tile of groups ``[R, G, C]`` and per-group scales ``s``, ``inv`` ``[R, G]``;
-    ``fast`` (a scalar) is ``quotient_is_exact`` for the whole tile."""
+    """``x / s`` (IEEE) for a tile of groups and per-group scales ``s``, ``inv`` (expanded to
+    broadcast against ``x``); ``fast`` (a scalar) is ``quotient_is_exact`` for the whole tile."""
     if fast:
-        y = div_exact(x, s[:, :, None], inv[:, :, None])
+        y = div_exact(x, s, inv)
     else:
-        y = tl.div_rn(x, tl.broadcast_to(s[:, :, None], x.shape))
+        y = tl.div_rn(x, tl.broadcast_to(s, x.shape))
     return y
 
 
@@ -108,6 +119,42 @@ def pack_nibbles(u):
     C: tl.constexpr = u.shape[1]
     shifts = (tl.arange(0, 8) * 4)[None, None, :]
     return tl.sum(tl.reshape(u, [R, C // 8, 8]) << shifts, axis=2)
+
+
+@triton.jit
+def group_tile(w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G: tl.constexpr, CHUNK: tl.constexpr,
+               SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The tile of the group-wise INT4 kernels: program (axis 0: ``BLOCK_G`` groups, axis 1:
+    ``BLOCK_N`` rows) -> rows, groups, their masks ``[BN, BG]`` and ``[BN, BG, 1, 1]``, and the
+    pointers of its first chunk ``[BN, BG, SEGS, CHUNK // SEGS]`` into the weight and (per word, last
+    axis ``W // 8``) into the packed codes. Group blocks come first on the grid: programs running
+    together read whole rows."""
+    W: tl.constexpr = CHUNK // SEGS
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    grps = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
+    cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
+    w_ptrs = (
+        w_ptr
+        + rows.to(tl.int64)[:, None, None, None] * stride_wn
+        + (grps[None, :, None, None] * G + cols).to(tl.int64) * stride_wk
+    )
+    words = (tl.arange(0, SEGS) * (W // 8))[None, None, :, None] + tl.arange(0, W // 8)[None, None, None, :]
+    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None, None, None] * K8 + (grps[None, :, None, None] * (G // 8) + words)
+    return rows, grps, mask2, mask2[:, :, None, None], w_ptrs, p_ptrs
+
+
+@triton.jit
+def pack_codes(y):
+    """float32 codes ``[A, B, C, D]`` in [QMIN, QMAX] (D % 8 == 0) -> int32 words ``[A, B, C, D // 8]``
+    of the nibbles ``rint(y) - QMIN``, column j in nibble j % 8."""
+    A: tl.constexpr = y.shape[0]
+    B: tl.constexpr = y.shape[1]
+    C: tl.constexpr = y.shape[2]
+    D: tl.constexpr = y.shape[3]
+    bits = tl.reshape((y + 12582912.0).to(tl.int32, bitcast=True), [A, B, C, D // 8, 8])
+    shifts = (tl.arange(0, 8) * 4)[None, None, None, None, :]
+    return tl.sum(bits << shifts, axis=4) + _PACK_BIAS
 
 
 @triton.jit

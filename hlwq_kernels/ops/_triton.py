@@ -60,6 +60,44 @@ def _interpret_mode() -> Iterator[None]:
         JITFunction.__call__ = old_call
 
 
+def _spec(arg: Any) -> Any:
+    """What Triton specializes a launch argument on: a tensor's dtype and 16-byte alignment; an
+    integer's being 1, divisible by 16 and within int32; a float's type."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < (1 << 31)
+    return type(arg)
+
+
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def launch_cached(
+    kernel: Any, grid: tuple[int, int, int], x: torch.Tensor, args: tuple, constexprs: dict, num_warps: int
+) -> None:
+    """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``x``'s device. On CUDA the
+    compiled kernel is kept under everything Triton specializes on (``_spec`` of each argument, the
+    constexprs, the warps, the device) and later calls launch it directly: Triton's generic
+    dispatch (binding, hashing) costs several times the launch itself. Off CUDA: ``launch``."""
+    if not x.is_cuda:
+        launch(kernel, grid, x.device, *args, **constexprs, num_warps=num_warps)
+        return
+    key = (kernel, x.device.index, num_warps, *constexprs.items(), *map(_spec, args))
+    hit = _COMPILED.get(key)
+    if hit is None:
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        _COMPILED[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(args):]))
+        return
+    compiled, consts = hit
+    full = args + consts
+    stream = triton.runtime.driver.active.get_current_stream(x.device.index)
+    hooks = triton.knobs.runtime
+    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *full), hooks.launch_enter_hook, hooks.launch_exit_hook,
+                 *full)
+
+
 def launch(kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any) -> None:
     """Run ``kernel[grid](*args, **kwargs)``: compiled on CUDA, in the interpreter on CPU."""
     require_triton()

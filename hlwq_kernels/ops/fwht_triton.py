@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
 __all__ = ["fwht_rows_triton", "kernel_plan", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
@@ -411,35 +411,9 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _int_key(v: int) -> tuple[bool, bool, bool]:
-    """What Triton specializes an integer argument on: == 1, divisible by 16, fits int32."""
-    return v == 1, v % 16 == 0, -(1 << 31) <= v < (1 << 31)
-
-
-_COMPILED: dict[tuple, tuple] = {}
-
-
-def _run(kernel, key: tuple, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
-    """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``). On
-    CUDA, the compiled kernel is cached under ``key`` (everything Triton specializes on) and called
-    directly afterwards: Triton's generic dispatch (argument binding, hashing the constexpr tuples)
-    costs several times the launch itself."""
-    hit = _COMPILED.get(key) if x.is_cuda else None
-    if hit is None:
-        constexprs = dict(plan.meta, STAGES=plan.stages, **extra)
-        if not x.is_cuda:
-            launch(kernel, (programs,), x.device, *runtime, **constexprs, num_warps=plan.num_warps)
-            return
-        compiled = kernel[(programs,)](*runtime, **constexprs, num_warps=plan.num_warps)
-        _COMPILED[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(runtime):]))
-        return
-    compiled, consts = hit
-    args = runtime + consts
-    stream = triton.runtime.driver.active.get_current_stream(x.device.index)
-    knobs = triton.knobs.runtime
-    compiled.run(programs, 1, 1, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata((programs, 1, 1), stream, *args), knobs.launch_enter_hook,
-                 knobs.launch_exit_hook, *args)
+def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
+    """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
+    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra), plan.num_warps)
 
 
 def fwht_rows_triton(
@@ -471,11 +445,9 @@ def fwht_rows_triton(
     sign_blocks = sign_row.shape[0] // b if has_signs else 1
     extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
     stride_r, stride_c = x2.stride()
-    key = (b, config, x2.dtype, x2.device, has_signs, sign_blocks > 1, x2.data_ptr() % 16 == 0,
-           _int_key(stride_r), _int_key(stride_c), x2.shape[0] < (1 << 31))
     if plan.kernel == "pow2":
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        _run(_fwht_pow2_kernel, key, programs, x2, runtime, plan, extra)
+        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, extra)
     else:
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
@@ -488,5 +460,5 @@ def fwht_rows_triton(
                           x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
-        _run(_fwht_dense_kernel, key, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
+        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
     return out if b == n else out.view(rows, n)

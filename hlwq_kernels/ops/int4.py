@@ -221,7 +221,7 @@ def quantize_int4(
         return Int4Weight(packed, s, (n, k), group_size)
     wg = w.float().reshape(n, k // group_size, group_size)
     if scale == "absmax":  # max|w| / 7.5 as absmax_scale, from the float32 copy made anyway
-        s32 = _store(wg.abs().amax(dim=-1) / ABSMAX_DIVISOR, w.dtype)
+        s32 = _store(_div(wg.abs().amax(dim=-1), ABSMAX_DIVISOR), w.dtype)
     else:
         s32 = _mse_scale_torch(w, group_size).float()
     return Int4Weight(_pack_nibbles(_stored_codes(wg, s32)), s32.to(w.dtype), (n, k), group_size)

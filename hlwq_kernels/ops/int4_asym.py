@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from hlwq_kernels.ops._triton import use_triton
-from hlwq_kernels.ops.int4 import check_int4_shape, pack_int4, unpack_int4
+from hlwq_kernels.ops.int4 import _div, check_int4_shape, pack_int4, unpack_int4
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import (
     MARGIN,
@@ -128,7 +128,7 @@ def _stored(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _minmax(wg: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     lo = wg.amin(dim=-1).clamp_(max=0)
     hi = wg.amax(dim=-1).clamp_(min=0)
-    s = _round_to(_round_to(hi - lo, dtype) / LEVELS, dtype)
+    s = _round_to(_div(_round_to(hi - lo, dtype), LEVELS), dtype)  # IEEE division on CUDA too
     z = _round_to(QMIN - _round_to(lo / s, dtype), dtype)
     z = torch.where(z.isnan(), 0.0, z.clamp(QMIN, QMAX).round())  # 0 / 0: an all-zero group
     return torch.where(s == 0, torch.finfo(dtype).eps, s), z
@@ -326,10 +326,7 @@ def quantize_int4_asym(
     kernel = use_triton(backend, w)  # validates backend
     if kernel and method != "minmax" and backend == "triton":
         raise ValueError(f"the Triton kernel computes method='minmax' only; use backend='torch' for {method!r}")
-    # backend="auto" takes the kernel only where it was verified bit-exact compiled on an H200:
-    # bf16 weights whose groups fit one chunk (a power of two <= 256); elsewhere the torch path
-    verified = w.dtype == torch.bfloat16 and group_size <= 256 and group_size & (group_size - 1) == 0
-    if kernel and method == "minmax" and (backend == "triton" or verified):
+    if kernel and method == "minmax":  # bit-exact, compiled on an H200, for every dtype, group size, stride
         from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 
         packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)

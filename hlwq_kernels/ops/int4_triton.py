@@ -2,7 +2,9 @@
 
 One program owns ``BLOCK_N`` rows x ``BLOCK_G`` groups. A group is read in ``G // CHUNK`` chunks of a
 power-of-two width; when it fits in one chunk the tile stays in registers and the weight is read
-from memory exactly once, whatever the scale rule. Semantics (scale rules, rounding, nibble order)
+from memory exactly once, whatever the scale rule. The tile is held as ``[BLOCK_N, BLOCK_G, SEGS,
+CHUNK // SEGS]`` so that a group is spread over few threads (``lanes``) and the per-group work each
+of them repeats is amortized over many weights (see ``hlwq_kernels.ops.int4_asym_triton``). Semantics (scale rules, rounding, nibble order)
 are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
 
 - the quotient ``w / s`` is the correctly rounded float32 division, computed from one reciprocal per
@@ -18,24 +20,28 @@ import torch
 
 from hlwq_kernels.ops._jit import (
     group_quotient,
+    group_tile,
     int4_absmax_scale,
-    pack_nibbles,
+    pack_codes,
     quotient_is_exact,
     reciprocal,
     rint,
-    round_half_even,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
-__all__ = ["int4_quantize_pack", "device_ratios"]
+__all__ = ["int4_quantize_pack", "device_ratios", "group_tiles", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
-# elements a program on CUDA (mse: its trial loop keeps many values live; the interpreter takes 4096)
-_TILE = {"given": 4096, "absmax": 4096, "mse": 1024}
-_INTERPRETER_TILE = 4096
+_MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
+# Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02.md): 4 threads a
+# group's chunk (each holds CHUNK / 4 contiguous weights), 2 warps, 2048 columns (16 groups of 128) a
+# program.
+_LANES = 4
+_WARPS = 2
+_COLUMNS = 2048
 _F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _RATIOS: dict[torch.device, torch.Tensor] = {}
@@ -49,8 +55,14 @@ def device_ratios(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
+def _group_sum(v):
+    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]``."""
+    return tl.sum(tl.sum(v, axis=3), axis=2)
+
+
+@triton.jit
 def _try_scale(
-    trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
+    trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
     NCHUNK: tl.constexpr, CHUNK: tl.constexpr, F32_SUMS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
     """Evaluate trial scales [BN, BG] by ``D = s (s Σ q² - 2 Σ |w| |q|)``; keep them where D is strictly lower."""
@@ -60,17 +72,18 @@ def _try_scale(
     sb = tl.zeros(trial.shape, tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
+            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
         a = tl.abs(x)
-        q = rint(tl.minimum(group_quotient(a, trial, inv, fast), tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
-        sb += tl.sum(q * q, axis=2)
+        q = rint(tl.minimum(group_quotient(a, trial[:, :, None, None], inv[:, :, None, None], fast),
+                            tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
+        sb += _group_sum(q * q)
         if F32_SUMS:  # exact in float32 (see the module docstring) when every step stays normal
             if fast:
-                sa += tl.sum(a * q, axis=2).to(tl.float64)
+                sa += _group_sum(a * q).to(tl.float64)
             else:
-                sa += tl.sum(a.to(tl.float64) * q.to(tl.float64), axis=2)
+                sa += _group_sum(a.to(tl.float64) * q.to(tl.float64))
         else:
-            sa += tl.sum(a.to(tl.float64) * q.to(tl.float64), axis=2)
+            sa += _group_sum(a.to(tl.float64) * q.to(tl.float64))
     s64 = trial.to(tl.float64)
     d = s64 * (s64 * sb.to(tl.float64) - 2.0 * sa)
     better = d < best_d
@@ -80,35 +93,26 @@ def _try_scale(
 
 @triton.jit
 def _int4_quantize_pack_kernel(
-    w_ptr, scale_ptr, packed_ptr, ratios_ptr,
-    N, NG, K8, stride_wn, stride_wk, eps,
-    G: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    w_ptr, scale_ptr, packed_ptr, ratios_ptr, N, NG, K8, stride_wn, stride_wk, eps,
+    G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
     QMIN: tl.constexpr, QMAX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
+    W: tl.constexpr = CHUNK // SEGS
     DT: tl.constexpr = scale_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    g0 = tl.program_id(1) * BLOCK_G
-    grps = g0 + tl.arange(0, BLOCK_G)
-    cols = tl.arange(0, CHUNK)
-    mask2 = (rows < N)[:, None] & (grps < NG)[None, :]
-    mask3 = mask2[:, :, None]
-    w_ptrs = (
-        w_ptr
-        + rows.to(tl.int64)[:, None, None] * stride_wn
-        + (grps[None, :, None] * G + cols[None, None, :]).to(tl.int64) * stride_wk
-    )
+    rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
+        w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
     if NCHUNK == 1:
-        x = tl.load(w_ptrs, mask=mask3, other=0.0).to(tl.float32)
+        x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
     else:
-        x = tl.zeros([BLOCK_N, BLOCK_G, CHUNK], tl.float32)
+        x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
     amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.abs(x), axis=2))
+            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=3), axis=2))
 
     if MODE == 0:
         s = tl.load(scale_ptr + s_offs, mask=mask2, other=1.0).to(tl.float32)
@@ -123,14 +127,14 @@ def _int4_quantize_pack_kernel(
         for t in range(N_RATIOS):
             trial = int4_absmax_scale(amax * tl.load(ratios_ptr + t), eps, DT)
             best_s, best_d, best_a, best_b = _try_scale(
-                trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
+                trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
                 NCHUNK, CHUNK, F32_SUMS, QMIN, QMAX)
         for _ in range(LLOYD_STEPS):
             ls = (best_a / tl.maximum(best_b, 1.0).to(tl.float64)).to(tl.float32)
             trial = round_to_dtype(tl.where(best_b > 0.0, ls, best_s), DT)
             trial = tl.where(trial == 0.0, eps, trial)
             best_s, best_d, best_a, best_b = _try_scale(
-                trial, x, w_ptrs, mask3, stride_wk, amax, best_s, best_d, best_a, best_b,
+                trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
                 NCHUNK, CHUNK, False, QMIN, QMAX)
         s = best_s
     if MODE != 0:
@@ -138,29 +142,39 @@ def _int4_quantize_pack_kernel(
 
     inv = reciprocal(s)
     fast = quotient_is_exact(s, inv, amax)
-    words = tl.arange(0, BLOCK_G * CHUNK // 8)
-    p_ptrs = packed_ptr + rows.to(tl.int64)[:, None] * K8 + (g0 * (G // 8) + words)[None, :]
-    p_mask = (rows < N)[:, None] & (g0 + words // (G // 8) < NG)[None, :]
+    s4 = s[:, :, None, None]
+    inv4 = inv[:, :, None, None]
     for c in range(NCHUNK):
         if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask3, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(group_quotient(x, s, inv, fast), QMIN), QMAX)
-        u = tl.reshape(round_half_even(y) - QMIN, [BLOCK_N, BLOCK_G * CHUNK])
-        tl.store(p_ptrs + c * (CHUNK // 8), pack_nibbles(u), mask=p_mask)
+            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+        y = tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX)
+        tl.store(p_ptrs + c * (CHUNK // 8), pack_codes(y), mask=mask4)
 
 
-def _tiles(n: int, n_groups: int, group_size: int, tile: int, block_n: int | None,
-           block_g: int | None) -> tuple[int, int, int]:
-    """(CHUNK, BLOCK_G, BLOCK_N): power-of-two chunk dividing the group, about _TILE elements a program."""
+def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warps: int, lanes: int,
+                reps: int = 1, block_g: int | None = None, min_rows: int = 1) -> tuple[int, int, int, int]:
+    """(CHUNK, SEGS, BLOCK_G, BLOCK_N) of a group-tiled kernel: a power-of-two chunk dividing the
+    group, cut into ``SEGS`` segments of ``lanes`` 16-byte vectors (the threads that share a group's
+    chunk), and ``reps`` (row, group) pairs a thread, i.e. ``num_warps * 32 / lanes * reps`` pairs a
+    program (``BLOCK_G`` groups of ``BLOCK_N`` rows, ``BLOCK_N >= min_rows``)."""
     chunk = min(group_size & -group_size, _MAX_CHUNK)
+    vec = max(1, 16 // elem_size)
+    width = min(chunk, max(8, lanes * vec))
+    pairs = num_warps * 32 * vec // width * reps
     if chunk < group_size:
         block_g = 1
     elif block_g is None:
         block_g = max(1, 256 // chunk)
     block_g = min(block_g, triton.next_power_of_2(n_groups))
-    if block_n is None:
-        block_n = max(1, tile // (chunk * block_g))
-    return chunk, block_g, min(block_n, triton.next_power_of_2(n))
+    block_n = max(min_rows, pairs // block_g)
+    return chunk, chunk // width, block_g, min(block_n, max(min_rows, triton.next_power_of_2(n)))
+
+
+def row_slabs(n: int, block_n: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``_MAX_GRID_Y`` blocks of ``block_n`` rows (one launch each; grid axis 1
+    holds the row blocks): ``[(0, n)]`` for any weight below about a million rows."""
+    step = _MAX_GRID_Y * block_n
+    return [(r0, min(n, r0 + step)) for r0 in range(0, n, step)]
 
 
 def int4_quantize_pack(
@@ -168,14 +182,16 @@ def int4_quantize_pack(
     group_size: int,
     rule: str,
     scale: torch.Tensor | None = None,
-    block_n: int | None = None,
     block_g: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = _WARPS,
+    lanes: int = _LANES,
+    reps: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize and pack ``w`` [N, K] in one pass; ``rule`` is "absmax", "mse" or "given" (uses ``scale``).
 
     Returns (packed int32 [N, K/8], scale [N, K/g] in ``w.dtype``, or ``scale`` itself when given).
-    Inputs are assumed validated by ``hlwq_kernels.ops.int4``.
+    Inputs are assumed validated by ``hlwq_kernels.ops.int4``. ``block_g``, ``num_warps``, ``lanes``
+    (threads per group) and ``reps`` ((row, group) pairs a thread) tune the launch (``group_tiles``).
     """
     require_triton()
     n, k = w.shape
@@ -185,16 +201,18 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    tile = _TILE[rule] if w.is_cuda else _INTERPRETER_TILE
-    chunk, block_g, block_n = _tiles(n, n_groups, group_size, tile, block_n, block_g)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(n_groups, block_g))
-    launch(
-        _int4_quantize_pack_kernel, grid, w.device,
-        w, scale, packed, device_ratios(w.device),
-        n, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[scale.dtype] if rule != "given" else 0.0,
-        G=group_size, CHUNK=chunk, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
-        N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
-        F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP,
-        QMIN=QMIN, QMAX=QMAX, num_warps=num_warps,
-    )
+    block_g = block_g or max(1, _COLUMNS // group_size)
+    chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
+                                                block_g)
+    for r0, r1 in row_slabs(n, block_n):
+        part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
+        launch_cached(
+            _int4_quantize_pack_kernel, (triton.cdiv(n_groups, block_g), triton.cdiv(r1 - r0, block_n), 1), w,
+            (*part, device_ratios(w.device), r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
+             _EPS[scale.dtype] if rule != "given" else 0.0),
+            dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
+                 N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
+                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX),
+            num_warps,
+        )
     return packed, scale

@@ -21,7 +21,7 @@ from hlwq_kernels.ops.int4_asym import (
     unpack_zero_points,
 )
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
-from tests.helpers import HAVE_CUDA, kernel_devices, random_weight, to_numpy
+from tests.helpers import kernel_devices, random_weight, to_numpy
 
 try:  # the test extra has it; the GPU image may not (the kernel tests need none of it)
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
@@ -277,11 +277,9 @@ def test_with_params_round_trip() -> None:
 # --- the Triton kernel (interpreter on CPU, compiled on CUDA) ---------------------------------------
 
 
-# On the H200 (2026-12-01, Triton 3.6) the compiled kernel matched the torch path bit for bit on bf16
-# weights with groups that fit one chunk (1024x4096 .. 14336x4096, group 128), but these property
-# tests failed there (multi-chunk groups, and some hypothesis cases); not yet diagnosed. The CPU
-# interpreter cases pass. ``quantize_int4_asym(backend="auto")`` uses the kernel only in the verified case.
-KERNEL_DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.xfail(reason="mismatch on the H200 outside bf16 single-chunk groups, not yet diagnosed", strict=False))] * HAVE_CUDA
+# Every dtype, group size (one chunk, several chunks, non-power-of-two) and stride, in Triton's
+# interpreter on CPU and compiled on CUDA (the cases quantize_int4_asym(backend="auto") relies on).
+KERNEL_DEVICES = kernel_devices()
 
 
 def _poisoned(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
