@@ -30,6 +30,7 @@ import torch
 
 from gpu_common import emit_table
 from hlwq_kernels.checkpoint import quantize_checkpoint
+from hlwq_kernels.checkpoint.pipeline import DEFAULT_SCALES, DEFAULT_SCHEME
 from hlwq_kernels.checkpoint.io import CheckpointError, OutTensor, shard_layout, write_at
 from hlwq_kernels.ops.int4 import quantize_int4
 
@@ -201,7 +202,8 @@ def main() -> None:
     dsts = [work / "dst"] + ([shm / "hlwq-bench-dst"] if roomy else [])
     name = torch.cuda.get_device_name()
     rows = [
-        f"# quantize_checkpoint on the GPU, Llama-3-8B shapes ({args.layers} layers), defaults (rtn, absmax), {name}",
+        f"# quantize_checkpoint on the GPU, Llama-3-8B shapes ({args.layers} layers), defaults "
+        f"(rtn, {DEFAULT_SCHEME} {DEFAULT_SCALES[DEFAULT_SCHEME]}), {name}",
         "",
         f"{os.cpu_count()} CPU cores. Source {total / 1e9:.2f} GB BF16 in {src_root} ({'tmpfs' if src_root == shm / 'hlwq-bench-src' else 'disk'}), "
         f"read from the page cache at {cached:.1f} GB/s (8 threads); the output disk ({work}) writes "
