@@ -170,7 +170,7 @@ def _markdown(res: dict) -> str:
     lines = [
         f"# Quality study ({meta['date']}{', quick subset' if meta['quick'] else ''})", "",
         f"Command: `python -m hlwq_kernels.eval{' --quick' if meta['quick'] else ''}` · {meta['machine']} · "
-        f"torch {meta['torch']} · weights cast to {meta['weight_dtype']} · INT4 symmetric, group {meta['group_size']} · "
+        f"torch {meta['torch']} · weights cast to {meta['weight_dtype']} · INT4 group {meta['group_size']} (symmetric; 7: asymmetric) · "
         f"runtime {meta['runtime_s']} s", "",
         f"## all-MiniLM-L6-v2 ({len(meta['minilm_layers'])} Linear weights; "
         f"{meta['n_sentences']} sentences, max_length {meta['max_length']})", "",
