@@ -14,7 +14,11 @@ a converted checkpoint (perplexity and KL against the BF16 source on the study's
 - ``fold-minmax`` / ``fold-clip``: the RMSNorm gains folded into the weights that read them (norm
   set to identity; exact in real arithmetic) before quantizing, so the grid follows ``W·diag(g)``;
 - ``cle-minmax`` / ``cle-clip``: cross-layer equalization (Nagel et al., 2019) of the exact pairs
-  v_proj→o_proj and up_proj→down_proj: channel ``c`` scaled by ``√(r_out / r_in)`` of their ranges.
+  v_proj→o_proj and up_proj→down_proj: channel ``c`` scaled by ``√(r_out / r_in)`` of their ranges;
+- ``feedback-embcov``: GPTQ-style error feedback (each column's rounding error spread over the
+  columns not yet rounded, through the inverse Hessian) with a data-free Hessian proxy for q/k/v and
+  gate/up: ``diag(g) C diag(g)``, ``C`` the covariance of the RMS-normalized token embeddings (uniform
+  over the vocabulary); min-max groups as the converter's default; o_proj and down_proj plain min-max.
 
     python -m hlwq_kernels.study.data_free [--models ...] [--windows 8] [--variants ...]
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,15 +36,19 @@ from typing import Callable
 
 import torch
 
-from hlwq_kernels.ops.int4_asym import dequantize_int4_asym, quantize_int4_asym
+from hlwq_kernels.ops.int4 import QMAX, QMIN
+from hlwq_kernels.ops.int4_asym import dequantize_int4_asym, minmax_params, quantize_int4_asym
 from hlwq_kernels.study.cache import StudyDataError
 from hlwq_kernels.study.decoders import DECODERS, bf16_checkpoint, decoder
 from hlwq_kernels.study.perplexity import load_causal_lm, make_windows, score_windows
 from hlwq_kernels.study.text import evaluation_text
 
-__all__ = ["VARIANTS", "input_energy", "fold_norms", "equalize_pairs", "fake_quantize", "main"]
+__all__ = ["VARIANTS", "input_energy", "fold_norms", "equalize_pairs", "embedding_covariance", "feedback_round",
+           "fake_quantize", "main"]
 
-VARIANTS = ("minmax", "clip", "clip-norm", "clip-energy", "fold-minmax", "fold-clip", "cle-minmax", "cle-clip")
+VARIANTS = ("minmax", "clip", "clip-norm", "clip-energy", "fold-minmax", "fold-clip", "cle-minmax", "cle-clip",
+            "feedback-embcov")
+FEEDBACK_DAMPING = 0.1  # added to the proxy Hessian's diagonal, relative to its mean (GPTQ uses 0.01 on real data)
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 MLP_INPUTS = ("gate_proj", "up_proj")
 
@@ -113,24 +122,72 @@ def equalize_pairs(model: torch.nn.Module, layer: torch.nn.Module) -> None:
     wd.div_(s[None, :])
 
 
+def embedding_covariance(model: torch.nn.Module) -> torch.Tensor:
+    """``E[x̂ x̂ᵀ]`` float64 over the token embeddings ``x`` normalized to unit RMS, uniform over the vocabulary."""
+    e = model.get_input_embeddings().weight.detach().double()
+    e = e / e.square().mean(-1, keepdim=True).add(1e-12).sqrt()
+    return e.T @ e / e.shape[0]
+
+
+@torch.no_grad()
+def feedback_round(w: torch.Tensor, hessian: torch.Tensor, group_size: int, damping: float = FEEDBACK_DAMPING
+                   ) -> torch.Tensor:
+    """Asymmetric min-max INT4 of ``w`` ``[N, K]`` (bfloat16 grid), column by column, each rounding
+    error fed forward through the upper Cholesky factor of ``(H + damping·mean(diag H)·I)⁻¹`` (GPTQ);
+    a group's scale and zero point come from its columns as updated when the group starts. Returns
+    the dequantized float32 weight; a diagonal ``H`` gives plain min-max rounding."""
+    work = w.to(torch.bfloat16).double()
+    k = work.shape[1]
+    h = hessian.double() + damping * hessian.diagonal().double().mean() * torch.eye(k, dtype=torch.float64)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    out = torch.empty(work.shape, dtype=torch.float32)
+    for j in range(k):
+        if j % group_size == 0:
+            scale, zero = minmax_params(work[:, j:j + group_size].to(torch.bfloat16), group_size)
+            s, z = scale.float()[:, 0], zero.float()[:, 0]
+        q = (work[:, j].float() / s + z).clamp(QMIN, QMAX).round()
+        out[:, j] = (q - z) * s
+        err = (work[:, j] - out[:, j].double()) / u[j, j]
+        work[:, j + 1:] -= err[:, None] * u[j, j + 1:][None, :]
+    return out
+
+
 @torch.no_grad()
 def fake_quantize(model: torch.nn.Module, variant: str, group_size: int) -> None:
     """Replace every Linear weight of the decoder layers by its INT4 ``variant`` (in place)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     method = "clip" if "clip" in variant else "minmax"
+    covariance = embedding_covariance(model) if variant == "feedback-embcov" else None
     for layer in model.model.layers:
+        if covariance is not None:
+            _feedback_layer(model, layer, covariance, group_size)
         if variant.startswith("fold"):
             fold_norms(model, layer)
         if variant.startswith("cle"):
             equalize_pairs(model, layer)
         weights = input_energy(model, layer, full=variant == "clip-energy") if variant.startswith("clip-") else {}
         for name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear):
+            if isinstance(module, torch.nn.Linear) and not (covariance is not None and _FED.match(name)):
                 lam = weights.get(name)
                 q = quantize_int4_asym(module.weight.to(torch.bfloat16), group_size, method=method,
                                        importance=None if lam is None else lam.float(), backend="torch")
                 module.weight.copy_(dequantize_int4_asym(q, module.weight.dtype))
+
+
+_FED = re.compile(r"(self_attn\.(q|k|v)_proj|mlp\.(gate|up)_proj)$")
+
+
+def _feedback_layer(model: torch.nn.Module, layer: torch.nn.Module, covariance: torch.Tensor, group_size: int) -> None:
+    """Error-feedback rounding of the layer's q/k/v and gate/up with the proxy ``diag(g) C diag(g)``."""
+    unit = _unit_offset(model)
+    for norm, block, names in ((layer.input_layernorm, layer.self_attn, ATTENTION_INPUTS),
+                               (_mlp_norm(layer), layer.mlp, MLP_INPUTS)):
+        g = _gain(norm, unit)
+        hessian = g[:, None] * covariance * g[None, :]
+        for n in names:
+            module = getattr(block, n)
+            module.weight.copy_(feedback_round(module.weight, hessian, group_size))
 
 
 def run(key: str, windows: int, variants: list[str], log: Callable[[str], None] = print) -> dict:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
-from hlwq_kernels.study.data_free import equalize_pairs, fake_quantize, fold_norms, input_energy
+from hlwq_kernels.ops.int4_asym import dequantize_int4_asym, quantize_int4_asym
+from hlwq_kernels.study.data_free import equalize_pairs, fake_quantize, feedback_round, fold_norms, input_energy
 from hlwq_kernels.study.perplexity import load_causal_lm
 from tests.helpers import random_weight
 from tests.tiny_checkpoints import build_model, save_tiny
@@ -65,3 +66,24 @@ def test_minmax_variant_reproduces_the_converters_asymmetric_checkpoint(tmp_path
     assert pairs and all(torch.equal(a, b) for _, a, b in pairs)
     with pytest.raises(ValueError, match="variant must be one of"):
         fake_quantize(fake, "nope", 128)
+
+
+def test_feedback_rounding_with_a_diagonal_hessian_is_plain_minmax():
+    w = random_weight((16, 256), torch.bfloat16, seed=4, column_spread=0.5)
+    plain = dequantize_int4_asym(quantize_int4_asym(w, 64, method="minmax", backend="torch"), torch.float32)
+    diagonal = torch.diag(random_weight((256,), torch.float64, seed=5).abs() + 0.1)
+    assert torch.equal(feedback_round(w, diagonal, 64), plain)
+
+
+def test_feedback_rounding_lowers_the_proxy_weighted_error():
+    w = random_weight((32, 256), torch.bfloat16, seed=6)
+    a = random_weight((256, 512), torch.float64, seed=7)
+    hessian = a @ a.T / 512 + 0.5 * torch.ones(256, 256, dtype=torch.float64)  # correlated inputs
+    plain = dequantize_int4_asym(quantize_int4_asym(w, 64, method="minmax", backend="torch"), torch.float32)
+    fed = feedback_round(w, hessian, 64)
+
+    def proxy_error(q: torch.Tensor) -> float:
+        e = w.double() - q.double()
+        return float(torch.einsum("ij,jk,ik->", e, hessian, e))
+
+    assert proxy_error(fed) < 0.9 * proxy_error(plain)
