@@ -170,6 +170,13 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
     return chunk, chunk // width, block_g, min(block_n, max(min_rows, triton.next_power_of_2(n)))
 
 
+def _fit_block_g(n_groups: int, widest: int) -> int:
+    """The power of two ``<= widest`` groups a program that pads ``n_groups`` least (the widest of
+    those): 40 groups of K = 5120 take 8 a program, not 16 with a third program half empty."""
+    sizes = [1 << i for i in range(widest.bit_length())]
+    return min(sizes, key=lambda b: (-(-n_groups // b) * b, -b))
+
+
 def row_slabs(n: int, block_n: int) -> list[tuple[int, int]]:
     """Row ranges of at most ``_MAX_GRID_Y`` blocks of ``block_n`` rows (one launch each; grid axis 1
     holds the row blocks): ``[(0, n)]`` for any weight below about a million rows."""
@@ -201,7 +208,7 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    block_g = block_g or max(1, _COLUMNS // group_size)
+    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
     for r0, r1 in row_slabs(n, block_n):
