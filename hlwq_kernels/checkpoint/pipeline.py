@@ -49,18 +49,18 @@ from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotat
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
 from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_layers
-from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
-from hlwq_kernels.ops.int4_asym import Int4AsymWeight, quantize_int4_asym
+from hlwq_kernels.ops.int4 import SCALE_RULES, Int4Weight, quantize_int4
+from hlwq_kernels.ops.int4_asym import METHODS as ASYM_METHODS, Int4AsymWeight, quantize_int4_asym
 
 # The defaults of every entry point (quantize_checkpoint, the command line, --demo): change them here.
 # Asymmetric INT4 with compressed-tensors' min-max rule lowered the perplexity increase over the
-# BF16 source to 0.68x (SmolLM2-135M) and 0.80x (Gemma-3-270M) of llm-compressor RTN W4A16's,
-# where symmetric absmax stayed at 1.02-1.03x.
+# BF16 source to 0.70x (SmolLM2-135M) and 0.77x (Gemma-3-270M) of llm-compressor RTN W4A16's,
+# where symmetric absmax stayed at 1.03-1.04x (docs/quality-decoders.md).
 DEFAULT_SCHEME = "asym"
 # The scale rule of each scheme when none is given: compressed-tensors' own rule of that scheme.
 DEFAULT_SCALES = {"asym": "minmax", "sym": "absmax"}
-# Every scale rule of each scheme.
-SCALES = {"asym": ("minmax", "clip", "hqq"), "sym": ("absmax", "mse")}
+# Every scale rule of each scheme: those its op implements.
+SCALES = {"asym": ASYM_METHODS, "sym": SCALE_RULES}
 # MoE experts stored one module per expert, which transformers fuses while loading: its loader
 # (transformers 5.24) drops their zero points and leaves such experts randomly initialised, so a
 # model with quantized experts gets the symmetric scheme unless a scheme or rule is asked for.

@@ -30,7 +30,7 @@ import torch
 
 from hlwq_kernels.ops._triton import use_triton
 from hlwq_kernels.ops.hadamard import hadamard_tensor
-from hlwq_kernels.ops.int4 import _SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_int4_shape, quantize_int4
+from hlwq_kernels.ops.int4 import SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_int4_shape, quantize_int4
 from hlwq_kernels.ops.lloyd_max import Codebook, gaussian_codebook
 
 __all__ = ["HLWQConfig", "HLWQCodes", "hlwq_quantize", "hlwq_dequantize", "hlwq_int4"]
@@ -70,8 +70,8 @@ def _check_params(bits: int, block_size: int, group_size: int, scale: str) -> No
         raise ValueError(f"block_size must be a power of two in [16, 256], got {block_size}")
     if group_size <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-    if scale not in _SCALE_RULES:
-        raise ValueError(f"scale must be one of {_SCALE_RULES}, got {scale!r}")
+    if scale not in SCALE_RULES:
+        raise ValueError(f"scale must be one of {SCALE_RULES}, got {scale!r}")
 
 
 def _check_weight(w: torch.Tensor, block_size: int) -> None:

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 _WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_SCALE_RULES = ("absmax", "mse")
+SCALE_RULES = ("absmax", "mse")
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ def quantize_int4(
 ) -> Int4Weight:
     """Symmetric group INT4 with ``scale="absmax"`` (compressed-tensors' rule) or ``"mse"``."""
     n, k = _check_weight(w, group_size)
-    if scale not in _SCALE_RULES:
-        raise ValueError(f"scale must be one of {_SCALE_RULES}, got {scale!r}")
+    if scale not in SCALE_RULES:
+        raise ValueError(f"scale must be one of {SCALE_RULES}, got {scale!r}")
     if use_triton(backend, w):
         from hlwq_kernels.ops.int4_triton import int4_quantize_pack
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -87,7 +86,7 @@ def input_energy(model: torch.nn.Module, layer: torch.nn.Module, full: bool) -> 
         out["self_attn.o_proj"] = value.repeat_interleave(heads // kv_heads, 0).reshape(-1)
         gate = ((mlp.gate_proj.weight.detach().double() * g_mlp) ** 2).sum(-1).sqrt()
         up = ((mlp.up_proj.weight.detach().double() * g_mlp) ** 2).sum(-1)
-        out["mlp.down_proj"] = _activation_energy(gate, lambda x: mlp.act_fn(x)) * up
+        out["mlp.down_proj"] = _activation_energy(gate, mlp.act_fn) * up
     return out
 
 
@@ -160,34 +159,34 @@ def fake_quantize(model: torch.nn.Module, variant: str, group_size: int) -> None
     method = "clip" if "clip" in variant else "minmax"
     covariance = embedding_covariance(model) if variant == "feedback-embcov" else None
     for layer in model.model.layers:
-        if covariance is not None:
-            _feedback_layer(model, layer, covariance, group_size)
+        fed = _feedback_layer(model, layer, covariance, group_size) if covariance is not None else set()
         if variant.startswith("fold"):
             fold_norms(model, layer)
         if variant.startswith("cle"):
             equalize_pairs(model, layer)
         weights = input_energy(model, layer, full=variant == "clip-energy") if variant.startswith("clip-") else {}
         for name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear) and not (covariance is not None and _FED.match(name)):
+            if isinstance(module, torch.nn.Linear) and name not in fed:
                 lam = weights.get(name)
                 q = quantize_int4_asym(module.weight.to(torch.bfloat16), group_size, method=method,
                                        importance=None if lam is None else lam.float(), backend="torch")
                 module.weight.copy_(dequantize_int4_asym(q, module.weight.dtype))
 
 
-_FED = re.compile(r"(self_attn\.(q|k|v)_proj|mlp\.(gate|up)_proj)$")
-
-
-def _feedback_layer(model: torch.nn.Module, layer: torch.nn.Module, covariance: torch.Tensor, group_size: int) -> None:
-    """Error-feedback rounding of the layer's q/k/v and gate/up with the proxy ``diag(g) C diag(g)``."""
-    unit = _unit_offset(model)
-    for norm, block, names in ((layer.input_layernorm, layer.self_attn, ATTENTION_INPUTS),
-                               (_mlp_norm(layer), layer.mlp, MLP_INPUTS)):
+def _feedback_layer(model: torch.nn.Module, layer: torch.nn.Module, covariance: torch.Tensor, group_size: int
+                    ) -> set[str]:
+    """Error-feedback rounding of the layer's q/k/v and gate/up with the proxy ``diag(g) C diag(g)``;
+    returns their names (relative to the layer)."""
+    unit, done = _unit_offset(model), set()
+    for norm, prefix, names in ((layer.input_layernorm, "self_attn", ATTENTION_INPUTS),
+                                (_mlp_norm(layer), "mlp", MLP_INPUTS)):
         g = _gain(norm, unit)
         hessian = g[:, None] * covariance * g[None, :]
         for n in names:
-            module = getattr(block, n)
+            module = layer.get_submodule(f"{prefix}.{n}")
             module.weight.copy_(feedback_round(module.weight, hessian, group_size))
+            done.add(f"{prefix}.{n}")
+    return done
 
 
 def run(key: str, windows: int, variants: list[str], log: Callable[[str], None] = print) -> dict:
