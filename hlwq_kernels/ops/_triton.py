@@ -73,36 +73,45 @@ def _spec(arg: Any) -> Any:
 _COMPILED: dict[tuple, tuple] = {}
 
 
-def launch_cached(
-    kernel: Any, grid: tuple[int, int, int], x: torch.Tensor, args: tuple, constexprs: dict, num_warps: int
-) -> None:
-    """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``x``'s device. On CUDA the
-    compiled kernel is kept under everything Triton specializes on (``_spec`` of each argument, the
-    constexprs, the warps, the device) and later calls launch it directly: Triton's generic
-    dispatch (binding, hashing) costs several times the launch itself. Off CUDA: ``launch``."""
-    if not x.is_cuda:
-        launch(kernel, grid, x.device, *args, **constexprs, num_warps=num_warps)
-        return
-    key = (kernel, x.device.index, num_warps, *constexprs.items(), *map(_spec, args))
+def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict) -> None:
+    """``kernel[grid](*args, **kwargs)`` on CUDA device ``device_index``. The compiled kernel is kept
+    under everything Triton specializes on (``_spec`` of each argument, the constexprs and launch
+    options in ``kwargs``, the device) and later calls launch it directly: Triton's generic
+    dispatch (binding, hashing) costs several times the launch itself."""
+    key = (kernel, device_index, *kwargs.items(), *map(_spec, args))
     hit = _COMPILED.get(key)
     if hit is None:
-        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
-        _COMPILED[key] = (compiled, tuple(constexprs[name] for name in kernel.arg_names[len(args):]))
+        compiled = kernel[grid](*args, **kwargs)
+        names = kernel.arg_names[len(args):]
+        if all(name in kwargs for name in names):  # otherwise Triton binds defaults: keep its dispatch
+            _COMPILED[key] = (compiled, tuple(kwargs[name] for name in names))
         return
     compiled, consts = hit
     full = args + consts
-    stream = triton.runtime.driver.active.get_current_stream(x.device.index)
+    stream = triton.runtime.driver.active.get_current_stream(device_index)
     hooks = triton.knobs.runtime
-    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+    compiled.run(*grid, stream, compiled.function, compiled.packed_metadata,
                  compiled.launch_metadata(grid, stream, *full), hooks.launch_enter_hook, hooks.launch_exit_hook,
                  *full)
 
 
+def launch_cached(
+    kernel: Any, grid: tuple[int, int, int], x: torch.Tensor, args: tuple, constexprs: dict, num_warps: int
+) -> None:
+    """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``x``'s device (``launch``)."""
+    launch(kernel, grid, x.device, *args, **constexprs, num_warps=num_warps)
+
+
 def launch(kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any) -> None:
-    """Run ``kernel[grid](*args, **kwargs)``: compiled on CUDA, in the interpreter on CPU."""
+    """Run ``kernel[grid](*args, **kwargs)``: compiled on CUDA (a tuple grid through the cache of
+    compiled kernels), in the interpreter on CPU."""
     require_triton()
     if device.type == "cuda":
-        kernel[grid](*args, **kwargs)
+        if isinstance(grid, tuple):
+            index = torch.cuda.current_device() if device.index is None else device.index
+            _launch_compiled(kernel, (*grid, 1, 1)[:3], index, args, kwargs)
+        else:
+            kernel[grid](*args, **kwargs)
         return
     fn = kernel if isinstance(kernel, InterpretedFunction) else InterpretedFunction(kernel.fn)
     with _interpret_mode():
