@@ -35,7 +35,7 @@ import torch
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "kernel_plan", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = ["fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
@@ -93,6 +93,18 @@ def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, B
     return row, col
 
 
+@triton.jit
+def _flip_signs(v, bits):
+    """v times a ±1 vector, exactly: ``bits`` (integers of v's width) hold 0 or the sign bit."""
+    return (v.to(bits.dtype, bitcast=True) ^ bits).to(v.dtype, bitcast=True)
+
+
+@triton.jit
+def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr):
+    row = tile * BM + load_row
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
+
+
 @triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
 def _fwht_pow2_kernel(
     x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
@@ -100,33 +112,42 @@ def _fwht_pow2_kernel(
     LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
-    that the load and store layouts hold the bits the plan wants in registers. The signs of row i
-    start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS, else at s_ptr."""
+    that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
+    i (s_ptr: integers of the element width) start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS,
+    else at s_ptr. PREFETCH: each program loads its next tile into registers before transforming
+    the current one (a persistent grid whose loads overlap its arithmetic)."""
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
-        row = tile * BM + load_row
-        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
-        v = v.to(tl.float32)
+    step = tl.num_programs(0)
+    if PREFETCH:
+        ahead = _load_tile(x_ptr, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM)
+    for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
+        if PREFETCH:
+            v = ahead
+            ahead = _load_tile(x_ptr, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM)
+        else:
+            v = _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM)
         if HAS_SIGNS:
             if inverse == 0:
                 sign_at = s_ptr + load_col
                 if SIGN_ROWS:
-                    sign_at += (row % sign_blocks) * N
-                v = v * tl.load(sign_at)
-        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+                    sign_at += ((tile * BM + load_row) % sign_blocks) * N
+                v = _flip_signs(v, tl.load(sign_at))
+        v = _butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
+                         (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+        v = v.to(y_ptr.dtype.element_ty)
         row = tile * BM + store_row
         if HAS_SIGNS:
             if inverse != 0:
                 sign_at = s_ptr + store_col
                 if SIGN_ROWS:
                     sign_at += (row % sign_blocks) * N
-                v = v * tl.load(sign_at)
-        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v.to(y_ptr.dtype.element_ty), mask=row < rows)
+                v = _flip_signs(v, tl.load(sign_at))
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=row < rows)
 
 
 @triton.jit
@@ -179,17 +200,18 @@ def _fwht_dense_kernel(
             v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
             if HAS_SIGNS:
                 if inverse == 0:
-                    v = (v.to(tl.float32) * tl.load(sign_row + col, mask=ki < K, other=0.0)).to(v.dtype)
+                    v = _flip_signs(v, tl.load(sign_row + col, mask=ki < K, other=0))
             h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
             acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
         v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+        v = v.to(y_ptr.dtype.element_ty)
         ko3 = ko[:, None, None]
         out_col = ko3 * P + j
         if HAS_SIGNS:
             if inverse != 0:
-                v = v * tl.load(sign_row + out_col, mask=ko3 < K, other=0.0)
+                v = _flip_signs(v, tl.load(sign_row + out_col, mask=ko3 < K, other=0))
         ok = row_ok & (ko3 < K)
-        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v, mask=ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +300,9 @@ class Pow2Config(NamedTuple):
     num_warps: int
     elems_per_thread: int
     stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
-    programs_per_sm: int
+    programs_per_sm: int  # > 0: a persistent grid of this many programs per SM
+    prefetch: bool = False  # each persistent program loads its next tile into registers first
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
 
 
 class DenseConfig(NamedTuple):
@@ -308,6 +332,8 @@ class KernelPlan(NamedTuple):
     stages: int
     programs_per_sm: int
     conversions: int  # layout conversions through shared memory between load (or MMA) and store
+    prefetch: bool = False
+    max_regs: int = 0
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -354,7 +380,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
             ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
             ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions)
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
+                      cfg.prefetch, cfg.max_regs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -398,6 +425,15 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 
+_SIGN_BIT_DTYPES = {2: torch.int16, 4: torch.int32}
+
+
+def sign_bit_mask(signs: torch.Tensor, elem_size: int) -> torch.Tensor:
+    """A ±1 vector as the kernels take it: integers of ``elem_size`` bytes, the sign bit where -1."""
+    dtype = _SIGN_BIT_DTYPES[elem_size]
+    return torch.where(signs < 0, torch.iinfo(dtype).min, 0).to(dtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """H_K (H_K.T for the inverse) zero-padded to [rows, cols], on the device (built once)."""
@@ -408,23 +444,27 @@ def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtyp
 
 @functools.lru_cache(maxsize=16)
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Multiprocessors of a CUDA device; 1 for the interpreter (persistent grids stay testable)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
-    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra), plan.num_warps)
+    options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
+    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra, **options),
+                  plan.num_warps)
 
 
 def fwht_rows_triton(
-    x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
+    x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_bits: torch.Tensor | None,
     config: Pow2Config | DenseConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 
-    ``sign_row`` (fp32 ±1 of length b, or n when every block has its own signs, on x2's device)
-    multiplies the input of the forward transform and the output of the inverse. ``config``
-    overrides the launch table (benchmark sweeps).
+    ``sign_bits`` (length b, or n when every block has its own signs, on x2's device; integers of
+    x2's element width holding 0 or the sign bit, see ``sign_bit_mask``) flips the signs of the input of
+    the forward transform and of the output of the inverse. ``config`` overrides the launch table
+    (benchmark sweeps).
     """
     require_triton()
     rows, n = x2.shape
@@ -438,16 +478,16 @@ def fwht_rows_triton(
         return out.view(rows, n)
     num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
     programs = num_tiles
-    if plan.programs_per_sm and x2.is_cuda:
+    if plan.programs_per_sm:
         programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
-    has_signs = sign_row is not None
-    signs = sign_row if has_signs else out
-    sign_blocks = sign_row.shape[0] // b if has_signs else 1
+    has_signs = sign_bits is not None
+    signs = sign_bits if has_signs else out
+    sign_blocks = sign_bits.shape[0] // b if has_signs else 1
     extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
     stride_r, stride_c = x2.stride()
     if plan.kernel == "pow2":
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, extra)
+        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch))
     else:
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
