@@ -2,12 +2,13 @@
 
 For each size n and dtype: 2**28 elements (rows = 2**28 // n), normalized transform along the last
 dim. GB/s = bytes read + written over the median time of CUDA-graph replays of the public ``fwht()``
-call (no host overhead in the timed region), against ``torch.clone`` of the same tensor in the same
-process; relative error against float64 on the first 256 rows (the output buffer is poisoned with NaN
+call (no host overhead in the timed region), against ``torch.clone`` of the same number of bytes in
+the same process (measured once per element count and dtype); relative error against float64 on the first 256 rows (the output buffer is poisoned with NaN
 first). The host overhead of one ``fwht()`` call is measured separately, on a tiny input.
 
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
     python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
+    python bench/gpu_fwht.py --sizes 3584,14336 --dtypes bfloat16 --variants signs --sweep 3584,14336 --sweep-limit 6
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -72,11 +73,14 @@ def _describe(n: int, elem_size: int, config) -> str:
            f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
 
 
+_CLONE: dict[tuple[int, torch.dtype], float] = {}
+
+
 def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms: float = 20.0) -> list[dict]:
     """Time the library (config None) and any candidate configurations on one input."""
     x = _input(n, dtype)
     ref = _reference(x, variant)
-    clone = clone_gbps(x)
+    clone = _CLONE.get((x.numel(), dtype)) or _CLONE.setdefault((x.numel(), dtype), clone_gbps(x))
     nbytes = 2 * x.numel() * x.element_size()
     results = []
     for config in configs:
@@ -104,7 +108,7 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
 
 # Candidate launch configurations of the sweep, by kernel and element size: (warps, values per
 # thread, stages, programs per SM[, register prefetch, register cap]) for the power-of-two kernel,
-# (warps, values per thread, stages, programs per SM, KI, KO) for the dense one.
+# (warps, values per thread, stages, programs per SM, KI, KO[, prefetch, register cap]) for the dense one.
 _POW2_CANDIDATES = {  # rows of 2^14 and more; shorter rows
     True: [(8, 64, 1, 0), (16, 64, 1, 0), (16, 32, 1, 0), (8, 64, 2, 2), (16, 64, 2, 1), (16, 32, 2, 2),
            (8, 64, 1, 1, True), (8, 64, 1, 2, True, 128), (8, 32, 1, 2, True), (16, 32, 1, 1, True),
@@ -112,11 +116,12 @@ _POW2_CANDIDATES = {  # rows of 2^14 and more; shorter rows
     False: [(4, 64, 1, 0), (4, 32, 1, 0), (8, 64, 1, 0), (4, 64, 2, 4), (4, 64, 1, 3, True), (4, 64, 1, 4, True, 128),
             (4, 32, 1, 6, True), (8, 64, 1, 2, True)],
 }
-_DENSE_CANDIDATES = [(4, 64, 1, 0, 64, 128), (4, 64, 1, 0, 32, 128), (8, 128, 1, 0, 64, 128), (4, 64, 3, 2, 64, 128),
-                     (4, 32, 1, 0, 64, 64), (8, 64, 1, 0, 64, 128), (8, 64, 3, 2, 32, 128), (4, 64, 2, 3, 32, 64)]
+_DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 64, 1, 4, 0, 0, True, 128),
+                     (8, 64, 1, 2, 0, 0, True, 128), (4, 32, 1, 6, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128),
+                     (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128), (4, 64, 3, 2, 64, 128)]
 
 
-def sweep_configs(n: int, elem_size: int, limit: int = 12) -> list:
+def sweep_configs(n: int, elem_size: int, limit: int = 10) -> list:
     """Alternative launch configurations worth timing for rows of length n (distinct plans only,
     16 to 128 fp32 values per thread, at most ``limit``)."""
     k, p = hadamard_factors(n)
@@ -127,7 +132,10 @@ def sweep_configs(n: int, elem_size: int, limit: int = 12) -> list:
     default = kernel_plan(n, elem_size)
     seen, out = {default}, []
     for cfg in cands:
-        plan = kernel_plan(n, elem_size, cfg)
+        try:
+            plan = kernel_plan(n, elem_size, cfg)
+        except ValueError:  # not a launch this size can take
+            continue
         per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
         if 16 <= per_thread <= 128 and plan not in seen:
             seen.add(plan)
@@ -209,23 +217,29 @@ def main() -> None:
                         help="comma-separated variants of VARIANTS to time too ('' for none)")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--sweep-dtypes", default=None, help="dtypes the sweep covers (default: --dtypes)")
+    parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    sweep_dtypes = [getattr(torch, d) for d in (args.sweep_dtypes or args.dtypes).split(",")]
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):
         if v and v not in args.variants.split(","):
             continue
         b = 128 if "block128" in v else n
-        extra = sweep_configs(b, torch.empty(0, dtype=dt).element_size()) if n in swept else []
-        plans[(n, dt, v)] = [None] + extra
+        sweep = n in swept and dt in sweep_dtypes
+        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit)
+                                      if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
     library, best, swept_rows = [], {}, []
-    for (n, dt, v), cfgs in plans.items():
+    # the library's table first, then the sweep's candidates
+    runs = [(case, [None]) for case in plans] + [(case, cfgs[1:]) for case, cfgs in plans.items() if cfgs[1:]]
+    for (n, dt, v), cfgs in runs:
         for r in measure(n, dt, cfgs, v, args.rep_ms):
             print({k: r.get(k) for k in ("n", "dtype", "variant", "config", "gbps", "clone", "err", "error")}, flush=True)
             (library if r["config"] is None else swept_rows).append(r)

@@ -173,18 +173,35 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
+                BM: tl.constexpr):
+    """Chunk ``step`` of the K index of row block ``rb``, as [KI, BM, P] (zeros past K and rows)."""
+    row = rb * BM + tl.arange(0, BM)[None, :, None]
+    ki = step * KI + tl.arange(0, KI)[:, None, None]
+    col = ki * P + tl.arange(0, P)[None, None, :]
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=(row < rows) & (ki < K), other=0.0)
+
+
 @triton.jit(do_not_specialize=_RUNTIME)
 def _fwht_dense_kernel(
     x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, inverse, stride_xr, stride_xc, scale,
     K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
-    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
+    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
+    PREFETCH (one chunk each way: KO, KI >= K): H_K is loaded once and each persistent program
+    loads its next row block into registers before transforming the current one."""
     j = tl.arange(0, P)[None, None, :]
     ki0 = tl.arange(0, KI)[:, None, None]
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
+    step_tiles = tl.num_programs(0)
+    if PREFETCH:
+        h = tl.load(h_ptr + tl.arange(0, KO)[:, None] * KI + tl.arange(0, KI)[None, :])
+        ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+    for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
         rb = tile // k_chunks
         ko = (tile % k_chunks) * KO + tl.arange(0, KO)
         row = rb * BM + tl.arange(0, BM)[None, :, None]
@@ -196,12 +213,15 @@ def _fwht_dense_kernel(
         for step in range(KI_STEPS):
             ki = step * KI + ki0
             col = ki * P + j
-            ok = row_ok & (ki < K)
-            v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
+            if PREFETCH:
+                v = ahead
+                ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+            else:
+                v = _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K, P, KI, BM)
+                h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
             if HAS_SIGNS:
                 if inverse == 0:
                     v = _flip_signs(v, tl.load(sign_row + col, mask=ki < K, other=0))
-            h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
             acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
         v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
         v = v.to(y_ptr.dtype.element_ty)
@@ -312,15 +332,20 @@ class DenseConfig(NamedTuple):
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
+    prefetch: bool = False  # H_K in one chunk each way (K <= 128), loaded once; the next row block loaded ahead
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
 _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
-_POW2_TABLE_16BIT = {15: Pow2Config(8, 64, 2, 2)}  # 16-bit rows of 2^15: persistent programs prefetching
+# 16-bit rows of 2^14 and 2^15: persistent programs that load their next row into registers first
+# (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
+_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
+_MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
 
 
 class KernelPlan(NamedTuple):
@@ -389,16 +414,18 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
-    ko = min(k_pad, cfg.ko)
-    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps:
+    if cfg.prefetch and k_pad > _MAX_PREFETCH_K:
+        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} is above {_MAX_PREFETCH_K}")
+    ko = k_pad if cfg.prefetch else min(k_pad, cfg.ko)
+    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
     num_warps = max(cfg.num_warps, triton.next_power_of_2(triton.cdiv(ko << m, per_thread * 32)))
     w = num_warps.bit_length() - 1
     ko_bits = ko.bit_length() - 1
     tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
     b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
-    ki = min(k_pad, cfg.ki)
-    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK:
+    ki = k_pad if cfg.prefetch else min(k_pad, cfg.ki)
+    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
         ki //= 2
     natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
     k_bits, r_bits, cols = _bits("k", ko_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
@@ -408,7 +435,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     ki_steps = -(-k // ki)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
+    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds,
+                      cfg.prefetch, cfg.max_regs)
 
 
 @functools.lru_cache(maxsize=512)
@@ -500,5 +528,5 @@ def fwht_rows_triton(
                           x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
-        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
+        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
     return out if b == n else out.view(rows, n)

@@ -88,12 +88,13 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # launch configurations off the default table: persistent grids (several tiles per program, the
 # last one partial), register prefetch, a register cap, the cp.async pipeline
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
-           DenseConfig(1, 16, 2, 1, 16, 16)]
+           DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True)]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-@pytest.mark.parametrize("n, dtype", [(64, torch.float32), (256, torch.bfloat16), (48, torch.float16)])
+@pytest.mark.parametrize("n, dtype", [(64, torch.float32), (256, torch.bfloat16), (48, torch.float16),
+                                      (96, torch.float32), (320, torch.bfloat16)])
 def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, device: str) -> None:
     if (hadamard_factors(n)[0] > 1) != isinstance(config, DenseConfig):
         pytest.skip("configuration of the other kernel")
