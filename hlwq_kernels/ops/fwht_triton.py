@@ -343,6 +343,12 @@ _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16
 # (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
 _POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
+# 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
+# times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
+# 69.7% -> 79.8% of clone, 4864 46.7% -> 68.8%, 9728 52.2% -> 66.0%, 13824 68.9% -> 72.2%, 14336
+# 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
+_DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
+                      16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
@@ -450,6 +456,8 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     if k == 1:
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
+        config = _DENSE_TABLE_16BIT.get(triton.next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 
