@@ -3,8 +3,9 @@
 For each size n and dtype: 2**28 elements (rows = 2**28 // n), normalized transform along the last
 dim. GB/s = bytes read + written over the median time of CUDA-graph replays of the public ``fwht()``
 call (no host overhead in the timed region), against ``torch.clone`` of the same number of bytes in
-the same process (measured once per element count and dtype); relative error against float64 on the first 256 rows (the output buffer is poisoned with NaN
-first). The host overhead of one ``fwht()`` call is measured separately, on a tiny input.
+the same process (measured once per element count and dtype); relative error against float64 on
+the first 256 rows (the output buffer is poisoned with NaN first). The host overhead of one
+``fwht()`` call is measured separately, on a tiny input.
 
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
     python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
@@ -118,7 +119,8 @@ _POW2_CANDIDATES = {  # rows of 2^14 and more; shorter rows
 }
 _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 64, 1, 4, 0, 0, True, 128),
                      (8, 64, 1, 2, 0, 0, True, 128), (4, 32, 1, 6, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128),
-                     (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128), (4, 64, 3, 2, 64, 128)]
+                     (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128),
+                     (4, 64, 3, 2, 64, 128)]
 
 
 def sweep_configs(n: int, elem_size: int, limit: int = 10) -> list:

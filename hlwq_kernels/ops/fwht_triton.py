@@ -35,7 +35,9 @@ import torch
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = [
+    "fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS",
+]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
