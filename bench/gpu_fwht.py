@@ -2,12 +2,14 @@
 
 For each size n and dtype: 2**28 elements (rows = 2**28 // n), normalized transform along the last
 dim. GB/s = bytes read + written over the median time of CUDA-graph replays of the public ``fwht()``
-call (no host overhead in the timed region), against ``torch.clone`` of the same tensor in the same
-process; relative error against float64 on the first 256 rows (the output buffer is poisoned with NaN
-first). The host overhead of one ``fwht()`` call is measured separately, on a tiny input.
+call (no host overhead in the timed region), against ``torch.clone`` of the same number of bytes in
+the same process (measured once per element count and dtype); relative error against float64 on
+the first 256 rows (the output buffer is poisoned with NaN first). The host overhead of one
+``fwht()`` call is measured separately, on a tiny input.
 
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
     python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
+    python bench/gpu_fwht.py --sizes 3584,14336 --dtypes bfloat16 --variants signs --sweep 3584,14336 --sweep-limit 6
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -25,7 +27,7 @@ from gpu_common import (
     clone_gbps, emit_table, graph_seconds, host_seconds, poison_allocator, rel_err, roofline_row, run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
-from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan
+from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan, sign_bit_mask
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 LLM = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]
@@ -44,13 +46,14 @@ def _input(n: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _call(x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | None) -> Callable[[], torch.Tensor]:
     n = x.shape[1]
+    b = 128 if "block128" in variant else n
+    signs = random_signs(n, 1, device="cuda") if "signs" in variant else None
     if config is not None:
-        return lambda: fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
-    kw: dict = {}
-    if "block128" in variant:
-        kw["block_size"] = 128
-    if "signs" in variant:
-        kw["signs"] = random_signs(n, 1, device="cuda")
+        bits = None if signs is None else sign_bit_mask(signs, x.element_size())
+        return lambda: fwht_rows_triton(x, b, False, 1 / math.sqrt(b), bits, config)
+    kw: dict = {"block_size": b} if b != n else {}
+    if signs is not None:
+        kw["signs"] = signs
         fwht(x[:1], **kw)  # checks the signs once (a sync) before any graph capture
     return lambda: fwht(x, **kw)
 
@@ -67,14 +70,18 @@ def _describe(n: int, elem_size: int, config) -> str:
     plan = kernel_plan(n, elem_size, config)
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
-           f"pps={plan.programs_per_sm} conversions={plan.conversions}" + (f" ({cfg})" if config else "")
+           f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
+           f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
+
+
+_CLONE: dict[tuple[int, torch.dtype], float] = {}
 
 
 def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms: float = 20.0) -> list[dict]:
     """Time the library (config None) and any candidate configurations on one input."""
     x = _input(n, dtype)
     ref = _reference(x, variant)
-    clone = clone_gbps(x)
+    clone = _CLONE.get((x.numel(), dtype)) or _CLONE.setdefault((x.numel(), dtype), clone_gbps(x))
     nbytes = 2 * x.numel() * x.element_size()
     results = []
     for config in configs:
@@ -100,26 +107,42 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
     return results
 
 
-def sweep_configs(n: int, elem_size: int) -> list:
+# Candidate launch configurations of the sweep, by kernel and element size: (warps, values per
+# thread, stages, programs per SM[, register prefetch, register cap]) for the power-of-two kernel,
+# (warps, values per thread, stages, programs per SM, KI, KO[, prefetch, register cap]) for the dense one.
+_POW2_CANDIDATES = {  # rows of 2^14 and more; shorter rows
+    True: [(8, 64, 1, 0), (16, 64, 1, 0), (16, 32, 1, 0), (8, 64, 2, 2), (16, 64, 2, 1), (16, 32, 2, 2),
+           (8, 64, 1, 1, True), (8, 64, 1, 2, True, 128), (8, 32, 1, 2, True), (16, 32, 1, 1, True),
+           (16, 64, 1, 1, True, 128), (16, 32, 1, 2, True, 64)],
+    False: [(4, 64, 1, 0), (4, 32, 1, 0), (8, 64, 1, 0), (4, 64, 2, 4), (4, 64, 1, 3, True), (4, 64, 1, 4, True, 128),
+            (4, 32, 1, 6, True), (8, 64, 1, 2, True)],
+}
+_DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 64, 1, 4, 0, 0, True, 128),
+                     (8, 64, 1, 2, 0, 0, True, 128), (4, 32, 1, 6, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128),
+                     (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128),
+                     (4, 64, 3, 2, 64, 128)]
+
+
+def sweep_configs(n: int, elem_size: int, limit: int = 10) -> list:
     """Alternative launch configurations worth timing for rows of length n (distinct plans only,
-    at most 64 to 128 fp32 values per thread)."""
+    16 to 128 fp32 values per thread, at most ``limit``)."""
     k, p = hadamard_factors(n)
     if k == 1:
-        cands = [Pow2Config(*c) for c in ((4, 32, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0),
-                                          (4, 64, 2, 4), (8, 64, 2, 2), (4, 128, 1, 0))]
+        cands = [Pow2Config(*c) for c in _POW2_CANDIDATES[p >= 1 << 14]]
     else:
-        cands = [DenseConfig(*c) for c in ((4, 64, 1, 0, 64, 128), (4, 64, 1, 0, 32, 128), (8, 128, 1, 0, 64, 128),
-                                           (4, 64, 3, 2, 64, 128), (4, 32, 1, 0, 64, 64))]
+        cands = [DenseConfig(*c) for c in _DENSE_CANDIDATES]
     default = kernel_plan(n, elem_size)
-    seen, out = {(default.meta, default.num_warps, default.stages, default.programs_per_sm)}, []
+    seen, out = {default}, []
     for cfg in cands:
-        plan = kernel_plan(n, elem_size, cfg)
+        try:
+            plan = kernel_plan(n, elem_size, cfg)
+        except ValueError:  # not a launch this size can take
+            continue
         per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
-        key = (plan.meta, plan.num_warps, plan.stages, plan.programs_per_sm)
-        if 16 <= per_thread <= 128 and key not in seen:
-            seen.add(key)
+        if 16 <= per_thread <= 128 and plan not in seen:
+            seen.add(plan)
             out.append(cfg)
-    return out[:3]
+    return out[:limit]
 
 
 def _compile_task(task: tuple) -> None:
@@ -190,27 +213,38 @@ def _table(results: list[dict], title: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--sweep", default="", help="comma-separated n: also time alternative launch configurations")
+    parser.add_argument("--sweep", default="", help="comma-separated n: also time alternative launch configurations "
+                                                    "(of the plain transform and of its signs= / block_size= variants)")
+    parser.add_argument("--variants", default=",".join(sorted({v for _, v in VARIANTS})),
+                        help="comma-separated variants of VARIANTS to time too ('' for none)")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--sweep-dtypes", default=None, help="dtypes the sweep covers (default: --dtypes)")
+    parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    sweep_dtypes = [getattr(torch, d) for d in (args.sweep_dtypes or args.dtypes).split(",")]
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):
-        extra = sweep_configs(n, torch.empty(0, dtype=dt).element_size()) if n in swept and not v else []
-        plans[(n, dt, v)] = [None] + extra
+        if v and v not in args.variants.split(","):
+            continue
+        b = 128 if "block128" in v else n
+        sweep = n in swept and dt in sweep_dtypes
+        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit)
+                                      if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
-    library, best = [], {}
-    for (n, dt, v), cfgs in plans.items():
+    library, best, swept_rows = [], {}, []
+    # the library's table first, then the sweep's candidates
+    runs = [(case, [None]) for case in plans] + [(case, cfgs[1:]) for case, cfgs in plans.items() if cfgs[1:]]
+    for (n, dt, v), cfgs in runs:
         for r in measure(n, dt, cfgs, v, args.rep_ms):
             print({k: r.get(k) for k in ("n", "dtype", "variant", "config", "gbps", "clone", "err", "error")}, flush=True)
-            if r["config"] is None:
-                library.append(r)
+            (library if r["config"] is None else swept_rows).append(r)
             key = (n, str(dt), v)
             if "error" not in r and r["finite"] and (key not in best or r["gbps"] > best[key]["gbps"]):
                 best[key] = r
@@ -220,6 +254,8 @@ def main() -> None:
     better = [r for r in best.values() if r["config"] is not None]
     if better:
         lines += [""] + _table(better, "## Faster launch configurations found by the sweep")
+    if swept_rows:
+        lines += [""] + _table(swept_rows, "## Every configuration the sweep timed")
     lines += ["", "Host overhead per call (tiny input, back-to-back calls):", ""]
     lines += [f"- {h['call']}: {h['us']:.1f} us" for h in host_overhead_us()]
     emit_table(lines, args.out)

@@ -16,7 +16,7 @@ from hlwq_kernels.ops._triton import HAVE_TRITON, use_triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 if HAVE_TRITON:
-    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_plan
+    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_plan, sign_bit_mask
 
 __all__ = ["fwht"]
 
@@ -71,23 +71,31 @@ _SIGN_CACHE: dict[int, tuple] = {}
 _SIGN_CACHE_SIZE = 32
 
 
-def _signs_on(signs: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``signs`` as fp32 on ``device``, checked to be ±1. The check (a device sync for GPU tensors)
-    and the copy run once per tensor and version; later calls reuse the cached device vector."""
+def _signs_on(signs: torch.Tensor, device: torch.device, elem_size: int = 0) -> torch.Tensor:
+    """``signs`` on ``device``, checked to be ±1: as fp32 (``elem_size`` 0, the torch path) or as
+    the kernels' sign-bit mask for elements of ``elem_size`` bytes. The check (a device sync for
+    GPU tensors) and the conversion run once per tensor, version and form; later calls reuse the
+    cached device vector."""
     try:
         version = signs._version
     except RuntimeError:  # inference tensors have no version counter: check every call
         version = None
+    key = (device, elem_size)
     hit = _SIGN_CACHE.get(id(signs))
-    if version is not None and hit is not None and hit[0]() is signs and hit[1:3] == (version, device):
-        return hit[3]
+    if version is not None and hit is not None and hit[0]() is signs and hit[1] == version and key in hit[2]:
+        return hit[2][key]
     if not bool(((signs == 1) | (signs == -1)).all()):
         raise ValueError("signs must contain only +1 and -1")
     row = signs.to(device=device, dtype=torch.float32).contiguous()
+    if elem_size:
+        row = sign_bit_mask(row, elem_size)
     if version is not None:
-        if len(_SIGN_CACHE) >= _SIGN_CACHE_SIZE:
-            _SIGN_CACHE.pop(next(iter(_SIGN_CACHE)))
-        _SIGN_CACHE[id(signs)] = (weakref.ref(signs), version, device, row)
+        if hit is None or hit[0]() is not signs or hit[1] != version:
+            if len(_SIGN_CACHE) >= _SIGN_CACHE_SIZE:
+                _SIGN_CACHE.pop(next(iter(_SIGN_CACHE)))
+            hit = (weakref.ref(signs), version, {})
+            _SIGN_CACHE[id(signs)] = hit
+        hit[2][key] = row
     return row
 
 
@@ -123,7 +131,7 @@ def fwht(
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")
         on_triton = False
-    sign_row = None if signs is None else _signs_on(signs, x.device)
+    sign_row = None if signs is None else _signs_on(signs, x.device, x.element_size() if on_triton else 0)
     if normalized:
         scale = 1.0 / math.sqrt(b)
     else:

@@ -35,7 +35,9 @@ import torch
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "kernel_plan", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = [
+    "fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS",
+]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
@@ -93,6 +95,18 @@ def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, B
     return row, col
 
 
+@triton.jit
+def _flip_signs(v, bits):
+    """v times a ±1 vector, exactly: ``bits`` (integers of v's width) hold 0 or the sign bit."""
+    return (v.to(bits.dtype, bitcast=True) ^ bits).to(v.dtype, bitcast=True)
+
+
+@triton.jit
+def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr):
+    row = tile * BM + load_row
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
+
+
 @triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
 def _fwht_pow2_kernel(
     x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
@@ -100,33 +114,42 @@ def _fwht_pow2_kernel(
     LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
-    that the load and store layouts hold the bits the plan wants in registers. The signs of row i
-    start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS, else at s_ptr."""
+    that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
+    i (s_ptr: integers of the element width) start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS,
+    else at s_ptr. PREFETCH: each program loads its next tile into registers before transforming
+    the current one (a persistent grid whose loads overlap its arithmetic)."""
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
-        row = tile * BM + load_row
-        v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
-        v = v.to(tl.float32)
+    step = tl.num_programs(0)
+    if PREFETCH:
+        ahead = _load_tile(x_ptr, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM)
+    for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
+        if PREFETCH:
+            v = ahead
+            ahead = _load_tile(x_ptr, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM)
+        else:
+            v = _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM)
         if HAS_SIGNS:
             if inverse == 0:
                 sign_at = s_ptr + load_col
                 if SIGN_ROWS:
-                    sign_at += (row % sign_blocks) * N
-                v = v * tl.load(sign_at)
-        v = _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+                    sign_at += ((tile * BM + load_row) % sign_blocks) * N
+                v = _flip_signs(v, tl.load(sign_at))
+        v = _butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
+                         (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+        v = v.to(y_ptr.dtype.element_ty)
         row = tile * BM + store_row
         if HAS_SIGNS:
             if inverse != 0:
                 sign_at = s_ptr + store_col
                 if SIGN_ROWS:
                     sign_at += (row % sign_blocks) * N
-                v = v * tl.load(sign_at)
-        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v.to(y_ptr.dtype.element_ty), mask=row < rows)
+                v = _flip_signs(v, tl.load(sign_at))
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=row < rows)
 
 
 @triton.jit
@@ -152,18 +175,35 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     return acc
 
 
+@triton.jit
+def _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
+                BM: tl.constexpr):
+    """Chunk ``step`` of the K index of row block ``rb``, as [KI, BM, P] (zeros past K and rows)."""
+    row = rb * BM + tl.arange(0, BM)[None, :, None]
+    ki = step * KI + tl.arange(0, KI)[:, None, None]
+    col = ki * P + tl.arange(0, P)[None, None, :]
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=(row < rows) & (ki < K), other=0.0)
+
+
 @triton.jit(do_not_specialize=_RUNTIME)
 def _fwht_dense_kernel(
     x_ptr, y_ptr, s_ptr, h_ptr, rows, num_tiles, k_chunks, sign_blocks, inverse, stride_xr, stride_xc, scale,
     K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
-    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``."""
+    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
+    PREFETCH (one chunk each way: KO, KI >= K): H_K is loaded once and each persistent program
+    loads its next row block into registers before transforming the current one."""
     j = tl.arange(0, P)[None, None, :]
     ki0 = tl.arange(0, KI)[:, None, None]
-    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), num_stages=STAGES):
+    step_tiles = tl.num_programs(0)
+    if PREFETCH:
+        h = tl.load(h_ptr + tl.arange(0, KO)[:, None] * KI + tl.arange(0, KI)[None, :])
+        ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+    for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
         rb = tile // k_chunks
         ko = (tile % k_chunks) * KO + tl.arange(0, KO)
         row = rb * BM + tl.arange(0, BM)[None, :, None]
@@ -175,21 +215,25 @@ def _fwht_dense_kernel(
         for step in range(KI_STEPS):
             ki = step * KI + ki0
             col = ki * P + j
-            ok = row_ok & (ki < K)
-            v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=ok, other=0.0)
+            if PREFETCH:
+                v = ahead
+                ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+            else:
+                v = _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K, P, KI, BM)
+                h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
             if HAS_SIGNS:
                 if inverse == 0:
-                    v = (v.to(tl.float32) * tl.load(sign_row + col, mask=ki < K, other=0.0)).to(v.dtype)
-            h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
+                    v = _flip_signs(v, tl.load(sign_row + col, mask=ki < K, other=0))
             acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
         v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+        v = v.to(y_ptr.dtype.element_ty)
         ko3 = ko[:, None, None]
         out_col = ko3 * P + j
         if HAS_SIGNS:
             if inverse != 0:
-                v = v * tl.load(sign_row + out_col, mask=ko3 < K, other=0.0)
+                v = _flip_signs(v, tl.load(sign_row + out_col, mask=ko3 < K, other=0))
         ok = row_ok & (ko3 < K)
-        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v, mask=ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +322,9 @@ class Pow2Config(NamedTuple):
     num_warps: int
     elems_per_thread: int
     stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
-    programs_per_sm: int
+    programs_per_sm: int  # > 0: a persistent grid of this many programs per SM
+    prefetch: bool = False  # each persistent program loads its next tile into registers first
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
 
 
 class DenseConfig(NamedTuple):
@@ -288,15 +334,26 @@ class DenseConfig(NamedTuple):
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
+    prefetch: bool = False  # H_K in one chunk each way (K <= 128), loaded once; the next row block loaded ahead
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
 _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
-_POW2_TABLE_16BIT = {15: Pow2Config(8, 64, 2, 2)}  # 16-bit rows of 2^15: persistent programs prefetching
+# 16-bit rows of 2^14 and 2^15: persistent programs that load their next row into registers first
+# (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
+_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
+# 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
+# times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
+# 69.7% -> 79.8% of clone, 4864 46.7% -> 68.8%, 9728 52.2% -> 66.0%, 13824 68.9% -> 72.2%, 14336
+# 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
+_DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
+                      16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
+_MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
 
 
 class KernelPlan(NamedTuple):
@@ -308,6 +365,8 @@ class KernelPlan(NamedTuple):
     stages: int
     programs_per_sm: int
     conversions: int  # layout conversions through shared memory between load (or MMA) and store
+    prefetch: bool = False
+    max_regs: int = 0
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -354,7 +413,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
             ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
             ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions)
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
+                      cfg.prefetch, cfg.max_regs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -362,16 +422,18 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
-    ko = min(k_pad, cfg.ko)
-    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps:
+    if cfg.prefetch and k_pad > _MAX_PREFETCH_K:
+        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} is above {_MAX_PREFETCH_K}")
+    ko = k_pad if cfg.prefetch else min(k_pad, cfg.ko)
+    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
     num_warps = max(cfg.num_warps, triton.next_power_of_2(triton.cdiv(ko << m, per_thread * 32)))
     w = num_warps.bit_length() - 1
     ko_bits = ko.bit_length() - 1
     tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
     b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
-    ki = min(k_pad, cfg.ki)
-    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK:
+    ki = k_pad if cfg.prefetch else min(k_pad, cfg.ki)
+    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
         ki //= 2
     natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
     k_bits, r_bits, cols = _bits("k", ko_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
@@ -381,7 +443,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     ki_steps = -(-k // ki)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds)
+    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds,
+                      cfg.prefetch, cfg.max_regs)
 
 
 @functools.lru_cache(maxsize=512)
@@ -395,7 +458,18 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     if k == 1:
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
+        config = _DENSE_TABLE_16BIT.get(triton.next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
+
+
+_SIGN_BIT_DTYPES = {2: torch.int16, 4: torch.int32}
+
+
+def sign_bit_mask(signs: torch.Tensor, elem_size: int) -> torch.Tensor:
+    """A ±1 vector as the kernels take it: integers of ``elem_size`` bytes, the sign bit where -1."""
+    dtype = _SIGN_BIT_DTYPES[elem_size]
+    return torch.where(signs < 0, torch.iinfo(dtype).min, 0).to(dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -408,23 +482,27 @@ def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtyp
 
 @functools.lru_cache(maxsize=16)
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Multiprocessors of a CUDA device; 1 for the interpreter (persistent grids stay testable)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
-    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra), plan.num_warps)
+    options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
+    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra, **options),
+                  plan.num_warps)
 
 
 def fwht_rows_triton(
-    x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None,
+    x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_bits: torch.Tensor | None,
     config: Pow2Config | DenseConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 
-    ``sign_row`` (fp32 ±1 of length b, or n when every block has its own signs, on x2's device)
-    multiplies the input of the forward transform and the output of the inverse. ``config``
-    overrides the launch table (benchmark sweeps).
+    ``sign_bits`` (length b, or n when every block has its own signs, on x2's device; integers of
+    x2's element width holding 0 or the sign bit, see ``sign_bit_mask``) flips the signs of the input of
+    the forward transform and of the output of the inverse. ``config`` overrides the launch table
+    (benchmark sweeps).
     """
     require_triton()
     rows, n = x2.shape
@@ -438,16 +516,16 @@ def fwht_rows_triton(
         return out.view(rows, n)
     num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
     programs = num_tiles
-    if plan.programs_per_sm and x2.is_cuda:
+    if plan.programs_per_sm:
         programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
-    has_signs = sign_row is not None
-    signs = sign_row if has_signs else out
-    sign_blocks = sign_row.shape[0] // b if has_signs else 1
+    has_signs = sign_bits is not None
+    signs = sign_bits if has_signs else out
+    sign_blocks = sign_bits.shape[0] // b if has_signs else 1
     extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
     stride_r, stride_c = x2.stride()
     if plan.kernel == "pow2":
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, extra)
+        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch))
     else:
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
@@ -460,5 +538,5 @@ def fwht_rows_triton(
                           x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
-        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces))
+        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
     return out if b == n else out.view(rows, n)

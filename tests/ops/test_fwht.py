@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from hlwq_kernels import fwht, hadamard_matrix, random_signs
-from hlwq_kernels.ops.fwht_triton import kernel_plan
+from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
+from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan, sign_bit_mask
 from hlwq_reference.numpy import fwht as fwht_ref
 from tests.helpers import assert_close, kernel_devices, random_weight, rel_err
 
@@ -83,6 +83,31 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
     b = block or shape[dim]
     signs = random_signs(b if block and seed % 2 else shape[dim], seed, device=device) if use_signs else None
     _check(x, backend, dim=dim, block_size=block, signs=signs, inverse=inverse)
+
+
+# launch configurations off the default table: persistent grids (several tiles per program, the
+# last one partial), register prefetch, a register cap, the cp.async pipeline
+CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
+           DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True)]
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("n, dtype", [(64, torch.float32), (256, torch.bfloat16), (48, torch.float16),
+                                      (96, torch.float32), (320, torch.bfloat16)])
+def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, device: str) -> None:
+    if (hadamard_factors(n)[0] > 1) != isinstance(config, DenseConfig):
+        pytest.skip("configuration of the other kernel")
+    x = _random((37, n), dtype, seed=n, device=device)
+    signs = random_signs(n, n + 1, device=device)
+    for inverse, use_signs in ((False, False), (False, True), (True, True)):
+        bits = sign_bit_mask(signs, x.element_size()) if use_signs else None
+        torch.full((2 * x.numel() + 1024,), float("nan"), device=device)
+        y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
+        ref = fwht_ref(x.double().cpu().numpy(), inverse=inverse,
+                       signs=signs.double().cpu().numpy() if use_signs else None)
+        assert torch.isfinite(y).all(), "unwritten or non-finite output"
+        assert_close(y, ref)
 
 
 @pytest.mark.parametrize("n", LLM_SIZES + [1 << m for m in range(17)])
