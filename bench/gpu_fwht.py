@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from gpu_common import (
-    clone_gbps, emit_table, graph_seconds, host_seconds, poison_allocator, rel_err, roofline_row, run_parallel,
+    clone_gbps, emit_table, graph_seconds, host_table, poison_allocator, rel_err, roofline_row, run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
 from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan, sign_bit_mask
@@ -156,13 +156,12 @@ def _compile_task(task: tuple) -> None:
         pass
 
 
-def host_overhead_us() -> list[dict]:
-    """Wall time per public fwht() call on a tiny bf16 input (the host side of a call)."""
+def host_calls() -> dict[str, Callable[[], object]]:
+    """Public fwht() calls on a tiny bf16 input (their host time per call) and ``x.clone()``."""
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     signs = random_signs(1024, 0, device="cuda")
-    cases = {"fwht(x)": lambda: fwht(x), "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
-             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone() (reference)": lambda: x.clone()}
-    return [{"call": name, "us": 1e6 * host_seconds(fn)} for name, fn in cases.items()]
+    return {"fwht(x)": lambda: fwht(x), "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
+            "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone()": lambda: x.clone()}
 
 
 def _cases(sizes: list[int], dtypes, with_variants: bool) -> list[tuple[int, torch.dtype, str]]:
@@ -256,8 +255,7 @@ def main() -> None:
         lines += [""] + _table(better, "## Faster launch configurations found by the sweep")
     if swept_rows:
         lines += [""] + _table(swept_rows, "## Every configuration the sweep timed")
-    lines += ["", "Host overhead per call (tiny input, back-to-back calls):", ""]
-    lines += [f"- {h['call']}: {h['us']:.1f} us" for h in host_overhead_us()]
+    lines += ["", *host_table(host_calls())]
     emit_table(lines, args.out)
 
 
