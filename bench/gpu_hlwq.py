@@ -36,8 +36,8 @@ from hlwq_kernels.ops.lloyd_max import gaussian_codebook
 
 B = 128
 CHECK_ROWS = 1024
-SWEEP = [HLWQLaunch(4, 0), HLWQLaunch(2, 0), HLWQLaunch(1, 0), HLWQLaunch(8, 0), HLWQLaunch(4, 2),
-         HLWQLaunch(4, 0, 168), HLWQLaunch(2, 0, 168)]
+SWEEP = [HLWQLaunch(1, 0), HLWQLaunch(2, 0), HLWQLaunch(4, 0), HLWQLaunch(1, 0, 128), HLWQLaunch(2, 0, 168),
+         HLWQLaunch(1, 12), HLWQLaunch(2, 6)]
 
 
 def _check(w: torch.Tensor) -> tuple[float, float]:

@@ -1,32 +1,37 @@
 """Fused Triton kernel for the HLWQ pipeline (docs/design.md §1) and its launcher.
 
-Each thread holds whole Hadamard blocks of ``B`` inputs of one row in its registers: a tile is
-``ROWS`` rows (one a thread, lanes and warps along the rows) × one block, loaded through a pointer
-tensor ``[B / 8, ROWS, 8]`` (8 consecutive inputs a 16-byte access for 16-bit weights). Everything
-per block then runs inside the thread, with no shared memory, no shuffles and no tensor cores:
+Each thread holds a whole Hadamard block of ``B`` inputs of one row in its registers: a tile is
+``ROWS = 32 * num_warps`` rows (one a thread: lanes and warps along the rows) × one block, loaded
+through a pointer tensor ``[ROWS, B / VEC, VEC]`` (``VEC`` consecutive inputs a 16-byte access;
+Triton 3.6 gives that tensor the layout with the rows on lanes and warps and a row's chunks in one
+thread). Everything per block then runs inside the thread, with no shared memory, no shuffles and
+no tensor cores:
 
 1. the block's absmax and a power-of-two scale ``2**s`` that brings it into [2**14, 2**15) (exact;
    it keeps the sum of squares away from overflow and underflow), the L2 norm from the sum of
    squares of the scaled block,
 2. the rotation ``y = H (x 2**s) / ||x 2**s||`` (the normalized rotation of the unit-norm block
    times ``sqrt(B)``) as ``log2(B)`` stages of fp32 butterflies on the registers (``tl.split`` /
-   ``tl.join`` on the size-2 dimension of one index bit, moved last by a permutation),
-3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``: one gather from a table keyed by
-   the top bits of ``y``'s bit pattern (``_key_table``: the count of thresholds below the key's
-   interval) and one comparison with the next threshold, exact for every non-NaN float32 ``y``,
+   ``tl.join`` on the size-2 dimension of one index bit, moved last by a permutation; every
+   partial sum is rounded to fp32, so a sum that cancels exactly leaves a few fp32 ulps),
+3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``: one byte gathered from a table
+   keyed by the top bits of ``y``'s bit pattern (``_key_table``: the count of thresholds below the
+   key's interval) and one comparison with the next threshold, exact for every non-NaN float32
+   ``y``; the level is then one of two table entries at the same index (no dependent gather),
 4. ``W' = (H levels[code]) * norm / B`` with the same butterflies on the fp32 levels, rounded to the
    weight dtype (compiled: the hardware's round-to-nearest-even conversion; in the interpreter the
    bit-exact helper of ``hlwq_kernels.ops._jit``),
 5. optionally symmetric INT4 of ``W'`` per group of ``G`` inputs with the compressed-tensors rule
    (the helpers of ``hlwq_kernels.ops._jit``: ``scale = dtype(absmax / 7.5)``, 0 → the dtype's eps,
-   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with an IEEE division (three instructions from
-   the group's reciprocal where that is exact, checked per tile), packed 8 nibbles per int32,
-   column j → word j // 8, nibble j % 8, stored q + 8).
+   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with an IEEE division: ``div_exact`` after
+   scaling the group and its scale by the power of two that brings the scale into [1, 2)), packed
+   8 nibbles per int32, column j → word j // 8, nibble j % 8, stored q + 8.
 
 Outputs are chosen with constexpr flags: codes (uint8) + norms (fp32), ``W'`` (weight dtype),
 INT4 packed + scales. A non-finite block norm (NaN/Inf weights) sets ``flag[0] = 1``; the launcher
-reads it back (one device sync) only when asked to check. Device tables (the fp32 levels, the
-threshold lookup) are built once per codebook and device.
+reads it back (one device sync) only when asked to check. Device tables (the code lookup, the
+thresholds and levels) are built once per codebook and device. Blocks of 256 hold 256 fp32 values a
+thread and spill registers (correct, slower).
 """
 
 from __future__ import annotations
@@ -39,10 +44,9 @@ import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import (
-    group_quotient,
+    div_exact,
     int4_absmax_scale,
     pack_codes,
-    quotient_is_exact,
     reciprocal,
     round_to_dtype,
 )
@@ -60,49 +64,75 @@ _MAX_KEY_BITS = 16  # key tables of at most 2**16 bytes
 
 @triton.jit
 def _block_rotation(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, BITS: tl.constexpr):
-    """Unnormalized Sylvester Hadamard transform of every block of a ``[B / 8, ROWS, 8]`` tile
+    """Unnormalized Sylvester Hadamard transform of every block of a ``[ROWS, B / VEC, VEC]`` tile
     (butterflies on each index bit of the block, in registers)."""
     return _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
 
 
 @triton.jit
-def _lloyd_code(y, key_ptr, thr_ptr, SHIFT: tl.constexpr, K: tl.constexpr):
-    """``#{t : y >= t}`` (int32) for float32 ``y``, from the tables of ``_key_table``: the base count
-    of the cell of ``y``'s bit pattern, then ``K`` comparisons."""
+def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: tl.constexpr):
+    """``(code, levels[code])`` for float32 ``y``, ``code = #{t : y >= t}`` (int32), from the tables
+    of ``_tables``: the count of thresholds below the cell of ``y``'s bit pattern, then ``K``
+    comparisons. With ``K == 1`` the level is chosen between the two table rows indexed by that
+    count (three gathers at one address plus constant offsets)."""
     base = tl.load(key_ptr + (y.to(tl.uint32, bitcast=True) >> SHIFT)).to(tl.int32)
+    if K == 1:
+        cell = cell_ptr + base
+        up = y >= tl.load(cell)
+        return base + up.to(tl.int32), tl.where(up, tl.load(cell + 2 * L), tl.load(cell + L))
     code = base
     for k in tl.static_range(K):
-        code += (y >= tl.load(thr_ptr + base + k)).to(tl.int32)
-    return code
+        code += (y >= tl.load(cell_ptr + base + k)).to(tl.int32)
+    return code, tl.load(cell_ptr + L + code)
+
+
+@triton.jit
+def _scaled_quotient(x, s):
+    """``x / s`` (IEEE) for groups ``x [..., G]`` and any positive scales ``s [...]``: both scaled by
+    the power of two that brings ``s`` into [1, 2) (exact; an ``x`` that then underflows has a
+    quotient far below 1/4), where ``div_exact`` holds."""
+    e = tl.minimum(tl.maximum((s.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
+    p = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2**(127 - e)
+    s2 = s * p
+    return div_exact(x * p[:, :, None], s2[:, :, None], reciprocal(s2)[:, :, None])
+
+
+@triton.jit
+def _row_tile(ptr, rows, row_len, col0, C: tl.constexpr, V: tl.constexpr):
+    """Pointers ``[ROWS, C, V]`` to the elements ``col0 + c * V + v`` of the given rows: ``V``
+    consecutive elements a 16-byte access, the chunks ``C`` after the rows, so that the coalesced
+    layout Triton 3.6 picks puts the rows on lanes and warps and a row's chunks in one thread."""
+    return ptr + rows.to(tl.int64)[:, None, None] * row_len + col0 + (
+        tl.arange(0, C)[None, :, None] * V + tl.arange(0, V)[None, None, :])
 
 
 @triton.jit
 def _hlwq_kernel(
-    w_ptr, key_ptr, thr_ptr, lev_ptr,
+    w_ptr, key_ptr, cell_ptr,
     codes_ptr, norms_ptr, wp_ptr, packed_ptr, scale_ptr, flag_ptr,
     N, K, num_tiles, inv_b, eps,
-    SHIFT: tl.constexpr, NK: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
-    BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HW_ROUND: tl.constexpr,
-    STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr,
+    SHIFT: tl.constexpr, NK: tl.constexpr, L: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
+    VEC: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+    HW_ROUND: tl.constexpr, STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr,
 ):
     DT: tl.constexpr = w_ptr.dtype.element_ty
-    CH: tl.constexpr = B // 8
+    CH: tl.constexpr = B // VEC
+    WV: tl.constexpr = 4 if B >= 32 else B // 8  # INT4 words a 16-byte store
     kb = K // B
     r = tl.arange(0, ROWS)
-    col = tl.arange(0, CH)[:, None, None] * 8 + tl.arange(0, 8)[None, None, :]  # [CH, 1, 8]
     for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
         rows = (t // kb) * ROWS + r
         cb = t % kb
         rmask = rows < N
-        offs = rows.to(tl.int64)[None, :, None] * K + cb * B + col  # [CH, ROWS, 8]
-        x = tl.load(w_ptr + offs, mask=rmask[None, :, None], other=0.0).to(tl.float32)
+        m3 = rmask[:, None, None]
+        x = tl.load(_row_tile(w_ptr, rows, K, cb * B, CH, VEC), mask=m3, other=0.0).to(tl.float32)
         # 1. exact power-of-two scale 2**(141 - e), e the biased exponent of the absmax, so the
         #    scaled absmax lies in [2**14, 2**15) (e >= 15 keeps the scale a normal float)
-        amax = tl.max(tl.max(tl.abs(x), axis=2), axis=0)
+        amax = tl.max(tl.max(tl.abs(x), axis=2), axis=1)
         e = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
         pw = ((268 - e) << 23).to(tl.float32, bitcast=True)
-        xs = x * pw[None, :, None]
-        ss = tl.sum(tl.sum(xs * xs, axis=0), axis=1)  # <= B * 2**30 when finite
+        xs = x * pw[:, None, None]
+        ss = tl.sum(tl.sum(xs * xs, axis=1), axis=1)  # <= B * 2**30 when finite
         bad = tl.max((~(ss < 1.0e30)).to(tl.int32), axis=0)
         if bad > 0:
             tl.atomic_max(flag_ptr, bad)
@@ -110,15 +140,16 @@ def _hlwq_kernel(
         norm = tl.math.div_rn(norm_s, pw)
         # 2. rotation in fp32, 3. Lloyd–Max code
         y = _block_rotation(xs, STEPS, NUM_STEPS, BITS)
-        y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[None, :, None]
-        code = _lloyd_code(y, key_ptr, thr_ptr, SHIFT, NK)
+        y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[:, None, None]
+        code, level = _lloyd_code(y, key_ptr, cell_ptr, SHIFT, NK, L)
         if STORE_CODES:
-            tl.store(codes_ptr + offs, code.to(tl.uint8), mask=rmask[None, :, None])
+            tl.store(_row_tile(codes_ptr, rows, K, cb * B, B // 16, 16), tl.reshape(code.to(tl.uint8), [ROWS, B // 16, 16]),
+                     mask=m3)
             tl.store(norms_ptr + rows * kb + cb, norm, mask=rmask)
         if STORE_WP or STORE_INT4:
             # 4. dequantize, inverse rotation (H^-1 = H / B), times norm, round to the weight dtype
-            v = _block_rotation(tl.load(lev_ptr + code), STEPS, NUM_STEPS, BITS)
-            v = v * (norm * inv_b)[None, :, None]
+            v = _block_rotation(level, STEPS, NUM_STEPS, BITS)
+            v = v * (norm * inv_b)[:, None, None]
             if HW_ROUND:
                 wd = v.to(DT)
                 wf = wd.to(tl.float32)
@@ -126,25 +157,20 @@ def _hlwq_kernel(
                 wf = round_to_dtype(v, DT)
                 wd = wf.to(DT)
             if STORE_WP:
-                tl.store(wp_ptr + offs, wd, mask=rmask[None, :, None])
+                tl.store(_row_tile(wp_ptr, rows, K, cb * B, CH, VEC), wd, mask=m3)
             if STORE_INT4:
                 # 5. symmetric INT4, absmax / 7.5 per group of G, packed 8 per int32
-                wg = tl.reshape(wf, [B // G, G // 8, ROWS, 8])
-                gmax = tl.max(tl.max(tl.abs(wg), axis=3), axis=1)  # [B / G, ROWS]
+                wg = tl.reshape(wf, [ROWS, B // G, G])
+                gmax = tl.max(tl.abs(wg), axis=2)  # [ROWS, B / G]
                 sf = int4_absmax_scale(gmax, eps, DT)
-                inv = reciprocal(sf)
-                q = group_quotient(wg, sf[:, None, :, None], inv[:, None, :, None], quotient_is_exact(sf, inv, gmax))
+                q = _scaled_quotient(wg, sf)
                 # |q| <= 7.5 / (1 - 2**-8) < 8 for finite W' (the scale is absmax / 7.5 rounded, or
                 # eps when that is 0): only the upper clamp can act
-                words = pack_codes(tl.minimum(q, _QMAX))  # [B / G, G / 8, ROWS, 1]
-                gi = tl.arange(0, B // G)[:, None, None, None]
-                wi = tl.arange(0, G // 8)[None, :, None, None]
-                wrow = rows.to(tl.int64)[None, None, :, None]
-                tl.store(packed_ptr + wrow * (K // 8) + cb * CH + gi * (G // 8) + wi, words,
-                         mask=rmask[None, None, :, None])
-                srow = rows.to(tl.int64)[None, :]
-                tl.store(scale_ptr + srow * (K // G) + cb * (B // G) + tl.arange(0, B // G)[:, None], sf.to(DT),
-                         mask=rmask[None, :])
+                words = pack_codes(tl.reshape(tl.minimum(q, _QMAX), [ROWS, B // 8, 1, 8]))  # [ROWS, B / 8, 1, 1]
+                tl.store(_row_tile(packed_ptr, rows, K // 8, cb * (B // 8), B // 8 // WV, WV),
+                         tl.reshape(words, [ROWS, B // 8 // WV, WV]), mask=m3)
+                tl.store(scale_ptr + rows.to(tl.int64)[:, None] * (K // G) + cb * (B // G) + tl.arange(0, B // G)[None, :],
+                         sf.to(DT), mask=rmask[:, None])
 
 
 @dataclasses.dataclass
@@ -163,9 +189,10 @@ class HLWQFused:
 class HLWQLaunch(NamedTuple):
     """Launch parameters: warps a program (the tile holds ``32 * num_warps`` rows, one a thread),
     persistent programs a multiprocessor (0: one program a tile) and a register cap for ptxas
-    (None: its own choice)."""
+    (None: its own choice). The default, one warp, needs no shared memory and compiles to 168
+    registers without spills (Triton 3.6, bf16, b = 128): 12 warps a multiprocessor."""
 
-    num_warps: int = 4
+    num_warps: int = 1
     programs_per_sm: int = 0
     max_registers: int | None = None
 
@@ -201,12 +228,13 @@ def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class _Tables:
-    """A codebook's device tables: fp32 levels, the code lookup (``_key_table``) and the fp32
-    thresholds padded with ``k`` NaNs (no comparison with them holds)."""
+    """A codebook's device tables: the code lookup of ``_key_table`` and ``cells`` (float32, three
+    rows of ``length``): the thresholds padded with NaN (no comparison with them holds), the level
+    of each code and the level of the next code."""
 
-    levels: torch.Tensor
     keys: torch.Tensor
-    thresholds: torch.Tensor
+    cells: torch.Tensor
+    length: int
     shift: int
     k: int
 
@@ -214,27 +242,34 @@ class _Tables:
 def _tables(cb: Codebook, device: torch.device) -> _Tables:
     def build() -> _Tables:
         base, shift, k = _key_table(np.asarray(cb.thresholds))
-        thr = np.concatenate([np.asarray(cb.thresholds, dtype=np.float32), np.full(k, np.nan, np.float32)])
-        return _Tables(torch.tensor(cb.levels, dtype=torch.float64).to(device=device, dtype=torch.float32),
-                       torch.from_numpy(base).to(device), torch.from_numpy(thr).to(device), shift, k)
+        levels = np.asarray(cb.levels, dtype=np.float32)
+        n = levels.size
+        length = triton.next_power_of_2(n + k)
+        cells = np.full((3, length), np.nan, dtype=np.float32)
+        cells[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
+        cells[1, :n] = levels
+        cells[2, : n - 1] = levels[1:]
+        return _Tables(torch.from_numpy(base).to(device), torch.from_numpy(cells.reshape(-1)).to(device), length,
+                       shift, k)
 
     return cb.cached(("hlwq", device), build)
 
 
 @functools.lru_cache(maxsize=64)
-def _rotation_plan(b: int, rows: int) -> dict:
-    """constexprs of ``_block_rotation`` for blocks of b and tiles of ``rows`` rows: the tile
-    ``[b / 8, rows, 8]`` seen as one size-2 dimension per index bit of the block (and the rows),
-    and the permutations that move each bit last in turn, then restore the order."""
-    high = b.bit_length() - 1 - 3
-    natural = [p for p in reversed(range(3, 3 + high))] + ["r"] + [2, 1, 0]
+def _rotation_plan(b: int, rows: int, vec: int) -> dict:
+    """constexprs of ``_block_rotation`` for blocks of b, tiles of ``rows`` rows and 16-byte
+    accesses of ``vec`` elements: the tile ``[rows, b / vec, vec]`` seen as one size-2 dimension
+    per index bit of the block (after the rows), and the permutations that move each bit last in
+    turn, then restore the order."""
+    bits = b.bit_length() - 1
+    natural = ["r"] + list(reversed(range(bits)))
     steps, cur = [], natural
-    for bit in range(3 + high):
+    for bit in range(bits):
         nxt = [d for d in cur if d != bit] + [bit]
         steps.append(tuple(cur.index(d) for d in nxt))
         cur = nxt
     steps.append(tuple(cur.index(d) for d in natural))
-    return {"BITS": (2,) * high + (rows, 2, 2, 2), "STEPS": tuple(steps), "NUM_STEPS": len(steps) - 1}
+    return {"VEC": vec, "BITS": (rows,) + (2,) * bits, "STEPS": tuple(steps), "NUM_STEPS": len(steps) - 1}
 
 
 @functools.lru_cache(maxsize=None)
@@ -293,13 +328,13 @@ def hlwq_fused(
         programs = min(num_tiles, 2)  # interpreter: few programs, each walks the tile loop
     launch_cached(
         _hlwq_kernel, (programs, 1, 1), w,
-        (w, tables.keys, tables.thresholds, tables.levels,
+        (w, tables.keys, tables.cells,
          out.codes if codes else flag, out.norms if codes else flag,
          out.wprime if wprime else flag,
          out.packed if int4_group else flag, out.scale if int4_group else flag,
          flag,
          n, k, num_tiles, 1.0 / b, _EPS[w.dtype]),
-        dict(SHIFT=tables.shift, NK=tables.k, B=b, ROWS=rows, G=g, **_rotation_plan(b, rows), HW_ROUND=w.is_cuda,
+        dict(SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g, **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
              STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
              **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {})),
         cfg.num_warps,

@@ -68,15 +68,16 @@ def _check_fused_vs_torch(w: torch.Tensor, cb, b: int, g: int, max_rate: float) 
     assert (_ulps(fused.norms, norms) <= 4).all()
     # W' where the block's codes agree: within one ulp, plus fp32 rounding of the block's scale
     # (a cancelling sum can leave a tiny W' whose own ulp is far below it); rarely different
-    # beyond the float64 path's own rounding noise (it leaves 1e-16 where the kernel's exact
-    # sums give 0)
+    # beyond fp32 rounding of the block's sums (the kernel's butterflies round every partial sum:
+    # where the exact sum cancels to 0 they leave a few fp32 ulps of the block scale, the float64
+    # path 1e-16; small codebooks, whose levels repeat, cancel often)
     same_block = (dc.reshape(n, k // b, b).sum(-1) == 0).repeat_interleave(b, dim=1)
     rms = (norms.double() / b**0.5).repeat_interleave(b, dim=1)
     d = (fused.wprime.double() - wp.double()).abs()
     fi = torch.finfo(w.dtype)
     allowed = fi.eps * wp.double().abs().clamp_min(fi.tiny) + 2.0**-19 * rms  # one ulp (subnormal too)
     assert (d <= allowed)[same_block].all()
-    wp_rate = (d > 2.0**-30 * rms)[same_block].double().mean().item()
+    wp_rate = (d > 2.0**-22 * rms)[same_block].double().mean().item()
     if w.dtype != torch.float32:  # fp32 W' is never rounded to a coarse grid: tolerance only
         assert wp_rate <= 10 * max_rate
     # INT4 of the kernel's own W' is exact: same codes and scales as the int4 module on it
@@ -259,6 +260,22 @@ def test_key_table_counts_thresholds_exactly(bits):
     b = base[y.view(np.uint32) >> shift].astype(np.int64)
     code = b + sum((y >= padded[b + j]).astype(np.int64) for j in range(k))
     np.testing.assert_array_equal(code, np.searchsorted(thr, y, side="right"))
+
+
+def test_fused_kernel_with_crowded_thresholds():
+    """Thresholds closer than the finest key cell (k > 1 comparisons) still give exact codes."""
+    from hlwq_kernels.ops.hlwq_triton import _key_table
+    from hlwq_kernels.ops.lloyd_max import Codebook
+
+    levels = np.array([-1.5, -0.25, 0.999, 1.001, 1.003, 2.0])
+    cb = Codebook(levels, (levels[1:] + levels[:-1]) / 2, mse=0.0, iterations=0, converged=True)
+    assert _key_table(cb.thresholds)[2] == 2
+    w = _weight(24, 256, torch.float32, seed=21)
+    fused = hlwq_fused(w, cb, 64, codes=True, wprime=True)
+    codes, norms = _codes_torch(w, cb, 64)
+    assert (fused.codes != codes).double().mean() <= 1e-3
+    wp = _dequantize_torch(fused.codes, fused.norms, torch.tensor(levels), 64, torch.float32)
+    torch.testing.assert_close(fused.wprime, wp, rtol=1e-6, atol=1e-6 * float(w.abs().max()))
 
 
 def test_codebook_tables_are_built_once():
