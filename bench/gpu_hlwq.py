@@ -11,7 +11,12 @@ computes in fp32: a value within float32 rounding of a threshold can land on the
 The host time per public call (default ``check_finite=True``, which reads a flag back, and
 ``False``) is measured on a small weight.
 
-    python bench/gpu_hlwq.py --out bench/results/hlwq-h200.md [--sweep] [--quick]
+``--sweep`` times every launch configuration of ``SWEEP`` on the first two shapes (both kernels),
+with the registers and spills ptxas gave each (compiled first in ``--jobs`` processes).
+``--profile`` only runs the two kernels once on the first shape with the default launch (for
+``ncu --clock-control none -k regex:_hlwq_kernel -c 2 python bench/gpu_hlwq.py --profile``).
+
+    python bench/gpu_hlwq.py --out bench/results/hlwq-h200.md [--sweep] [--quick] [--jobs 8]
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ import datetime
 
 import torch
 
-from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
+from gpu_common import (
+    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
+)
 from hlwq_kernels import hlwq_int4, hlwq_quantize
-from hlwq_kernels.ops.hlwq_triton import hlwq_fused
+from hlwq_kernels.ops._triton import _COMPILED
+from hlwq_kernels.ops.hlwq_triton import HLWQLaunch, _hlwq_kernel, hlwq_fused
 from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
 from hlwq_kernels.ops.lloyd_max import gaussian_codebook
 
 B = 128
 CHECK_ROWS = 1024
+SWEEP = [HLWQLaunch(1, 0), HLWQLaunch(2, 0), HLWQLaunch(4, 0), HLWQLaunch(1, 0, 128), HLWQLaunch(2, 0, 168),
+         HLWQLaunch(1, 12), HLWQLaunch(2, 6)]
 
 
 def _check(w: torch.Tensor) -> tuple[float, float]:
@@ -41,19 +51,26 @@ def _check(w: torch.Tensor) -> tuple[float, float]:
     return float((a - b).norm() / b.norm()), codes_differ
 
 
+def _int4_bytes(n: int, k: int) -> int:
+    return 2 * n * k + n * k // 2 + 2 * n * k // B
+
+
+def _codes_bytes(n: int, k: int) -> int:
+    return 3 * n * k + 4 * n * k // B
+
+
 def roofline_rows(quick: bool = False) -> list[dict]:
     """Fused hlwq_int4 and hlwq_quantize rows for each shape (``quick``: the first two shapes)."""
     rows = []
     for n, k in SHAPES[:2] if quick else SHAPES:
         w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
-        numel = n * k
         clone = clone_gbps(w)
         err, differ = _check(w[:CHECK_ROWS])
         t = graph_seconds(lambda: hlwq_int4(w, check_finite=False))
-        rows.append(roofline_row("hlwq -> int4 (fused)", (n, k), "bf16", (2 * numel + numel // 2 + 2 * numel // B) / t / 1e9,
+        rows.append(roofline_row("hlwq -> int4 (fused)", (n, k), "bf16", _int4_bytes(n, k) / t / 1e9,
                                  clone, err, f"{differ:.1e} of INT4 codes differ from float64"))
         t = graph_seconds(lambda: hlwq_quantize(w, check_finite=False))
-        rows.append(roofline_row("hlwq codes + norms (fused)", (n, k), "bf16", (3 * numel + 4 * numel // B) / t / 1e9,
+        rows.append(roofline_row("hlwq codes + norms (fused)", (n, k), "bf16", _codes_bytes(n, k) / t / 1e9,
                                  clone, None, "Lloyd–Max codes (uint8) and fp32 block norms"))
         del w
         torch.cuda.empty_cache()
@@ -68,29 +85,73 @@ def host_calls() -> dict:
     }
 
 
-def sweep(n: int = 14336, k: int = 4096) -> list[str]:
-    """Tile heights and warp counts of the fused INT4 kernel (GB/s)."""
-    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+def _launch(w: torch.Tensor, int4: bool, config: HLWQLaunch):
     cb = gaussian_codebook(32)
-    nbytes = 2 * n * k + n * k // 2 + 2 * n * k // B
-    out = []
-    for rows, warps in [(16, 4), (16, 8), (32, 8), (64, 4)]:
-        try:
-            t = graph_seconds(lambda: hlwq_fused(w, cb, B, int4_group=B, rows=rows, num_warps=warps,
-                                                 check_finite=False))
-            out.append(f"  rows={rows} warps={warps}: {nbytes / t / 1e9:.0f} GB/s")
-        except Exception as exc:  # report a configuration that fails to compile
-            out.append(f"  rows={rows} warps={warps}: failed: {repr(exc)[:120]}")
-        print(out[-1], flush=True)
+    if int4:
+        return lambda: hlwq_fused(w, cb, B, int4_group=B, check_finite=False, config=config)
+    return lambda: hlwq_fused(w, cb, B, codes=True, check_finite=False, config=config)
+
+
+def _compile_task(task: tuple[bool, HLWQLaunch]) -> None:
+    """Run one kernel and launch configuration once on a small weight (fills Triton's disk cache)."""
+    int4, config = task
+    _launch((torch.randn(512, 4096, device="cuda") * 0.02).to(torch.bfloat16), int4, config)()
+    torch.cuda.synchronize()
+
+
+def _resources(before: set) -> str:
+    """Registers and spills of the HLWQ kernels compiled since ``before`` (keys of the launch cache)."""
+    new = [c for key, (c, _) in _COMPILED.items() if key not in before and key[0] is _hlwq_kernel]
+    return ", ".join(f"{c.n_regs} regs {c.n_spills} spills {c.metadata.shared} B smem" for c in new) or "cached"
+
+
+def sweep(jobs: int) -> list[str]:
+    """GB/s and % clone of each launch configuration of ``SWEEP``, both kernels, first two shapes."""
+    run_parallel(_compile_task, [(int4, cfg) for cfg in SWEEP for int4 in (True, False)], jobs)
+    out = ["| config | shape | int4 GB/s | int4 % clone | codes GB/s | codes % clone | int4 kernel | codes kernel |",
+           "|---|---|---|---|---|---|---|---|"]
+    for n, k in SHAPES[:2]:
+        w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+        clone = clone_gbps(w)
+        for cfg in SWEEP:
+            cells = []
+            for int4, nbytes in ((True, _int4_bytes(n, k)), (False, _codes_bytes(n, k))):
+                before = set(_COMPILED)
+                try:
+                    t = graph_seconds(_launch(w, int4, cfg))
+                    gbps = nbytes / t / 1e9
+                    cells.append((f"{gbps:.0f}", f"{100 * gbps / clone:.1f}", _resources(before)))
+                except Exception as exc:  # report a configuration that fails to compile or run
+                    cells.append(("failed", repr(exc)[:80], ""))
+            out.append(f"| {tuple(cfg)} | {n}x{k} | {cells[0][0]} | {cells[0][1]} | {cells[1][0]} | {cells[1][1]} | "
+                       f"{cells[0][2]} | {cells[1][2]} |")
+            print(out[-1], flush=True)
+        del w
+        torch.cuda.empty_cache()
     return out
 
 
+def profile() -> None:
+    """One launch of each kernel on the first shape, default launch parameters (for ncu)."""
+    n, k = SHAPES[0]
+    w = (torch.randn(n, k, device="cuda") * 0.02).to(torch.bfloat16)
+    hlwq_int4(w, check_finite=False)
+    hlwq_quantize(w, check_finite=False)
+    torch.cuda.synchronize()
+
+
 def main() -> None:
-    parser = arg_parser(__doc__, "try several tile heights and warp counts")
+    parser = arg_parser(__doc__, "time the launch configurations of SWEEP")
+    parser.add_argument("--jobs", type=int, default=1, help="processes that compile the sweep's kernels first")
+    parser.add_argument("--profile", action="store_true", help="only run each kernel once (for ncu)")
     args = parser.parse_args()
+    if args.profile:
+        profile()
+        return
     title = (f"# HLWQ → INT4 on {torch.cuda.get_device_name()} ({datetime.date.today()}), bf16 weights, "
              "b = g = 128, 5 bits; GB/s = (read + write) / median CUDA-graph replay time")
-    emit_table(report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None), args.out)
+    sweep_lines = sweep(args.jobs) if args.sweep else None
+    emit_table(report(title, roofline_rows(args.quick), host_calls(), sweep_lines), args.out)
 
 
 if __name__ == "__main__":

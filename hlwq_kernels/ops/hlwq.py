@@ -17,9 +17,10 @@ NaN/Inf weights raise ValueError.
 
 Backends: ``"triton"`` runs one fused kernel (``hlwq_triton``) that reads each weight once, on CUDA
 or in Triton's interpreter on CPU tensors (its codebook tables are built once per device and kept); ``"torch"`` computes in float64 with plain torch ops
-(the CPU path); ``"auto"`` picks triton for CUDA tensors. The fused kernel computes in fp32 with
-exact products, so it agrees with the float64 paths except where a value lies within float32
-rounding of a threshold or of a rounding boundary (measured in tests/test_hlwq.py).
+(the CPU path); ``"auto"`` picks triton for CUDA tensors. The fused kernel computes in fp32 (the
+rotations as fp32 butterflies), so it agrees with the float64 paths except where a value lies within
+float32 rounding of a threshold or of a rounding boundary, or a sum cancels (measured in
+tests/ops/test_hlwq.py).
 """
 
 from __future__ import annotations

@@ -1,133 +1,175 @@
 """Fused Triton kernel for the HLWQ pipeline (docs/design.md §1) and its launcher.
 
-One program walks over tiles of ``ROWS`` rows × one Hadamard block of ``B`` inputs (a persistent
-loop: ``H_B`` is loaded once per program). Each weight is read once; per tile the kernel computes
+Each thread holds a whole Hadamard block of ``B`` inputs of one row in its registers: a tile is
+``ROWS = 32 * num_warps`` rows (one a thread: lanes and warps along the rows) × one block, loaded
+through a pointer tensor ``[ROWS, B / VEC, VEC]`` (``VEC`` consecutive inputs a 16-byte access;
+Triton 3.6 gives that tensor the layout with the rows on lanes and warps and a row's chunks in one
+thread). Everything per block then runs inside the thread, with no shared memory, no shuffles and
+no tensor cores:
 
-1. the block L2 norm and a power-of-two scale ``2**s`` per row that brings the block's absmax
-   into [2**14, 2**15) (exact; it keeps the sum of squares away from overflow and underflow and
-   makes bf16/fp16 values exact in fp16),
-2. ``y = (x 2**s) @ H / ||x 2**s||`` = the normalized rotation of the unit-norm block times
-   ``sqrt(B)``, on the tensor cores: H is ±1, exact in fp16, and the operand is split into fp16
-   pieces (1 for bf16/fp16 weights, 3 for fp32), so the products are exact and accumulate in fp32,
-3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``, from the codebook's grid lookup
-   table (one gather and usually one comparison, exact for every float32 ``y``),
-4. ``W' = (levels[code] @ H) * norm / B`` (levels pre-scaled by a power of two ``2**k`` so their
-   fp16 pieces stay normal: two pieces = 22 significant bits for 16-bit weights, three = exact
-   fp32 levels for fp32 weights; the piece sums are exact), rounded to the weight dtype,
+1. the block's absmax and a power-of-two scale ``2**s`` that brings it into [2**14, 2**15) (exact;
+   it keeps the sum of squares away from overflow and underflow), the L2 norm from the sum of
+   squares of the scaled block,
+2. the rotation ``y = H (x 2**s) / ||x 2**s||`` (the normalized rotation of the unit-norm block
+   times ``sqrt(B)``) as ``log2(B)`` stages of fp32 butterflies on the registers (``tl.split`` /
+   ``tl.join`` on the size-2 dimension of one index bit, moved last by a permutation; every
+   partial sum is rounded to fp32, so a sum that cancels exactly leaves a few fp32 ulps),
+3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``: one byte gathered from a table
+   keyed by the top bits of ``y``'s bit pattern (``_key_table``: the count of thresholds below the
+   key's interval) and one comparison with the next threshold, exact for every non-NaN float32
+   ``y``; the level is then one of two table entries at the same index (no dependent gather),
+4. ``W' = (H levels[code]) * norm / B`` with the same butterflies on the fp32 levels, rounded to the
+   weight dtype (compiled: the hardware's round-to-nearest-even conversion; in the interpreter the
+   bit-exact helper of ``hlwq_kernels.ops._jit``),
 5. optionally symmetric INT4 of ``W'`` per group of ``G`` inputs with the compressed-tensors rule
    (the helpers of ``hlwq_kernels.ops._jit``: ``scale = dtype(absmax / 7.5)``, 0 → the dtype's eps,
-   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with an IEEE division, packed 8 nibbles per
-   int32, column j → word j // 8, nibble j % 8, stored q + 8).
+   ``q = round_half_even(clamp(W' / scale, -8, 7))`` with an IEEE division: ``div_exact`` after
+   scaling the group and its scale by the power of two that brings the scale into [1, 2)), packed
+   8 nibbles per int32, column j → word j // 8, nibble j % 8, stored q + 8.
 
 Outputs are chosen with constexpr flags: codes (uint8) + norms (fp32), ``W'`` (weight dtype),
 INT4 packed + scales. A non-finite block norm (NaN/Inf weights) sets ``flag[0] = 1``; the launcher
-reads it back (one device sync) only when asked to check. Device tables (H, the pre-scaled levels,
-the threshold lookup) are built once per codebook and device. fp16 rather than bf16 operands
-because Triton's interpreter cannot multiply bf16 tensors.
+reads it back (one device sync) only when asked to check. Device tables (the code lookup, the
+thresholds and levels) are built once per codebook and device. Blocks of 256 hold 256 fp32 values a
+thread and spill registers (correct, slower).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import (
-    codebook_index,
+    div_exact,
     int4_absmax_scale,
-    pack_nibbles,
+    pack_codes,
     reciprocal,
-    round_half_even,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
-from hlwq_kernels.ops.hadamard import hadamard_tensor
+from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
+from hlwq_kernels.ops.fwht_triton import _butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
-from hlwq_kernels.ops.lloyd_max_triton import AssignTable, assign_table
-from hlwq_reference.numpy.int4 import QMAX, QMIN
+from hlwq_reference.numpy.int4 import QMAX
 
-__all__ = ["HLWQFused", "hlwq_fused"]
+__all__ = ["HLWQFused", "HLWQLaunch", "hlwq_fused"]
 
-_IN_PIECES = {torch.bfloat16: 1, torch.float16: 1, torch.float32: 3}
-_LEVEL_PIECES = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
-_TOP_EXP = 14  # scaled levels lie in [2**14, 2**15) (the kernel scales weight blocks alike)
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
-_QMIN, _QMAX = tl.constexpr(QMIN), tl.constexpr(QMAX)
+_QMAX = tl.constexpr(QMAX)
+_MAX_KEY_BITS = 16  # key tables of at most 2**16 bytes
+
+
+@triton.jit
+def _block_rotation(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, BITS: tl.constexpr):
+    """Unnormalized Sylvester Hadamard transform of every block of a ``[ROWS, B / VEC, VEC]`` tile
+    (butterflies on each index bit of the block, in registers)."""
+    return _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
+
+
+@triton.jit
+def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: tl.constexpr):
+    """``(code, levels[code])`` for float32 ``y``, ``code = #{t : y >= t}`` (int32), from the tables
+    of ``_tables``: the count of thresholds below the cell of ``y``'s bit pattern, then ``K``
+    comparisons. With ``K == 1`` the level is chosen between the two table rows indexed by that
+    count (three gathers at one address plus constant offsets)."""
+    base = tl.load(key_ptr + (y.to(tl.uint32, bitcast=True) >> SHIFT)).to(tl.int32)
+    if K == 1:
+        cell = cell_ptr + base
+        up = y >= tl.load(cell)
+        return base + up.to(tl.int32), tl.where(up, tl.load(cell + 2 * L), tl.load(cell + L))
+    code = base
+    for k in tl.static_range(K):
+        code += (y >= tl.load(cell_ptr + base + k)).to(tl.int32)
+    return code, tl.load(cell_ptr + L + code)
+
+
+@triton.jit
+def _scaled_quotient(x, s):
+    """``x / s`` (IEEE) for groups ``x [..., G]`` and any positive scales ``s [...]``: both scaled by
+    the power of two that brings ``s`` into [1, 2) (exact; an ``x`` that then underflows has a
+    quotient far below 1/4), where ``div_exact`` holds."""
+    e = tl.minimum(tl.maximum((s.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
+    p = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2**(127 - e)
+    s2 = s * p
+    return div_exact(x * p[:, :, None], s2[:, :, None], reciprocal(s2)[:, :, None])
+
+
+@triton.jit
+def _row_tile(ptr, rows, row_len, col0, C: tl.constexpr, V: tl.constexpr):
+    """Pointers ``[ROWS, C, V]`` to the elements ``col0 + c * V + v`` of the given rows: ``V``
+    consecutive elements a 16-byte access, the chunks ``C`` after the rows, so that the coalesced
+    layout Triton 3.6 picks puts the rows on lanes and warps and a row's chunks in one thread."""
+    return ptr + rows.to(tl.int64)[:, None, None] * row_len + col0 + (
+        tl.arange(0, C)[None, :, None] * V + tl.arange(0, V)[None, None, :])
 
 
 @triton.jit
 def _hlwq_kernel(
-    w_ptr, h_ptr, lut_ptr, thr_ptr, lev_ptr,
+    w_ptr, key_ptr, cell_ptr,
     codes_ptr, norms_ptr, wp_ptr, packed_ptr, scale_ptr, flag_ptr,
-    N, K, lev_unscale, eps, lo, inv_h, grid_max,
-    NT: tl.constexpr, NK: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
-    IN_PIECES: tl.constexpr, LEV_PIECES: tl.constexpr,
-    STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr,
+    N, K, num_tiles, inv_b, eps,
+    SHIFT: tl.constexpr, NK: tl.constexpr, L: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
+    VEC: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+    HW_ROUND: tl.constexpr, STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr,
 ):
     DT: tl.constexpr = w_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
+    CH: tl.constexpr = B // VEC
+    WV: tl.constexpr = 4 if B >= 32 else B // 8  # INT4 words a 16-byte store
     kb = K // B
-    num_tiles = tl.cdiv(N, ROWS) * kb
     r = tl.arange(0, ROWS)
-    c = tl.arange(0, B)
-    h = tl.load(h_ptr + c[:, None] * B + c[None, :])  # Sylvester H_B, symmetric, fp16 ±1
-    for t in range(pid, num_tiles, nprog):
+    for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
         rows = (t // kb) * ROWS + r
         cb = t % kb
         rmask = rows < N
-        offs = rows[:, None].to(tl.int64) * K + cb * B + c[None, :]
-        x = tl.load(w_ptr + offs, mask=rmask[:, None], other=0.0).to(tl.float32)
+        m3 = rmask[:, None, None]
+        x = tl.load(_row_tile(w_ptr, rows, K, cb * B, CH, VEC), mask=m3, other=0.0).to(tl.float32)
         # 1. exact power-of-two scale 2**(141 - e), e the biased exponent of the absmax, so the
         #    scaled absmax lies in [2**14, 2**15) (e >= 15 keeps the scale a normal float)
-        amax = tl.max(tl.abs(x), axis=1)
+        amax = tl.max(tl.max(tl.abs(x), axis=2), axis=1)
         e = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
         pw = ((268 - e) << 23).to(tl.float32, bitcast=True)
-        xs = x * pw[:, None]
-        ss = tl.sum(xs * xs, axis=1)  # <= B * 2**30 when finite
+        xs = x * pw[:, None, None]
+        ss = tl.sum(tl.sum(xs * xs, axis=1), axis=1)  # <= B * 2**30 when finite
         bad = tl.max((~(ss < 1.0e30)).to(tl.int32), axis=0)
-        tl.atomic_max(flag_ptr, bad)
+        if bad > 0:
+            tl.atomic_max(flag_ptr, bad)
         norm_s = tl.math.sqrt_rn(ss)
         norm = tl.math.div_rn(norm_s, pw)
-        # 2. rotation: fp16 pieces times H, fp32 accumulation
-        acc = tl.zeros([ROWS, B], tl.float32)
-        rem = xs
-        for _ in tl.static_range(IN_PIECES):
-            piece = rem.to(tl.float16)
-            acc = tl.dot(piece, h, acc)
-            rem = rem - piece.to(tl.float32)
-        y = acc * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[:, None]
-        # 3. Lloyd–Max code
-        code = codebook_index(y, lut_ptr, thr_ptr, lo, inv_h, grid_max, NT, NK)
+        # 2. rotation in fp32, 3. Lloyd–Max code
+        y = _block_rotation(xs, STEPS, NUM_STEPS, BITS)
+        y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[:, None, None]
+        code, level = _lloyd_code(y, key_ptr, cell_ptr, SHIFT, NK, L)
         if STORE_CODES:
-            tl.store(codes_ptr + offs, code.to(tl.uint8), mask=rmask[:, None])
+            tl.store(_row_tile(codes_ptr, rows, K, cb * B, B // 16, 16), tl.reshape(code.to(tl.uint8), [ROWS, B // 16, 16]),
+                     mask=m3)
             tl.store(norms_ptr + rows * kb + cb, norm, mask=rmask)
         if STORE_WP or STORE_INT4:
-            # 4. dequantize, inverse rotation (H^T = H), times norm / B, round to the weight dtype
-            vacc = tl.zeros([ROWS, B], tl.float32)
-            rem = tl.load(lev_ptr + code)
-            for _ in tl.static_range(LEV_PIECES):
-                piece = rem.to(tl.float16)
-                vacc = tl.dot(piece, h, vacc)
-                rem = rem - piece.to(tl.float32)
-            wf = round_to_dtype((vacc * norm[:, None]) * lev_unscale, DT)
+            # 4. dequantize, inverse rotation (H^-1 = H / B), times norm, round to the weight dtype
+            v = _block_rotation(level, STEPS, NUM_STEPS, BITS)
+            v = v * (norm * inv_b)[:, None, None]
+            if HW_ROUND:
+                wd = v.to(DT)
+                wf = wd.to(tl.float32)
+            else:
+                wf = round_to_dtype(v, DT)
+                wd = wf.to(DT)
             if STORE_WP:
-                tl.store(wp_ptr + offs, wf.to(DT), mask=rmask[:, None])
+                tl.store(_row_tile(wp_ptr, rows, K, cb * B, CH, VEC), wd, mask=m3)
             if STORE_INT4:
                 # 5. symmetric INT4, absmax / 7.5 per group of G, packed 8 per int32
                 wg = tl.reshape(wf, [ROWS, B // G, G])
-                gmax = tl.max(tl.abs(wg), axis=2)
+                gmax = tl.max(tl.abs(wg), axis=2)  # [ROWS, B / G]
                 sf = int4_absmax_scale(gmax, eps, DT)
-                v = tl.math.div_rn(wg, tl.broadcast_to(sf[:, :, None], [ROWS, B // G, G]))
-                u = round_half_even(tl.minimum(tl.maximum(v, _QMIN), _QMAX)) - _QMIN
-                words = pack_nibbles(tl.reshape(u, [ROWS, B]))
-                wcol = tl.arange(0, B // 8)
-                tl.store(packed_ptr + rows[:, None] * (K // 8) + cb * (B // 8) + wcol[None, :], words,
-                         mask=rmask[:, None])
-                gcol = tl.arange(0, B // G)
-                tl.store(scale_ptr + rows[:, None] * (K // G) + cb * (B // G) + gcol[None, :],
+                q = _scaled_quotient(wg, sf)
+                # |q| <= 7.5 / (1 - 2**-8) < 8 for finite W' (the scale is absmax / 7.5 rounded, or
+                # eps when that is 0): only the upper clamp can act
+                words = pack_codes(tl.reshape(tl.minimum(q, _QMAX), [ROWS, B // 8, 1, 8]))  # [ROWS, B / 8, 1, 1]
+                tl.store(_row_tile(packed_ptr, rows, K // 8, cb * (B // 8), B // 8 // WV, WV),
+                         tl.reshape(words, [ROWS, B // 8 // WV, WV]), mask=m3)
+                tl.store(scale_ptr + rows.to(tl.int64)[:, None] * (K // G) + cb * (B // G) + tl.arange(0, B // G)[None, :],
                          sf.to(DT), mask=rmask[:, None])
 
 
@@ -144,28 +186,90 @@ class HLWQFused:
     finite: bool | None
 
 
+class HLWQLaunch(NamedTuple):
+    """Launch parameters: warps a program (the tile holds ``32 * num_warps`` rows, one a thread),
+    persistent programs a multiprocessor (0: one program a tile) and a register cap for ptxas
+    (None: its own choice). The default, one warp, needs no shared memory and compiles to 168
+    registers without spills (Triton 3.6, bf16, b = 128): 12 warps a multiprocessor."""
+
+    num_warps: int = 1
+    programs_per_sm: int = 0
+    max_registers: int | None = None
+
+
+def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The code lookup of ``_lloyd_code`` for sorted float32 thresholds: ``(base, shift, k)``.
+
+    The key of a float32 ``y`` is its bit pattern shifted right by ``shift`` (sign, exponent and
+    the top ``23 - shift`` mantissa bits); its cell is the interval of floats sharing that key
+    (monotone: one interval per key, the infinities and NaNs in the cells of exponent 255).
+    ``base[key]`` counts the thresholds below the cell, and at most ``k`` thresholds lie in any
+    cell, so ``base + #{j < k : y >= t[base + j]}`` (the thresholds padded with NaN) is exact
+    for every non-NaN ``y``. The fewest mantissa bits that leave one threshold a cell, at most
+    ``_MAX_KEY_BITS`` key bits.
+    """
+    thr = thresholds.astype(np.float32).astype(np.float64)
+    for key_bits in range(9, _MAX_KEY_BITS + 1):
+        shift = 32 - key_bits
+        keys = np.arange(1 << key_bits, dtype=np.uint64)
+        with np.errstate(invalid="ignore"):  # NaN patterns
+            first = (keys << shift).astype(np.uint32).view(np.float32).astype(np.float64)
+            last = (((keys + 1) << shift) - 1).astype(np.uint32).view(np.float32).astype(np.float64)
+        neg = keys >= 1 << (key_bits - 1)
+        lo, hi = np.where(neg, last, first), np.where(neg, first, last)
+        inf = np.where(neg, -np.inf, np.inf)
+        lo, hi = np.where(np.isnan(lo), inf, lo), np.where(np.isnan(hi), inf, hi)
+        base = np.searchsorted(thr, lo, side="left")
+        k = int((np.searchsorted(thr, hi, side="right") - base).max())
+        if k <= 1:
+            break
+    return base.astype(np.uint8 if thr.size < 256 else np.int32), shift, max(k, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Tables:
-    """A codebook's device tables: levels scaled by ``2**lev_exp`` (fp32) and the threshold lookup."""
+    """A codebook's device tables: the code lookup of ``_key_table`` and ``cells`` (float32, three
+    rows of ``length``): the thresholds padded with NaN (no comparison with them holds), the level
+    of each code and the level of the next code."""
 
-    levels: torch.Tensor
-    lev_exp: int
-    assign: AssignTable
+    keys: torch.Tensor
+    cells: torch.Tensor
+    length: int
+    shift: int
+    k: int
 
 
 def _tables(cb: Codebook, device: torch.device) -> _Tables:
     def build() -> _Tables:
-        top = float(abs(cb.levels).max())
-        lev_exp = _TOP_EXP - math.floor(math.log2(top)) if top > 0 else 0
-        levels = torch.tensor(cb.levels * 2.0**lev_exp, dtype=torch.float64).to(device=device, dtype=torch.float32)
-        return _Tables(levels, lev_exp, assign_table(cb.thresholds, torch.float32, device))
+        base, shift, k = _key_table(np.asarray(cb.thresholds))
+        levels = np.asarray(cb.levels, dtype=np.float32)
+        n = levels.size
+        length = triton.next_power_of_2(n + k)
+        cells = np.full((3, length), np.nan, dtype=np.float32)
+        cells[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
+        cells[1, :n] = levels
+        cells[2, : n - 1] = levels[1:]
+        return _Tables(torch.from_numpy(base).to(device), torch.from_numpy(cells.reshape(-1)).to(device), length,
+                       shift, k)
 
     return cb.cached(("hlwq", device), build)
 
 
-@functools.lru_cache(maxsize=None)
-def _hadamard16(b: int, device: torch.device) -> torch.Tensor:
-    return hadamard_tensor(b, dtype=torch.float16, device=device)
+@functools.lru_cache(maxsize=64)
+def _rotation_plan(b: int, rows: int, vec: int) -> dict:
+    """constexprs of ``_block_rotation`` for blocks of b, tiles of ``rows`` rows and 16-byte
+    accesses of ``vec`` elements: the tile ``[rows, b / vec, vec]`` seen as one size-2 dimension
+    per index bit of the block (after the rows), and the permutations that move each bit last in
+    turn, then restore the order."""
+    bits = b.bit_length() - 1
+    natural = ["r"] + list(reversed(range(bits)))
+    steps, cur = [], natural
+    for bit in range(bits):
+        nxt = [d for d in cur if d != bit] + [bit]
+        steps.append(tuple(cur.index(d) for d in nxt))
+        cur = nxt
+    steps.append(tuple(cur.index(d) for d in natural))
+    return {"VEC": vec, "BITS": (rows,) + (2,) * bits, "STEPS": tuple(steps), "NUM_STEPS": len(steps) - 1}
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,10 +279,8 @@ def _flag_sink(device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _programs(num_tiles: int, device: torch.device) -> int:
-    if device.type == "cuda":
-        return max(1, min(num_tiles, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
-    return max(1, min(num_tiles, 2))  # interpreter: few programs, each walks the tile loop
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def hlwq_fused(
@@ -189,16 +291,15 @@ def hlwq_fused(
     codes: bool = False,
     wprime: bool = False,
     int4_group: int | None = None,
-    rows: int | None = None,
-    num_warps: int = 4,
     check_finite: bool = True,
+    config: HLWQLaunch | None = None,
 ) -> HLWQFused:
     """Run the fused kernel on a contiguous 2-D ``w`` (bf16/fp16/fp32, CUDA or CPU = interpreter).
 
-    ``int4_group`` (dividing ``block_size``, multiple of 8) requests INT4 packed + scales. ``rows``
-    is the tile height (default 16: fewest registers and least shared memory per program). ``check_finite`` reads the
-    kernel's non-finite flag back (one device sync); otherwise ``finite`` is None and nothing is
-    copied between host and device.
+    ``int4_group`` (dividing ``block_size``, multiple of 8) requests INT4 packed + scales.
+    ``check_finite`` reads the kernel's non-finite flag back (one device sync); otherwise ``finite``
+    is None and nothing is copied between host and device. ``config`` overrides the launch
+    parameters (benchmark sweeps).
     """
     require_triton()
     n, k = w.shape
@@ -206,7 +307,8 @@ def hlwq_fused(
     if int4_group is not None and (b % int4_group or int4_group % 8):
         raise ValueError(f"int4_group={int4_group} must divide block_size={b} and be a multiple of 8")
     dev = w.device
-    rows = rows or 16
+    cfg = config or HLWQLaunch()
+    rows = 32 * cfg.num_warps if w.is_cuda else 16  # the interpreter: small tiles
     tables = _tables(codebook, dev)
     g = int4_group or b
     out = HLWQFused(
@@ -219,19 +321,23 @@ def hlwq_fused(
     )
     flag = torch.zeros(1, dtype=torch.int32, device=dev) if check_finite else _flag_sink(dev)
     num_tiles = triton.cdiv(n, rows) * (k // b)
-    lut = tables.assign
-    launch(
-        _hlwq_kernel, (_programs(num_tiles, dev),), dev,
-        w, _hadamard16(b, dev), lut.lut, lut.thr, tables.levels,
-        out.codes if codes else flag, out.norms if codes else flag,
-        out.wprime if wprime else flag,
-        out.packed if int4_group else flag, out.scale if int4_group else flag,
-        flag,
-        n, k, 2.0 ** (-tables.lev_exp) / b, _EPS[w.dtype], lut.lo, lut.inv_h, lut.grid_max,
-        NT=lut.num_thr, NK=lut.k, B=b, ROWS=rows, G=g,
-        IN_PIECES=_IN_PIECES[w.dtype], LEV_PIECES=_LEVEL_PIECES[w.dtype],
-        STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
-        num_warps=num_warps,
+    programs = num_tiles
+    if w.is_cuda and cfg.programs_per_sm:
+        programs = min(num_tiles, cfg.programs_per_sm * _sm_count(dev))
+    elif not w.is_cuda:
+        programs = min(num_tiles, 2)  # interpreter: few programs, each walks the tile loop
+    launch_cached(
+        _hlwq_kernel, (programs, 1, 1), w,
+        (w, tables.keys, tables.cells,
+         out.codes if codes else flag, out.norms if codes else flag,
+         out.wprime if wprime else flag,
+         out.packed if int4_group else flag, out.scale if int4_group else flag,
+         flag,
+         n, k, num_tiles, 1.0 / b, _EPS[w.dtype]),
+        dict(SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g, **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
+             STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
+             **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {})),
+        cfg.num_warps,
     )
     if check_finite:
         out.finite = not bool(flag.item())

@@ -68,15 +68,16 @@ def _check_fused_vs_torch(w: torch.Tensor, cb, b: int, g: int, max_rate: float) 
     assert (_ulps(fused.norms, norms) <= 4).all()
     # W' where the block's codes agree: within one ulp, plus fp32 rounding of the block's scale
     # (a cancelling sum can leave a tiny W' whose own ulp is far below it); rarely different
-    # beyond the float64 path's own rounding noise (it leaves 1e-16 where the kernel's exact
-    # sums give 0)
+    # beyond fp32 rounding of the block's sums (the kernel's butterflies round every partial sum:
+    # where the exact sum cancels to 0 they leave a few fp32 ulps of the block scale, the float64
+    # path 1e-16; small codebooks, whose levels repeat, cancel often)
     same_block = (dc.reshape(n, k // b, b).sum(-1) == 0).repeat_interleave(b, dim=1)
     rms = (norms.double() / b**0.5).repeat_interleave(b, dim=1)
     d = (fused.wprime.double() - wp.double()).abs()
     fi = torch.finfo(w.dtype)
     allowed = fi.eps * wp.double().abs().clamp_min(fi.tiny) + 2.0**-19 * rms  # one ulp (subnormal too)
     assert (d <= allowed)[same_block].all()
-    wp_rate = (d > 2.0**-30 * rms)[same_block].double().mean().item()
+    wp_rate = (d > 2.0**-22 * rms)[same_block].double().mean().item()
     if w.dtype != torch.float32:  # fp32 W' is never rounded to a coarse grid: tolerance only
         assert wp_rate <= 10 * max_rate
     # INT4 of the kernel's own W' is exact: same codes and scales as the int4 module on it
@@ -240,6 +241,43 @@ def test_unchecked_nonfinite_weight_gives_nonfinite_scales(bad):
     assert torch.isfinite(q.scale[:5].float()).all()
 
 
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_key_table_counts_thresholds_exactly(bits):
+    """The kernel's code lookup (base of the key's cell, then k comparisons) is #{t <= y} for the
+    thresholds themselves, their float32 neighbours, random values of every magnitude, ±0 and ±inf."""
+    from hlwq_kernels.ops.hlwq_triton import _key_table
+
+    thr = np.asarray(gaussian_codebook(1 << bits).thresholds, dtype=np.float32)
+    base, shift, k = _key_table(np.asarray(gaussian_codebook(1 << bits).thresholds))
+    assert k == 1 and base.size <= 1 << 16
+    rng = np.random.default_rng(bits)
+    y = np.concatenate([
+        thr, np.nextafter(thr, np.float32(np.inf)), np.nextafter(thr, np.float32(-np.inf)),
+        rng.standard_normal(100_000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 30, 100_000),
+        np.array([0.0, -0.0, np.inf, -np.inf], dtype=np.float32),
+    ]).astype(np.float32)
+    padded = np.concatenate([thr, np.full(k, np.nan, np.float32)])
+    b = base[y.view(np.uint32) >> shift].astype(np.int64)
+    code = b + sum((y >= padded[b + j]).astype(np.int64) for j in range(k))
+    np.testing.assert_array_equal(code, np.searchsorted(thr, y, side="right"))
+
+
+def test_fused_kernel_with_crowded_thresholds():
+    """Thresholds closer than the finest key cell (k > 1 comparisons) still give exact codes."""
+    from hlwq_kernels.ops.hlwq_triton import _key_table
+    from hlwq_kernels.ops.lloyd_max import Codebook
+
+    levels = np.array([-1.5, -0.25, 0.999, 1.001, 1.003, 2.0])
+    cb = Codebook(levels, (levels[1:] + levels[:-1]) / 2, mse=0.0, iterations=0, converged=True)
+    assert _key_table(cb.thresholds)[2] == 2
+    w = _weight(24, 256, torch.float32, seed=21)
+    fused = hlwq_fused(w, cb, 64, codes=True, wprime=True)
+    codes, norms = _codes_torch(w, cb, 64)
+    assert (fused.codes != codes).double().mean() <= 1e-3
+    wp = _dequantize_torch(fused.codes, fused.norms, torch.tensor(levels), 64, torch.float32)
+    torch.testing.assert_close(fused.wprime, wp, rtol=1e-6, atol=1e-6 * float(w.abs().max()))
+
+
 def test_codebook_tables_are_built_once():
     from hlwq_kernels.ops.hlwq_triton import _tables
 
@@ -286,9 +324,35 @@ def test_refusals():
     assert HLWQConfig() == HLWQConfig(bits=5, block_size=128, group_size=128, scale="absmax")
 
 
+def _poison_cuda_allocator() -> None:
+    """Leave NaN in the blocks the caching allocator hands out next, so unwritten outputs show."""
+    junk = torch.full((1 << 24,), float("nan"), device="cuda")
+    del junk
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(1024, 4096), (4096, 1024)])
 def test_cuda_kernel_matches_torch_path(shape):
     w = _weight(*shape, torch.bfloat16, seed=13).cuda()
+    _poison_cuda_allocator()
     rates = _check_fused_vs_torch(w, gaussian_codebook(32), 128, 128, 1e-3)
     assert rates["codes"] <= 1e-4 and rates["int4"] <= 1e-4, rates
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,g", [(16, 8), (32, 32), (64, 16), (128, 128), (128, 32), (256, 256), (256, 64)])
+def test_cuda_kernel_every_block_and_group(dtype, b, g):
+    """Compiled: every block size, groups smaller than the block, 300 rows (a partial last tile)."""
+    w = _weight(300, 1024, dtype, seed=b + g).cuda()
+    _poison_cuda_allocator()
+    rates = _check_fused_vs_torch(w, gaussian_codebook(32), b, g, 1e-3)
+    assert rates["codes"] <= 1e-4, rates
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6, 7, 8])
+def test_cuda_kernel_every_codebook_size(bits):
+    w = _weight(256, 2048, torch.bfloat16, seed=bits).cuda()
+    _poison_cuda_allocator()
+    _check_fused_vs_torch(w, gaussian_codebook(1 << bits), 128, 128, 1e-3)
