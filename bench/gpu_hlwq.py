@@ -29,7 +29,7 @@ from gpu_common import (
     SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
 )
 from hlwq_kernels import hlwq_int4, hlwq_quantize
-from hlwq_kernels.ops._triton import _COMPILED
+from hlwq_kernels.ops._triton import compiled_kernels
 from hlwq_kernels.ops.hlwq_triton import HLWQLaunch, _hlwq_kernel, hlwq_fused
 from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
 from hlwq_kernels.ops.lloyd_max import gaussian_codebook
@@ -100,8 +100,8 @@ def _compile_task(task: tuple[bool, HLWQLaunch]) -> None:
 
 
 def _resources(before: set) -> str:
-    """Registers and spills of the HLWQ kernels compiled since ``before`` (keys of the launch cache)."""
-    new = [c for key, (c, _) in _COMPILED.items() if key not in before and key[0] is _hlwq_kernel]
+    """Registers and spills of the HLWQ kernels compiled since ``before`` (their ids)."""
+    new = [c for c in compiled_kernels(_hlwq_kernel) if id(c) not in before]
     return ", ".join(f"{c.n_regs} regs {c.n_spills} spills {c.metadata.shared} B smem" for c in new) or "cached"
 
 
@@ -116,7 +116,7 @@ def sweep(jobs: int) -> list[str]:
         for cfg in SWEEP:
             cells = []
             for int4, nbytes in ((True, _int4_bytes(n, k)), (False, _codes_bytes(n, k))):
-                before = set(_COMPILED)
+                before = {id(c) for c in compiled_kernels(_hlwq_kernel)}
                 try:
                     t = graph_seconds(_launch(w, int4, cfg))
                     gbps = nbytes / t / 1e9

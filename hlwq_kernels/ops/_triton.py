@@ -95,6 +95,11 @@ def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int,
                  *full)
 
 
+def compiled_kernels(kernel: Any) -> list[Any]:
+    """The compiled CUDA kernels of ``kernel`` launched so far (e.g. to read ``n_regs``, ``n_spills``)."""
+    return [compiled for key, (compiled, _) in _COMPILED.items() if key[0] is kernel]
+
+
 def launch_cached(
     kernel: Any, grid: tuple[int, int, int], x: torch.Tensor, args: tuple, constexprs: dict, num_warps: int
 ) -> None:

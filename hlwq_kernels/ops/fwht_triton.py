@@ -53,7 +53,7 @@ def _butterfly_last(v):
 
 
 @triton.jit
-def _butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr):
+def butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr):
     """Apply the planned butterflies to v (a tensor of size-2 dims) and reshape it to SHAPE.
 
     STEPS[i] (i < NUM_STEPS) is the permutation that moves the next bit last; STEPS[NUM_STEPS]
@@ -139,7 +139,7 @@ def _fwht_pow2_kernel(
                 if SIGN_ROWS:
                     sign_at += ((tile * BM + load_row) % sign_blocks) * N
                 v = _flip_signs(v, tl.load(sign_at))
-        v = _butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
+        v = butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
                          (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
         v = v.to(y_ptr.dtype.element_ty)
         row = tile * BM + store_row
@@ -225,7 +225,7 @@ def _fwht_dense_kernel(
                 if inverse == 0:
                     v = _flip_signs(v, tl.load(sign_row + col, mask=ki < K, other=0))
             acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
-        v = _butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+        v = butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
         v = v.to(y_ptr.dtype.element_ty)
         ko3 = ko[:, None, None]
         out_col = ko3 * P + j
@@ -252,7 +252,7 @@ Layout = tuple[list[Bit], list[Bit], list[Bit]]  # bits in registers, on warps, 
 def _butterfly_plan(
     natural: list[Bit], cols: list[Bit], warp_bits: int, first: Layout, last: Layout, out_order: list[Bit],
 ) -> tuple[tuple[tuple[int, ...], ...], int]:
-    """Permutations (see ``_butterflies``) that transform every bit in ``cols`` of a tile whose
+    """Permutations (see ``butterflies``) that transform every bit in ``cols`` of a tile whose
     dimensions are ``natural`` (as loaded, most significant first) and leave them in ``out_order``
     (as stored), and the number of layout conversions.
 

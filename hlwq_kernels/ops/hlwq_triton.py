@@ -51,7 +51,7 @@ from hlwq_kernels.ops._jit import (
     round_to_dtype,
 )
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
-from hlwq_kernels.ops.fwht_triton import _butterflies
+from hlwq_kernels.ops.fwht_triton import butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
 from hlwq_reference.numpy.int4 import QMAX
 
@@ -66,7 +66,7 @@ _MAX_KEY_BITS = 16  # key tables of at most 2**16 bytes
 def _block_rotation(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, BITS: tl.constexpr):
     """Unnormalized Sylvester Hadamard transform of every block of a ``[ROWS, B / VEC, VEC]`` tile
     (butterflies on each index bit of the block, in registers)."""
-    return _butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
+    return butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
 
 
 @triton.jit
