@@ -27,7 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
+from gpu_common import (
+    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
+)
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
 from hlwq_kernels.ops.int4_asym import quantize_int4_asym
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
@@ -99,23 +101,77 @@ def host_calls() -> dict[str, Callable[[], object]]:
     }
 
 
-def sweep(n: int = 16384, k: int = 16384) -> list[str]:
-    """Launch configurations of the quantize and repack kernels on one shape (GB/s)."""
-    w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
-    elems = n * k
-    q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
+SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 4, None), (2, 2, None), (2, 1, None), (4, 2, 8), (4, 2, 32), (2, 2, 8),
+             (8, 2, None), (4, 1, 8)]  # (lanes, warps, block_g); None: fitted to K
+SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 4, None), (4, 2, 4), (4, 2, 1), (2, 2, None), (2, 1, None), (2, 4, None),
+              (2, 2, 1), (2, 2, 4), (1, 1, 1), (1, 2, 1), (1, 4, 1), (8, 2, None)]
+SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]  # (block_k, warps)
+
+
+def _compile_task(task: tuple[int, str, tuple]) -> None:
+    """Compile one sweep configuration (Triton's on-disk cache) on ``CHECK_ROWS`` rows of the same K:
+    the same specialization as the full weight."""
+    k, kind, cfg = task
+    w = torch.randn(CHECK_ROWS, k, device="cuda").to(torch.bfloat16)
+    if kind == "absmax":
+        int4_quantize_pack(w, GROUP, "absmax", block_g=cfg[2], num_warps=cfg[1], lanes=cfg[0])
+    elif kind == "asym":
+        int4_asym_minmax_pack(w, GROUP, num_warps=cfg[1], lanes=cfg[0], block_g=cfg[2])
+    else:
+        q = quantize_int4(w, GROUP)
+        marlin_repack(q.packed, q.scale, GROUP, block_k=cfg[0], num_warps=cfg[1])
+    torch.cuda.synchronize()
+
+
+def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
+    """Launch configurations of the absmax, asymmetric min-max and Marlin repack kernels on every
+    shape, each first checked bit for bit against the torch path (the first ``CHECK_ROWS`` rows);
+    compiled first in ``jobs`` processes."""
     out = []
-    for rule, configs in (("absmax", [(4, 2, 16), (4, 2, 2), (4, 4, 2), (4, 1, 2), (2, 2, 8)]), ("mse", [(4, 2, 16)])):
-        for lanes, warps, block_g in configs:
-            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_g=block_g, num_warps=warps, lanes=lanes))
-            out.append(f"  quantize {rule} lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s")
-            print(out[-1], flush=True)
-    q = quantize_int4(w, GROUP)
-    m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
-    for block_k, warps in [(16, 4), (32, 4), (32, 8), (64, 8)]:
-        t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
-        out.append(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s")
-        print(out[-1], flush=True)
+    shapes = SHAPES[:2] if quick else SHAPES
+    run_parallel(_compile_task, [(k, kind, cfg) for k in sorted({k for _, k in shapes}) for kind, cfgs in
+                                 (("absmax", SWEEP_SYM), ("asym", SWEEP_ASYM), ("repack", SWEEP_REPACK)) for cfg in cfgs], jobs)
+
+    def line(text: str) -> None:
+        out.append(text)
+        print(text, flush=True)
+
+    for n, k in shapes:
+        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        elems, ng = n * k, k // GROUP
+        clone = clone_gbps(w)
+        line(f"  {n}x{k} bf16: clone {clone:.0f} GB/s")
+        q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
+        want = quantize_int4(w[:CHECK_ROWS], GROUP, backend="torch")
+        for lanes, warps, block_g in SWEEP_SYM:
+            p, sc = int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes)
+            ok = torch.equal(p[:CHECK_ROWS], want.packed) and torch.equal(sc[:CHECK_ROWS], want.scale)
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes))
+            line(f"  absmax lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+        a_bytes = q_bytes + (n + 7) // 8 * ng * 4
+        want_a = quantize_int4_asym(w[:CHECK_ROWS], GROUP, backend="torch")
+        outs = (torch.empty(n, k // 8, dtype=torch.int32, device="cuda"), torch.empty(n, ng, dtype=w.dtype, device="cuda"),
+                torch.empty((n + 7) // 8, ng, dtype=torch.int32, device="cuda"))
+        for lanes, warps, block_g in SWEEP_ASYM:
+            fn = lambda: int4_asym_minmax_pack(w, GROUP, out=outs, num_warps=warps, lanes=lanes, block_g=block_g)
+            fn()
+            ok = (torch.equal(outs[0][:CHECK_ROWS], want_a.packed) and torch.equal(outs[1][:CHECK_ROWS], want_a.scale)
+                  and torch.equal(outs[2][:CHECK_ROWS // 8], want_a.zero_point_packed))
+            t = graph_seconds(fn)
+            line(f"  asym lanes={lanes} warps={warps} block_g={block_g}: {a_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * a_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+        q = quantize_int4(w, GROUP)
+        m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
+        want_m = marlin_pack(Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP), backend="torch")
+        for block_k, warps in SWEEP_REPACK:
+            qw, qs = marlin_repack(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], GROUP, block_k=block_k, num_warps=warps)
+            ok = torch.equal(qw, want_m.qweight) and torch.equal(qs, want_m.scales)
+            t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
+            line(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * m_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+        del w, q, outs
+        torch.cuda.empty_cache()
     return out
 
 
@@ -150,12 +206,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=8, help="processes compiling the sweep's kernels")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
     if not args.quality_only:
         title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
-        out += report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
+        out += report(title, roofline_rows(args.quick), host_calls(), sweep(args.quick, args.jobs) if args.sweep else None)
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

@@ -168,3 +168,141 @@ def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.cons
     for k in tl.static_range(K):
         idx += (x >= tl.load(thr_ptr + base + k)).to(tl.int32)
     return tl.minimum(idx, num_thr)
+
+
+# --- bf16 weights as int32 words of two (weight 2j in the low half, 2j + 1 in the high half) ----------
+#
+# ``PTX`` (a constexpr) picks packed instructions through inline PTX (compiled on CUDA) or the same
+# function in plain Triton (the CPU interpreter, which cannot run inline assembly); both give the
+# same bits:
+# - ``bf16_pair_range``: per-group min and max of a tile of words with ``min.bf16x2`` / ``max.bf16x2``
+#   (half an instruction a weight each; ptxas fuses three operands into one ``VHMNMX``);
+# - ``pack_code_pairs``: float32 codes of the even and odd weights -> int32 words of nibbles
+#   ``clamp(rint(y), QMIN, QMAX) - QMIN``: ``y + 1.5 * 2**23 - QMIN`` holds ``rint(y) - QMIN`` in its low
+#   16 bits; two codes (weights i and i + 4 of a word) go into one register (``prmt``) and are
+#   clamped together (``max.relu.s16x2``, ``min.s16x2``), and the four registers of a word are merged
+#   by three shift-adds: about 2.9 instructions a weight with the rounding add, against 4 for a float
+#   clamp, the rounding add and ``pack_codes``.
+
+_PAIR_MAGIC = tl.constexpr(12582912.0 - QMIN)  # 1.5 * 2**23 - QMIN
+_PAIR_MAGIC_BITS = tl.constexpr(0x4B400000)
+_NIBBLE_MAX = tl.constexpr(15)
+
+
+@triton.jit
+def bf16_lo(x):
+    """int32 words of bf16 pairs -> the low (even) weights as float32."""
+    return (x << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def bf16_hi(x):
+    """int32 words of bf16 pairs -> the high (odd) weights as float32."""
+    return (x & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_pair(lo, hi):
+    """float32 values that are bf16 (low and high half) -> their int32 word."""
+    return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
+
+
+@triton.jit
+def _bf16x2_min(a, b):
+    return _bf16_pair(tl.minimum(bf16_lo(a), bf16_lo(b)), tl.minimum(bf16_hi(a), bf16_hi(b)))
+
+
+@triton.jit
+def _bf16x2_max(a, b):
+    return _bf16_pair(tl.maximum(bf16_lo(a), bf16_lo(b)), tl.maximum(bf16_hi(a), bf16_hi(b)))
+
+
+@triton.jit
+def _bf16x2_min_ptx(a, b):
+    return tl.inline_asm_elementwise("min.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _bf16x2_max_ptx(a, b):
+    return tl.inline_asm_elementwise("max.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def bf16_pair_range(x, PTX: tl.constexpr):
+    """int32 words ``[A, B, C, D]`` of bf16 pairs -> float32 (min, max) over the last two axes, ``[A, B]``
+    (axis 2 first: it is held by one thread, so the cross-thread steps reduce one word)."""
+    if PTX:
+        lo = tl.reduce(tl.reduce(x, 2, _bf16x2_min_ptx), 2, _bf16x2_min_ptx)
+        hi = tl.reduce(tl.reduce(x, 2, _bf16x2_max_ptx), 2, _bf16x2_max_ptx)
+    else:
+        lo = tl.reduce(tl.reduce(x, 2, _bf16x2_min), 2, _bf16x2_min)
+        hi = tl.reduce(tl.reduce(x, 2, _bf16x2_max), 2, _bf16x2_max)
+    return tl.minimum(bf16_lo(lo), bf16_hi(lo)), tl.maximum(bf16_lo(hi), bf16_hi(hi))
+
+
+@triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
+def pack_code_pairs(ye, yo, PTX: tl.constexpr):
+    """float32 codes (``|y| < 2**14``, not yet clamped) of the even and odd weights ``[A, B, C, D]``
+    (D % 4 == 0; element j of the last axis is weights 2j, 2j + 1) -> int32 words ``[A, B, C, D // 4]``
+    of the nibbles ``clamp(rint(y), QMIN, QMAX) - QMIN`` (half to even), weight j in nibble j % 8."""
+    A: tl.constexpr = ye.shape[0]
+    B: tl.constexpr = ye.shape[1]
+    C: tl.constexpr = ye.shape[2]
+    D: tl.constexpr = ye.shape[3]
+    be = (ye + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    bo = (yo + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    if PTX:
+        # 4 consecutive words of a thread (one 16-byte load) = weights c0..c7 = e0 o0 e1 o1 e2 o2 e3 o3;
+        # registers (c0, c4) (c1, c5) (c2, c6) (c3, c7), clamped, shifted by 0, 4, 8, 12 and summed.
+        w = tl.inline_asm_elementwise(
+            """{ .reg .b32 p<4>, top;
+            mov.b32 top, 0x000F000F;
+            prmt.b32 p0, $4, $6, 0x5410; prmt.b32 p1, $8, $10, 0x5410;
+            prmt.b32 p2, $5, $7, 0x5410; prmt.b32 p3, $9, $11, 0x5410;
+            min.s16x2 p0, p0, top; min.s16x2 p1, p1, top; min.s16x2 p2, p2, top; min.s16x2 p3, p3, top;
+            max.relu.s16x2 p0, p0, p0; max.relu.s16x2 p1, p1, p1;
+            max.relu.s16x2 p2, p2, p2; max.relu.s16x2 p3, p3, p3;
+            shl.b32 p1, p1, 4; shl.b32 p2, p2, 8; shl.b32 p3, p3, 12;
+            add.u32 p0, p0, p1; add.u32 p2, p2, p3; add.u32 $0, p0, p2;
+            mov.b32 $1, $0; mov.b32 $2, $0; mov.b32 $3, $0; }""",
+            "=r,=r,=r,=r,r,r,r,r,r,r,r,r", [be, bo], dtype=tl.int32, is_pure=True, pack=4)
+        words = tl.reduce(tl.reshape(w, [A, B, C, D // 4, 4]), 4, _first)
+    else:
+        ue = tl.minimum(tl.maximum(be - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
+        uo = tl.minimum(tl.maximum(bo - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
+        shifts = (tl.arange(0, 4) * 8)[None, None, None, None, :]
+        words = tl.sum((tl.reshape(ue, [A, B, C, D // 4, 4]) << shifts)
+                       | (tl.reshape(uo, [A, B, C, D // 4, 4]) << (shifts + 4)), axis=4)
+    return words
+
+
+@triton.jit
+def group_word_pointers(w_ptr, rows, grps, stride_wn, G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr):
+    """int32 pointers ``[BN, BG, SEGS, CHUNK // SEGS // 2]`` to the bf16 pairs of a ``group_tile``'s first
+    chunk (weight columns contiguous, ``stride_wn`` even, 4-byte aligned)."""
+    W2: tl.constexpr = CHUNK // SEGS // 2
+    words = (tl.arange(0, SEGS) * W2)[None, None, :, None] + tl.arange(0, W2)[None, None, None, :]
+    return (w_ptr.to(tl.pointer_type(tl.int32)) + rows.to(tl.int64)[:, None, None, None] * (stride_wn // 2)
+            + (grps[None, :, None, None] * (G // 2) + words))
+
+
+@triton.jit
+def round_to_dtype_cvt(x, DTYPE: tl.constexpr, CVT: tl.constexpr):
+    """``round_to_dtype`` by the hardware conversion (``CVT``, compiled: ``cvt.rn``, ties to even, NaN
+    stays NaN; 2 instructions for bf16) or by ``round_to_dtype`` (the interpreter): the same bits."""
+    if CVT:
+        return x.to(DTYPE).to(tl.float32)
+    else:
+        return round_to_dtype(x, DTYPE)
+
+
+@triton.jit
+def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
+    """``int4_absmax_scale`` rounded by ``round_to_dtype_cvt``: the same bits."""
+    s = round_to_dtype_cvt(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE, CVT)
+    return tl.where(s == 0.0, eps, s)

@@ -19,9 +19,15 @@ from __future__ import annotations
 import torch
 
 from hlwq_kernels.ops._jit import (
+    bf16_hi,
+    bf16_lo,
+    bf16_pair_range,
     group_quotient,
     group_tile,
+    group_word_pointers,
     int4_absmax_scale,
+    int4_absmax_scale_cvt,
+    pack_code_pairs,
     pack_codes,
     quotient_is_exact,
     reciprocal,
@@ -31,7 +37,7 @@ from hlwq_kernels.ops._jit import (
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
-__all__ = ["int4_quantize_pack", "device_ratios", "group_tiles", "row_slabs"]
+__all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
@@ -96,7 +102,7 @@ def _int4_quantize_pack_kernel(
     w_ptr, scale_ptr, packed_ptr, ratios_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
-    QMIN: tl.constexpr, QMAX: tl.constexpr,
+    QMIN: tl.constexpr, QMAX: tl.constexpr, PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
     W: tl.constexpr = CHUNK // SEGS
@@ -104,20 +110,32 @@ def _int4_quantize_pack_kernel(
     rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
         w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
-    if NCHUNK == 1:
-        x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
-    else:
-        x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
     amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-    for c in range(NCHUNK):
-        if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=3), axis=2))
+    if PAIRS:  # bf16 pairs as int32 words (MODE != 2): STEP words a chunk, range by packed min / max
+        w_ptrs = group_word_pointers(w_ptr, rows, grps, stride_wn, G, CHUNK, SEGS)
+        STEP: tl.constexpr = CHUNK // 2
+        if NCHUNK == 1:
+            x = tl.load(w_ptrs, mask=mask4, other=0)
+        for c in range(NCHUNK):
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
+            lo, hi = bf16_pair_range(x, PTX)
+            amax = tl.maximum(amax, tl.maximum(hi, -lo))
+    else:
+        STEP: tl.constexpr = CHUNK
+        if NCHUNK == 1:
+            x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
+        else:
+            x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
+        for c in range(NCHUNK):
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=2), axis=2))
 
     if MODE == 0:
         s = tl.load(scale_ptr + s_offs, mask=mask2, other=1.0).to(tl.float32)
     elif MODE == 1:
-        s = int4_absmax_scale(amax, eps, DT)
+        s = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     else:
         # Ratio trials r * absmax (r = 1 first), then Lloyd updates of the best so far.
         best_s = amax
@@ -145,10 +163,20 @@ def _int4_quantize_pack_kernel(
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
     for c in range(NCHUNK):
-        if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX)
-        tl.store(p_ptrs + c * (CHUNK // 8), pack_codes(y), mask=mask4)
+        if PAIRS:
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
+            ye = group_quotient(bf16_lo(x), s4, inv4, fast)
+            yo = group_quotient(bf16_hi(x), s4, inv4, fast)
+            if MODE == 0:  # a given scale bounds nothing: clamp first (|y| <= 7.5 (1 + 2**-8) otherwise)
+                ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
+                yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
+            words = pack_code_pairs(ye, yo, PTX)
+        else:
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+            words = pack_codes(tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX))
+        tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
 
 
 def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warps: int, lanes: int,
@@ -175,6 +203,12 @@ def _fit_block_g(n_groups: int, widest: int) -> int:
     those): 40 groups of K = 5120 take 8 a program, not 16 with a third program half empty."""
     sizes = [1 << i for i in range(widest.bit_length())]
     return min(sizes, key=lambda b: (-(-n_groups // b) * b, -b))
+
+
+def bf16_pairs(w: torch.Tensor) -> bool:
+    """Whether a kernel can read ``w`` as int32 words of two bf16 weights (``_jit.bf16_pair_range``):
+    bf16, columns contiguous, rows an even number of weights apart, 4-byte aligned."""
+    return w.dtype == torch.bfloat16 and w.stride(1) == 1 and w.stride(0) % 2 == 0 and w.data_ptr() % 4 == 0
 
 
 def row_slabs(n: int, block_n: int) -> list[tuple[int, int]]:
@@ -219,7 +253,8 @@ def int4_quantize_pack(
              _EPS[scale.dtype] if rule != "given" else 0.0),
             dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
                  N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
-                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX),
+                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
+                 PAIRS=rule != "mse" and bf16_pairs(w), PTX=w.is_cuda),
             num_warps,
         )
     return packed, scale
