@@ -101,11 +101,13 @@ def host_calls() -> dict[str, Callable[[], object]]:
     }
 
 
-SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 4, None), (2, 2, None), (2, 1, None), (4, 2, 8), (4, 2, 32), (2, 2, 8),
-             (8, 2, None), (4, 1, 8)]  # (lanes, warps, block_g); None: fitted to K
-SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 4, None), (4, 2, 4), (4, 2, 1), (2, 2, None), (2, 1, None), (2, 4, None),
-              (2, 2, 1), (2, 2, 4), (1, 1, 1), (1, 2, 1), (1, 4, 1), (8, 2, None)]
-SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]  # (block_k, warps)
+# (lanes, warps, block_g), None: fitted to K (the default); (block_k, warps). The tests run the same
+# configurations (tests/ops/test_int4_triton.py, test_int4_asym.py, test_marlin.py).
+SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), (2, 2, None), (2, 1, 8), (2, 2, 8),
+             (1, 1, None), (8, 2, None)]
+SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
+              (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
+SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]
 
 
 def _compile_task(task: tuple[int, str, tuple]) -> None:
@@ -207,9 +209,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--jobs", type=int, default=8, help="processes compiling the sweep's kernels")
+    parser.add_argument("--sweep-only", action="store_true", help="the sweep alone (no roofline, host, quality)")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
+    if args.sweep_only:
+        emit_table(out + sweep(args.quick, args.jobs), args.out)
+        return
     if not args.quality_only:
         title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
         out += report(title, roofline_rows(args.quick), host_calls(), sweep(args.quick, args.jobs) if args.sweep else None)

@@ -202,22 +202,6 @@ def bf16_hi(x):
 
 
 @triton.jit
-def _bf16_pair(lo, hi):
-    """float32 values that are bf16 (low and high half) -> their int32 word."""
-    return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
-
-
-@triton.jit
-def _bf16x2_min(a, b):
-    return _bf16_pair(tl.minimum(bf16_lo(a), bf16_lo(b)), tl.minimum(bf16_hi(a), bf16_hi(b)))
-
-
-@triton.jit
-def _bf16x2_max(a, b):
-    return _bf16_pair(tl.maximum(bf16_lo(a), bf16_lo(b)), tl.maximum(bf16_hi(a), bf16_hi(b)))
-
-
-@triton.jit
 def _bf16x2_min_ptx(a, b):
     return tl.inline_asm_elementwise("min.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
 
@@ -230,14 +214,17 @@ def _bf16x2_max_ptx(a, b):
 @triton.jit
 def bf16_pair_range(x, PTX: tl.constexpr):
     """int32 words ``[A, B, C, D]`` of bf16 pairs -> float32 (min, max) over the last two axes, ``[A, B]``
-    (axis 2 first: it is held by one thread, so the cross-thread steps reduce one word)."""
+    (axis 2 first: it is held by one thread, so the cross-thread steps reduce one word). The plain
+    twin reduces the two halves as float32 (the interpreter runs custom reductions slowly)."""
     if PTX:
         lo = tl.reduce(tl.reduce(x, 2, _bf16x2_min_ptx), 2, _bf16x2_min_ptx)
         hi = tl.reduce(tl.reduce(x, 2, _bf16x2_max_ptx), 2, _bf16x2_max_ptx)
+        lo, hi = tl.minimum(bf16_lo(lo), bf16_hi(lo)), tl.maximum(bf16_lo(hi), bf16_hi(hi))
     else:
-        lo = tl.reduce(tl.reduce(x, 2, _bf16x2_min), 2, _bf16x2_min)
-        hi = tl.reduce(tl.reduce(x, 2, _bf16x2_max), 2, _bf16x2_max)
-    return tl.minimum(bf16_lo(lo), bf16_hi(lo)), tl.maximum(bf16_lo(hi), bf16_hi(hi))
+        e, o = bf16_lo(x), bf16_hi(x)
+        lo = tl.minimum(tl.min(tl.min(e, 2), 2), tl.min(tl.min(o, 2), 2))
+        hi = tl.maximum(tl.max(tl.max(e, 2), 2), tl.max(tl.max(o, 2), 2))
+    return lo, hi
 
 
 @triton.jit
@@ -306,3 +293,28 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
     """``int4_absmax_scale`` rounded by ``round_to_dtype_cvt``: the same bits."""
     s = round_to_dtype_cvt(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE, CVT)
     return tl.where(s == 0.0, eps, s)
+
+
+# --- byte moves of the Marlin repack (``PTX``: ``prmt`` on CUDA, shifts and masks in the interpreter;
+# the same words after ``merge_byte_pairs``) -------------------------------------------------------------
+
+
+@triton.jit
+def byte_pair(lo, hi, b, PTX: tl.constexpr):
+    """int32 words -> byte ``b`` of ``lo`` in byte 0 and byte ``b`` of ``hi`` in byte 2 (bytes 1 and 3:
+    zero in the interpreter, unspecified on CUDA; ``merge_byte_pairs`` reads bytes 0 and 2 only)."""
+    if PTX:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [lo, hi, b | ((b + 4) << 8)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return ((lo >> (8 * b)) & 0xFF) | (((hi >> (8 * b)) & 0xFF) << 16)
+
+
+@triton.jit
+def merge_byte_pairs(z0, z1, PTX: tl.constexpr):
+    """Words of ``byte_pair`` -> bytes (z0.0, z1.0, z0.2, z1.2)."""
+    if PTX:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x6240;", "=r,r,r", [z0, z1], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:
+        return z0 | (z1 << 8)

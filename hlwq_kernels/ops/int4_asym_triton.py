@@ -37,7 +37,7 @@ from hlwq_kernels.ops._jit import (
     round_to_dtype_cvt,
 )
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
-from hlwq_kernels.ops.int4_triton import _EPS, bf16_pairs, group_tiles, row_slabs
+from hlwq_kernels.ops.int4_triton import _EPS, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS
 
@@ -151,6 +151,6 @@ def int4_asym_minmax_pack(
             _int4_asym_minmax_kernel, (triton.cdiv(n_groups, block_g), triton.cdiv(r1 - r0, block_n), 1), w,
             (*part, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype]),
             dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PAIRS=bf16_pairs(w),
-                 PTX=w.is_cuda), num_warps,
+                 PTX=packed_int16_ptx(w)), num_warps,
         )
     return packed, scale, zero

@@ -16,6 +16,8 @@ are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit fo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from hlwq_kernels.ops._jit import (
@@ -37,7 +39,7 @@ from hlwq_kernels.ops._jit import (
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
-__all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "row_slabs"]
+__all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "packed_int16_ptx", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
@@ -211,6 +213,17 @@ def bf16_pairs(w: torch.Tensor) -> bool:
     return w.dtype == torch.bfloat16 and w.stride(1) == 1 and w.stride(0) % 2 == 0 and w.data_ptr() % 4 == 0
 
 
+def packed_int16_ptx(w: torch.Tensor) -> bool:
+    """Whether the kernels may use the inline PTX of ``_jit.pack_code_pairs`` (``min.s16x2``, sm_90+) and
+    ``bf16_pair_range`` on ``w``'s device; otherwise (the interpreter, older GPUs) their plain-Triton twins."""
+    return w.is_cuda and _sm90(w.device.index)
+
+
+@functools.cache
+def _sm90(index: int | None) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
 def row_slabs(n: int, block_n: int) -> list[tuple[int, int]]:
     """Row ranges of at most ``_MAX_GRID_Y`` blocks of ``block_n`` rows (one launch each; grid axis 1
     holds the row blocks): ``[(0, n)]`` for any weight below about a million rows."""
@@ -254,7 +267,7 @@ def int4_quantize_pack(
             dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
                  N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
                  F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
-                 PAIRS=rule != "mse" and bf16_pairs(w), PTX=w.is_cuda),
+                 PAIRS=rule != "mse" and bf16_pairs(w), PTX=packed_int16_ptx(w)),
             num_warps,
         )
     return packed, scale
