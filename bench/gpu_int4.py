@@ -14,7 +14,7 @@ of the dequantized weights (0 = bit-exact codes and scales).
 Quality: relative weight MSE ``Σ (w - ŵ)² / Σ w²`` (float64) of absmax and MSE scales on Gaussian and
 Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (``--quality-only``).
 
-    python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep] [--quick]
+    python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep | --sweep-only] [--quick] [--jobs 8]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
 """
 
@@ -148,7 +148,8 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
         for lanes, warps, block_g in SWEEP_SYM:
             p, sc = int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes)
             ok = torch.equal(p[:CHECK_ROWS], want.packed) and torch.equal(sc[:CHECK_ROWS], want.scale)
-            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes))
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes),
+                              rep_ms=10.0)
             line(f"  absmax lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
                  f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
         a_bytes = q_bytes + (n + 7) // 8 * ng * 4
@@ -160,7 +161,7 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
             fn()
             ok = (torch.equal(outs[0][:CHECK_ROWS], want_a.packed) and torch.equal(outs[1][:CHECK_ROWS], want_a.scale)
                   and torch.equal(outs[2][:CHECK_ROWS // 8], want_a.zero_point_packed))
-            t = graph_seconds(fn)
+            t = graph_seconds(fn, rep_ms=10.0)
             line(f"  asym lanes={lanes} warps={warps} block_g={block_g}: {a_bytes / t / 1e9:.0f} GB/s "
                  f"{100 * a_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
         q = quantize_int4(w, GROUP)
@@ -169,7 +170,8 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
         for block_k, warps in SWEEP_REPACK:
             qw, qs = marlin_repack(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], GROUP, block_k=block_k, num_warps=warps)
             ok = torch.equal(qw, want_m.qweight) and torch.equal(qs, want_m.scales)
-            t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
+            t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps),
+                              rep_ms=10.0)
             line(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s "
                  f"{100 * m_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
         del w, q, outs
