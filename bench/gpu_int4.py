@@ -4,7 +4,9 @@
 call is in this script's host table.)
 
 Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES``, group 128: GB/s counting
-bytes read plus bytes written, against ``torch.clone`` of the weight in the same process. Each op is
+bytes read plus bytes written, against ``torch.clone`` of the same bytes in the same process (the
+bf16 weight for quantize+pack; the packed int32 words for the Marlin repack, whose note also gives
+the percentage of the weight's clone, the reference of the tables before 2026-12-02-b). Each op is
 the public API (``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays,
 so no host work is in the timed region; the host time per call is measured separately (calls issued
 back to back on a small weight, no sync in between). Every output is first compared with the torch
@@ -70,8 +72,12 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         got, want = marlin_pack(qc), marlin_pack(qc, backend="torch")
         exact = torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)
         t = graph_seconds(lambda: marlin_pack(q))
-        rows.append(roofline_row("marlin repack", (n, k), "int4", m_bytes / t / 1e9, clone,
-                                 0.0 if exact else float("nan"), "bit-exact" if exact else "MISMATCH"))
+        words_clone = clone_gbps(q.packed)  # the same bytes as the repack reads (and writes)
+        rows.append(roofline_row("marlin repack", (n, k), "int4", m_bytes / t / 1e9, words_clone,
+                                 0.0 if exact else float("nan"),
+                                 f"{'bit-exact' if exact else 'MISMATCH'}; clone of the packed words "
+                                 f"{words_clone:.0f} GB/s; {100 * m_bytes / t / 1e9 / clone:.1f}% of the bf16 "
+                                 "weight's clone"))
         del w, q
         torch.cuda.empty_cache()
     return rows
@@ -166,6 +172,8 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
                  f"{100 * a_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
         q = quantize_int4(w, GROUP)
         m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
+        words_clone = clone_gbps(q.packed)
+        line(f"  packed words {n}x{k // 8} int32: clone {words_clone:.0f} GB/s")
         want_m = marlin_pack(Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP), backend="torch")
         for block_k, warps in SWEEP_REPACK:
             qw, qs = marlin_repack(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], GROUP, block_k=block_k, num_warps=warps)
@@ -173,7 +181,8 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
             t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps),
                               rep_ms=10.0)
             line(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s "
-                 f"{100 * m_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+                 f"{100 * m_bytes / t / 1e9 / words_clone:.1f}% of the words' clone "
+                 f"({100 * m_bytes / t / 1e9 / clone:.1f}% of the weight's) {'exact' if ok else 'MISMATCH'}")
         del w, q, outs
         torch.cuda.empty_cache()
     return out

@@ -228,37 +228,39 @@ def bf16_pair_range(x, PTX: tl.constexpr):
 
 
 @triton.jit
-def _first(a, b):
-    return a
-
-
-@triton.jit
-def pack_code_pairs(ye, yo, PTX: tl.constexpr):
-    """float32 codes (``|y| < 2**14``, not yet clamped) of the even and odd weights ``[A, B, C, D]``
-    (D % 4 == 0; element j of the last axis is weights 2j, 2j + 1) -> int32 words ``[A, B, C, D // 4]``
-    of the nibbles ``clamp(rint(y), QMIN, QMAX) - QMIN`` (half to even), weight j in nibble j % 8."""
+def pack_code_pairs(ye, yo, shift, PTX: tl.constexpr):
+    """float32 codes (``|y + shift| < 2**14``, not yet clamped) of the even and odd weights ``[A, B, C, D]``
+    (D % 4 == 0; element j of the last axis is weights 2j, 2j + 1) and an integer ``shift`` (broadcast)
+    -> int32 words ``[A, B, C, D // 4]`` of the nibbles ``clamp(rint(y + shift), QMIN, QMAX) - QMIN``, the
+    sum ``y + shift`` rounded to an integer once (half to even), weight j in nibble j % 8."""
     A: tl.constexpr = ye.shape[0]
     B: tl.constexpr = ye.shape[1]
     C: tl.constexpr = ye.shape[2]
     D: tl.constexpr = ye.shape[3]
-    be = (ye + _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    bo = (yo + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    magic = shift + _PAIR_MAGIC  # exact: an integer below 2**24
+    be = (ye + magic).to(tl.int32, bitcast=True)
+    bo = (yo + magic).to(tl.int32, bitcast=True)
     if PTX:
-        # 4 consecutive words of a thread (one 16-byte load) = weights c0..c7 = e0 o0 e1 o1 e2 o2 e3 o3;
-        # registers (c0, c4) (c1, c5) (c2, c6) (c3, c7), clamped, shifted by 0, 4, 8, 12 and summed.
-        w = tl.inline_asm_elementwise(
+        # the 4 words of an output word (weights c0..c7 = e0 o0 e1 o1 e2 o2 e3 o3) as separate tensors
+        # (free when one thread holds them, as in a 16-byte load); registers (c0, c4) (c1, c5) (c2, c6)
+        # (c3, c7), clamped, shifted by 0, 4, 8, 12 and summed
+        e02, e13 = tl.split(tl.reshape(be, [A, B, C, D // 4, 2, 2]))
+        o02, o13 = tl.split(tl.reshape(bo, [A, B, C, D // 4, 2, 2]))
+        e0, e2 = tl.split(e02)
+        e1, e3 = tl.split(e13)
+        o0, o2 = tl.split(o02)
+        o1, o3 = tl.split(o13)
+        words = tl.inline_asm_elementwise(
             """{ .reg .b32 p<4>, top;
             mov.b32 top, 0x000F000F;
-            prmt.b32 p0, $4, $6, 0x5410; prmt.b32 p1, $8, $10, 0x5410;
-            prmt.b32 p2, $5, $7, 0x5410; prmt.b32 p3, $9, $11, 0x5410;
+            prmt.b32 p0, $1, $3, 0x5410; prmt.b32 p1, $5, $7, 0x5410;
+            prmt.b32 p2, $2, $4, 0x5410; prmt.b32 p3, $6, $8, 0x5410;
             min.s16x2 p0, p0, top; min.s16x2 p1, p1, top; min.s16x2 p2, p2, top; min.s16x2 p3, p3, top;
             max.relu.s16x2 p0, p0, p0; max.relu.s16x2 p1, p1, p1;
             max.relu.s16x2 p2, p2, p2; max.relu.s16x2 p3, p3, p3;
             shl.b32 p1, p1, 4; shl.b32 p2, p2, 8; shl.b32 p3, p3, 12;
-            add.u32 p0, p0, p1; add.u32 p2, p2, p3; add.u32 $0, p0, p2;
-            mov.b32 $1, $0; mov.b32 $2, $0; mov.b32 $3, $0; }""",
-            "=r,=r,=r,=r,r,r,r,r,r,r,r,r", [be, bo], dtype=tl.int32, is_pure=True, pack=4)
-        words = tl.reduce(tl.reshape(w, [A, B, C, D // 4, 4]), 4, _first)
+            add.u32 p0, p0, p1; add.u32 p2, p2, p3; add.u32 $0, p0, p2; }""",
+            "=r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3], dtype=tl.int32, is_pure=True, pack=1)
     else:
         ue = tl.minimum(tl.maximum(be - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
         uo = tl.minimum(tl.maximum(bo - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
@@ -294,27 +296,3 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
     s = round_to_dtype_cvt(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE, CVT)
     return tl.where(s == 0.0, eps, s)
 
-
-# --- byte moves of the Marlin repack (``PTX``: ``prmt`` on CUDA, shifts and masks in the interpreter;
-# the same words after ``merge_byte_pairs``) -------------------------------------------------------------
-
-
-@triton.jit
-def byte_pair(lo, hi, b, PTX: tl.constexpr):
-    """int32 words -> byte ``b`` of ``lo`` in byte 0 and byte ``b`` of ``hi`` in byte 2 (bytes 1 and 3:
-    zero in the interpreter, unspecified on CUDA; ``merge_byte_pairs`` reads bytes 0 and 2 only)."""
-    if PTX:
-        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [lo, hi, b | ((b + 4) << 8)],
-                                         dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return ((lo >> (8 * b)) & 0xFF) | (((hi >> (8 * b)) & 0xFF) << 16)
-
-
-@triton.jit
-def merge_byte_pairs(z0, z1, PTX: tl.constexpr):
-    """Words of ``byte_pair`` -> bytes (z0.0, z1.0, z0.2, z1.2)."""
-    if PTX:
-        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x6240;", "=r,r,r", [z0, z1], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        return z0 | (z1 << 8)

@@ -17,6 +17,14 @@ in the weight dtype is rounded to it (``round_to_dtype``), per-group divisions a
 (``tl.div_rn``), and the per-weight quotient ``w / s`` is the correctly rounded one from a reciprocal
 (``group_quotient``, see ``hlwq_kernels.ops._jit``); codes are rounded half to even and packed by
 ``pack_codes``.
+
+bf16 weights whose columns are contiguous are read as int32 words of two (``_jit.bf16_pair_range``,
+``pack_code_pairs``), and there the code ``rint(RN(q + z))`` (q = ``RN(w / s)``, z the integer zero
+point) is computed as ``rint(q + z)`` with one rounding: with 8-bit significands, ``w / s`` is a
+half-integer or at least ``2**-17`` from every half-integer (``w / s - h = (m_w 2**E - h m_s) / m_s``,
+a multiple of ``2**min(E, -1) / m_s`` with ``2**E >= 2**-9`` wherever ``|w / s| >= 1/2``), while
+``RN(q + z)`` moves ``q + z`` by at most ``2**-21``: both round to the same integer, ties included
+(a half-integer ``q`` makes ``q + z`` exact).
 """
 
 from __future__ import annotations
@@ -43,10 +51,10 @@ from hlwq_reference.numpy.int4_asym import LEVELS
 
 __all__ = ["int4_asym_minmax_pack"]
 
-# Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02.md): 4 threads a
-# group's chunk (each holds CHUNK / 4 contiguous weights), 2 warps, 8 rows x 2 groups of 128 a program.
+# Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02-b.md): 4 threads a
+# group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 8 rows x 2 groups of 128 a program.
 _LANES = 4
-_WARPS = 2
+_WARPS = 1
 _QMIN, _QMAX, _LEVELS = tl.constexpr(QMIN), tl.constexpr(QMAX), tl.constexpr(float(LEVELS))
 
 
@@ -102,9 +110,9 @@ def _int4_asym_minmax_kernel(
     for c in range(NCHUNK):
         if NCHUNK > 1:
             xr = tl.load(w_ptrs + c * STEP * stride_wk, mask=mask4, other=0)
-        if PAIRS:  # codes |y| <= 16: pack_code_pairs clamps them
-            words = pack_code_pairs(group_quotient(bf16_lo(xr), s4, inv4, fast) + zc,
-                                    group_quotient(bf16_hi(xr), s4, inv4, fast) + zc, PTX)
+        if PAIRS:  # |q + z| <= 24: pack_code_pairs clamps the codes and rounds q + z once (see the docstring)
+            words = pack_code_pairs(group_quotient(bf16_lo(xr), s4, inv4, fast),
+                                    group_quotient(bf16_hi(xr), s4, inv4, fast), zc, PTX)
         else:
             y = tl.minimum(tl.maximum(group_quotient(xr.to(tl.float32), s4, inv4, fast) + zc, _QMIN), _QMAX)
             words = pack_codes(y)

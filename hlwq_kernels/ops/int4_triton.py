@@ -44,12 +44,12 @@ __all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
 _MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
-# Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02.md): 4 threads a
-# group's chunk (each holds CHUNK / 4 contiguous weights), 2 warps, 2048 columns (16 groups of 128) a
-# program.
+# Launch defaults, from sweeps on an H200 (bench/results/int4-h200-2026-12-02-b.md): 4 threads a
+# group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 1024 columns (8 groups of 128) a
+# program; the MSE rule keeps those of bench/results/int4-h200-2026-12-02.md (2 warps, 2048 columns).
 _LANES = 4
-_WARPS = 2
-_COLUMNS = 2048
+_WARPS = {"given": 1, "absmax": 1, "mse": 2}
+_COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
 _F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _RATIOS: dict[torch.device, torch.Tensor] = {}
@@ -173,7 +173,7 @@ def _int4_quantize_pack_kernel(
             if MODE == 0:  # a given scale bounds nothing: clamp first (|y| <= 7.5 (1 + 2**-8) otherwise)
                 ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
                 yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
-            words = pack_code_pairs(ye, yo, PTX)
+            words = pack_code_pairs(ye, yo, 0.0, PTX)
         else:
             if NCHUNK > 1:
                 x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
@@ -237,7 +237,7 @@ def int4_quantize_pack(
     rule: str,
     scale: torch.Tensor | None = None,
     block_g: int | None = None,
-    num_warps: int = _WARPS,
+    num_warps: int | None = None,
     lanes: int = _LANES,
     reps: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +255,8 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS // group_size))
+    num_warps = num_warps or _WARPS[rule]
+    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
     for r0, r1 in row_slabs(n, block_n):

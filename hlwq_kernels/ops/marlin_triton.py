@@ -5,10 +5,8 @@ input block with contiguous loads. Byte ``b = t % 4`` of word ``2 kt + h`` of we
 the codes of columns ``16 kt + 8 h + 2 b`` (low nibble) and ``+ 1`` (high nibble); with
 ``c = 64 nt + 16 w + 8 a + t // 4`` those are the Marlin nibbles ``2 a + h`` and ``4 + 2 a + h`` of
 word ``4 t + w`` (layout in ``hlwq_kernels.ops.marlin``). The kernel splits the block into
-(w, a, t//4, kt) x h, merges the two words of a (kt, h) pair nibble-wise into ``lo`` (low nibbles)
-and ``hi`` (high nibbles), picks byte b of each into one word per (w, a, t//4, kt, b) (``prmt`` on
-CUDA), permutes to (kt, t//4, b, w, a) and merges a byte-wise: about 5 instructions per output word
-of 8 codes outside the permutation.
+(w, a, t//4, kt, h, b), moves each byte's two nibbles to their place, permutes to
+(kt, t//4, b, w, a, h) and merges a and h.
 
 The same program also writes the transposed, permuted scales of its 64 rows for its share of the
 groups (``SPB`` groups per k-block): ``out[gi, 64 nt + p] = scale[64 nt + src(p), gi]`` with
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from hlwq_kernels.ops._jit import byte_pair, merge_byte_pairs
 from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
 
 __all__ = ["marlin_repack"]
@@ -29,7 +26,7 @@ __all__ = ["marlin_repack"]
 @triton.jit
 def _marlin_repack_kernel(
     packed_ptr, out_ptr, scale_ptr, sout_ptr, K8, N, N2, KT, NG,
-    BK: tl.constexpr, SPB: tl.constexpr, PER_CHANNEL: tl.constexpr, PTX: tl.constexpr,
+    BK: tl.constexpr, SPB: tl.constexpr, PER_CHANNEL: tl.constexpr,
 ):
     kb = tl.program_id(0)
     kt0 = kb * BK
@@ -41,15 +38,18 @@ def _marlin_repack_kernel(
         mask=(kw < K8)[None, :],
         other=0,
     )
-    x0, x1 = tl.split(tl.reshape(x, [4, 2, 8, BK, 2]))  # (w, a, t // 4, kt), h = 0 and 1
-    # byte b of lo: the low nibbles of byte b of h = 0 (low) and h = 1 (high), i.e. nibbles 2a, 2a + 1
-    # of the output word; of hi: the high nibbles, nibbles 4 + 2a, 5 + 2a
-    lo = (x0 & 0x0F0F0F0F) | ((x1 << 4) & -252645136)  # 0xF0F0F0F0
-    hi = ((x0 >> 4) & 0x0F0F0F0F) | (x1 & -252645136)
-    b = tl.arange(0, 4)[None, None, None, None, :]  # (w, a, t // 4, kt, b): byte b of lo in byte 0, of hi in byte 2
-    z = byte_pair(lo[:, :, :, :, None], hi[:, :, :, :, None], b, PTX)
-    z0, z1 = tl.split(tl.reshape(tl.permute(z, (3, 2, 4, 0, 1)), [BK, 128, 2]))  # (kt, 4 t + w), a = 0 and 1
-    words = merge_byte_pairs(z0, z1, PTX)  # bytes 0 and 2 of z0 in bytes 0 and 2, of z1 in bytes 1 and 3
+    x = tl.reshape(x, [4, 2, 8, BK, 2])  # (w, a, t // 4, kt, h)
+    b = tl.arange(0, 4)[None, None, None, None, None, :]
+    a = tl.arange(0, 2)[None, :, None, None, None, None]
+    h = tl.arange(0, 2)[None, None, None, None, :, None]
+    byte = (x[:, :, :, :, :, None] >> (8 * b)) & 0xFF  # (w, a, t // 4, kt, h, b)
+    pos = 4 * (2 * a + h)
+    y = ((byte & 0xF) << pos) | ((byte >> 4) << (pos + 16))
+    y = tl.reshape(tl.permute(y, (3, 2, 5, 0, 1, 4)), [BK, 128, 2, 2])  # (kt, 4 t + w, a, h)
+    y0, y1 = tl.split(y)
+    y = y0 | y1
+    y0, y1 = tl.split(y)
+    words = y0 | y1
     kt = kt0 + tl.arange(0, BK)
     cols = nt * 128 + tl.arange(0, 128)
     tl.store(out_ptr + kt.to(tl.int64)[:, None] * N2 + cols[None, :], words, mask=(kt < KT)[:, None])
@@ -86,6 +86,6 @@ def marlin_repack(
     launch(
         _marlin_repack_kernel, (k_blocks, n // 64), packed.device,
         packed, out, scale, sout, k8, n, 2 * n, kt_count, n_groups,
-        BK=bk, SPB=spb, PER_CHANNEL=group_size == 8 * k8, PTX=packed.is_cuda, num_warps=num_warps,
+        BK=bk, SPB=spb, PER_CHANNEL=group_size == 8 * k8, num_warps=num_warps,
     )
     return out, sout
