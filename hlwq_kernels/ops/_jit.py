@@ -178,11 +178,11 @@ def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.cons
 # - ``bf16_pair_range``: per-group min and max of a tile of words with ``min.bf16x2`` / ``max.bf16x2``
 #   (half an instruction a weight each; ptxas fuses three operands into one ``VHMNMX``);
 # - ``pack_code_pairs``: float32 codes of the even and odd weights -> int32 words of nibbles
-#   ``clamp(rint(y), QMIN, QMAX) - QMIN``: ``y + 1.5 * 2**23 - QMIN`` holds ``rint(y) - QMIN`` in its low
-#   16 bits; two codes (weights i and i + 4 of a word) go into one register (``prmt``) and are
-#   clamped together (``max.relu.s16x2``, ``min.s16x2``), and the four registers of a word are merged
-#   by three shift-adds: about 2.9 instructions a weight with the rounding add, against 4 for a float
-#   clamp, the rounding add and ``pack_codes``.
+#   ``clamp(rint(y + shift), QMIN, QMAX) - QMIN``: ``y + (shift + 1.5 * 2**23 - QMIN)`` holds
+#   ``rint(y + shift) - QMIN`` in its low 16 bits; two codes (weights i and i + 4 of a word) go into one
+#   register (``prmt``) and are clamped together (``max.relu.s16x2``, ``min.s16x2``, sm_90), and the
+#   four registers of a word are merged by three shift-adds: about 2.9 instructions a weight with the
+#   rounding add, against 4 for float clamps, the rounding add and ``pack_codes``.
 
 _PAIR_MAGIC = tl.constexpr(12582912.0 - QMIN)  # 1.5 * 2**23 - QMIN
 _PAIR_MAGIC_BITS = tl.constexpr(0x4B400000)

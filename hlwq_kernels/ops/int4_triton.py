@@ -12,6 +12,10 @@ are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit fo
 - ``scale="mse"`` evaluates each trial scale by the exact sums ``A = Σ |w| |q|`` (float64; float32
   partial sums where they are provably exact: bf16 weights, groups of at most 128, ratio trials)
   and ``B = Σ q²`` and keeps the trial with the strictly lowest ``D = s (s B - 2 A)``.
+
+bf16 weights with contiguous columns (``bf16_pairs``; rules "absmax" and "given") are read as int32
+words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
+(``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere).
 """
 
 from __future__ import annotations
