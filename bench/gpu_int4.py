@@ -4,7 +4,9 @@
 call is in this script's host table.)
 
 Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES``, group 128: GB/s counting
-bytes read plus bytes written, against ``torch.clone`` of the weight in the same process. Each op is
+bytes read plus bytes written, against ``torch.clone`` of the same bytes in the same process (the
+bf16 weight for quantize+pack; the packed int32 words for the Marlin repack, whose note also gives
+the percentage of the weight's clone, the reference of the tables before 2026-12-02-b). Each op is
 the public API (``quantize_int4``, ``marlin_pack``) captured in a CUDA graph and timed by its replays,
 so no host work is in the timed region; the host time per call is measured separately (calls issued
 back to back on a small weight, no sync in between). Every output is first compared with the torch
@@ -14,7 +16,7 @@ of the dequantized weights (0 = bit-exact codes and scales).
 Quality: relative weight MSE ``Σ (w - ŵ)² / Σ w²`` (float64) of absmax and MSE scales on Gaussian and
 Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (``--quality-only``).
 
-    python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep] [--quick]
+    python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep | --sweep-only] [--quick] [--jobs 8]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
 """
 
@@ -27,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from gpu_common import SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row
+from gpu_common import (
+    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
+)
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
 from hlwq_kernels.ops.int4_asym import quantize_int4_asym
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
@@ -68,8 +72,12 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         got, want = marlin_pack(qc), marlin_pack(qc, backend="torch")
         exact = torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)
         t = graph_seconds(lambda: marlin_pack(q))
-        rows.append(roofline_row("marlin repack", (n, k), "int4", m_bytes / t / 1e9, clone,
-                                 0.0 if exact else float("nan"), "bit-exact" if exact else "MISMATCH"))
+        words_clone = clone_gbps(q.packed)  # the same bytes as the repack reads (and writes)
+        rows.append(roofline_row("marlin repack", (n, k), "int4", m_bytes / t / 1e9, words_clone,
+                                 0.0 if exact else float("nan"),
+                                 f"{'bit-exact' if exact else 'MISMATCH'}; clone of the packed words "
+                                 f"{words_clone:.0f} GB/s; {100 * m_bytes / t / 1e9 / clone:.1f}% of the bf16 "
+                                 "weight's clone"))
         del w, q
         torch.cuda.empty_cache()
     return rows
@@ -99,23 +107,84 @@ def host_calls() -> dict[str, Callable[[], object]]:
     }
 
 
-def sweep(n: int = 16384, k: int = 16384) -> list[str]:
-    """Launch configurations of the quantize and repack kernels on one shape (GB/s)."""
-    w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
-    elems = n * k
-    q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
+# (lanes, warps, block_g), None: fitted to K (the default); (block_k, warps). The tests run the same
+# configurations (tests/ops/test_int4_triton.py, test_int4_asym.py, test_marlin.py).
+SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), (2, 2, None), (2, 1, 8), (2, 2, 8),
+             (1, 1, None), (8, 2, None)]
+SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
+              (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
+SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]
+
+
+def _compile_task(task: tuple[int, str, tuple]) -> None:
+    """Compile one sweep configuration (Triton's on-disk cache) on ``CHECK_ROWS`` rows of the same K:
+    the same specialization as the full weight."""
+    k, kind, cfg = task
+    w = torch.randn(CHECK_ROWS, k, device="cuda").to(torch.bfloat16)
+    if kind == "absmax":
+        int4_quantize_pack(w, GROUP, "absmax", block_g=cfg[2], num_warps=cfg[1], lanes=cfg[0])
+    elif kind == "asym":
+        int4_asym_minmax_pack(w, GROUP, num_warps=cfg[1], lanes=cfg[0], block_g=cfg[2])
+    else:
+        q = quantize_int4(w, GROUP)
+        marlin_repack(q.packed, q.scale, GROUP, block_k=cfg[0], num_warps=cfg[1])
+    torch.cuda.synchronize()
+
+
+def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
+    """Launch configurations of the absmax, asymmetric min-max and Marlin repack kernels on every
+    shape, each first checked bit for bit against the torch path (the first ``CHECK_ROWS`` rows);
+    compiled first in ``jobs`` processes."""
     out = []
-    for rule, configs in (("absmax", [(4, 2, 16), (4, 2, 2), (4, 4, 2), (4, 1, 2), (2, 2, 8)]), ("mse", [(4, 2, 16)])):
-        for lanes, warps, block_g in configs:
-            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, rule, block_g=block_g, num_warps=warps, lanes=lanes))
-            out.append(f"  quantize {rule} lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s")
-            print(out[-1], flush=True)
-    q = quantize_int4(w, GROUP)
-    m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
-    for block_k, warps in [(16, 4), (32, 4), (32, 8), (64, 8)]:
-        t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps))
-        out.append(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s")
-        print(out[-1], flush=True)
+    shapes = SHAPES[:2] if quick else SHAPES
+    run_parallel(_compile_task, [(k, kind, cfg) for k in sorted({k for _, k in shapes}) for kind, cfgs in
+                                 (("absmax", SWEEP_SYM), ("asym", SWEEP_ASYM), ("repack", SWEEP_REPACK)) for cfg in cfgs], jobs)
+
+    def line(text: str) -> None:
+        out.append(text)
+        print(text, flush=True)
+
+    for n, k in shapes:
+        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        elems, ng = n * k, k // GROUP
+        clone = clone_gbps(w)
+        line(f"  {n}x{k} bf16: clone {clone:.0f} GB/s")
+        q_bytes = 2 * elems + elems // 2 + 2 * elems // GROUP
+        want = quantize_int4(w[:CHECK_ROWS], GROUP, backend="torch")
+        for lanes, warps, block_g in SWEEP_SYM:
+            p, sc = int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes)
+            ok = torch.equal(p[:CHECK_ROWS], want.packed) and torch.equal(sc[:CHECK_ROWS], want.scale)
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "absmax", block_g=block_g, num_warps=warps, lanes=lanes),
+                              rep_ms=10.0)
+            line(f"  absmax lanes={lanes} warps={warps} block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+        a_bytes = q_bytes + (n + 7) // 8 * ng * 4
+        want_a = quantize_int4_asym(w[:CHECK_ROWS], GROUP, backend="torch")
+        outs = (torch.empty(n, k // 8, dtype=torch.int32, device="cuda"), torch.empty(n, ng, dtype=w.dtype, device="cuda"),
+                torch.empty((n + 7) // 8, ng, dtype=torch.int32, device="cuda"))
+        for lanes, warps, block_g in SWEEP_ASYM:
+            fn = lambda: int4_asym_minmax_pack(w, GROUP, out=outs, num_warps=warps, lanes=lanes, block_g=block_g)
+            fn()
+            ok = (torch.equal(outs[0][:CHECK_ROWS], want_a.packed) and torch.equal(outs[1][:CHECK_ROWS], want_a.scale)
+                  and torch.equal(outs[2][:CHECK_ROWS // 8], want_a.zero_point_packed))
+            t = graph_seconds(fn, rep_ms=10.0)
+            line(f"  asym lanes={lanes} warps={warps} block_g={block_g}: {a_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * a_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+        q = quantize_int4(w, GROUP)
+        m_bytes = 2 * (elems // 2 + 2 * elems // GROUP)
+        words_clone = clone_gbps(q.packed)
+        line(f"  packed words {n}x{k // 8} int32: clone {words_clone:.0f} GB/s")
+        want_m = marlin_pack(Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP), backend="torch")
+        for block_k, warps in SWEEP_REPACK:
+            qw, qs = marlin_repack(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], GROUP, block_k=block_k, num_warps=warps)
+            ok = torch.equal(qw, want_m.qweight) and torch.equal(qs, want_m.scales)
+            t = graph_seconds(lambda: marlin_repack(q.packed, q.scale, GROUP, block_k=block_k, num_warps=warps),
+                              rep_ms=10.0)
+            line(f"  repack block_k={block_k} warps={warps}: {m_bytes / t / 1e9:.0f} GB/s "
+                 f"{100 * m_bytes / t / 1e9 / words_clone:.1f}% of the words' clone "
+                 f"({100 * m_bytes / t / 1e9 / clone:.1f}% of the weight's) {'exact' if ok else 'MISMATCH'}")
+        del w, q, outs
+        torch.cuda.empty_cache()
     return out
 
 
@@ -150,12 +219,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rows", type=int, default=4096, help="rows of the quality matrices (4096 columns)")
     parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=8, help="processes compiling the sweep's kernels")
+    parser.add_argument("--sweep-only", action="store_true", help="the sweep alone (no roofline, host, quality)")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
+    if args.sweep_only:
+        emit_table(out + sweep(args.quick, args.jobs), args.out)
+        return
     if not args.quality_only:
         title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
-        out += report(title, roofline_rows(args.quick), host_calls(), sweep() if args.sweep else None)
+        out += report(title, roofline_rows(args.quick), host_calls(), sweep(args.quick, args.jobs) if args.sweep else None)
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

@@ -168,3 +168,131 @@ def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.cons
     for k in tl.static_range(K):
         idx += (x >= tl.load(thr_ptr + base + k)).to(tl.int32)
     return tl.minimum(idx, num_thr)
+
+
+# --- bf16 weights as int32 words of two (weight 2j in the low half, 2j + 1 in the high half) ----------
+#
+# ``PTX`` (a constexpr) picks packed instructions through inline PTX (compiled on CUDA) or the same
+# function in plain Triton (the CPU interpreter, which cannot run inline assembly); both give the
+# same bits:
+# - ``bf16_pair_range``: per-group min and max of a tile of words with ``min.bf16x2`` / ``max.bf16x2``
+#   (half an instruction a weight each; ptxas fuses three operands into one ``VHMNMX``);
+# - ``pack_code_pairs``: float32 codes of the even and odd weights -> int32 words of nibbles
+#   ``clamp(rint(y + shift), QMIN, QMAX) - QMIN``: ``y + (shift + 1.5 * 2**23 - QMIN)`` holds
+#   ``rint(y + shift) - QMIN`` in its low 16 bits; two codes (weights i and i + 4 of a word) go into one
+#   register (``prmt``) and are clamped together (``max.relu.s16x2``, ``min.s16x2``, sm_90), and the
+#   four registers of a word are merged by three shift-adds: about 2.9 instructions a weight with the
+#   rounding add, against 4 for float clamps, the rounding add and ``pack_codes``.
+
+_PAIR_MAGIC = tl.constexpr(12582912.0 - QMIN)  # 1.5 * 2**23 - QMIN
+_PAIR_MAGIC_BITS = tl.constexpr(0x4B400000)
+_NIBBLE_MAX = tl.constexpr(15)
+
+
+@triton.jit
+def bf16_lo(x):
+    """int32 words of bf16 pairs -> the low (even) weights as float32."""
+    return (x << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def bf16_hi(x):
+    """int32 words of bf16 pairs -> the high (odd) weights as float32."""
+    return (x & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16x2_min_ptx(a, b):
+    return tl.inline_asm_elementwise("min.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _bf16x2_max_ptx(a, b):
+    return tl.inline_asm_elementwise("max.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def bf16_pair_range(x, PTX: tl.constexpr):
+    """int32 words ``[A, B, C, D]`` of bf16 pairs -> float32 (min, max) over the last two axes, ``[A, B]``
+    (axis 2 first: it is held by one thread, so the cross-thread steps reduce one word). The plain
+    twin reduces the two halves as float32 (the interpreter runs custom reductions slowly)."""
+    if PTX:
+        lo = tl.reduce(tl.reduce(x, 2, _bf16x2_min_ptx), 2, _bf16x2_min_ptx)
+        hi = tl.reduce(tl.reduce(x, 2, _bf16x2_max_ptx), 2, _bf16x2_max_ptx)
+        lo, hi = tl.minimum(bf16_lo(lo), bf16_hi(lo)), tl.maximum(bf16_lo(hi), bf16_hi(hi))
+    else:
+        e, o = bf16_lo(x), bf16_hi(x)
+        lo = tl.minimum(tl.min(tl.min(e, 2), 2), tl.min(tl.min(o, 2), 2))
+        hi = tl.maximum(tl.max(tl.max(e, 2), 2), tl.max(tl.max(o, 2), 2))
+    return lo, hi
+
+
+@triton.jit
+def pack_code_pairs(ye, yo, shift, PTX: tl.constexpr):
+    """float32 codes (``|y + shift| < 2**14``, not yet clamped) of the even and odd weights ``[A, B, C, D]``
+    (D % 4 == 0; element j of the last axis is weights 2j, 2j + 1) and an integer ``shift`` (broadcast)
+    -> int32 words ``[A, B, C, D // 4]`` of the nibbles ``clamp(rint(y + shift), QMIN, QMAX) - QMIN``, the
+    sum ``y + shift`` rounded to an integer once (half to even), weight j in nibble j % 8."""
+    A: tl.constexpr = ye.shape[0]
+    B: tl.constexpr = ye.shape[1]
+    C: tl.constexpr = ye.shape[2]
+    D: tl.constexpr = ye.shape[3]
+    magic = shift + _PAIR_MAGIC  # exact: an integer below 2**24
+    be = (ye + magic).to(tl.int32, bitcast=True)
+    bo = (yo + magic).to(tl.int32, bitcast=True)
+    if PTX:
+        # the 4 words of an output word (weights c0..c7 = e0 o0 e1 o1 e2 o2 e3 o3) as separate tensors
+        # (free when one thread holds them, as in a 16-byte load); registers (c0, c4) (c1, c5) (c2, c6)
+        # (c3, c7), clamped, shifted by 0, 4, 8, 12 and summed
+        e02, e13 = tl.split(tl.reshape(be, [A, B, C, D // 4, 2, 2]))
+        o02, o13 = tl.split(tl.reshape(bo, [A, B, C, D // 4, 2, 2]))
+        e0, e2 = tl.split(e02)
+        e1, e3 = tl.split(e13)
+        o0, o2 = tl.split(o02)
+        o1, o3 = tl.split(o13)
+        words = tl.inline_asm_elementwise(
+            """{ .reg .b32 p<4>, top;
+            mov.b32 top, 0x000F000F;
+            prmt.b32 p0, $1, $3, 0x5410; prmt.b32 p1, $5, $7, 0x5410;
+            prmt.b32 p2, $2, $4, 0x5410; prmt.b32 p3, $6, $8, 0x5410;
+            min.s16x2 p0, p0, top; min.s16x2 p1, p1, top; min.s16x2 p2, p2, top; min.s16x2 p3, p3, top;
+            max.relu.s16x2 p0, p0, p0; max.relu.s16x2 p1, p1, p1;
+            max.relu.s16x2 p2, p2, p2; max.relu.s16x2 p3, p3, p3;
+            shl.b32 p1, p1, 4; shl.b32 p2, p2, 8; shl.b32 p3, p3, 12;
+            add.u32 p0, p0, p1; add.u32 p2, p2, p3; add.u32 $0, p0, p2; }""",
+            "=r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        ue = tl.minimum(tl.maximum(be - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
+        uo = tl.minimum(tl.maximum(bo - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
+        shifts = (tl.arange(0, 4) * 8)[None, None, None, None, :]
+        words = tl.sum((tl.reshape(ue, [A, B, C, D // 4, 4]) << shifts)
+                       | (tl.reshape(uo, [A, B, C, D // 4, 4]) << (shifts + 4)), axis=4)
+    return words
+
+
+@triton.jit
+def group_word_pointers(w_ptr, rows, grps, stride_wn, G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr):
+    """int32 pointers ``[BN, BG, SEGS, CHUNK // SEGS // 2]`` to the bf16 pairs of a ``group_tile``'s first
+    chunk (weight columns contiguous, ``stride_wn`` even, 4-byte aligned)."""
+    W2: tl.constexpr = CHUNK // SEGS // 2
+    words = (tl.arange(0, SEGS) * W2)[None, None, :, None] + tl.arange(0, W2)[None, None, None, :]
+    return (w_ptr.to(tl.pointer_type(tl.int32)) + rows.to(tl.int64)[:, None, None, None] * (stride_wn // 2)
+            + (grps[None, :, None, None] * (G // 2) + words))
+
+
+@triton.jit
+def round_to_dtype_cvt(x, DTYPE: tl.constexpr, CVT: tl.constexpr):
+    """``round_to_dtype`` by the hardware conversion (``CVT``, compiled: ``cvt.rn``, ties to even, NaN
+    stays NaN; 2 instructions for bf16) or by ``round_to_dtype`` (the interpreter): the same bits."""
+    if CVT:
+        return x.to(DTYPE).to(tl.float32)
+    else:
+        return round_to_dtype(x, DTYPE)
+
+
+@triton.jit
+def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
+    """``int4_absmax_scale`` rounded by ``round_to_dtype_cvt``: the same bits."""
+    s = round_to_dtype_cvt(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE, CVT)
+    return tl.where(s == 0.0, eps, s)
+

@@ -12,16 +12,28 @@ are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit fo
 - ``scale="mse"`` evaluates each trial scale by the exact sums ``A = Σ |w| |q|`` (float64; float32
   partial sums where they are provably exact: bf16 weights, groups of at most 128, ratio trials)
   and ``B = Σ q²`` and keeps the trial with the strictly lowest ``D = s (s B - 2 A)``.
+
+bf16 weights with contiguous columns (``bf16_pairs``; rules "absmax" and "given") are read as int32
+words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
+(``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from hlwq_kernels.ops._jit import (
+    bf16_hi,
+    bf16_lo,
+    bf16_pair_range,
     group_quotient,
     group_tile,
+    group_word_pointers,
     int4_absmax_scale,
+    int4_absmax_scale_cvt,
+    pack_code_pairs,
     pack_codes,
     quotient_is_exact,
     reciprocal,
@@ -31,17 +43,17 @@ from hlwq_kernels.ops._jit import (
 from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
-__all__ = ["int4_quantize_pack", "device_ratios", "group_tiles", "row_slabs"]
+__all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "packed_int16_ptx", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
 _MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
-# Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02.md): 4 threads a
-# group's chunk (each holds CHUNK / 4 contiguous weights), 2 warps, 2048 columns (16 groups of 128) a
-# program.
+# Launch defaults, from sweeps on an H200 (bench/results/int4-h200-2026-12-02-b.md): 4 threads a
+# group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 1024 columns (8 groups of 128) a
+# program; the MSE rule keeps those of bench/results/int4-h200-2026-12-02.md (2 warps, 2048 columns).
 _LANES = 4
-_WARPS = 2
-_COLUMNS = 2048
+_WARPS = {"given": 1, "absmax": 1, "mse": 2}
+_COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
 _F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _RATIOS: dict[torch.device, torch.Tensor] = {}
@@ -96,7 +108,7 @@ def _int4_quantize_pack_kernel(
     w_ptr, scale_ptr, packed_ptr, ratios_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
-    QMIN: tl.constexpr, QMAX: tl.constexpr,
+    QMIN: tl.constexpr, QMAX: tl.constexpr, PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
     W: tl.constexpr = CHUNK // SEGS
@@ -104,20 +116,32 @@ def _int4_quantize_pack_kernel(
     rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
         w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
-    if NCHUNK == 1:
-        x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
-    else:
-        x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
     amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-    for c in range(NCHUNK):
-        if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=3), axis=2))
+    if PAIRS:  # bf16 pairs as int32 words (MODE != 2): STEP words a chunk, range by packed min / max
+        w_ptrs = group_word_pointers(w_ptr, rows, grps, stride_wn, G, CHUNK, SEGS)
+        STEP: tl.constexpr = CHUNK // 2
+        if NCHUNK == 1:
+            x = tl.load(w_ptrs, mask=mask4, other=0)
+        for c in range(NCHUNK):
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
+            lo, hi = bf16_pair_range(x, PTX)
+            amax = tl.maximum(amax, tl.maximum(hi, -lo))
+    else:
+        STEP: tl.constexpr = CHUNK
+        if NCHUNK == 1:
+            x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
+        else:
+            x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
+        for c in range(NCHUNK):
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=2), axis=2))
 
     if MODE == 0:
         s = tl.load(scale_ptr + s_offs, mask=mask2, other=1.0).to(tl.float32)
     elif MODE == 1:
-        s = int4_absmax_scale(amax, eps, DT)
+        s = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     else:
         # Ratio trials r * absmax (r = 1 first), then Lloyd updates of the best so far.
         best_s = amax
@@ -145,10 +169,20 @@ def _int4_quantize_pack_kernel(
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
     for c in range(NCHUNK):
-        if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
-        y = tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX)
-        tl.store(p_ptrs + c * (CHUNK // 8), pack_codes(y), mask=mask4)
+        if PAIRS:
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
+            ye = group_quotient(bf16_lo(x), s4, inv4, fast)
+            yo = group_quotient(bf16_hi(x), s4, inv4, fast)
+            if MODE == 0:  # a given scale bounds nothing: clamp first (|y| <= 7.5 (1 + 2**-8) otherwise)
+                ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
+                yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
+            words = pack_code_pairs(ye, yo, 0.0, PTX)
+        else:
+            if NCHUNK > 1:
+                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+            words = pack_codes(tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX))
+        tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
 
 
 def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warps: int, lanes: int,
@@ -177,6 +211,23 @@ def _fit_block_g(n_groups: int, widest: int) -> int:
     return min(sizes, key=lambda b: (-(-n_groups // b) * b, -b))
 
 
+def bf16_pairs(w: torch.Tensor) -> bool:
+    """Whether a kernel can read ``w`` as int32 words of two bf16 weights (``_jit.bf16_pair_range``):
+    bf16, columns contiguous, rows an even number of weights apart, 4-byte aligned."""
+    return w.dtype == torch.bfloat16 and w.stride(1) == 1 and w.stride(0) % 2 == 0 and w.data_ptr() % 4 == 0
+
+
+def packed_int16_ptx(w: torch.Tensor) -> bool:
+    """Whether the kernels may use the inline PTX of ``_jit.pack_code_pairs`` (``min.s16x2``, sm_90+) and
+    ``bf16_pair_range`` on ``w``'s device; otherwise (the interpreter, older GPUs) their plain-Triton twins."""
+    return w.is_cuda and _sm90(w.device.index)
+
+
+@functools.cache
+def _sm90(index: int | None) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
 def row_slabs(n: int, block_n: int) -> list[tuple[int, int]]:
     """Row ranges of at most ``_MAX_GRID_Y`` blocks of ``block_n`` rows (one launch each; grid axis 1
     holds the row blocks): ``[(0, n)]`` for any weight below about a million rows."""
@@ -190,7 +241,7 @@ def int4_quantize_pack(
     rule: str,
     scale: torch.Tensor | None = None,
     block_g: int | None = None,
-    num_warps: int = _WARPS,
+    num_warps: int | None = None,
     lanes: int = _LANES,
     reps: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +259,8 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS // group_size))
+    num_warps = num_warps or _WARPS[rule]
+    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
     for r0, r1 in row_slabs(n, block_n):
@@ -219,7 +271,8 @@ def int4_quantize_pack(
              _EPS[scale.dtype] if rule != "given" else 0.0),
             dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
                  N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
-                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX),
+                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
+                 PAIRS=rule != "mse" and bf16_pairs(w), PTX=packed_int16_ptx(w)),
             num_warps,
         )
     return packed, scale

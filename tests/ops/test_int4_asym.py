@@ -312,6 +312,21 @@ def test_kernel_multi_chunk_groups(device: str, n: int, k: int, g: int) -> None:
     assert_same(got, ref.quantize_int4_asym(to_numpy(w), g, "minmax"))
 
 
+# (lanes, warps, block_g) launch configurations (bench/gpu_int4.py --sweep); None: the default
+LAUNCHES = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
+            (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+@pytest.mark.parametrize(("lanes", "warps", "block_g"), LAUNCHES)
+@pytest.mark.parametrize(("k", "g"), [(1024, 128), (480, 48)])
+def test_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None, k: int, g: int) -> None:
+    w = weights(19, k, torch.bfloat16, lanes * 100 + warps)
+    packed, scale, zero = int4_asym_minmax_pack(w.to(device), g, num_warps=warps, lanes=lanes, block_g=block_g)
+    assert_same(Int4AsymWeight(packed.cpu(), scale.cpu(), zero.cpu(), (19, k), g),
+                ref.quantize_int4_asym(to_numpy(w), g, "minmax"))
+
+
 @pytest.mark.cuda
 def test_cuda_paths_match_cpu() -> None:
     w = random_weight((1024, 4096), torch.bfloat16, 7, tail="t", column_spread=0.5)

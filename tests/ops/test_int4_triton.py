@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import hlwq_reference.numpy.int4 as ref
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4, quantize_int4_with_scale
+from hlwq_kernels.ops.int4_triton import int4_quantize_pack
 from tests.helpers import kernel_devices, to_numpy
 from tests.ops.test_int4 import DTYPES, half_integer_ties, weights
 
@@ -42,6 +43,23 @@ def test_absmax_kernel_multi_chunk_groups(device: str, n: int, k: int, g: int) -
     got = quantize_int4(w.to(device), g, "absmax", backend="triton")
     assert np.array_equal(got.packed.cpu().numpy(), expected.packed)
     assert np.array_equal(got.scale.float().cpu().numpy(), expected.scale.astype(np.float32))
+
+
+# (lanes, warps, block_g) launch configurations (bench/gpu_int4.py --sweep); None: the default
+LAUNCHES = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), (2, 2, None), (2, 1, 8), (2, 2, 8),
+            (1, 1, None), (8, 2, None)]
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize(("lanes", "warps", "block_g"), LAUNCHES)
+@pytest.mark.parametrize(("k", "g"), [(1024, 128), (480, 48)])
+def test_absmax_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None, k: int,
+                                             g: int) -> None:
+    w = weights(19, k, torch.bfloat16, lanes * 100 + warps, tail="t")
+    expected = ref.quantize_int4(to_numpy(w), g, "absmax")
+    packed, scale = int4_quantize_pack(w.to(device), g, "absmax", block_g=block_g, num_warps=warps, lanes=lanes)
+    assert np.array_equal(packed.cpu().numpy(), expected.packed)
+    assert np.array_equal(scale.float().cpu().numpy(), expected.scale.astype(np.float32))
 
 
 @pytest.mark.parametrize("device", kernel_devices())

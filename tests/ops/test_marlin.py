@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import hlwq_reference.numpy.marlin as ref
 from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4, unpack_int4
 from hlwq_kernels.ops.marlin import MarlinWeight, marlin_pack, marlin_unpack
+from hlwq_kernels.ops.marlin_triton import marlin_repack
 from tests.helpers import kernel_devices
 from tests.ops.test_int4 import weights
 
@@ -110,3 +111,12 @@ def test_cuda_repack_large_matches_torch(n: int, k: int, g: int) -> None:
     del junk
     got, want = marlin_pack(q), marlin_pack(q, backend="torch")
     assert torch.equal(got.qweight, want.qweight) and torch.equal(got.scales, want.scales)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("block_k", "warps"), [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)])
+def test_cuda_repack_launch_configurations(block_k: int, warps: int) -> None:
+    q = quantize_int4(weights(1024, 4096, torch.bfloat16, block_k).cuda(), 128)
+    qweight, scales = marlin_repack(q.packed, q.scale, 128, block_k=block_k, num_warps=warps)
+    want = marlin_pack(q, backend="torch")
+    assert torch.equal(qweight, want.qweight) and torch.equal(scales, want.scales)
