@@ -21,6 +21,17 @@ except ImportError:  # pragma: no cover - triton is an optional extra
 BACKENDS = ("auto", "triton", "torch")
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` of integers (launch geometry on the host: ``triton.cdiv`` is a constexpr
+    function whose Python call costs microseconds)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of two ``>= n`` (0 for 0), as ``triton.next_power_of_2`` but a plain function."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def require_triton() -> None:
     """Raise a clear error when the triton extra is not installed."""
     if not HAVE_TRITON:
@@ -63,11 +74,16 @@ def _interpret_mode() -> Iterator[None]:
 def _spec(arg: Any) -> Any:
     """What Triton specializes a launch argument on: a tensor's dtype and 16-byte alignment; an
     integer's being 1, divisible by 16 and within int32; a float's type."""
+    kind = type(arg)
+    if kind is int:  # the common cases first: this runs for every argument of every launch
+        return arg == 1, not arg % 16, -0x80000000 <= arg <= 0x7FFFFFFF
+    if kind is float:
+        return kind
     if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int) and not isinstance(arg, bool):
-        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < (1 << 31)
-    return type(arg)
+        return arg.dtype, not arg.data_ptr() % 16
+    if isinstance(arg, int) and kind is not bool:
+        return arg == 1, not arg % 16, -0x80000000 <= arg <= 0x7FFFFFFF
+    return kind
 
 
 _COMPILED: dict[tuple, tuple] = {}

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
 __all__ = [
@@ -421,13 +421,13 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
 def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
-    k_pad = max(_MIN_DOT, triton.next_power_of_2(k))
+    k_pad = max(_MIN_DOT, next_power_of_2(k))
     if cfg.prefetch and k_pad > _MAX_PREFETCH_K:
         raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} is above {_MAX_PREFETCH_K}")
     ko = k_pad if cfg.prefetch else min(k_pad, cfg.ko)
     while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
-    num_warps = max(cfg.num_warps, triton.next_power_of_2(triton.cdiv(ko << m, per_thread * 32)))
+    num_warps = max(cfg.num_warps, next_power_of_2(cdiv(ko << m, per_thread * 32)))
     w = num_warps.bit_length() - 1
     ko_bits = ko.bit_length() - 1
     tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
@@ -459,7 +459,7 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
-        config = _DENSE_TABLE_16BIT.get(triton.next_power_of_2(k) << m)
+        config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
 
 

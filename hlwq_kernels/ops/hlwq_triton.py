@@ -50,7 +50,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
 from hlwq_kernels.ops.fwht_triton import butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
 from hlwq_reference.numpy.int4 import QMAX
@@ -244,7 +244,7 @@ def _tables(cb: Codebook, device: torch.device) -> _Tables:
         base, shift, k = _key_table(np.asarray(cb.thresholds))
         levels = np.asarray(cb.levels, dtype=np.float32)
         n = levels.size
-        length = triton.next_power_of_2(n + k)
+        length = next_power_of_2(n + k)
         cells = np.full((3, length), np.nan, dtype=np.float32)
         cells[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
         cells[1, :n] = levels
@@ -320,7 +320,7 @@ def hlwq_fused(
         finite=None,
     )
     flag = torch.zeros(1, dtype=torch.int32, device=dev) if check_finite else _flag_sink(dev)
-    num_tiles = triton.cdiv(n, rows) * (k // b)
+    num_tiles = cdiv(n, rows) * (k // b)
     programs = num_tiles
     if w.is_cuda and cfg.programs_per_sm:
         programs = min(num_tiles, cfg.programs_per_sm * _sm_count(dev))

@@ -40,7 +40,7 @@ from hlwq_kernels.ops._jit import (
     rint,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import launch_cached, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
 __all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "packed_int16_ptx", "row_slabs"]
@@ -200,9 +200,9 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
         block_g = 1
     elif block_g is None:
         block_g = max(1, 256 // chunk)
-    block_g = min(block_g, triton.next_power_of_2(n_groups))
+    block_g = min(block_g, next_power_of_2(n_groups))
     block_n = max(min_rows, pairs // block_g)
-    return chunk, chunk // width, block_g, min(block_n, max(min_rows, triton.next_power_of_2(n)))
+    return chunk, chunk // width, block_g, min(block_n, max(min_rows, next_power_of_2(n)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -269,7 +269,7 @@ def int4_quantize_pack(
     for r0, r1 in row_slabs(n, block_n):
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
         launch_cached(
-            _int4_quantize_pack_kernel, (triton.cdiv(n_groups, block_g), triton.cdiv(r1 - r0, block_n), 1), w,
+            _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w,
             (*part, device_ratios(w.device), r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
              _EPS[scale.dtype] if rule != "given" else 0.0),
             dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import codebook_index
-from hlwq_kernels.ops._triton import launch, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, tl, triton
 
 __all__ = [
     "AssignTable", "assign_table", "quantize_triton", "quantize_lookup", "lloyd_step_triton", "dequantize_triton",
@@ -147,7 +147,7 @@ def quantize_triton(x: torch.Tensor, table: AssignTable, out_dtype: torch.dtype)
     out = torch.empty(xf.shape, dtype=out_dtype, device=x.device)
     n = xf.numel()
     if n:
-        grid = (triton.cdiv(n, _QUANT_BLOCK),)
+        grid = (cdiv(n, _QUANT_BLOCK),)
         launch(
             _assign_kernel, grid, x.device,
             xf, xf, table.lut, table.thr, table.thr, out, out, out,
@@ -164,7 +164,7 @@ def quantize_lookup(x: torch.Tensor, table: torch.Tensor, block: int = _LOOKUP_B
     out = torch.empty(bits.shape, dtype=table.dtype, device=x.device)
     n = bits.numel()
     if n:
-        launch(_lookup_kernel, (triton.cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
+        launch(_lookup_kernel, (cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
                num_warps=num_warps)
     return out.reshape(x.shape)
 
@@ -176,11 +176,11 @@ def lloyd_step_triton(
     nl = table.num_thr + 1
     if nl > MAX_STEP_LEVELS:
         raise ValueError(f"the Triton Lloyd step handles at most {MAX_STEP_LEVELS} levels, got {nl}")
-    nlp = max(2, triton.next_power_of_2(nl))
+    nlp = max(2, next_power_of_2(nl))
     block = max(16, _STATS_ELEMS // nlp)
     n = x.numel()
-    iters = int(min(64, max(1, triton.next_power_of_2(max(1, n // (block * 2048))))))
-    programs = max(1, triton.cdiv(n, block * iters))
+    iters = int(min(64, max(1, next_power_of_2(max(1, n // (block * 2048))))))
+    programs = max(1, cdiv(n, block * iters))
     lev = np.zeros(nlp)
     lev[:nl] = levels
     lev_t = torch.tensor(lev, dtype=table.compute_dtype, device=x.device)
@@ -203,6 +203,6 @@ def dequantize_triton(idx: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     out = torch.empty(flat.shape, dtype=levels.dtype, device=idx.device)
     n = flat.numel()
     if n:
-        launch(_gather_kernel, (triton.cdiv(n, 1024),), idx.device, flat, levels, out, n, levels.numel(),
+        launch(_gather_kernel, (cdiv(n, 1024),), idx.device, flat, levels, out, n, levels.numel(),
                BLOCK=1024)
     return out.reshape(idx.shape)

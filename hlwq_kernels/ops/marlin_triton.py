@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
 
 __all__ = ["marlin_repack"]
 
@@ -80,9 +80,9 @@ def marlin_repack(
     kt_count = k8 // 2
     out = torch.empty((kt_count, 2 * n), dtype=torch.int32, device=packed.device)
     sout = torch.empty((n_groups, n), dtype=scale.dtype, device=packed.device)
-    bk = min(block_k, triton.next_power_of_2(kt_count))
-    k_blocks = triton.cdiv(kt_count, bk)
-    spb = triton.next_power_of_2(triton.cdiv(n_groups, k_blocks))
+    bk = min(block_k, next_power_of_2(kt_count))
+    k_blocks = cdiv(kt_count, bk)
+    spb = next_power_of_2(cdiv(n_groups, k_blocks))
     launch(
         _marlin_repack_kernel, (k_blocks, n // 64), packed.device,
         packed, out, scale, sout, k8, n, 2 * n, kt_count, n_groups,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hlwq_kernels.ops._triton import HAVE_TRITON, launch, tl, triton
+from hlwq_kernels.ops._triton import HAVE_TRITON, cdiv, launch, next_power_of_2, tl, triton
 from tests.helpers import kernel_devices, random_weight
 
 pytestmark = pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
@@ -24,7 +24,7 @@ if HAVE_TRITON:
 
 def _run(x: torch.Tensor, n: int, stride: int, factor: float, block: int) -> torch.Tensor:
     out = torch.full((n,), float("nan"), dtype=x.dtype, device=x.device)  # poisoned
-    launch(_scaled_copy_kernel, (triton.cdiv(n, block),), x.device, x, out, n, stride, factor, BLOCK=block,
+    launch(_scaled_copy_kernel, (cdiv(n, block),), x.device, x, out, n, stride, factor, BLOCK=block,
            num_warps=1)
     return out
 
@@ -42,3 +42,11 @@ def test_reused_kernels_match_torch_for_every_specialization(device: str) -> Non
             view = x[offset:]
             got = _run(view, n, stride, 0.5, block)
             torch.testing.assert_close(got, view[: n * stride : stride] * 0.5, rtol=0, atol=0)
+
+
+def test_host_geometry_helpers_match_triton() -> None:
+    """``cdiv`` and ``next_power_of_2`` (plain host functions) agree with Triton's own."""
+    for n in [*range(0, 70), 127, 128, 129, 4095, 4096, 4097, 65535, 1 << 20, (1 << 20) + 1]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n)
+        for d in (1, 3, 16, 128, 1000):
+            assert cdiv(n, d) == triton.cdiv(n, d)
