@@ -45,7 +45,7 @@ def main() -> None:
     emit_table([f"# Roofline, {name}, {datetime.date.today().isoformat()}", "",
                 f"torch {torch.__version__}, triton {triton.__version__}; command: "
                 f"`python bench/gpu_roofline.py{' --quick' if args.quick else ''}{only}`", "",
-                *roofline_table(rows), *(["", *host_table(host)] if host else [])], args.out)
+                *(roofline_table(rows) if rows else []), *(["", *host_table(host)] if host else [])], args.out)
 
 if __name__ == "__main__":
     main()
