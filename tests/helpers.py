@@ -11,6 +11,13 @@ NP_DTYPES = {torch.bfloat16: ml_dtypes.bfloat16, torch.float16: np.float16, torc
 # Relative-error tolerances against float64 for one rounding to the output dtype with fp32
 # accumulation (bf16 in Triton's interpreter truncates instead of rounding, hence the looser bound).
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+# (shape, group_size, part of the error message) that every group-INT4 quantizer refuses
+BAD_INT4_SHAPES = [
+    ((4, 100), 128, "multiple of group_size"),
+    ((4, 256), 12, "multiple of 8"),
+    ((4, 256, 2), 128, "2-D"),
+    ((256,), 128, "2-D"),
+]
 
 
 def kernel_devices() -> list[str]:

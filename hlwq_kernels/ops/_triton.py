@@ -75,11 +75,7 @@ def _spec(arg: Any) -> Any:
     """What Triton specializes a launch argument on: a tensor's dtype and 16-byte alignment; an
     integer's being 1, divisible by 16 and within int32; a float's type."""
     kind = type(arg)
-    if kind is int:  # the common cases first: this runs for every argument of every launch
-        return arg == 1, not arg % 16, -0x80000000 <= arg <= 0x7FFFFFFF
-    if kind is float:
-        return kind
-    if isinstance(arg, torch.Tensor):
+    if kind is not int and isinstance(arg, torch.Tensor):
         return arg.dtype, not arg.data_ptr() % 16
     if isinstance(arg, int) and kind is not bool:
         return arg == 1, not arg % 16, -0x80000000 <= arg <= 0x7FFFFFFF
@@ -114,13 +110,6 @@ def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int,
 def compiled_kernels(kernel: Any) -> list[Any]:
     """The compiled CUDA kernels of ``kernel`` launched so far (e.g. to read ``n_regs``, ``n_spills``)."""
     return [compiled for key, (compiled, _) in _COMPILED.items() if key[0] is kernel]
-
-
-def launch_cached(
-    kernel: Any, grid: tuple[int, int, int], x: torch.Tensor, args: tuple, constexprs: dict, num_warps: int
-) -> None:
-    """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` on ``x``'s device (``launch``)."""
-    launch(kernel, grid, x.device, *args, **constexprs, num_warps=num_warps)
 
 
 def launch(kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any) -> None:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
 __all__ = [
@@ -489,8 +489,8 @@ def _sm_count(device: torch.device) -> int:
 def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
     options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
-    launch_cached(kernel, (programs, 1, 1), x, runtime, dict(plan.meta, STAGES=plan.stages, **extra, **options),
-                  plan.num_warps)
+    launch(kernel, (programs,), x.device, *runtime, **dict(plan.meta, STAGES=plan.stages, **extra, **options),
+           num_warps=plan.num_warps)
 
 
 def fwht_rows_triton(

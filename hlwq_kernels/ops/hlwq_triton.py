@@ -50,7 +50,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
 from hlwq_kernels.ops.fwht_triton import butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
 from hlwq_reference.numpy.int4 import QMAX
@@ -326,18 +326,18 @@ def hlwq_fused(
         programs = min(num_tiles, cfg.programs_per_sm * _sm_count(dev))
     elif not w.is_cuda:
         programs = min(num_tiles, 2)  # interpreter: few programs, each walks the tile loop
-    launch_cached(
-        _hlwq_kernel, (programs, 1, 1), w,
-        (w, tables.keys, tables.cells,
-         out.codes if codes else flag, out.norms if codes else flag,
-         out.wprime if wprime else flag,
-         out.packed if int4_group else flag, out.scale if int4_group else flag,
-         flag,
-         n, k, num_tiles, 1.0 / b, _EPS[w.dtype]),
-        dict(SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g, **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
-             STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
-             **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {})),
-        cfg.num_warps,
+    launch(
+        _hlwq_kernel, (programs,), dev,
+        w, tables.keys, tables.cells,
+        out.codes if codes else flag, out.norms if codes else flag,
+        out.wprime if wprime else flag,
+        out.packed if int4_group else flag, out.scale if int4_group else flag,
+        flag,
+        n, k, num_tiles, 1.0 / b, _EPS[w.dtype],
+        SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g,
+        **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
+        STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {}), num_warps=cfg.num_warps,
     )
     if check_finite:
         out.finite = not bool(flag.item())

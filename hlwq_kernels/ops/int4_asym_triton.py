@@ -44,7 +44,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_to_dtype_cvt,
 )
-from hlwq_kernels.ops._triton import cdiv, launch_cached, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, require_triton, tl, triton
 from hlwq_kernels.ops.int4_triton import _EPS, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS
@@ -155,10 +155,10 @@ def int4_asym_minmax_pack(
     for r0, r1 in row_slabs(n, block_n):
         part = (w, scale, packed, zero) if r1 - r0 == n else (
             w[r0:r1], scale[r0:r1], packed[r0:r1], zero[r0 // 8 : (r1 + 7) // 8])
-        launch_cached(
-            _int4_asym_minmax_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w,
-            (*part, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype]),
-            dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PAIRS=bf16_pairs(w),
-                 PTX=packed_int16_ptx(w)), num_warps,
+        launch(
+            _int4_asym_minmax_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
+            *part, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
+            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PAIRS=bf16_pairs(w),
+            PTX=packed_int16_ptx(w), num_warps=num_warps,
         )
     return packed, scale, zero

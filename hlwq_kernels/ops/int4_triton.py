@@ -40,7 +40,7 @@ from hlwq_kernels.ops._jit import (
     rint,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import cdiv, launch_cached, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
 from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
 
 __all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "packed_int16_ptx", "row_slabs"]
@@ -268,14 +268,13 @@ def int4_quantize_pack(
                                                 block_g)
     for r0, r1 in row_slabs(n, block_n):
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
-        launch_cached(
-            _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w,
-            (*part, device_ratios(w.device), r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
-             _EPS[scale.dtype] if rule != "given" else 0.0),
-            dict(G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
-                 N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
-                 F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
-                 PAIRS=rule != "mse" and bf16_pairs(w), PTX=packed_int16_ptx(w)),
-            num_warps,
+        launch(
+            _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
+            *part, device_ratios(w.device), r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
+            _EPS[scale.dtype] if rule != "given" else 0.0,
+            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
+            N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
+            F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
+            PAIRS=rule != "mse" and bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps,
         )
     return packed, scale

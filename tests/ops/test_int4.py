@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hlwq_reference.numpy.int4 as ref
-from tests.helpers import random_weight, to_numpy
+from tests.helpers import BAD_INT4_SHAPES, random_weight, to_numpy
 from hlwq_kernels.ops.int4 import (
     Int4Weight,
     absmax_scale,
@@ -185,15 +185,7 @@ def test_jax_reference_matches_numpy(ties: bool) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("shape", "group_size", "match"),
-    [
-        ((4, 100), 128, "multiple of group_size"),
-        ((4, 256), 12, "multiple of 8"),
-        ((4, 256, 2), 128, "2-D"),
-        ((256,), 128, "2-D"),
-    ],
-)
+@pytest.mark.parametrize(("shape", "group_size", "match"), BAD_INT4_SHAPES)
 def test_bad_shapes_raise(shape: tuple, group_size: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         quantize_int4(torch.randn(shape), group_size)

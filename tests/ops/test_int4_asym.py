@@ -21,7 +21,7 @@ from hlwq_kernels.ops.int4_asym import (
     unpack_zero_points,
 )
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
-from tests.helpers import kernel_devices, random_weight, to_numpy
+from tests.helpers import BAD_INT4_SHAPES, kernel_devices, random_weight, to_numpy
 
 try:  # the test extra has it; the GPU image may not (the kernel tests need none of it)
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
@@ -369,16 +369,7 @@ def test_jax_reference_matches_numpy(dtype: torch.dtype) -> None:
 # --- bad input: one clear line ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("shape", "group_size", "match"),
-    [
-        ((4, 100), 128, "multiple of group_size"),
-        ((4, 256), 12, "multiple of 8"),
-        ((4, 256, 2), 128, "2-D"),
-        ((256,), 128, "2-D"),
-        ((0, 256), 128, "empty"),
-    ],
-)
+@pytest.mark.parametrize(("shape", "group_size", "match"), [*BAD_INT4_SHAPES, ((0, 256), 128, "empty")])
 def test_bad_shapes_raise(shape: tuple, group_size: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         quantize_int4_asym(torch.randn(shape), group_size)
