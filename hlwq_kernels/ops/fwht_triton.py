@@ -120,11 +120,14 @@ def _flip_signs(v, bits):
 
 
 @triton.jit
-def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr):
-    """Rows past the end read the last row instead (their results are not stored): no mask, so no
-    zero-filled registers before the loads."""
-    row = tl.minimum(tile * BM + load_row, rows - 1)
-    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc)
+def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr, CLAMP: tl.constexpr):
+    """Rows past the end read as zeros, or (CLAMP) as copies of the last row: no mask, so no
+    registers zeroed before the loads (their results are not stored)."""
+    row = tile * BM + load_row
+    if CLAMP:
+        row = tl.minimum(row, rows - 1)
+        return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc)
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
 
 
 @triton.jit
@@ -162,14 +165,15 @@ def _fwht_pow2_kernel(
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
-    if PREFETCH:
-        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM)
+    if PREFETCH:  # the grid has at most num_tiles programs
+        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, True)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         if PREFETCH:
             v = ahead
-            ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM)
+            if tile + step < num_tiles:  # a branch, not a mask: no tile past the end is read
+                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
         else:
-            v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM)
+            v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
         if HAS_SIGNS:
             if inverse == 0:
                 sign_at = s_in + load_col
@@ -178,9 +182,12 @@ def _fwht_pow2_kernel(
                 v = _flip_signs(v, tl.load(sign_at))
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
+        # prefetching launches fold the scale into the last butterfly (the others keep the
+        # instruction mix they were timed with, bench/results/fwht-pow2-h200-2026-12-02-c.md)
+        fold = PREFETCH and NUM_STEPS > 0
         v = butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
-                        (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, NUM_STEPS > 0)
-        if NUM_STEPS == 0:
+                        (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
+        if not fold:
             v = v * scale
         v = v.to(y_ptr.dtype.element_ty)
         row = tile * BM + store_row
