@@ -75,6 +75,7 @@ def _describe(n: int, elem_size: int, config) -> str:
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
+           f"{'words=1 ' if plan.words else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
 
 

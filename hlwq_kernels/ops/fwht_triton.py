@@ -156,9 +156,11 @@ def _fwht_pow2_kernel(
     that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
     i (s_ptr: integers of the element width) start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS,
     else at s_ptr. PREFETCH: each program loads its next tile into registers before transforming
-    the current one (a persistent grid whose loads overlap its arithmetic). WORDS (16-bit elements):
-    the input and its sign bits are read as int32 words of two elements (strides in words), so that
-    a prefetched tile takes one register per pair instead of one per element."""
+    the current one (a persistent grid whose loads overlap its arithmetic). WORDS (16-bit elements,
+    with PREFETCH): the input and its sign bits are read as int32 words of two elements (strides in
+    words), so that a prefetched tile takes one register per pair instead of one per element; the
+    read past the last tile is skipped by a branch instead of a mask (no registers zeroed first)
+    and the scale is folded into the last butterfly."""
     per: tl.constexpr = 2 if WORDS else 1
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
@@ -166,12 +168,15 @@ def _fwht_pow2_kernel(
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
     if PREFETCH:  # the grid has at most num_tiles programs
-        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, True)
+        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         if PREFETCH:
             v = ahead
-            if tile + step < num_tiles:  # a branch, not a mask: no tile past the end is read
-                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
+            if WORDS:
+                if tile + step < num_tiles:  # a branch, not a mask: no tile past the end is read
+                    ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
+            else:
+                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
         if HAS_SIGNS:
@@ -182,9 +187,7 @@ def _fwht_pow2_kernel(
                 v = _flip_signs(v, tl.load(sign_at))
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
-        # prefetching launches fold the scale into the last butterfly (the others keep the
-        # instruction mix they were timed with, bench/results/fwht-pow2-h200-2026-12-02-c.md)
-        fold = PREFETCH and NUM_STEPS > 0
+        fold = WORDS and NUM_STEPS > 0
         v = butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
                         (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
         if not fold:
@@ -373,6 +376,7 @@ class Pow2Config(NamedTuple):
     programs_per_sm: int  # > 0: a persistent grid of this many programs per SM
     prefetch: bool = False  # each persistent program loads its next tile into registers first
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
+    words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
 
 
 class DenseConfig(NamedTuple):
@@ -398,7 +402,9 @@ _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 1
 _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
 # 16-bit rows of 2^14 and 2^15: persistent programs that load their next row into registers first
 # (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
-_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True)}
+# 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
+# the same at 2^14 measured 89.3-89.7% against 90.8% without)
+_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -422,6 +428,7 @@ class KernelPlan(NamedTuple):
     conversions: int  # layout conversions through shared memory between load (or MMA) and store
     prefetch: bool = False
     max_regs: int = 0
+    words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -469,7 +476,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
             ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
-                      cfg.prefetch, cfg.max_regs)
+                      cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -554,11 +561,11 @@ def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPla
            num_warps=plan.num_warps)
 
 
-def _words_ok(x2: torch.Tensor, signs: torch.Tensor, b: int) -> bool:
-    """Whether the power-of-two kernel can read x2 and the sign bits as int32 words of two elements."""
+def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
+    """Whether the power-of-two kernel can read x2 (16-bit, rows of an even length) and the sign bits
+    as int32 words of two elements."""
     stride_r, stride_c = x2.stride()
-    return (x2.element_size() == 2 and b % 2 == 0 and stride_c == 1 and stride_r % 2 == 0
-            and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0)
+    return stride_c == 1 and stride_r % 2 == 0 and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0
 
 
 def fwht_rows_triton(
@@ -592,7 +599,7 @@ def fwht_rows_triton(
     extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
     stride_r, stride_c = x2.stride()
     if plan.kernel == "pow2":
-        words = plan.prefetch and _words_ok(x2, signs, b)
+        words = plan.words and _words_ok(x2, signs)
         if words:
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)

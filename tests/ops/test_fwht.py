@@ -88,9 +88,10 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 
 
 # launch configurations off the default table: persistent grids (several tiles per program, the
-# last one partial), register prefetch (16-bit inputs read as int32 words), a register cap, the
+# last one partial), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
 # cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
+           Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            SplitConfig(4, DenseConfig(1, 16, 1, 2, 0, 0, True)), SplitConfig(5, DenseConfig(1, 16, 1, 0, 16, 16))]
 
@@ -124,7 +125,7 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
 def test_prefetch_reads_unaligned_rows(dtype: torch.dtype, device: str) -> None:
     """16-bit rows whose pairs are not 4-byte aligned (odd row stride, odd offset, column stride 2)
     cannot be read as int32 words: the prefetching launch reads them element by element."""
-    n, config = 256, Pow2Config(1, 32, 1, 1, True)
+    n, config = 256, Pow2Config(1, 32, 1, 1, True, 0, True)
     base = _random((37, 2 * n + 2), dtype, seed=3, device=device)
     signs = random_signs(n, 4, device=device)
     bits = sign_bit_mask(signs, base.element_size())
@@ -132,6 +133,13 @@ def test_prefetch_reads_unaligned_rows(dtype: torch.dtype, device: str) -> None:
         for inverse in (False, True):
             y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
             assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=signs.double().cpu().numpy()))
+
+
+def test_words_only_where_configured() -> None:
+    """Only 16-bit prefetching launches configured so read int32 words; 16-bit rows of 2^15 do by default."""
+    assert kernel_plan(1 << 15, 2).words and not kernel_plan(1 << 15, 4).words
+    assert not kernel_plan(1 << 14, 2).words
+    assert not kernel_plan(256, 2, Pow2Config(1, 16, 1, 2, False, 0, True)).words
 
 
 def test_split_config_bounds() -> None:
