@@ -10,6 +10,8 @@ the first 256 rows (the output buffer is poisoned with NaN first). The host over
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
     python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
     python bench/gpu_fwht.py --sizes 3584,14336 --dtypes bfloat16 --variants signs --sweep 3584,14336 --sweep-limit 6
+    python bench/gpu_fwht.py --sizes 32768 --dtypes bfloat16 --variants '' --sweep 32768 --split-bits 5,7
+        # also powers of two through the dense kernel: Sylvester H_{2^a} on the tensor cores, a = 5 and 7
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -27,7 +29,9 @@ from gpu_common import (
     clone_gbps, emit_table, graph_seconds, host_table, poison_allocator, rel_err, roofline_row, run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
-from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan, sign_bit_mask
+from hlwq_kernels.ops.fwht_triton import (
+    DenseConfig, Pow2Config, SplitConfig, fwht_rows_triton, kernel_plan, sign_bit_mask,
+)
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 LLM = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]
@@ -44,7 +48,7 @@ def _input(n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(TOTAL // n, n, device="cuda", generator=gen).to(dtype)
 
 
-def _call(x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | None) -> Callable[[], torch.Tensor]:
+def _call(x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | SplitConfig | None) -> Callable[[], torch.Tensor]:
     n = x.shape[1]
     b = 128 if "block128" in variant else n
     signs = random_signs(n, 1, device="cuda") if "signs" in variant else None
@@ -71,6 +75,7 @@ def _describe(n: int, elem_size: int, config) -> str:
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
+           f"{'words=1 ' if plan.words else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
 
 
@@ -111,9 +116,9 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
 # thread, stages, programs per SM[, register prefetch, register cap]) for the power-of-two kernel,
 # (warps, values per thread, stages, programs per SM, KI, KO[, prefetch, register cap]) for the dense one.
 _POW2_CANDIDATES = {  # rows of 2^14 and more; shorter rows
-    True: [(8, 64, 1, 0), (16, 64, 1, 0), (16, 32, 1, 0), (8, 64, 2, 2), (16, 64, 2, 1), (16, 32, 2, 2),
-           (8, 64, 1, 1, True), (8, 64, 1, 2, True, 128), (8, 32, 1, 2, True), (16, 32, 1, 1, True),
-           (16, 64, 1, 1, True, 128), (16, 32, 1, 2, True, 64)],
+    True: [(16, 64, 1, 1, True, 128), (8, 64, 1, 1, True), (8, 64, 1, 0), (8, 64, 1, 2, True, 128), (16, 64, 1, 0),
+           (16, 32, 1, 0), (8, 64, 2, 2), (16, 64, 2, 1), (16, 32, 2, 2), (8, 32, 1, 2, True), (16, 32, 1, 1, True),
+           (16, 32, 1, 2, True, 64)],
     False: [(4, 64, 1, 0), (4, 32, 1, 0), (8, 64, 1, 0), (4, 64, 2, 4), (4, 64, 1, 3, True), (4, 64, 1, 4, True, 128),
             (4, 32, 1, 6, True), (8, 64, 1, 2, True)],
 }
@@ -122,27 +127,36 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
                      (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128),
                      (4, 64, 3, 2, 64, 128)]
 
+# dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
+_SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]
 
-def sweep_configs(n: int, elem_size: int, limit: int = 10) -> list:
+
+def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int, ...] = ()) -> list:
     """Alternative launch configurations worth timing for rows of length n (distinct plans only,
-    16 to 128 fp32 values per thread, at most ``limit``)."""
+    16 to 128 fp32 values per thread, at most ``limit``), then for a power of two its splits with
+    2^a (a in ``split_bits``) on the tensor cores."""
     k, p = hadamard_factors(n)
     if k == 1:
         cands = [Pow2Config(*c) for c in _POW2_CANDIDATES[p >= 1 << 14]]
+        splits = [SplitConfig(a, DenseConfig(*c)) for a in split_bits for c in _SPLIT_CANDIDATES]
     else:
-        cands = [DenseConfig(*c) for c in _DENSE_CANDIDATES]
-    default = kernel_plan(n, elem_size)
-    seen, out = {default}, []
-    for cfg in cands:
-        try:
-            plan = kernel_plan(n, elem_size, cfg)
-        except ValueError:  # not a launch this size can take
-            continue
-        per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
-        if 16 <= per_thread <= 128 and plan not in seen:
-            seen.add(plan)
-            out.append(cfg)
-    return out[:limit]
+        cands, splits = [DenseConfig(*c) for c in _DENSE_CANDIDATES], []
+    seen = {kernel_plan(n, elem_size)}
+
+    def distinct(configs: list) -> list:
+        out = []
+        for cfg in configs:
+            try:
+                plan = kernel_plan(n, elem_size, cfg)
+            except ValueError:  # not a launch this size can take
+                continue
+            per_thread = plan.tile_rows * n // plan.k_chunks // (32 * plan.num_warps)
+            if 16 <= per_thread <= 128 and plan not in seen:
+                seen.add(plan)
+                out.append(cfg)
+        return out
+
+    return distinct(cands)[:limit] + distinct(splits)
 
 
 def _compile_task(task: tuple) -> None:
@@ -220,6 +234,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--sweep-dtypes", default=None, help="dtypes the sweep covers (default: --dtypes)")
     parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
+    parser.add_argument("--split-bits", default="", help="comma-separated a: the sweep also runs swept powers of two "
+                                                         "through the dense kernel with H_{2^a} on the tensor cores")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     args = parser.parse_args()
@@ -233,8 +249,9 @@ def main() -> None:
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes
-        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit)
-                                      if sweep else [])
+        split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
+        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit,
+                                                    split_bits) if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
     library, best, swept_rows = [], {}, []

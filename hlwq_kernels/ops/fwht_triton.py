@@ -36,7 +36,8 @@ from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_trit
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor
 
 __all__ = [
-    "fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "KernelPlan", "MAX_POW2_BITS",
+    "fwht_rows_triton", "kernel_plan", "sign_bit_mask", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan",
+    "MAX_POW2_BITS",
 ]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
@@ -53,14 +54,29 @@ def _butterfly_last(v):
 
 
 @triton.jit
-def butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr):
-    """Apply the planned butterflies to v (a tensor of size-2 dims) and reshape it to SHAPE.
+def _scaled_butterfly_last(v, scale):
+    """``_butterfly_last(v) * scale`` in three instructions per pair (a multiply and two FMAs; the
+    difference as sum - 2 b scale, since a negated product would be computed as a second multiply)."""
+    a, b = tl.split(v)
+    bs = b * scale
+    total = tl.fma(a, scale, bs)
+    return tl.join(total, tl.fma(bs, -2.0, total))
+
+
+@triton.jit
+def butterflies(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, SHAPE: tl.constexpr, scale=1.0,
+                SCALED: tl.constexpr = False):
+    """Apply the planned butterflies to v (a tensor of size-2 dims) and reshape it to SHAPE; SCALED:
+    the last one also multiplies by ``scale``.
 
     STEPS[i] (i < NUM_STEPS) is the permutation that moves the next bit last; STEPS[NUM_STEPS]
     restores the natural dimension order.
     """
     for i in tl.static_range(NUM_STEPS):
-        v = _butterfly_last(tl.permute(v, STEPS[i]))
+        if SCALED and i == NUM_STEPS - 1:
+            v = _scaled_butterfly_last(tl.permute(v, STEPS[i]), scale)
+        else:
+            v = _butterfly_last(tl.permute(v, STEPS[i]))
     return tl.reshape(tl.permute(v, STEPS[NUM_STEPS]), SHAPE)
 
 
@@ -85,13 +101,15 @@ def _dim_offsets(DIM: tl.constexpr, NBITS: tl.constexpr):
 
 
 @triton.jit
-def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, BITS1: tl.constexpr, C: tl.constexpr):
-    """(row [D0, D1, 1], column [D0, D1, C]) offsets of a tile addressed as [D0, D1, C]: C
-    consecutive columns, D0 and D1 made of the tile bits DIM0 and DIM1."""
+def _tile_offsets(DIM0: tl.constexpr, BITS0: tl.constexpr, DIM1: tl.constexpr, BITS1: tl.constexpr, C: tl.constexpr,
+                  PER: tl.constexpr = 1):
+    """(row [D0, D1, 1], column [D0, D1, C / PER]) offsets of a tile addressed as [D0, D1, C]: C
+    consecutive columns, D0 and D1 made of the tile bits DIM0 and DIM1; columns counted in words of
+    PER elements."""
     r0, c0 = _dim_offsets(DIM0, BITS0)
     r1, c1 = _dim_offsets(DIM1, BITS1)
     row = r0[:, None, None] + r1[None, :, None]
-    col = c0[:, None, None] + c1[None, :, None] + tl.arange(0, C)[None, None, :]
+    col = (c0[:, None, None] + c1[None, :, None]) // PER + tl.arange(0, C // PER)[None, None, :]
     return row, col
 
 
@@ -102,9 +120,26 @@ def _flip_signs(v, bits):
 
 
 @triton.jit
-def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr):
+def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr, CLAMP: tl.constexpr):
+    """Rows past the end read as zeros, or (CLAMP) as copies of the last row: no mask, so no
+    registers zeroed before the loads (their results are not stored)."""
     row = tile * BM + load_row
+    if CLAMP:
+        row = tl.minimum(row, rows - 1)
+        return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc)
     return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
+
+
+@triton.jit
+def _unpack_words(w, DTYPE: tl.constexpr):
+    """fp32 values [..., W, 2] of the 16-bit pairs (DTYPE) in the int32 words w [..., W]."""
+    if DTYPE == tl.bfloat16:  # a bf16 is the high half of the fp32 with its value
+        lo = (w << 16).to(tl.float32, bitcast=True)
+        hi = (w & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = w.to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+        hi = (w >> 16).to(tl.int16).to(DTYPE, bitcast=True).to(tl.float32)
+    return tl.join(lo, hi)
 
 
 @triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
@@ -114,33 +149,49 @@ def _fwht_pow2_kernel(
     LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr = False,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
     that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
     i (s_ptr: integers of the element width) start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS,
     else at s_ptr. PREFETCH: each program loads its next tile into registers before transforming
-    the current one (a persistent grid whose loads overlap its arithmetic)."""
-    load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C)
+    the current one (a persistent grid whose loads overlap its arithmetic). WORDS (16-bit elements,
+    with PREFETCH): the input and its sign bits are read as int32 words of two elements (strides in
+    words), so that a prefetched tile takes one register per pair instead of one per element; the
+    read past the last tile is skipped by a branch instead of a mask (no registers zeroed first)
+    and the scale is folded into the last butterfly."""
+    per: tl.constexpr = 2 if WORDS else 1
+    load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
+    x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
+    s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
-    if PREFETCH:
-        ahead = _load_tile(x_ptr, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM)
+    if PREFETCH:  # the grid has at most num_tiles programs
+        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         if PREFETCH:
             v = ahead
-            ahead = _load_tile(x_ptr, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM)
+            if WORDS:
+                if tile + step < num_tiles:  # a branch, not a mask: no tile past the end is read
+                    ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
+            else:
+                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
         else:
-            v = _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM)
+            v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
         if HAS_SIGNS:
             if inverse == 0:
-                sign_at = s_ptr + load_col
+                sign_at = s_in + load_col
                 if SIGN_ROWS:
-                    sign_at += ((tile * BM + load_row) % sign_blocks) * N
+                    sign_at += ((tile * BM + load_row) % sign_blocks) * (N // per)
                 v = _flip_signs(v, tl.load(sign_at))
+        if WORDS:
+            v = _unpack_words(v, y_ptr.dtype.element_ty)
+        fold = WORDS and NUM_STEPS > 0
         v = butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
-                         (1 << STORE0_BITS, 1 << STORE1_BITS, C)) * scale
+                        (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
+        if not fold:
+            v = v * scale
         v = v.to(y_ptr.dtype.element_ty)
         row = tile * BM + store_row
         if HAS_SIGNS:
@@ -325,6 +376,7 @@ class Pow2Config(NamedTuple):
     programs_per_sm: int  # > 0: a persistent grid of this many programs per SM
     prefetch: bool = False  # each persistent program loads its next tile into registers first
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
+    words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
 
 
 class DenseConfig(NamedTuple):
@@ -338,12 +390,21 @@ class DenseConfig(NamedTuple):
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
 
 
+class SplitConfig(NamedTuple):
+    """A power-of-two size 2^m run by the dense kernel: the Sylvester H_K, K = 2^k_bits, on the tensor
+    cores, then 2^(m - k_bits) butterflies (H_{2^a} kron H_{2^b} = H_{2^(a+b)}, natural order)."""
+    k_bits: int
+    dense: DenseConfig
+
+
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
 _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
 # 16-bit rows of 2^14 and 2^15: persistent programs that load their next row into registers first
 # (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
-_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True)}
+# 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
+# the same at 2^14 measured 89.3-89.7% against 90.8% without)
+_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -367,6 +428,7 @@ class KernelPlan(NamedTuple):
     conversions: int  # layout conversions through shared memory between load (or MMA) and store
     prefetch: bool = False
     max_regs: int = 0
+    words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -414,7 +476,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
             ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
-                      cfg.prefetch, cfg.max_regs)
+                      cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -448,7 +510,9 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
 
 
 @functools.lru_cache(maxsize=512)
-def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
+def kernel_plan(
+    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None,
+) -> KernelPlan | None:
     """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
     kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
@@ -456,6 +520,10 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     if m > MAX_POW2_BITS:
         return None
     if k == 1:
+        if isinstance(config, SplitConfig):
+            if not 4 <= config.k_bits < m:
+                raise ValueError(f"a split of 2**{m} needs 4 <= k_bits < {m}, got {config.k_bits}")
+            return _dense_plan(1 << config.k_bits, m - config.k_bits, elem_size, config.dense)
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
@@ -493,9 +561,16 @@ def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPla
            num_warps=plan.num_warps)
 
 
+def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
+    """Whether the power-of-two kernel can read x2 (16-bit, rows of an even length) and the sign bits
+    as int32 words of two elements."""
+    stride_r, stride_c = x2.stride()
+    return stride_c == 1 and stride_r % 2 == 0 and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0
+
+
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_bits: torch.Tensor | None,
-    config: Pow2Config | DenseConfig | None = None,
+    config: Pow2Config | DenseConfig | SplitConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 
@@ -524,8 +599,11 @@ def fwht_rows_triton(
     extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
     stride_r, stride_c = x2.stride()
     if plan.kernel == "pow2":
+        words = plan.words and _words_ok(x2, signs)
+        if words:
+            stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch))
+        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words))
     else:
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32

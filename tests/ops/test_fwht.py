@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
-from hlwq_kernels.ops.fwht_triton import DenseConfig, Pow2Config, fwht_rows_triton, kernel_plan, sign_bit_mask
+from hlwq_kernels.ops.fwht_triton import (
+    DenseConfig, Pow2Config, SplitConfig, fwht_rows_triton, kernel_plan, sign_bit_mask,
+)
 from hlwq_reference.numpy import fwht as fwht_ref
 from tests.helpers import assert_close, kernel_devices, random_weight, rel_err
 
@@ -86,17 +88,25 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 
 
 # launch configurations off the default table: persistent grids (several tiles per program, the
-# last one partial), register prefetch, a register cap, the cp.async pipeline
+# last one partial), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
+# cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
-           DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True)]
+           Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
+           DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
+           SplitConfig(4, DenseConfig(1, 16, 1, 2, 0, 0, True)), SplitConfig(5, DenseConfig(1, 16, 1, 0, 16, 16))]
+
+
+def _takes(n: int, config) -> bool:
+    """Whether ``config`` is a launch of the kernel that rows of length n run on."""
+    return (hadamard_factors(n)[0] > 1) == isinstance(config, DenseConfig)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("n, dtype", [(64, torch.float32), (256, torch.bfloat16), (48, torch.float16),
-                                      (96, torch.float32), (320, torch.bfloat16)])
+                                      (96, torch.float32), (320, torch.bfloat16), (128, torch.float16)])
 def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, device: str) -> None:
-    if (hadamard_factors(n)[0] > 1) != isinstance(config, DenseConfig):
+    if not _takes(n, config):
         pytest.skip("configuration of the other kernel")
     x = _random((37, n), dtype, seed=n, device=device)
     signs = random_signs(n, n + 1, device=device)
@@ -108,6 +118,36 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
                        signs=signs.double().cpu().numpy() if use_signs else None)
         assert torch.isfinite(y).all(), "unwritten or non-finite output"
         assert_close(y, ref)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prefetch_reads_unaligned_rows(dtype: torch.dtype, device: str) -> None:
+    """16-bit rows whose pairs are not 4-byte aligned (odd row stride, odd offset, column stride 2)
+    cannot be read as int32 words: the prefetching launch reads them element by element."""
+    n, config = 256, Pow2Config(1, 32, 1, 1, True, 0, True)
+    base = _random((37, 2 * n + 2), dtype, seed=3, device=device)
+    signs = random_signs(n, 4, device=device)
+    bits = sign_bit_mask(signs, base.element_size())
+    for x in (base[:, 1:n + 1], base.flatten()[1:1 + 37 * n].view(37, n), base[:, : 2 * n : 2]):
+        for inverse in (False, True):
+            y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
+            assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=signs.double().cpu().numpy()))
+
+
+def test_words_only_where_configured() -> None:
+    """Only 16-bit prefetching launches configured so read int32 words; 16-bit rows of 2^15 do by default."""
+    assert kernel_plan(1 << 15, 2).words and not kernel_plan(1 << 15, 4).words
+    assert not kernel_plan(1 << 14, 2).words
+    assert not kernel_plan(256, 2, Pow2Config(1, 16, 1, 2, False, 0, True)).words
+
+
+def test_split_config_bounds() -> None:
+    plan = kernel_plan(1 << 15, 2, SplitConfig(7, DenseConfig(8, 64, 1, 1, 0, 0, True)))
+    assert plan.kernel == "dense" and dict(plan.meta)["K"] == 128 and dict(plan.meta)["P"] == 256
+    for bits in (3, 15):
+        with pytest.raises(ValueError, match="k_bits"):
+            kernel_plan(1 << 15, 2, SplitConfig(bits, DenseConfig(8, 64, 1, 1, 0, 0, True)))
 
 
 @pytest.mark.parametrize("n", LLM_SIZES + [1 << m for m in range(17)])
