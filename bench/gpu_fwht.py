@@ -10,6 +10,7 @@ the first 256 rows (the output buffer is poisoned with NaN first). The host over
     python bench/gpu_fwht.py --out bench/results/fwht-h200-DATE.md     # the library's launch table
     python bench/gpu_fwht.py --sweep 8192,16384 --jobs 14 --out F    # also time alternative configurations
     python bench/gpu_fwht.py --sizes 3584,14336 --dtypes bfloat16 --variants signs --sweep 3584,14336 --sweep-limit 6
+    python bench/gpu_fwht.py --sizes 4864 --variants '' --sweep 4864 --dense-configs F.json   # candidates from a file
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 from typing import Callable
 
@@ -222,19 +224,28 @@ def main() -> None:
     parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
+    parser.add_argument("--dense-configs", default=None,
+                        help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
+                             "(e.g. pruned by registers and spills from an sm_90 compile on a CPU)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     sweep_dtypes = [getattr(torch, d) for d in (args.sweep_dtypes or args.dtypes).split(",")]
+    given = {}
+    if args.dense_configs:
+        with open(args.dense_configs) as f:
+            given = {key: [DenseConfig(*c) for c in cfgs] for key, cfgs in json.load(f).items()}
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):
         if v and v not in args.variants.split(","):
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes
-        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit)
-                                      if sweep else [])
+        cands = given.get(f"{b}:{str(dt).removeprefix('torch.')}")
+        if cands is None:
+            cands = sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit)
+        plans[(n, dt, v)] = [None] + (cands if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
     library, best, swept_rows = [], {}, []
