@@ -256,12 +256,16 @@ def _fwht_dense_kernel(
             if KB > 0:
                 signs_b = _dense_signs(s_ptr, KI, K, P, KB, BM)
         for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
-            row = tile * BM + tl.arange(0, BM)[None, :, None]
+            # k_chunks is 1 here, but a runtime value: the row and store offsets are recomputed per tile
+            # rather than hoisted out of the loop and held in registers (which spilled under the cap)
+            rb = tile // k_chunks
+            ko0 = (tile % k_chunks) * KO
+            row = rb * BM + tl.arange(0, BM)[None, :, None]
             v = ahead
-            ahead = _dense_rows(x_ptr, tile + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+            ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
             if KB > 0:
                 vb = ahead_b
-                ahead_b = _dense_rows(x_ptr, tile + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
+                ahead_b = _dense_rows(x_ptr, rb + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
             if HAS_SIGNS:
                 if inverse == 0:
                     if SIGN_ROWS:
@@ -280,11 +284,11 @@ def _fwht_dense_kernel(
                 acc = _dot_pieces(h_ab, vb, acc, PIECES)
                 acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
                 acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
-            _dense_store(acc, y_ptr, s_ptr, row, rows, tl.arange(0, KO), sign_blocks, inverse, scale, K, P, KO,
-                         BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, signs)
+            _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P,
+                         KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, signs)
             if KB > 0:
-                _dense_store(acc_b, y_ptr, s_ptr, row, rows, KO + tl.arange(0, KB), sign_blocks, inverse, scale, K,
-                             P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
+                _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
+                             scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
     else:
         j = tl.arange(0, P)[None, None, :]
         ki0 = tl.arange(0, KI)[:, None, None]
@@ -424,6 +428,19 @@ _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0
 # 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
 _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
                       16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
+# Measured sizes (the LLM dims; sweep on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
+# (element size, n), ahead of the tables above: K split into head + tail where that pads less
+# (4864, 8960, 9728, 18432, 18944), fp32 prefetching too; _DENSE_TABLE_SIGNS: with signs= (the sign
+# bits held in registers need a launch without the register cap)
+_DENSE_TABLE_SIZES = {
+    (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 168, True), (2, 8960): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True),
+    (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True), (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
+    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True), (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True), (4, 4864): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True),
+    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True), (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True),
+    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True),
+}
+_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
@@ -545,9 +562,10 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
 
 
 @functools.lru_cache(maxsize=512)
-def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None) -> KernelPlan | None:
-    """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
-    kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
+def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None = None,
+                signs: bool = False) -> KernelPlan | None:
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes; ``signs``: with a sign
+    vector), or None when the kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
     if m > MAX_POW2_BITS:
@@ -555,6 +573,8 @@ def kernel_plan(n: int, elem_size: int, config: Pow2Config | DenseConfig | None 
     if k == 1:
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    if config is None:
+        config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
         config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
@@ -603,7 +623,7 @@ def fwht_rows_triton(
     """
     require_triton()
     rows, n = x2.shape
-    plan = kernel_plan(b, x2.element_size(), config)
+    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None)
     if plan is None:
         raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:

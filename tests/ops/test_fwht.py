@@ -206,4 +206,5 @@ def test_cuda_large_sizes(n: int, dtype: torch.dtype) -> None:
     x = _random((rows, n), dtype, seed=n, device="cuda")
     _check(x, "auto")
     signs = random_signs(n, n, device="cuda")
+    _check(x, "auto", signs=signs)
     _check(x, "auto", inverse=True, signs=signs)
