@@ -229,7 +229,7 @@ def _fwht_dense_kernel(
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
-    NUM_STEPS_B: tl.constexpr,
+    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -238,7 +238,8 @@ def _fwht_dense_kernel(
     index into a head of KO and a tail of KB indices (K <= KO + KB, both powers of two), so that
     K = 68 runs as 64 + 16 rather than padded to 128: four products, two accumulators, each with
     its own butterfly plan (BITS_B, STEPS_B). The sign bits then are loaded once per program
-    (unless SIGN_ROWS)."""
+    (unless SIGN_ROWS). HOIST lets the compiler keep the row and store offsets in registers across
+    tiles (faster for some launches, spills for others: a table choice)."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
@@ -256,10 +257,12 @@ def _fwht_dense_kernel(
             if KB > 0:
                 signs_b = _dense_signs(s_ptr, KI, K, P, KB, BM)
         for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
-            # k_chunks is 1 here, but a runtime value: the row and store offsets are recomputed per tile
-            # rather than hoisted out of the loop and held in registers (which spilled under the cap)
-            rb = tile // k_chunks
-            ko0 = (tile % k_chunks) * KO
+            if HOIST:  # row and store offsets fixed across tiles: the compiler keeps them in registers
+                rb = tile
+                ko0 = 0
+            else:  # k_chunks is 1 here but a runtime value: the offsets are recomputed per tile
+                rb = tile // k_chunks
+                ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
             v = ahead
             ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
@@ -413,6 +416,7 @@ class DenseConfig(NamedTuple):
     prefetch: bool = False  # H_K in one chunk each way (K <= 128), loaded once; the next row block loaded ahead
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
+    hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
@@ -428,19 +432,27 @@ _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0
 # 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
 _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
                       16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
-# Measured sizes (the LLM dims; sweep on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
-# (element size, n), ahead of the tables above: K split into head + tail where that pads less
-# (4864, 8960, 9728, 18432, 18944), fp32 prefetching too; _DENSE_TABLE_SIGNS: with signs= (the sign
-# bits held in registers need a launch without the register cap)
+# Measured sizes (the LLM dims; sweeps on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
+# (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
+# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too;
+# _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
 _DENSE_TABLE_SIZES = {
-    (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 168, True), (2, 8960): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True),
-    (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True), (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
-    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True), (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
-    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True), (4, 4864): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True),
-    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True), (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True),
-    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
+    (2, 8960): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
+    (2, 13824): DenseConfig(8, 64, 1, 2, 0, 0, True, 128, False, True),
+    (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
+    (4, 4864): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
+    (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
+    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
 }
-_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True)}
+_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
@@ -555,7 +567,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
         bits_b, steps_b, _ = _dense_chunk_plan(tail.bit_length() - 1, b, m, w, elem_size)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
-            ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)))
+            ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
+            ("HOIST", cfg.hoist and cfg.prefetch))
     k_chunks = 1 if tail else -(-k // ko)
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs)

@@ -88,9 +88,10 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # launch configurations off the default table: persistent grids (several tiles per program, the
 # last one partial), register prefetch, a register cap, the cp.async pipeline, the dense kernel's
 # K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4 as 32 + 16)
+# with offsets recomputed per tile or hoisted
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
-           DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True)]
+           DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True)]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
