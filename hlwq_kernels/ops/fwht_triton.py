@@ -17,8 +17,9 @@ intermediate in fp32 and one rounding at the store.
   row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
   exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), each chunk of
   the contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one
-  program each, the input re-read from L2) and of the contraction (a loop). The power-of-two
-  butterflies then start in the MMA accumulator layout and end in the store layout.
+  program each, the input re-read from L2) and of the contraction (a loop); a prefetching launch
+  may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128).
+  The power-of-two butterflies then start in the MMA accumulator layout and end in the store layout.
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
 ``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
@@ -413,7 +414,7 @@ class DenseConfig(NamedTuple):
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
-    prefetch: bool = False  # H_K in one chunk each way (K <= 128), loaded once; the next row block loaded ahead
+    prefetch: bool = False  # H_K in one chunk each way (K padded <= 128, or split), loaded once; next rows ahead
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
     hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
@@ -455,7 +456,7 @@ _DENSE_TABLE_SIZES = {
 _DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
-_MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
+_MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
 
 
 class KernelPlan(NamedTuple):
@@ -549,7 +550,7 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     head, tail = _dense_split(k, cfg)
     if cfg.prefetch and head > _MAX_PREFETCH_K:
-        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} is above {_MAX_PREFETCH_K}")
+        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} pads above {_MAX_PREFETCH_K}")
     ko = head if cfg.prefetch else min(head, cfg.ko)
     while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
