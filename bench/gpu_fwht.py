@@ -12,6 +12,7 @@ the first 256 rows (the output buffer is poisoned with NaN first). The host over
     python bench/gpu_fwht.py --sizes 3584,14336 --dtypes bfloat16 --variants signs --sweep 3584,14336 --sweep-limit 6
     python bench/gpu_fwht.py --sizes 32768 --dtypes bfloat16 --variants '' --sweep 32768 --split-bits 5,7
         # also powers of two through the dense kernel: Sylvester H_{2^a} on the tensor cores, a = 5 and 7
+    python bench/gpu_fwht.py --sizes 4864 --variants '' --sweep 4864 --dense-configs F.json   # candidates from a file
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 from typing import Callable
 
@@ -70,8 +72,8 @@ def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
     return fwht(x[:CHECK_ROWS].double(), backend="torch", **kw)
 
 
-def _describe(n: int, elem_size: int, config) -> str:
-    plan = kernel_plan(n, elem_size, config)
+def _describe(n: int, elem_size: int, config, signs: bool) -> str:
+    plan = kernel_plan(n, elem_size, config, signs)
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
@@ -105,7 +107,7 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
         b = 128 if "block128" in variant else n
         results.append({
             "n": n, "dtype": dtype, "variant": variant, "config": config, "clone": clone, "gbps": gbps,
-            "err": err, "finite": finite, "desc": _describe(b, x.element_size(), config),
+            "err": err, "finite": finite, "desc": _describe(b, x.element_size(), config, "signs" in variant),
         })
     del x
     torch.cuda.empty_cache()
@@ -238,11 +240,18 @@ def main() -> None:
                                                          "through the dense kernel with H_{2^a} on the tensor cores")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
     parser.add_argument("--rep-ms", type=float, default=20.0)
+    parser.add_argument("--dense-configs", default=None,
+                        help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
+                             "(e.g. pruned by registers and spills from an sm_90 compile on a CPU)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     sweep_dtypes = [getattr(torch, d) for d in (args.sweep_dtypes or args.dtypes).split(",")]
+    given = {}
+    if args.dense_configs:
+        with open(args.dense_configs) as f:
+            given = {key: [DenseConfig(*c) for c in cfgs] for key, cfgs in json.load(f).items()}
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):
         if v and v not in args.variants.split(","):
@@ -250,8 +259,10 @@ def main() -> None:
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes
         split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
-        plans[(n, dt, v)] = [None] + (sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit,
-                                                    split_bits) if sweep else [])
+        cands = given.get(f"{b}:{str(dt).removeprefix('torch.')}")
+        if cands is None:
+            cands = sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit, split_bits)
+        plans[(n, dt, v)] = [None] + (cands if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
     run_parallel(_compile_task, tasks, args.jobs)
     library, best, swept_rows = [], {}, []

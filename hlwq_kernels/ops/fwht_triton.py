@@ -17,8 +17,9 @@ intermediate in fp32 and one rounding at the store.
   row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
   exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), each chunk of
   the contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one
-  program each, the input re-read from L2) and of the contraction (a loop). The power-of-two
-  butterflies then start in the MMA accumulator layout and end in the store layout.
+  program each, the input re-read from L2) and of the contraction (a loop); a prefetching launch
+  may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128).
+  The power-of-two butterflies then start in the MMA accumulator layout and end in the store layout.
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
 ``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
@@ -227,13 +228,50 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
 
 
 @triton.jit
-def _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
+def _dense_rows(x_ptr, rb, k0, rows, stride_xr, stride_xc, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
                 BM: tl.constexpr):
-    """Chunk ``step`` of the K index of row block ``rb``, as [KI, BM, P] (zeros past K and rows)."""
+    """K indices k0 .. k0 + KI of row block ``rb``, as [KI, BM, P] (zeros past K and rows)."""
     row = rb * BM + tl.arange(0, BM)[None, :, None]
-    ki = step * KI + tl.arange(0, KI)[:, None, None]
+    ki = k0 + tl.arange(0, KI)[:, None, None]
     col = ki * P + tl.arange(0, P)[None, None, :]
     return tl.load(x_ptr + row.to(tl.int64) * stride_xr + col * stride_xc, mask=(row < rows) & (ki < K), other=0.0)
+
+
+@triton.jit
+def _dense_signs(s_ptr, k0, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr, BM: tl.constexpr):
+    """Sign bits of K indices k0 .. k0 + KI (one set for every row), as [KI, BM, P]."""
+    ki = k0 + tl.arange(0, KI)[:, None, None]
+    bits = tl.load(s_ptr + ki * P + tl.arange(0, P)[None, None, :], mask=ki < K, other=0)
+    return tl.broadcast_to(bits, (KI, BM, P))
+
+
+@triton.jit
+def _dense_h(h_ptr, k0, i0, KO: tl.constexpr, KI: tl.constexpr, WIDTH: tl.constexpr):
+    """Block [k0 : k0 + KO, i0 : i0 + KI] of the padded H_K (row-major, WIDTH columns)."""
+    return tl.load(h_ptr + (k0 + tl.arange(0, KO))[:, None] * WIDTH + (i0 + tl.arange(0, KI))[None, :])
+
+
+@triton.jit
+def _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, K: tl.constexpr, P: tl.constexpr,
+                 KO: tl.constexpr, BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
+                 NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, out_signs):
+    """Butterflies of the power-of-two factor on acc [KO, BM * P] (output K indices ko, rows row),
+    scale, one rounding, the inverse's signs (``out_signs``: hoisted sign bits, or None to load
+    them here), store."""
+    v = butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+    v = v.to(y_ptr.dtype.element_ty)
+    ko3 = ko[:, None, None]
+    out_col = ko3 * P + tl.arange(0, P)[None, None, :]
+    if HAS_SIGNS:
+        if inverse != 0:
+            if out_signs is None:
+                sign_row = s_ptr
+                if SIGN_ROWS:
+                    sign_row += (row % sign_blocks) * (K * P)
+                v = _flip_signs(v, tl.load(sign_row + out_col, mask=ko3 < K, other=0))
+            else:
+                v = _flip_signs(v, out_signs)
+    tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v, mask=(row < rows) & (ko3 < K))
 
 
 @triton.jit(do_not_specialize=_RUNTIME)
@@ -242,49 +280,91 @@ def _fwht_dense_kernel(
     K: tl.constexpr, P: tl.constexpr, KO: tl.constexpr, KI: tl.constexpr, KI_STEPS: tl.constexpr,
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
+    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
-    padded, row-major with KI*KI_STEPS columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
-    PREFETCH (one chunk each way: KO, KI >= K): H_K is loaded once and each persistent program
-    loads its next row block into registers before transforming the current one."""
-    j = tl.arange(0, P)[None, None, :]
-    ki0 = tl.arange(0, KI)[:, None, None]
+    padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
+    PREFETCH (one chunk each way, KO = KI): H_K is loaded once and each persistent program loads
+    its next row block into registers before transforming the current one; KB > 0 splits the K
+    index into a head of KO and a tail of KB indices (K <= KO + KB, both powers of two), so that
+    K = 68 runs as 64 + 16 rather than padded to 128: four products, two accumulators, each with
+    its own butterfly plan (BITS_B, STEPS_B). The sign bits then are loaded once per program
+    (unless SIGN_ROWS). HOIST lets the compiler keep the row and store offsets in registers across
+    tiles (faster for some launches, spills for others: a table choice)."""
     step_tiles = tl.num_programs(0)
+    WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
-        h = tl.load(h_ptr + tl.arange(0, KO)[:, None] * KI + tl.arange(0, KI)[None, :])
+        h = _dense_h(h_ptr, 0, 0, KO, KI, WIDTH)
         ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
-    for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
-        rb = tile // k_chunks
-        ko = (tile % k_chunks) * KO + tl.arange(0, KO)
-        row = rb * BM + tl.arange(0, BM)[None, :, None]
-        row_ok = row < rows
-        sign_row = s_ptr
-        if SIGN_ROWS:
-            sign_row += (row % sign_blocks) * (K * P)
-        acc = tl.zeros((KO, BM * P), dtype=tl.float32)
-        for step in range(KI_STEPS):
-            ki = step * KI + ki0
-            col = ki * P + j
-            if PREFETCH:
-                v = ahead
-                ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
-            else:
-                v = _dense_rows(x_ptr, rb, step, rows, stride_xr, stride_xc, K, P, KI, BM)
-                h = tl.load(h_ptr + ko[:, None] * (KI * KI_STEPS) + (step * KI + tl.arange(0, KI))[None, :])
+        if KB > 0:
+            h_ab = _dense_h(h_ptr, 0, KI, KO, KB, WIDTH)
+            h_ba = _dense_h(h_ptr, KO, 0, KB, KI, WIDTH)
+            h_bb = _dense_h(h_ptr, KO, KI, KB, KB, WIDTH)
+            ahead_b = _dense_rows(x_ptr, tl.program_id(0), KI, rows, stride_xr, stride_xc, K, P, KB, BM)
+        signs = None
+        signs_b = None
+        if HAS_SIGNS and not SIGN_ROWS:  # the same for every row (input and output: KI = KO): loaded once
+            signs = _dense_signs(s_ptr, 0, K, P, KI, BM)
+            if KB > 0:
+                signs_b = _dense_signs(s_ptr, KI, K, P, KB, BM)
+        for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
+            if HOIST:  # row and store offsets fixed across tiles: the compiler keeps them in registers
+                rb = tile
+                ko0 = 0
+            else:  # k_chunks is 1 here but a runtime value: the offsets are recomputed per tile
+                rb = tile // k_chunks
+                ko0 = (tile % k_chunks) * KO
+            row = rb * BM + tl.arange(0, BM)[None, :, None]
+            v = ahead
+            ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+            if KB > 0:
+                vb = ahead_b
+                ahead_b = _dense_rows(x_ptr, rb + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
             if HAS_SIGNS:
                 if inverse == 0:
-                    v = _flip_signs(v, tl.load(sign_row + col, mask=ki < K, other=0))
-            acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
-        v = butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
-        v = v.to(y_ptr.dtype.element_ty)
-        ko3 = ko[:, None, None]
-        out_col = ko3 * P + j
-        if HAS_SIGNS:
-            if inverse != 0:
-                v = _flip_signs(v, tl.load(sign_row + out_col, mask=ko3 < K, other=0))
-        ok = row_ok & (ko3 < K)
-        tl.store(y_ptr + row.to(tl.int64) * (K * P) + out_col, v, mask=ok)
+                    if SIGN_ROWS:
+                        sign_row = s_ptr + (row % sign_blocks) * (K * P)
+                        v = _flip_signs(v, _dense_signs(sign_row, 0, K, P, KI, BM))
+                        if KB > 0:
+                            vb = _flip_signs(vb, _dense_signs(sign_row, KI, K, P, KB, BM))
+                    else:
+                        v = _flip_signs(v, signs)
+                        if KB > 0:
+                            vb = _flip_signs(vb, signs_b)
+            v = tl.reshape(v, (KI, BM * P))
+            acc = _dot_pieces(h, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
+            if KB > 0:
+                vb = tl.reshape(vb, (KB, BM * P))
+                acc = _dot_pieces(h_ab, vb, acc, PIECES)
+                acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
+                acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
+            _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P,
+                         KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, signs)
+            if KB > 0:
+                _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
+                             scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
+    else:
+        j = tl.arange(0, P)[None, None, :]
+        ki0 = tl.arange(0, KI)[:, None, None]
+        for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
+            rb = tile // k_chunks
+            ko = (tile % k_chunks) * KO + tl.arange(0, KO)
+            row = rb * BM + tl.arange(0, BM)[None, :, None]
+            sign_row = s_ptr
+            if SIGN_ROWS:
+                sign_row += (row % sign_blocks) * (K * P)
+            acc = tl.zeros((KO, BM * P), dtype=tl.float32)
+            for step in range(KI_STEPS):
+                ki = step * KI + ki0
+                v = _dense_rows(x_ptr, rb, step * KI, rows, stride_xr, stride_xc, K, P, KI, BM)
+                h = tl.load(h_ptr + ko[:, None] * WIDTH + (step * KI + tl.arange(0, KI))[None, :])
+                if HAS_SIGNS:
+                    if inverse == 0:
+                        v = _flip_signs(v, tl.load(sign_row + ki * P + j, mask=ki < K, other=0))
+                acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
+            _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, K, P, KO, BM, BITS, STEPS,
+                         NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,8 +466,10 @@ class DenseConfig(NamedTuple):
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
-    prefetch: bool = False  # H_K in one chunk each way (K <= 128), loaded once; the next row block loaded ahead
+    prefetch: bool = False  # H_K in one chunk each way (K padded <= 128, or split), loaded once; next rows ahead
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
+    split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
+    hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
 
 
 class SplitConfig(NamedTuple):
@@ -412,9 +494,30 @@ _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0
 # 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
 _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
                       16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
+# Measured sizes (the LLM dims; sweeps on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
+# (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
+# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too;
+# _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
+_DENSE_TABLE_SIZES = {
+    (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
+    (2, 8960): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
+    (2, 13824): DenseConfig(8, 64, 1, 2, 0, 0, True, 128, False, True),
+    (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
+    (4, 4864): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
+    (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
+    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
+}
+_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
-_MAX_PREFETCH_K = 128  # largest (padded) K whose H_K a prefetching dense launch keeps in registers
+_MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
 
 
 class KernelPlan(NamedTuple):
@@ -479,42 +582,67 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1)
 
 
+def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:
+    """(head, tail) chunks of the K index, powers of two (tail 0: one chunk of K padded). A split
+    launch takes the largest power of two <= K as the head and pads the rest (at least _MIN_DOT)
+    when that pads less than one chunk does: 68 = 64 + 16 (80, not 128), 140 = 128 + 16."""
+    k_pad = max(_MIN_DOT, next_power_of_2(k))
+    if cfg.split and cfg.prefetch and k > _MIN_DOT:
+        head = k_pad // 2 if k < k_pad else k_pad
+        tail = max(_MIN_DOT, next_power_of_2(k - head)) if k > head else 0
+        if head + tail < k_pad:
+            return head, tail
+    return k_pad, 0
+
+
+def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int) -> tuple[tuple, tuple, int]:
+    """(BITS, STEPS, conversions) of the butterflies on one accumulator [2^k_bits, 2^b * 2^m]: from
+    the MMA layout to the coalesced store layout."""
+    natural = _bits("k", k_bits) + _bits("r", b) + _bits("c", m)
+    ks, rs, cols = _bits("k", k_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
+    first = _mma_layout(ks, cols + rs, w)
+    last = _coalesced_layout([ks, rs, cols], 2, _vec_bits(elem_size), w)
+    steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
+    return (2,) * len(natural), steps, rounds
+
+
 @functools.lru_cache(maxsize=256)
 def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
-    k_pad = max(_MIN_DOT, next_power_of_2(k))
-    if cfg.prefetch and k_pad > _MAX_PREFETCH_K:
-        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} is above {_MAX_PREFETCH_K}")
-    ko = k_pad if cfg.prefetch else min(k_pad, cfg.ko)
+    head, tail = _dense_split(k, cfg)
+    if cfg.prefetch and head > _MAX_PREFETCH_K:
+        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} pads above {_MAX_PREFETCH_K}")
+    ko = head if cfg.prefetch else min(head, cfg.ko)
     while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
-    num_warps = max(cfg.num_warps, next_power_of_2(cdiv(ko << m, per_thread * 32)))
+    num_warps = max(cfg.num_warps, next_power_of_2(cdiv((ko + tail) << m, per_thread * 32)))
     w = num_warps.bit_length() - 1
     ko_bits = ko.bit_length() - 1
     tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
     b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
-    ki = k_pad if cfg.prefetch else min(k_pad, cfg.ki)
+    ki = head if cfg.prefetch else min(head, cfg.ki)
     while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
         ki //= 2
-    natural = _bits("k", ko_bits) + _bits("r", b) + _bits("c", m)
-    k_bits, r_bits, cols = _bits("k", ko_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
-    first = _mma_layout(k_bits, cols + r_bits, w)
-    last = _coalesced_layout([k_bits, r_bits, cols], 2, _vec_bits(elem_size), w)
-    steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
-    ki_steps = -(-k // ki)
-    meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", ki_steps), ("BM", 1 << b),
-            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
-    return KernelPlan("dense", meta, num_warps, 1 << b, -(-k // ko), cfg.stages, cfg.programs_per_sm, rounds,
+    bits, steps, rounds = _dense_chunk_plan(ko_bits, b, m, w, elem_size)
+    bits_b, steps_b = (), ()
+    if tail:
+        bits_b, steps_b, _ = _dense_chunk_plan(tail.bit_length() - 1, b, m, w, elem_size)
+    meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
+            ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
+            ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
+            ("HOIST", cfg.hoist and cfg.prefetch))
+    k_chunks = 1 if tail else -(-k // ko)
+    return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs)
 
 
 @functools.lru_cache(maxsize=512)
 def kernel_plan(
-    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None,
+    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None, signs: bool = False,
 ) -> KernelPlan | None:
-    """The launch plan for rows of length n (elements of ``elem_size`` bytes), or None when the
-    kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes; ``signs``: with a sign
+    vector), or None when the kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
     if m > MAX_POW2_BITS:
@@ -526,6 +654,8 @@ def kernel_plan(
             return _dense_plan(1 << config.k_bits, m - config.k_bits, elem_size, config.dense)
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    if config is None:
+        config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
         config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
@@ -581,7 +711,7 @@ def fwht_rows_triton(
     """
     require_triton()
     rows, n = x2.shape
-    plan = kernel_plan(b, x2.element_size(), config)
+    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None)
     if plan is None:
         raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:
@@ -612,8 +742,8 @@ def fwht_rows_triton(
         else:
             pieces, h_dtype = 1, x2.dtype
         meta = dict(plan.meta)
-        h = _dense_matrix(meta["K"], meta["KO"] * plan.k_chunks, meta["KI"] * meta["KI_STEPS"], inverse, h_dtype,
-                          x2.device)
+        h = _dense_matrix(meta["K"], meta["KO"] * plan.k_chunks + meta["KB"], meta["KI"] * meta["KI_STEPS"] + meta["KB"],
+                          inverse, h_dtype, x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
         _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))

@@ -89,10 +89,13 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 
 # launch configurations off the default table: persistent grids (several tiles per program, the
 # last one partial), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
-# cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores)
+# cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores),
+# the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
+# as 32 + 16) with offsets recomputed per tile or hoisted
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
+           DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            SplitConfig(4, DenseConfig(1, 16, 1, 2, 0, 0, True)), SplitConfig(5, DenseConfig(1, 16, 1, 0, 16, 16))]
 
 
@@ -104,18 +107,20 @@ def _takes(n: int, config) -> bool:
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("n, dtype", [(64, torch.float32), (256, torch.bfloat16), (48, torch.float16),
-                                      (96, torch.float32), (320, torch.bfloat16), (128, torch.float16)])
+                                      (96, torch.float32), (320, torch.bfloat16), (128, torch.float16),
+                                      (136, torch.bfloat16), (144, torch.float32)])
 def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, device: str) -> None:
     if not _takes(n, config):
         pytest.skip("configuration of the other kernel")
-    x = _random((37, n), dtype, seed=n, device=device)
-    signs = random_signs(n, n + 1, device=device)
-    for inverse, use_signs in ((False, False), (False, True), (True, True)):
-        bits = sign_bit_mask(signs, x.element_size()) if use_signs else None
+    x = _random((37, 2 * n), dtype, seed=n, device=device)  # as 74 rows of n, or with signs per block of n
+    signs = random_signs(2 * n, n + 1, device=device)
+    for inverse, use_signs, blocks in ((False, False, 1), (False, True, 1), (True, True, 1), (False, True, 2),
+                                       (True, True, 2)):
+        bits = sign_bit_mask(signs[: blocks * n], x.element_size()) if use_signs else None
         torch.full((2 * x.numel() + 1024,), float("nan"), device=device)
         y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
-        ref = fwht_ref(x.double().cpu().numpy(), inverse=inverse,
-                       signs=signs.double().cpu().numpy() if use_signs else None)
+        s = np.tile(signs[: blocks * n].double().cpu().numpy(), 2 // blocks) if use_signs else None
+        ref = fwht_ref(x.double().cpu().numpy(), inverse=inverse, block_size=n, signs=s)
         assert torch.isfinite(y).all(), "unwritten or non-finite output"
         assert_close(y, ref)
 
@@ -242,4 +247,5 @@ def test_cuda_large_sizes(n: int, dtype: torch.dtype) -> None:
     x = _random((rows, n), dtype, seed=n, device="cuda")
     _check(x, "auto")
     signs = random_signs(n, n, device="cuda")
+    _check(x, "auto", signs=signs)
     _check(x, "auto", inverse=True, signs=signs)
