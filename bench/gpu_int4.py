@@ -121,13 +121,12 @@ SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), 
 SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
               (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
 SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]
-# The MSE kernel: (lanes, warps, block_g, trial ratios (None: RATIOS), signed codes, unrolled trials); the
-# tests run the same (MSE_LAUNCHES in tests/ops/test_int4_triton.py).
+# The MSE kernel: (lanes, warps, block_g, trial ratios; None: RATIOS); the tests run the same (MSE_LAUNCHES in
+# tests/ops/test_int4_triton.py). The H200 sweep of 2026-12-02-c also timed signed codes and unrolled trials
+# (slower, removed): bench/results/int4-mse-h200-2026-12-02-c.md.
 E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
-SWEEP_MSE = [(2, 1, None, None, False, False), (2, 1, None, None, False, True), (2, 1, None, None, True, False),
-             (4, 2, None, None, False, False), (4, 2, None, None, False, True), (4, 2, None, None, True, False),
-             (2, 2, None, None, False, False), (4, 1, None, None, True, False), (2, 1, 8, None, False, False),
-             (2, 1, None, E3, False, False), (2, 1, None, E2, False, False), (4, 2, None, E3, True, False)]
+SWEEP_MSE = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
+             (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
 
 
 def _compile_task(task: tuple[int, str, tuple]) -> None:
@@ -136,9 +135,8 @@ def _compile_task(task: tuple[int, str, tuple]) -> None:
     k, kind, cfg = task
     w = torch.randn(CHECK_ROWS, k, device="cuda").to(torch.bfloat16)
     if kind == "mse":
-        lanes, warps, block_g, ratios, signed, unroll = cfg
-        int4_quantize_pack(w, GROUP, "mse", block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios,
-                           signed=signed, unroll=unroll)
+        lanes, warps, block_g, ratios = cfg
+        int4_quantize_pack(w, GROUP, "mse", block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
     elif kind == "absmax":
         int4_quantize_pack(w, GROUP, "absmax", block_g=cfg[2], num_warps=cfg[1], lanes=cfg[0])
     elif kind == "asym":
@@ -219,17 +217,17 @@ def mse_sweep(jobs: int = 1) -> list[str]:
         print(out[-1], flush=True)
         check = w[:CHECK_ROWS]
         wants = {}
-        for lanes, warps, block_g, ratios, signed, unroll in SWEEP_MSE:
+        for lanes, warps, block_g, ratios in SWEEP_MSE:
             if ratios not in wants:
                 want_s = _mse_scale_torch(check, GROUP, *([ratios] if ratios else [])).to(w.dtype)
                 wants[ratios] = (want_s, quantize_int4_with_scale(check, want_s, backend="torch").packed)
             want_s, want_p = wants[ratios]
-            kw = dict(block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios, signed=signed, unroll=unroll)
+            kw = dict(block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
             p, sc = int4_quantize_pack(w, GROUP, "mse", **kw)
             ok = torch.equal(p[:CHECK_ROWS], want_p) and torch.equal(sc[:CHECK_ROWS], want_s)
             t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "mse", **kw), rep_ms=10.0)
             out.append(f"  mse trials={len(ratios) if ratios else 'RATIOS'} {ratios or ''} lanes={lanes} warps={warps} "
-                       f"block_g={block_g} signed={signed} unroll={unroll}: {q_bytes / t / 1e9:.0f} GB/s "
+                       f"block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
                        f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
             print(out[-1], flush=True)
         del w

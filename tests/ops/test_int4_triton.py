@@ -84,26 +84,23 @@ def test_mse_kernel_bit_exact(device: str, shape: tuple, seed: int, tail: str, d
     assert np.array_equal(got.packed.numpy(), expected.packed)
 
 
-# (lanes, warps, block_g, ratios, signed, unroll): the MSE kernel's launch configurations and trial sets of
+# (lanes, warps, block_g, ratios): the MSE kernel's launch configurations and trial sets of
 # bench/gpu_int4.py --mse-sweep
 E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
-MSE_LAUNCHES = [(2, 1, None, None, False, False), (2, 1, None, None, False, True), (2, 1, None, None, True, False),
-                (4, 2, None, None, False, False), (4, 2, None, None, False, True), (4, 2, None, None, True, False),
-                (2, 2, None, None, False, False), (4, 1, None, None, True, False), (2, 1, 8, None, False, False),
-                (2, 1, None, E3, False, False), (2, 1, None, E2, False, False), (4, 2, None, E3, True, False)]
+MSE_LAUNCHES = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
+                (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize(("lanes", "warps", "block_g", "ratios", "signed", "unroll"), MSE_LAUNCHES)
+@pytest.mark.parametrize(("lanes", "warps", "block_g", "ratios"), MSE_LAUNCHES)
 @pytest.mark.parametrize(("dtype", "k", "g"), [(torch.bfloat16, 1024, 128), (torch.bfloat16, 480, 48),
                                                (torch.float16, 512, 64), (torch.float32, 256, 128)])
 def test_mse_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None,
-                                          ratios: tuple | None, signed: bool, unroll: bool, dtype: torch.dtype,
-                                          k: int, g: int) -> None:
+                                          ratios: tuple | None, dtype: torch.dtype, k: int, g: int) -> None:
     w = weights(19, k, dtype, lanes * 100 + warps, tail="t")
     expected = ref.mse_scale(to_numpy(w), g, ratios=ref.RATIOS if ratios is None else np.array(ratios, np.float32))
     packed, scale = int4_quantize_pack(w.to(device), g, "mse", block_g=block_g, num_warps=warps, lanes=lanes,
-                                       ratios=ratios, signed=signed, unroll=unroll)
+                                       ratios=ratios)
     assert np.array_equal(scale.float().cpu().numpy(), expected.astype(np.float32))
     assert np.array_equal(packed.cpu().numpy(), ref.quantize_int4_with_scale(to_numpy(w), expected).packed)
 
