@@ -4,14 +4,15 @@ One program owns ``BLOCK_N`` rows x ``BLOCK_G`` groups. A group is read in ``G /
 power-of-two width; when it fits in one chunk the tile stays in registers and the weight is read
 from memory exactly once, whatever the scale rule. The tile is held as ``[BLOCK_N, BLOCK_G, SEGS,
 CHUNK // SEGS]`` so that a group is spread over few threads (``lanes``) and the per-group work each
-of them repeats is amortized over many weights (see ``hlwq_kernels.ops.int4_asym_triton``). Semantics (scale rules, rounding, nibble order)
-are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
+of them repeats is amortized over many weights (see ``hlwq_kernels.ops.int4_asym_triton``).
+Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
 
 - the quotient ``w / s`` is the correctly rounded float32 division, computed from one reciprocal per
   group with ``div_exact`` (``tl.div_rn`` for a tile whose scales fall outside its range);
-- ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers. A trial's codes are one fused
-  multiply-add a weight for bf16/fp16, ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 = rint(|w| / s)`` of the exact
-  product (the reference's trial codes), the stored codes (exact quotient) for fp32; ``A = Σ |w| |q|``
+- ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers, as a loop. A trial's codes are
+  one fused multiply-add a weight for bf16/fp16, ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 =
+  rint(|w| * (1/s))`` of the exact product (the reference's trial codes), the stored codes (exact
+  quotient) for fp32, then clamped to 7 or 8 (a register a weight); ``A = Σ |w| |q|``
   is summed in float32 where that is exact, then in float64: a product of a bf16 weight and a code
   has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
   each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
@@ -21,8 +22,7 @@ are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit fo
   bound is 2**8 times looser); fp32 weights multiply in float64. ``B = Σ q² <= 64 n`` is exact in
   float32. The trial and refit errors ``D``, ``F`` are then compared exactly in float64.
 
-bf16 weights with contiguous columns (``bf16_pairs``; rules "absmax" and "given") are read as int32
-words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
+bf16 weights with contiguous columns (``bf16_pairs``) are read as int32 words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
 (``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere).
 """
 

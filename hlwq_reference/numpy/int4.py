@@ -9,28 +9,28 @@ even) are stored as ``u = q + 8`` in ``[0, 15]``; column ``j`` of a row goes int
 Scales:
 - ``"absmax"`` (compressed-tensors' rule): ``s = max|w_group| / 7.5`` computed in float32 and rounded
   to the stored dtype; an all-zero group gets that dtype's machine epsilon.
-- ``"mse"``: per group, the best of ``len(RATIOS)`` trial scales for the clip ratios ``RATIOS`` (``r = 1``
-  first: the absmax scale itself; then ``s = dtype(float32(amax * m))`` with the multipliers
-  ``m = trial_multipliers(RATIOS) = float32(r / 7.5)``), and of their least-squares refits. A trial's
-  codes ``q`` give ``A = Σ |w| |q|`` and ``B = Σ q²`` (exact float64 sums: a product of a weight and a code needs at most 28 bits, and only weights with a non-zero code, within
-  a few binades of ``s``, contribute) and its error ``Σ (w - q s)² = Σ w² + D(s)`` with
-  ``D(s) = s (s B - 2 A)``, exact for bfloat16 and float16 scales and a single rounding of exact
-  values for float32. Its refit ``f = dtype(float32(A / B))`` (``s`` where ``B = 0``) has, with the same
-  codes, the error ``Σ w² + F`` with ``F = f (f B - 2 A)``; its own codes do at least as well wherever
-  they are the nearest codes to ``w / f``. Selection: the trial with the strictly lowest ``D`` (ties
-  keep the earlier) and the refit with the strictly lowest ``F``; the refit wins when its error is
-  strictly lower than that trial's, which is decided
-  - for bfloat16 / float16 weights and scales by ``F`` itself: trial codes are then
-    ``rint(|w| * float32(1 / s))`` (the exact product, half to even; the kernels' one fused multiply-add),
-    and these, like the stored codes, are nearest codes to ``w / s`` (ties, which both may break either
-    way, cost the same): a quotient of two 8- or 11-bit significands that is not a half-integer lies at
-    least ``2**-14`` from one, far more than the product's ``2**-20`` error; so ``D`` is the true error of
-    the stored codes and the refit's true error is at most ``Σ w² + F``;
-  - otherwise (float32) by evaluating the refit like a trial, with the stored codes (``w / s`` in
-    float32), which the trials use too.
-  No group is ever worse than absmax, and every implementation (this one, the torch path, the Triton
-  kernel) picks the same scale bit for bit. Groups whose absmax scale lies outside
-  ``SEARCH_RANGE`` (where ``1 / s`` could overflow) keep the absmax scale.
+- ``"mse"``: per group, the best of ``len(RATIOS)`` trial scales and of their least-squares refits.
+  Trial ``t`` is the absmax scale for ``t = 0``, then ``dtype(float32(amax * m))`` with the multiplier
+  ``m = trial_multipliers(RATIOS)[t] = float32(r / 7.5)`` of clip ratio ``r``. A trial's codes ``q`` give
+  ``A = Σ |w| |q|``, ``B = Σ q²`` (exact float64 sums: a product of a weight and a code needs at most 28
+  bits, and only weights with a non-zero code, within a few binades of ``s``, contribute) and its error
+  ``Σ (w - q s)² = Σ w² + D``, ``D = s (s B - 2 A)``, exact for bfloat16 and float16 scales and a single
+  rounding of exact values for float32. Its refit ``f = dtype(float32(A / B))`` (``s`` where ``B = 0``)
+  has, with the same codes, the error ``Σ w² + F``, ``F = f (f B - 2 A)``, which its own codes can only
+  lower wherever they are nearest codes. The trial with the strictly lowest ``D`` and the refit with the
+  strictly lowest ``F`` are kept (ties keep the earlier); the refit wins when its error is strictly
+  lower than that trial's ``D``, judged
+  - for bfloat16 / float16 weights and scales by ``F``: the trial codes are then ``rint(|w| *
+    float32(1 / s))`` of the exact product (the kernel's one fused multiply-add), and these, like the
+    stored codes, are nearest codes to ``w / s`` (at exact half-integers both cost the same): a quotient
+    of two 8- or 11-bit significands that is not a half-integer lies at least ``2**-14`` from one, far
+    more than the product's ``2**-20`` error; so ``D`` is the stored codes' true error and the refit's
+    true error is at most ``Σ w² + F``;
+  - otherwise (float32) by the refit's own error, evaluated like a trial; float32 trials use the stored
+    codes (``w / s`` in float32).
+  So no group is ever worse than absmax, and every implementation (this one, the torch path, the Triton
+  kernel) picks the same scale bit for bit. Groups whose absmax scale lies outside ``SEARCH_RANGE``
+  (where ``1 / s`` could overflow) keep the absmax scale.
 
 The code of ``w`` is defined by the float32 quotient ``w / s`` (IEEE division by the scale as stored),
 which is what compressed-tensors' GPU path and our kernels compute; that is why ``codes`` divides in
@@ -61,10 +61,9 @@ __all__ = [
 # The format contract; hlwq_kernels.ops.int4 imports these rather than repeating them.
 QMIN, QMAX = -8, 7
 ABSMAX_DIVISOR = 7.5
-# "mse": 4 trials and their refits (docs/int4.md: relative weight MSE within 0.6-0.9% of a
-# 24-ratio + 4-Lloyd-step search on real models, at a seventh of the trials)
+# "mse": 4 trials and their refits (docs/int4.md: relative weight MSE within 0.5-0.9% of the earlier
+# 24-ratio + 4-Lloyd-step search on real models, with a seventh of the trials)
 RATIOS = np.array([1.0, 0.925, 0.875, 0.8], dtype=np.float32)
-N_RATIOS = len(RATIOS)
 SEARCH_RANGE = (2.0**-100, 2.0**100)
 
 _SCALE_DTYPES = {
