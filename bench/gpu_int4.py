@@ -16,7 +16,12 @@ of the dequantized weights (0 = bit-exact codes and scales).
 Quality: relative weight MSE ``Σ (w - ŵ)² / Σ w²`` (float64) of absmax and MSE scales on Gaussian and
 Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (``--quality-only``).
 
+MSE sweep (``--mse-sweep``): the MSE kernel's launch configurations and trial sets (``RATIOS`` and
+shorter ones) on every shape, each checked bit for bit against the torch path with the same trials.
+``--asym-clip``: the asymmetric ``clip`` rule (torch path on CUDA; no kernel), event-timed calls.
+
     python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep | --sweep-only] [--quick] [--jobs 8]
+    python bench/gpu_int4.py --mse-sweep --asym-clip [--jobs 8]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
 """
 
@@ -30,9 +35,10 @@ import triton
 import triton.language as tl
 
 from gpu_common import (
-    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
+    SHAPES, arg_parser, bench_seconds, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row,
+    run_parallel,
 )
-from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4
+from hlwq_kernels.ops.int4 import Int4Weight, _mse_scale_torch, dequantize_int4, quantize_int4, quantize_int4_with_scale
 from hlwq_kernels.ops.int4_asym import quantize_int4_asym
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 from hlwq_kernels.ops.int4_triton import int4_quantize_pack
@@ -66,6 +72,7 @@ def roofline_rows(quick: bool = False) -> list[dict]:
             t = graph_seconds(lambda: quantize_int4(w, GROUP, rule))
             rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), "bf16", q_bytes / t / 1e9, clone,
                                      _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
+            print(rows[-1], flush=True)
         q = quantize_int4(w, GROUP)
         qc = Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP)
         poison_allocator(m_bytes)
@@ -114,6 +121,12 @@ SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), 
 SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
               (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
 SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]
+# The MSE kernel: (lanes, warps, block_g, trial ratios; None: RATIOS); the tests run the same (MSE_LAUNCHES in
+# tests/ops/test_int4_triton.py). The H200 sweep of 2026-12-02-c also timed signed codes and unrolled trials
+# (slower, removed): bench/results/int4-mse-h200-2026-12-02-c.md.
+E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
+SWEEP_MSE = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
+             (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
 
 
 def _compile_task(task: tuple[int, str, tuple]) -> None:
@@ -121,7 +134,10 @@ def _compile_task(task: tuple[int, str, tuple]) -> None:
     the same specialization as the full weight."""
     k, kind, cfg = task
     w = torch.randn(CHECK_ROWS, k, device="cuda").to(torch.bfloat16)
-    if kind == "absmax":
+    if kind == "mse":
+        lanes, warps, block_g, ratios = cfg
+        int4_quantize_pack(w, GROUP, "mse", block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
+    elif kind == "absmax":
         int4_quantize_pack(w, GROUP, "absmax", block_g=cfg[2], num_warps=cfg[1], lanes=cfg[0])
     elif kind == "asym":
         int4_asym_minmax_pack(w, GROUP, num_warps=cfg[1], lanes=cfg[0], block_g=cfg[2])
@@ -188,6 +204,53 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
     return out
 
 
+def mse_sweep(jobs: int = 1) -> list[str]:
+    """``SWEEP_MSE`` on every shape: GB/s, % of clone, bit-exact against the torch path with the same
+    trials (the first ``CHECK_ROWS`` rows)."""
+    out = []
+    run_parallel(_compile_task, [(k, "mse", cfg) for k in sorted({k for _, k in SHAPES}) for cfg in SWEEP_MSE], jobs)
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        q_bytes = 2 * n * k + n * k // 2 + 2 * n * k // GROUP
+        clone = clone_gbps(w)
+        out.append(f"  {n}x{k} bf16: clone {clone:.0f} GB/s")
+        print(out[-1], flush=True)
+        check = w[:CHECK_ROWS]
+        wants = {}
+        for lanes, warps, block_g, ratios in SWEEP_MSE:
+            if ratios not in wants:
+                want_s = _mse_scale_torch(check, GROUP, *([ratios] if ratios else [])).to(w.dtype)
+                wants[ratios] = (want_s, quantize_int4_with_scale(check, want_s, backend="torch").packed)
+            want_s, want_p = wants[ratios]
+            kw = dict(block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
+            p, sc = int4_quantize_pack(w, GROUP, "mse", **kw)
+            ok = torch.equal(p[:CHECK_ROWS], want_p) and torch.equal(sc[:CHECK_ROWS], want_s)
+            t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "mse", **kw), rep_ms=10.0)
+            out.append(f"  mse trials={len(ratios) if ratios else 'RATIOS'} {ratios or ''} lanes={lanes} warps={warps} "
+                       f"block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
+                       f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
+            print(out[-1], flush=True)
+        del w
+        torch.cuda.empty_cache()
+    return out
+
+
+def asym_clip_rows() -> list[str]:
+    """The asymmetric ``clip`` rule (torch path: no kernel) on each shape, event-timed public calls."""
+    lines = ["| shape | clone GB/s | asym clip GB/s | % of clone |", "|---|---|---|---|"]
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        ng = k // GROUP
+        moved = n * k * 2 + n * k // 2 + n * ng * 2 + (n + 7) // 8 * ng * 4
+        clone = clone_gbps(w)
+        gbps = moved / bench_seconds(lambda: quantize_int4_asym(w, GROUP, "clip")) / 1e9
+        lines.append(f"| {n}x{k} | {clone:.0f} | {gbps:.1f} | {100 * gbps / clone:.2f}% |")
+        print(lines[-1], flush=True)
+        del w
+        torch.cuda.empty_cache()
+    return lines
+
+
 def _rel_mse(w: torch.Tensor, q: Int4Weight) -> float:
     x = w.double()
     return float(((x - dequantize_int4(q, torch.float64)) ** 2).sum() / (x**2).sum())
@@ -221,6 +284,8 @@ def main() -> None:
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--jobs", type=int, default=8, help="processes compiling the sweep's kernels")
     parser.add_argument("--sweep-only", action="store_true", help="the sweep alone (no roofline, host, quality)")
+    parser.add_argument("--mse-sweep", action="store_true", help="also the MSE kernel's launches and trial sets")
+    parser.add_argument("--asym-clip", action="store_true", help="also the asymmetric clip rule's torch path")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
@@ -230,6 +295,10 @@ def main() -> None:
     if not args.quality_only:
         title = f"torch {torch.__version__}; GB/s = (bytes read + written) / median CUDA-graph replay time"
         out += report(title, roofline_rows(args.quick), host_calls(), sweep(args.quick, args.jobs) if args.sweep else None)
+        if args.mse_sweep:
+            out += ["", "MSE launch configurations and trial sets:"] + mse_sweep(args.jobs)
+        if args.asym_clip:
+            out += ["", "Asymmetric clip rule (torch path):", ""] + asym_clip_rows()
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

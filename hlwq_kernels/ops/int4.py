@@ -9,13 +9,13 @@ nibble ``j % 8``, column 0 least significant. Dequantization is ``(u - 8) * s``.
 Scale rules:
 - ``"absmax"``: compressed-tensors' own rule, ``max|w| / 7.5`` in float32 cast to the weight dtype;
   an all-zero group gets ``torch.finfo(dtype).eps``.
-- ``"mse"``: per group, the stored scale with the least squared error among ``N_RATIOS`` clip ratios
-  ``RATIOS = float32(1 - i * RATIO_STEP)`` of the absmax rule (ratio 1 *is* the absmax scale), then
-  ``LLOYD_STEPS`` Lloyd fixed-point updates ``s = Σ |w| |q| / Σ q²`` from the best one. Errors are
-  compared exactly through ``D(s) = s (s Σ q² - 2 Σ |w| |q|)`` (the error minus ``Σ w²``; float64
-  sums that are exact, see ``hlwq_reference.numpy.int4``); a trial replaces the best only when its
-  ``D`` is strictly lower, so no group is ever worse than absmax and the torch path, the kernel and
-  the NumPy reference return the same scales bit for bit.
+- ``"mse"``: per group, the best of ``len(RATIOS)`` trial scales (clip ratios of the absmax scale,
+  ratio 1 first) and their least-squares refits ``s = Σ |w| |q| / Σ q²``. Errors are compared exactly
+  through ``D(s) = s (s Σ q² - 2 Σ |w| |q|)`` (the error minus ``Σ w²``; exact float64 sums); a refit
+  of bf16/fp16 weights is judged by its error with the codes it was fitted to (an upper bound of its
+  own), a float32 one by its own error. No group is ever worse than absmax, and the torch path, the
+  kernel and the NumPy reference return the same scales bit for bit (``hlwq_reference.numpy.int4``
+  states the rule and why it holds).
 
 CUDA tensors use the fused Triton kernel (``hlwq_kernels.ops.int4_triton``: one read of the weight, packed
 words and scales out); CPU tensors use the torch path below; ``backend="triton"`` on CPU tensors runs
@@ -24,6 +24,7 @@ the kernel in Triton's interpreter. The NumPy reference is ``hlwq_reference.nump
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ import torch
 from hlwq_kernels.ops._triton import use_triton
 
 # The format contract's constants live in the (torch-free) reference, so both sides share one copy.
-from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
+from hlwq_reference.numpy.int4 import ABSMAX_DIVISOR, QMAX, QMIN, RATIOS, SEARCH_RANGE, trial_multipliers
 
 __all__ = [
     "Int4Weight",
@@ -107,34 +108,50 @@ def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX
     return _store(_div(amax, divisor), w.dtype).to(w.dtype)
 
 
-def _trial(wg: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(D, A, B)`` of float32 scales ``s`` [N, G]: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``."""
+def _trial(wg: torch.Tensor, s: torch.Tensor, exact: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(D, A, B)`` of float32 scales ``s`` [N, G]: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``,
+    with the stored codes (``exact``) or ``rint(|w| * float32(1 / s))`` (the exact product)."""
     a = wg.abs()
-    q = torch.minimum(a / s.unsqueeze(-1), torch.where(wg < 0, -QMIN, QMAX).to(a.dtype)).round_()
-    sa = (a.double() * q.double()).sum(dim=-1)  # exact: see hlwq_reference.numpy.int4
-    sb = q.square().sum(dim=-1).double()
+    cap = torch.where(wg < 0, -QMIN, QMAX).to(torch.float64)
+    if exact:
+        y = (a / s.unsqueeze(-1)).double()
+    else:
+        y = a.double() * (torch.ones_like(s) / s).double().unsqueeze(-1)
+    q = torch.minimum(y.round_(), cap)
+    sa = (a.double() * q).sum(dim=-1)  # exact: see hlwq_reference.numpy.int4
+    sb = q.square_().sum(dim=-1)
     s64 = s.double()
     return s64 * (s64 * sb - 2 * sa), sa, sb
 
 
-def _mse_scale_torch(w: torch.Tensor, group_size: int) -> torch.Tensor:
+def _lower(best: tuple | None, new: tuple) -> tuple:
+    """Elementwise ``new`` where its error (second item) is strictly lower than ``best``'s."""
+    if best is None:
+        return new
+    better = new[1] < best[1]
+    return tuple(torch.where(better, n, o) for n, o in zip(new, best))
+
+
+def _mse_scale_torch(w: torch.Tensor, group_size: int, ratios: Sequence[float] = tuple(RATIOS)) -> torch.Tensor:
+    """The ``"mse"`` scales (float32 values of ``w.dtype``) of ``hlwq_reference.numpy.int4.mse_scale``;
+    ``ratios`` (float32 values; the first trial is the absmax scale) replaces ``RATIOS``."""
     n, k = w.shape
     wg = w.float().reshape(n, k // group_size, group_size)
+    exact = w.dtype == torch.float32
     amax = wg.abs().amax(dim=-1)
-    best = None
-    for t in range(N_RATIOS + LLOYD_STEPS):
-        if t < N_RATIOS:
-            s = _store(_div(amax * float(RATIOS[t]), ABSMAX_DIVISOR), w.dtype)
-        else:  # Lloyd update of the best scale (kept where all its codes are 0)
-            best_s, _, sa, sb = best
-            s = _store(torch.where(sb > 0, sa / sb.clamp_min(1), best_s.double()).float(), w.dtype)
-        trial = (s, *_trial(wg, s))
-        if best is None:
-            best = trial
-        else:  # strictly lower D replaces the best; ties keep the earlier trial
-            better = trial[1] < best[1]
-            best = tuple(torch.where(better, new, old) for new, old in zip(trial, best))
-    return best[0].to(w.dtype)
+    absmax = _store(_div(amax, ABSMAX_DIVISOR), w.dtype)
+    best = refit = None
+    for t, m in enumerate(trial_multipliers(ratios)):
+        s = absmax if t == 0 else _store(amax * float(m), w.dtype)
+        d, sa, sb = _trial(wg, s, exact)
+        best = _lower(best, (s, d))
+        f = _store(torch.where(sb > 0, sa / sb.clamp_min(1), s.double()).float(), w.dtype)
+        f64 = f.double()
+        refit = _lower(refit, (f, f64 * (f64 * sb - 2 * sa)))
+    if exact:  # float32: the refit's own error decides
+        refit = (refit[0], _trial(wg, refit[0], exact)[0])
+    s = torch.where(refit[1] < best[1], refit[0], best[0])
+    return torch.where((absmax >= SEARCH_RANGE[0]) & (absmax <= SEARCH_RANGE[1]), s, absmax)
 
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

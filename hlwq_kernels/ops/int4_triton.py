@@ -4,17 +4,25 @@ One program owns ``BLOCK_N`` rows x ``BLOCK_G`` groups. A group is read in ``G /
 power-of-two width; when it fits in one chunk the tile stays in registers and the weight is read
 from memory exactly once, whatever the scale rule. The tile is held as ``[BLOCK_N, BLOCK_G, SEGS,
 CHUNK // SEGS]`` so that a group is spread over few threads (``lanes``) and the per-group work each
-of them repeats is amortized over many weights (see ``hlwq_kernels.ops.int4_asym_triton``). Semantics (scale rules, rounding, nibble order)
-are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
+of them repeats is amortized over many weights (see ``hlwq_kernels.ops.int4_asym_triton``).
+Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.int4`` and ``hlwq_reference.numpy.int4``, bit for bit:
 
 - the quotient ``w / s`` is the correctly rounded float32 division, computed from one reciprocal per
   group with ``div_exact`` (``tl.div_rn`` for a tile whose scales fall outside its range);
-- ``scale="mse"`` evaluates each trial scale by the exact sums ``A = Σ |w| |q|`` (float64; float32
-  partial sums where they are provably exact: bf16 weights, groups of at most 128, ratio trials)
-  and ``B = Σ q²`` and keeps the trial with the strictly lowest ``D = s (s B - 2 A)``.
+- ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers, as a loop. A trial's codes are
+  one fused multiply-add a weight for bf16/fp16, ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 =
+  rint(|w| * (1/s))`` of the exact product (the reference's trial codes), the stored codes (exact
+  quotient) for fp32, then clamped to 7 or 8 (a register a weight); ``A = Σ |w| |q|``
+  is summed in float32 where that is exact, then in float64: a product of a bf16 weight and a code
+  has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
+  each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
+  the binade below the smallest of them, ``> s / 4``) below ``8 n amax``, which float32 holds exactly
+  while ``n amax / s <= 2**12``: chunks of 256 and trial ratios ``>= MIN_RATIO`` (``amax / s <= 15.1``).
+  fp16 weights are split into a bf16-exact high part and a 3-bit low part summed apart (the low sums'
+  bound is 2**8 times looser); fp32 weights multiply in float64. ``B = Σ q² <= 64 n`` is exact in
+  float32. The trial and refit errors ``D``, ``F`` are then compared exactly in float64.
 
-bf16 weights with contiguous columns (``bf16_pairs``; rules "absmax" and "given") are read as int32
-words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
+bf16 weights with contiguous columns (``bf16_pairs``) are read as int32 words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
 (``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere).
 """
 
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import (
@@ -31,83 +40,193 @@ from hlwq_kernels.ops._jit import (
     group_quotient,
     group_tile,
     group_word_pointers,
-    int4_absmax_scale,
     int4_absmax_scale_cvt,
     pack_code_pairs,
     pack_codes,
     quotient_is_exact,
     reciprocal,
     rint,
-    round_to_dtype,
+    round_to_dtype_cvt,
 )
 from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
-from hlwq_reference.numpy.int4 import LLOYD_STEPS, N_RATIOS, QMAX, QMIN, RATIOS
+from hlwq_reference.numpy.int4 import QMAX, QMIN, SEARCH_RANGE, trial_multipliers
 
-__all__ = ["int4_quantize_pack", "bf16_pairs", "device_ratios", "group_tiles", "packed_int16_ptx", "row_slabs"]
+__all__ = ["int4_quantize_pack", "MIN_RATIO", "bf16_pairs", "device_multipliers", "group_tiles", "packed_int16_ptx", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
 _MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
 # Launch defaults, from sweeps on an H200 (bench/results/int4-h200-2026-12-02-b.md): 4 threads a
 # group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 1024 columns (8 groups of 128) a
-# program; the MSE rule keeps those of bench/results/int4-h200-2026-12-02.md (2 warps, 2048 columns).
-_LANES = 4
-_WARPS = {"given": 1, "absmax": 1, "mse": 2}
+# program. The MSE search (compute-bound) takes 2 threads a chunk: each thread's per-trial group work
+# (reciprocal, refit, float64 errors) is spread over 64 weights (bench/results/int4-mse-h200-2026-12-02-c.md).
+_LANES = {"given": 4, "absmax": 4, "mse": 2}
+_WARPS = {"given": 1, "absmax": 1, "mse": 1}
 _COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
-_F32_SUM_MAX_GROUP = 128  # bf16 ratio trials: float32 sums of |w| |q| are exact up to this group size
+_MSE_WIDE_LAUNCH = (4, 2)  # fp16 / fp32 "mse" (lanes, warps): more registers a weight, 2 threads a chunk would spill
+# "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32
+_CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+MIN_RATIO = 0.5  # the smallest "mse" trial ratio whose float32 sums are exact (module docstring)
+_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: fma(a, inv, _MAGIC) - _MAGIC = rint(a * inv) for |a * inv| < 2**22
+_SEARCH_LO = tl.constexpr(SEARCH_RANGE[0])
+_SEARCH_HI = tl.constexpr(SEARCH_RANGE[1])
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
-_RATIOS: dict[torch.device, torch.Tensor] = {}
+_MULTIPLIERS: dict[tuple, torch.Tensor] = {}
 
 
-def device_ratios(device: torch.device) -> torch.Tensor:
-    """The float32 clip ratios of ``scale="mse"``, cached on ``device``."""
-    if device not in _RATIOS:
-        _RATIOS[device] = torch.from_numpy(RATIOS).to(device)
-    return _RATIOS[device]
+def device_multipliers(device: torch.device, ratios: tuple[float, ...] | None = None) -> torch.Tensor:
+    """The float32 trial multipliers of ``scale="mse"`` (``trial_multipliers``) for ``RATIOS``, cached on
+    ``device``, or for other ``ratios`` (1 first, none below ``MIN_RATIO``)."""
+    if ratios is not None and min(ratios) < MIN_RATIO:
+        raise ValueError(f"mse trial ratios must be at least {MIN_RATIO}, got {ratios}")
+    key = (device, ratios)
+    if key not in _MULTIPLIERS:
+        m = trial_multipliers() if ratios is None else trial_multipliers(np.array(ratios, dtype=np.float32))
+        _MULTIPLIERS[key] = torch.from_numpy(m).to(device)
+    return _MULTIPLIERS[key]
 
 
 @triton.jit
 def _group_sum(v):
-    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]``."""
-    return tl.sum(tl.sum(v, axis=3), axis=2)
+    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]`` (the segments a thread holds first)."""
+    return tl.sum(tl.sum(v, axis=2), axis=2)
 
 
 @triton.jit
-def _try_scale(
-    trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
-    NCHUNK: tl.constexpr, CHUNK: tl.constexpr, F32_SUMS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
-):
-    """Evaluate trial scales [BN, BG] by ``D = s (s Σ q² - 2 Σ |w| |q|)``; keep them where D is strictly lower."""
-    inv = reciprocal(trial)
-    fast = quotient_is_exact(trial, inv, amax)
-    sa = tl.zeros(trial.shape, tl.float64)
-    sb = tl.zeros(trial.shape, tl.float32)
+def _pair_sum(ue, uo):
+    """Per-group sums of two tiles ``[BN, BG, SEGS, W2]`` -> ``[BN, BG]``: over the segments a thread holds
+    first (chains of fused multiply-adds when ``ue``, ``uo`` are products), then the two, then across
+    threads once."""
+    return tl.sum(tl.sum(ue, axis=2) + tl.sum(uo, axis=2), axis=2)
+
+
+@triton.jit
+def _load_chunk(w_ptrs, c, mask4, stride_wk, CHUNK: tl.constexpr, PAIRS: tl.constexpr):
+    """Chunk ``c`` of the tile: int32 words of bf16 pairs (``PAIRS``) or the weights as float32."""
+    if PAIRS:
+        x = tl.load(w_ptrs + c * (CHUNK // 2), mask=mask4, other=0)
+    else:
+        x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _even_odd(x, PAIRS: tl.constexpr):
+    """float32 weights of the even and odd columns ``[BN, BG, SEGS, W // 2]`` of a loaded chunk."""
+    if PAIRS:
+        e, o = bf16_lo(x), bf16_hi(x)
+    else:
+        e, o = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], x.shape[2], x.shape[3] // 2, 2]))
+    return e, o
+
+
+@triton.jit
+def _cap(x, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """The largest code magnitude of each weight: ``-QMIN`` below zero, ``QMAX`` otherwise."""
+    return tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)
+
+
+@triton.jit
+def _trial_codes(a, cap, s4, inv4, fast, CODES: tl.constexpr):
+    """Trial code magnitudes of weight magnitudes ``a`` (module docstring), clamped to ``cap``:
+    ``rint(a * inv)`` of the exact product by one fused multiply-add (bf16, fp16), the stored codes (fp32)."""
+    if CODES == 2:
+        q = rint(tl.minimum(group_quotient(a, s4, inv4, fast), cap))
+    else:
+        q = tl.minimum(tl.fma(a, inv4, _MAGIC) - _MAGIC, cap)
+    return q
+
+
+@triton.jit
+def _wide_products(a, q, CODES: tl.constexpr):
+    """Per-group ``Σ a q`` in float64, exact: two float32 sums for fp16 weights (a bf16-exact high part
+    and the 3-bit rest), float64 products for fp32."""
+    if CODES == 1:
+        hi = (a.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+        sa = _group_sum(hi * q).to(tl.float64) + _group_sum((a - hi) * q).to(tl.float64)
+    else:
+        sa = _group_sum(a.to(tl.float64) * q.to(tl.float64))
+    return sa
+
+
+@triton.jit
+def _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK: tl.constexpr, CHUNK: tl.constexpr,
+                CODES: tl.constexpr, PAIRS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """``(A, B) = (Σ |w| |q|, Σ q²)``, exact, of trial scales ``s`` [BN, BG]: ``A`` float32 for bf16
+    weights in one chunk, float64 otherwise; ``B`` float32."""
+    inv = reciprocal(s)
+    if CODES == 2:
+        fast = quotient_is_exact(s, inv, amax)
+    else:
+        fast = True
+    s4 = s[:, :, None, None]
+    inv4 = inv[:, :, None, None]
+    sa = tl.zeros(s.shape, tl.float32 if CODES == 0 and NCHUNK == 1 else tl.float64)
+    sb = tl.zeros(s.shape, tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
-            x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
-        a = tl.abs(x)
-        q = rint(tl.minimum(group_quotient(a, trial[:, :, None, None], inv[:, :, None, None], fast),
-                            tl.where(x < 0.0, -QMIN, QMAX).to(tl.float32)))
-        sb += _group_sum(q * q)
-        if F32_SUMS:  # exact in float32 (see the module docstring) when every step stays normal
-            if fast:
-                sa += _group_sum(a * q).to(tl.float64)
-            else:
-                sa += _group_sum(a.to(tl.float64) * q.to(tl.float64))
+            xe, xo = _even_odd(_load_chunk(w_ptrs, c, mask4, stride_wk, CHUNK, PAIRS), PAIRS)
+        ae, ao = tl.abs(xe), tl.abs(xo)
+        qe = _trial_codes(ae, _cap(xe, QMIN, QMAX), s4, inv4, fast, CODES)
+        qo = _trial_codes(ao, _cap(xo, QMIN, QMAX), s4, inv4, fast, CODES)
+        sb += _pair_sum(qe * qe, qo * qo)
+        if CODES == 0:  # bf16: float32 sums are exact (module docstring)
+            sa += _pair_sum(ae * qe, ao * qo).to(sa.dtype)
         else:
-            sa += _group_sum(a.to(tl.float64) * q.to(tl.float64))
-    s64 = trial.to(tl.float64)
-    d = s64 * (s64 * sb.to(tl.float64) - 2.0 * sa)
+            sa += _wide_products(ae, qe, CODES) + _wide_products(ao, qo, CODES)
+    return sa, sb
+
+
+@triton.jit
+def _lower(best_s, best_d, s, d):
+    """``(s, d)`` where ``d`` is strictly lower than ``best_d``, else the best so far."""
     better = d < best_d
-    return (tl.where(better, trial, best_s), tl.where(better, d, best_d), tl.where(better, sa, best_a),
-            tl.where(better, sb, best_b))
+    return tl.where(better, s, best_s), tl.where(better, d, best_d)
+
+
+@triton.jit
+def _sq_error_change(s, sa, sb):
+    """``D = s (s B - 2 A)`` in float64 (exact for bf16 / fp16 scales)."""
+    s64 = s.to(tl.float64)
+    return s64 * (s64 * sb.to(tl.float64) - 2.0 * sa.to(tl.float64))
+
+
+@triton.jit
+def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.constexpr, N_RATIOS: tl.constexpr,
+               NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr, PAIRS: tl.constexpr,
+               QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
+    scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). The
+    trials stay a loop: unrolled (3500 instructions instead of 2300) it ran 14% slower on an H200."""
+    absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
+    best_s = absmax
+    best_d = tl.full(amax.shape, float("inf"), tl.float64)
+    refit_s = absmax
+    refit_d = tl.full(amax.shape, float("inf"), tl.float64)
+    for t in range(N_RATIOS):
+        s = round_to_dtype_cvt(amax * tl.load(mult_ptr + t), DT, PTX)
+        s = tl.where(t == 0, absmax, tl.where(s == 0.0, eps, s))
+        sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
+        best_s, best_d = _lower(best_s, best_d, s, _sq_error_change(s, sa, sb))
+        if sa.dtype == tl.float32:  # = float32(A / B) computed in float64 (53 >= 2 * 24 + 2 bits)
+            f = tl.div_rn(sa, tl.maximum(sb, 1.0))
+        else:
+            f = (sa / tl.maximum(sb, 1.0).to(tl.float64)).to(tl.float32)
+        f = round_to_dtype_cvt(f, DT, PTX)
+        f = tl.where(sb > 0.0, tl.where(f == 0.0, eps, f), s)
+        refit_s, refit_d = _lower(refit_s, refit_d, f, _sq_error_change(f, sa, sb))
+    if CODES == 2:  # float32: the refit's own error decides
+        sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, refit_s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
+        refit_d = _sq_error_change(refit_s, sa, sb)
+    s = tl.where(refit_d < best_d, refit_s, best_s)
+    return tl.where((absmax >= _SEARCH_LO) & (absmax <= _SEARCH_HI), s, absmax)
 
 
 @triton.jit
 def _int4_quantize_pack_kernel(
-    w_ptr, scale_ptr, packed_ptr, ratios_ptr, N, NG, K8, stride_wn, stride_wk, eps,
+    w_ptr, scale_ptr, packed_ptr, mult_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    MODE: tl.constexpr, N_RATIOS: tl.constexpr, LLOYD_STEPS: tl.constexpr, F32_SUMS: tl.constexpr,
+    MODE: tl.constexpr, N_RATIOS: tl.constexpr, CODES: tl.constexpr,
     QMIN: tl.constexpr, QMAX: tl.constexpr, PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
@@ -117,25 +236,17 @@ def _int4_quantize_pack_kernel(
         w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
     s_offs = rows.to(tl.int64)[:, None] * NG + grps[None, :]
     amax = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-    if PAIRS:  # bf16 pairs as int32 words (MODE != 2): STEP words a chunk, range by packed min / max
+    if PAIRS:  # bf16 pairs as int32 words, range by packed min / max
         w_ptrs = group_word_pointers(w_ptr, rows, grps, stride_wn, G, CHUNK, SEGS)
-        STEP: tl.constexpr = CHUNK // 2
-        if NCHUNK == 1:
-            x = tl.load(w_ptrs, mask=mask4, other=0)
-        for c in range(NCHUNK):
-            if NCHUNK > 1:
-                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
+        x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W // 2], tl.int32)
+    else:
+        x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
+    for c in range(NCHUNK):
+        x = _load_chunk(w_ptrs, c, mask4, stride_wk, CHUNK, PAIRS)
+        if PAIRS:
             lo, hi = bf16_pair_range(x, PTX)
             amax = tl.maximum(amax, tl.maximum(hi, -lo))
-    else:
-        STEP: tl.constexpr = CHUNK
-        if NCHUNK == 1:
-            x = tl.load(w_ptrs, mask=mask4, other=0.0).to(tl.float32)
         else:
-            x = tl.zeros([BLOCK_N, BLOCK_G, SEGS, W], tl.float32)
-        for c in range(NCHUNK):
-            if NCHUNK > 1:
-                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x), axis=2), axis=2))
 
     if MODE == 0:
@@ -143,24 +254,9 @@ def _int4_quantize_pack_kernel(
     elif MODE == 1:
         s = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     else:
-        # Ratio trials r * absmax (r = 1 first), then Lloyd updates of the best so far.
-        best_s = amax
-        best_d = tl.full([BLOCK_N, BLOCK_G], float("inf"), tl.float64)
-        best_a = tl.zeros([BLOCK_N, BLOCK_G], tl.float64)
-        best_b = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-        for t in range(N_RATIOS):
-            trial = int4_absmax_scale(amax * tl.load(ratios_ptr + t), eps, DT)
-            best_s, best_d, best_a, best_b = _try_scale(
-                trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
-                NCHUNK, CHUNK, F32_SUMS, QMIN, QMAX)
-        for _ in range(LLOYD_STEPS):
-            ls = (best_a / tl.maximum(best_b, 1.0).to(tl.float64)).to(tl.float32)
-            trial = round_to_dtype(tl.where(best_b > 0.0, ls, best_s), DT)
-            trial = tl.where(trial == 0.0, eps, trial)
-            best_s, best_d, best_a, best_b = _try_scale(
-                trial, x, w_ptrs, mask4, stride_wk, amax, best_s, best_d, best_a, best_b,
-                NCHUNK, CHUNK, False, QMIN, QMAX)
-        s = best_s
+        xe, xo = _even_odd(x, PAIRS)
+        s = _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT, N_RATIOS, NCHUNK, CHUNK, CODES,
+                       PAIRS, QMIN, QMAX, PTX)
     if MODE != 0:
         tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
@@ -169,18 +265,18 @@ def _int4_quantize_pack_kernel(
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
     for c in range(NCHUNK):
-        if PAIRS:
-            if NCHUNK > 1:
-                x = tl.load(w_ptrs + c * STEP, mask=mask4, other=0)
-            ye = group_quotient(bf16_lo(x), s4, inv4, fast)
-            yo = group_quotient(bf16_hi(x), s4, inv4, fast)
-            if MODE == 0:  # a given scale bounds nothing: clamp first (|y| <= 7.5 (1 + 2**-8) otherwise)
+        if NCHUNK > 1:
+            x = _load_chunk(w_ptrs, c, mask4, stride_wk, CHUNK, PAIRS)
+        if PAIRS or MODE == 2:
+            if NCHUNK > 1 or MODE != 2:  # (the mse search's single chunk is still held as xe, xo)
+                xe, xo = _even_odd(x, PAIRS)
+            ye = group_quotient(xe, s4, inv4, fast)
+            yo = group_quotient(xo, s4, inv4, fast)
+            if MODE == 0:  # a given scale bounds nothing: clamp first (absmax and mse scales keep |y| far below 2**14)
                 ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
                 yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
             words = pack_code_pairs(ye, yo, 0.0, PTX)
         else:
-            if NCHUNK > 1:
-                x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
             words = pack_codes(tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX))
         tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
 
@@ -245,16 +341,19 @@ def int4_quantize_pack(
     scale: torch.Tensor | None = None,
     block_g: int | None = None,
     num_warps: int | None = None,
-    lanes: int = _LANES,
+    lanes: int | None = None,
     reps: int = 1,
+    ratios: tuple[float, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize and pack ``w`` [N, K] in one pass; ``rule`` is "absmax", "mse" or "given" (uses ``scale``).
 
     Returns (packed int32 [N, K/8], scale [N, K/g] in ``w.dtype``, or ``scale`` itself when given).
     Inputs are assumed validated by ``hlwq_kernels.ops.int4``. ``block_g``, ``num_warps``, ``lanes``
-    (threads per group) and ``reps`` ((row, group) pairs a thread) tune the launch (``group_tiles``).
+    (threads per group) and ``reps`` ((row, group) pairs a thread) tune the launch (``group_tiles``);
+    ``ratios`` (float32 values, 1 first, none below ``MIN_RATIO``) replaces ``RATIOS`` of "mse".
     """
     require_triton()
+    mult = device_multipliers(w.device, ratios)
     n, k = w.shape
     n_groups = k // group_size
     packed = torch.empty((n, k // 8), dtype=torch.int32, device=w.device)
@@ -262,7 +361,9 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
-    num_warps = num_warps or _WARPS[rule]
+    wide = rule == "mse" and w.dtype != torch.bfloat16
+    num_warps = num_warps or (_MSE_WIDE_LAUNCH[1] if wide else _WARPS[rule])
+    lanes = lanes or (_MSE_WIDE_LAUNCH[0] if wide else _LANES[rule])
     block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
@@ -270,11 +371,10 @@ def int4_quantize_pack(
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
         launch(
             _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            *part, device_ratios(w.device), r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
+            *part, mult, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
             _EPS[scale.dtype] if rule != "given" else 0.0,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
-            N_RATIOS=N_RATIOS, LLOYD_STEPS=LLOYD_STEPS,
-            F32_SUMS=w.dtype == torch.bfloat16 and group_size <= _F32_SUM_MAX_GROUP, QMIN=QMIN, QMAX=QMAX,
-            PAIRS=rule != "mse" and bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps,
+            N_RATIOS=mult.numel(), CODES=_CODES[w.dtype], QMIN=QMIN, QMAX=QMAX,
+            PAIRS=bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps,
         )
     return packed, scale

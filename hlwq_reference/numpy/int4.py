@@ -9,17 +9,28 @@ even) are stored as ``u = q + 8`` in ``[0, 15]``; column ``j`` of a row goes int
 Scales:
 - ``"absmax"`` (compressed-tensors' rule): ``s = max|w_group| / 7.5`` computed in float32 and rounded
   to the stored dtype; an all-zero group gets that dtype's machine epsilon.
-- ``"mse"``: per group, the stored scale with the least squared error among the clip ratios
-  ``RATIOS = float32(1 - i * RATIO_STEP)`` of the absmax rule (``s = dtype(float32(amax * r) / 7.5)``
-  in float32, so ``r = 1`` *is* the absmax scale), followed by ``LLOYD_STEPS`` Lloyd updates
-  ``s = dtype(float32(Σ |w| |q| / Σ q²))`` from the best scale so far. Errors are compared exactly:
-  ``Σ (w - q s)² = Σ w² + D(s)`` with ``D(s) = s (s Σ q² - 2 Σ |w| |q|)``, whose sums are exact in
-  float64 (products of a weight and a code need at most 28 bits, and only weights with a non-zero
-  code, within a few binades of ``s``, contribute), so ``D`` is exact for bfloat16 and float16
-  scales and a single rounding of exact values for float32. A trial replaces the best scale only
-  when its ``D`` is strictly lower; ties keep the earlier trial, so no group is ever worse than
-  absmax, and every implementation (this one, the torch path, the Triton kernel) picks the same
-  scale bit for bit.
+- ``"mse"``: per group, the best of ``len(RATIOS)`` trial scales and of their least-squares refits.
+  Trial ``t`` is the absmax scale for ``t = 0``, then ``dtype(float32(amax * m))`` with the multiplier
+  ``m = trial_multipliers(RATIOS)[t] = float32(r / 7.5)`` of clip ratio ``r``. A trial's codes ``q`` give
+  ``A = Σ |w| |q|``, ``B = Σ q²`` (exact float64 sums: a product of a weight and a code needs at most 28
+  bits, and only weights with a non-zero code, within a few binades of ``s``, contribute) and its error
+  ``Σ (w - q s)² = Σ w² + D``, ``D = s (s B - 2 A)``, exact for bfloat16 and float16 scales and a single
+  rounding of exact values for float32. Its refit ``f = dtype(float32(A / B))`` (``s`` where ``B = 0``)
+  has, with the same codes, the error ``Σ w² + F``, ``F = f (f B - 2 A)``, which its own codes can only
+  lower wherever they are nearest codes. The trial with the strictly lowest ``D`` and the refit with the
+  strictly lowest ``F`` are kept (ties keep the earlier); the refit wins when its error is strictly
+  lower than that trial's ``D``, judged
+  - for bfloat16 / float16 weights and scales by ``F``: the trial codes are then ``rint(|w| *
+    float32(1 / s))`` of the exact product (the kernel's one fused multiply-add), and these, like the
+    stored codes, are nearest codes to ``w / s`` (at exact half-integers both cost the same): a quotient
+    of two 8- or 11-bit significands that is not a half-integer lies at least ``2**-14`` from one, far
+    more than the product's ``2**-20`` error; so ``D`` is the stored codes' true error and the refit's
+    true error is at most ``Σ w² + F``;
+  - otherwise (float32) by the refit's own error, evaluated like a trial; float32 trials use the stored
+    codes (``w / s`` in float32).
+  So no group is ever worse than absmax, and every implementation (this one, the torch path, the Triton
+  kernel) picks the same scale bit for bit. Groups whose absmax scale lies outside ``SEARCH_RANGE``
+  (where ``1 / s`` could overflow) keep the absmax scale.
 
 The code of ``w`` is defined by the float32 quotient ``w / s`` (IEEE division by the scale as stored),
 which is what compressed-tensors' GPU path and our kernels compute; that is why ``codes`` divides in
@@ -37,6 +48,7 @@ __all__ = [
     "Int4Weight",
     "absmax_scale",
     "mse_scale",
+    "trial_multipliers",
     "int4_codes",
     "pack_int4",
     "unpack_int4",
@@ -49,10 +61,10 @@ __all__ = [
 # The format contract; hlwq_kernels.ops.int4 imports these rather than repeating them.
 QMIN, QMAX = -8, 7
 ABSMAX_DIVISOR = 7.5
-N_RATIOS = 24
-RATIO_STEP = 0.025
-RATIOS = (1.0 - np.arange(N_RATIOS) * RATIO_STEP).astype(np.float32)
-LLOYD_STEPS = 4
+# "mse": 4 trials and their refits (docs/int4.md: relative weight MSE within 0.5-0.9% of the earlier
+# 24-ratio + 4-Lloyd-step search on real models, with a seventh of the trials)
+RATIOS = np.array([1.0, 0.925, 0.875, 0.8], dtype=np.float32)
+SEARCH_RANGE = (2.0**-100, 2.0**100)
 
 _SCALE_DTYPES = {
     "bfloat16": ml_dtypes.bfloat16,
@@ -115,33 +127,62 @@ def group_sq_error(w: np.ndarray, scale: np.ndarray, group_size: int = 128) -> n
     return _group_error(_groups(w, group_size), np.asarray(scale))
 
 
-def _trial(wg: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(D, A, B)`` of stored scales ``s``: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``."""
-    q = np.abs(_group_codes(wg, s))
-    a, b = (np.abs(wg.astype(np.float64)) * q).sum(axis=-1), (q * q).sum(axis=-1)
+def _trial(wg: np.ndarray, s: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(D, A, B)`` of stored scales ``s``: ``A = Σ |w| |q|``, ``B = Σ q²``, ``D = s (s B - 2 A)``, with the
+    stored codes (``exact``) or ``rint(|w| * float32(1 / s))`` (see the module docstring)."""
+    a = np.abs(wg.astype(np.float32))
+    cap = np.where(wg < 0, -QMIN, QMAX)
+    s32 = s.astype(np.float32)
+    if exact:
+        y = a / s32[..., None]
+    else:
+        y = a.astype(np.float64) * (np.float32(1) / s32).astype(np.float64)[..., None]
+    q = np.minimum(np.rint(y), cap).astype(np.float64)
+    a64 = a.astype(np.float64)
+    sa, sb = (a64 * q).sum(axis=-1), (q * q).sum(axis=-1)
     s64 = s.astype(np.float64)
-    return s64 * (s64 * b - 2 * a), a, b
+    return s64 * (s64 * sb - 2 * sa), sa, sb
 
 
-def mse_scale(w: np.ndarray, group_size: int = 128, scale_dtype: str | None = None) -> np.ndarray:
-    """Per-group scale minimising the squared error on the INT4 grid (see module docstring)."""
+def _lower(best: tuple | None, new: tuple) -> tuple:
+    """Elementwise ``new`` where its error (second item) is strictly lower than ``best``'s."""
+    if best is None:
+        return new
+    better = new[1] < best[1]
+    return tuple(np.where(better, n, o) for n, o in zip(new, best))
+
+
+def trial_multipliers(ratios: np.ndarray = RATIOS) -> np.ndarray:
+    """``float32(r / 7.5)`` of each clip ratio: trial ``t > 0`` of ``"mse"`` is ``dtype(float32(amax * m[t]))``
+    (``m[0]`` is unused: the first trial is the absmax scale)."""
+    return (np.asarray(ratios, dtype=np.float32).astype(np.float64) / ABSMAX_DIVISOR).astype(np.float32)
+
+
+def mse_scale(
+    w: np.ndarray, group_size: int = 128, scale_dtype: str | None = None, ratios: np.ndarray = RATIOS
+) -> np.ndarray:
+    """Per-group scale minimising the squared error on the INT4 grid (see module docstring); ``ratios``
+    (float32, 1 first; the first trial is the absmax scale whatever it says) replaces ``RATIOS``."""
     dtype = _scale_dtype(w, scale_dtype)
+    sixteen = (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+    exact = not (w.dtype in sixteen and dtype in sixteen)
     wg = _groups(w, group_size)
     amax = np.abs(wg.astype(np.float32)).max(axis=-1)
-    best = None
-    for t in range(N_RATIOS + LLOYD_STEPS):
-        if t < N_RATIOS:
-            s = _store(amax * RATIOS[t] / np.float32(ABSMAX_DIVISOR), dtype)
-        else:  # Lloyd update of the best scale (kept where all its codes are 0)
-            best_s, _, a, b = best
-            s = _store(np.where(b > 0, a / np.where(b > 0, b, 1), best_s.astype(np.float64)), dtype)
-        trial = (s, *_trial(wg, s))
-        if best is None:
-            best = trial
-        else:  # strictly lower D replaces the best; ties keep the earlier trial
-            better = trial[1] < best[1]
-            best = tuple(np.where(better, new, old) for new, old in zip(trial, best))
-    return best[0]
+    best = refit = None
+    with np.errstate(all="ignore"):  # groups outside SEARCH_RANGE are computed, then discarded
+        absmax = _store(amax / np.float32(ABSMAX_DIVISOR), dtype)
+        for t, m in enumerate(trial_multipliers(ratios)):
+            s = absmax if t == 0 else _store(amax * m, dtype)
+            d, a, b = _trial(wg, s, exact)
+            best = _lower(best, (s, d))
+            f = _store(np.where(b > 0, a / np.where(b > 0, b, 1), s.astype(np.float64)), dtype)
+            f64 = f.astype(np.float64)
+            refit = _lower(refit, (f, f64 * (f64 * b - 2 * a)))
+        if exact:  # float32: the refit's own error decides
+            refit = (refit[0], _trial(wg, refit[0], exact)[0])
+        s = np.where(refit[1] < best[1], refit[0], best[0])
+    in_range = (absmax.astype(np.float64) >= SEARCH_RANGE[0]) & (absmax.astype(np.float64) <= SEARCH_RANGE[1])
+    return np.where(in_range, s, absmax)
 
 
 def int4_codes(w: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -131,11 +131,12 @@ def test_error_bound_inside_clamp_range(rule: str, shape: tuple, seed: int) -> N
         assert bool(((x / s).abs() <= 7.5 * (1 + 2**-8)).all())
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tail", ["gauss", "t"])
 @given(shape=shapes, seed=st.integers(0, 2**16))
-def test_mse_never_worse_than_absmax_per_group(tail: str, shape: tuple, seed: int) -> None:
+def test_mse_never_worse_than_absmax_per_group(dtype: torch.dtype, tail: str, shape: tuple, seed: int) -> None:
     n, groups, g = shape
-    w = weights(n, groups * g, torch.bfloat16, seed, tail)
+    w = weights(n, groups * g, dtype, seed, tail)
     e_abs = group_errors(w, quantize_int4(w, g, "absmax", backend="torch"))
     e_mse = group_errors(w, quantize_int4(w, g, "mse", backend="torch"))
     assert bool((e_mse <= e_abs).all())
@@ -147,6 +148,43 @@ def test_mse_reduces_total_error(tail: str) -> None:
     e_abs = group_errors(w, quantize_int4(w, 128, "absmax")).sum()
     e_mse = group_errors(w, quantize_int4(w, 128, "mse")).sum()
     assert e_mse < 0.9 * e_abs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@given(shape=shapes, seed=st.integers(0, 2**16), shrink=st.floats(0.3, 1.2))
+def test_mse_trial_codes_are_nearest_codes(dtype: torch.dtype, shape: tuple, seed: int, shrink: float) -> None:
+    """16-bit weights and scales: the trial codes rint(|w| * float32(1 / s)) have exactly the error of
+    the stored codes (float32 quotient), so the search compares true errors."""
+    n, groups, g = shape
+    w = to_numpy(weights(n, groups * g, dtype, seed, tail="t"))
+    wg = w.reshape(n, groups, g)
+    s = (ref.absmax_scale(w, g).astype(np.float64) * shrink).astype(w.dtype)
+    s = np.where(s.astype(np.float64) > 0, s, np.asarray(1, dtype=w.dtype))
+    d_trial = ref._trial(wg, s, exact=False)[0]
+    d_stored = ref._trial(wg, s, exact=True)[0]
+    assert np.array_equal(d_trial, d_stored)
+    sq = (wg.astype(np.float64) ** 2).sum(axis=-1)
+    np.testing.assert_allclose(ref.group_sq_error(w, s, g), sq + d_stored, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("ratios", [(1.0, 0.9, 0.825), (1.0, 0.875), (1.0,)])
+def test_mse_other_ratios_match_reference(ratios: tuple) -> None:
+    from hlwq_kernels.ops.int4 import _mse_scale_torch
+
+    w = weights(7, 384, torch.bfloat16, 4, tail="t")
+    got = _mse_scale_torch(w, 128, ratios)
+    expected = ref.mse_scale(to_numpy(w), 128, ratios=np.array(ratios, dtype=np.float32))
+    assert np.array_equal(got.numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("magnitude", [2.0**-115, 2.0**110])
+def test_mse_keeps_absmax_outside_search_range(magnitude: float) -> None:
+    w = weights(4, 256, torch.bfloat16, 9, tail="t")
+    w[1] *= magnitude  # row 1 beyond SEARCH_RANGE: absmax; the other rows searched
+    mse, absmax = quantize_int4(w, 128, "mse", backend="torch").scale, quantize_int4(w, 128, "absmax").scale
+    assert torch.equal(mse[1], absmax[1]) and not torch.equal(mse, absmax)
+    expected = ref.quantize_int4(to_numpy(w), 128, "mse")
+    assert np.array_equal(mse.float().numpy(), expected.scale.astype(np.float32))
 
 
 @given(shape=shapes, seed=st.integers(0, 2**16))

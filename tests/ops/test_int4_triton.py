@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import hlwq_reference.numpy.int4 as ref
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4, quantize_int4_with_scale
-from hlwq_kernels.ops.int4_triton import int4_quantize_pack
+from hlwq_kernels.ops.int4_triton import MIN_RATIO, int4_quantize_pack
 from tests.helpers import kernel_devices, to_numpy
 from tests.ops.test_int4 import DTYPES, half_integer_ties, weights
 
@@ -82,6 +82,48 @@ def test_mse_kernel_bit_exact(device: str, shape: tuple, seed: int, tail: str, d
     got = _cpu(quantize_int4(w.to(device), g, "mse", backend="triton"))
     assert np.array_equal(got.scale.float().numpy(), expected.scale.astype(np.float32))
     assert np.array_equal(got.packed.numpy(), expected.packed)
+
+
+# (lanes, warps, block_g, ratios): the MSE kernel's launch configurations and trial sets of
+# bench/gpu_int4.py --mse-sweep
+E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
+MSE_LAUNCHES = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
+                (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize(("lanes", "warps", "block_g", "ratios"), MSE_LAUNCHES)
+@pytest.mark.parametrize(("dtype", "k", "g"), [(torch.bfloat16, 1024, 128), (torch.bfloat16, 480, 48),
+                                               (torch.float16, 512, 64), (torch.float32, 256, 128)])
+def test_mse_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None,
+                                          ratios: tuple | None, dtype: torch.dtype, k: int, g: int) -> None:
+    w = weights(19, k, dtype, lanes * 100 + warps, tail="t")
+    expected = ref.mse_scale(to_numpy(w), g, ratios=ref.RATIOS if ratios is None else np.array(ratios, np.float32))
+    packed, scale = int4_quantize_pack(w.to(device), g, "mse", block_g=block_g, num_warps=warps, lanes=lanes,
+                                       ratios=ratios)
+    assert np.array_equal(scale.float().cpu().numpy(), expected.astype(np.float32))
+    assert np.array_equal(packed.cpu().numpy(), ref.quantize_int4_with_scale(to_numpy(w), expected).packed)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse_kernel_outside_search_range(device: str, dtype: torch.dtype) -> None:
+    """Groups whose absmax scale lies outside SEARCH_RANGE keep it (bf16, fp32: tiny and huge rows)."""
+    w = weights(4, 256, dtype, 9, tail="t").float()
+    if dtype != torch.float16:
+        w[1] *= 2.0**-115
+        w[2] *= 2.0**110
+    w = w.to(dtype)
+    expected = ref.quantize_int4(to_numpy(w), 128, "mse")
+    got = quantize_int4(w.to(device), 128, "mse", backend="triton")
+    assert np.array_equal(got.scale.float().cpu().numpy(), expected.scale.astype(np.float32))
+    assert np.array_equal(got.packed.cpu().numpy(), expected.packed)
+
+
+def test_mse_ratios_below_the_exact_sum_bound_raise() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        int4_quantize_pack(weights(2, 128, torch.bfloat16, 0), 128, "mse", ratios=(1.0, 0.4))
+    assert float(ref.RATIOS.min()) >= MIN_RATIO
 
 
 @pytest.mark.parametrize("device", kernel_devices())
