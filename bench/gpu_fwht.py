@@ -31,9 +31,8 @@ from gpu_common import (
     clone_gbps, emit_table, graph_seconds, host_table, poison_allocator, rel_err, roofline_row, run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
-from hlwq_kernels.ops.fwht_triton import (
-    DenseConfig, Pow2Config, SplitConfig, fwht_rows_triton, kernel_plan, sign_bit_mask,
-)
+from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 LLM = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]

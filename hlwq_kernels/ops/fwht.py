@@ -13,10 +13,11 @@ import weakref
 import torch
 
 from hlwq_kernels.ops._triton import HAVE_TRITON, use_triton
+from hlwq_kernels.ops.fwht_plan import kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 if HAVE_TRITON:
-    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, kernel_plan, sign_bit_mask
+    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 
 __all__ = ["fwht"]
 

@@ -11,9 +11,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
-from hlwq_kernels.ops.fwht_triton import (
-    DenseConfig, Pow2Config, SplitConfig, fwht_rows_triton, kernel_plan, sign_bit_mask,
-)
+from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 from hlwq_reference.numpy import fwht as fwht_ref
 from tests.helpers import assert_close, kernel_devices, random_weight, rel_err
 

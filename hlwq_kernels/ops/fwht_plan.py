@@ -1,0 +1,313 @@
+"""Launch planning for the Triton FWHT kernels (``hlwq_kernels.ops.fwht_triton``): plain Python, no Triton.
+
+A plan says which bits of a tile's (row, column) index a thread holds in registers and which its
+lanes and warps hold, round by round, and turns that into the permutations, pointer layouts and
+launch geometry the kernels take as constexprs. The launch tables (by row length, element size and
+whether signs are applied) were measured on an H200 (bench/results/fwht-*-h200-*.md); ``config=``
+overrides them (``bench/gpu_fwht.py --sweep``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from hlwq_kernels.ops._triton import cdiv, next_power_of_2
+from hlwq_kernels.ops.hadamard import hadamard_factors
+
+__all__ = ["kernel_plan", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
+
+MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
+_MIN_DOT = 16  # smallest tl.dot dimension
+
+Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
+
+
+def _round_order(regs: list[Bit], warps: list[Bit], lanes: list[Bit], split: Bit) -> list[Bit]:
+    """Dimension order whose default layout has ``regs`` in registers, ``warps`` on warps and
+    ``lanes`` on lanes (both listed from their lowest bit), with ``split`` last (in registers)."""
+    return [b for b in regs if b != split] + warps[::-1] + lanes[::-1] + [split]
+
+
+Layout = tuple[list[Bit], list[Bit], list[Bit]]  # bits in registers, on warps, on lanes (lowest first)
+
+
+def _butterfly_plan(
+    natural: list[Bit], cols: list[Bit], warp_bits: int, first: Layout, last: Layout, out_order: list[Bit],
+) -> tuple[tuple[tuple[int, ...], ...], int]:
+    """Permutations (see ``butterflies``) that transform every bit in ``cols`` of a tile whose
+    dimensions are ``natural`` (as loaded, most significant first) and leave them in ``out_order``
+    (as stored), and the number of layout conversions.
+
+    The first round runs in ``first``, the layout the tile arrives in (the load layout, or the MMA
+    accumulator layout). Bits that ``last`` (the store layout) holds in registers are left for a
+    final round in it, so that no conversion precedes the store. Bits in neither are transformed in
+    rounds in between, each taking as many of them into registers as there are register bits and
+    keeping the other bits on the warps they were on where it can.
+    """
+    slots = len(natural) - 5 - warp_bits
+    rounds = [(first, [b for b in cols if b in first[0]])]
+    todo = [b for b in cols if b not in first[0]]
+    final = [b for b in todo if b in last[0]]
+    todo = [b for b in todo if b not in last[0]]
+    prev_regs, prev_warps = first[0], first[1]
+    while todo:
+        if slots < 1:
+            raise ValueError(f"tile of {len(natural)} bits is too small for {warp_bits} warp bits")
+        work, todo = todo[:slots], todo[slots:]
+        rest = [b for b in prev_regs if b not in work] + [b for b in natural if b not in work and b not in prev_regs]
+        regs = work + rest[: slots - len(work)]
+        left = [b for b in natural if b not in regs]
+        warps = [b for b in prev_warps if b in left][:warp_bits]
+        warps += [b for b in left if b not in warps][: warp_bits - len(warps)]
+        lanes = sorted((b for b in left if b not in warps), key=lambda b: ("rkc".index(b[0]) == 2, b[1]))
+        rounds.append(((regs, warps, lanes), work))
+        prev_regs, prev_warps = regs, warps
+    if final:
+        rounds.append((last, final))
+    steps = []
+    cur = natural
+    for (regs, warps, lanes), work in rounds:
+        for bit in work:
+            nxt = _round_order(regs, warps, lanes, bit)
+            steps.append(tuple(cur.index(b) for b in nxt))
+            cur = nxt
+    steps.append(tuple(cur.index(b) for b in out_order))
+    conversions = len(rounds) - 1 + (rounds[-1][0] != last)
+    return tuple(steps), conversions
+
+
+def _bits(kind: str, count: int) -> list[Bit]:
+    return [(kind, i) for i in reversed(range(count))]
+
+
+def _coalesced_layout(dims: list[list[Bit]], contiguous: int, v: int, w: int) -> Layout:
+    """Triton's coalesced layout for a tile with these dimensions (each a list of bits, lowest
+    first), ``dims[contiguous]`` contiguous in memory and read 2^v elements per access: lanes and
+    then warps go along the contiguous dimension, then along the others in index order."""
+    inner = dims[contiguous]
+    v = min(v, len(inner))
+    pool = inner[v:] + [b for d, bits in enumerate(dims) if d != contiguous for b in bits]
+    return inner[:v] + pool[5 + w:], pool[5: 5 + w], pool[:5]
+
+
+def _mma_layout(m_bits: list[Bit], n_bits: list[Bit], w: int) -> Layout:
+    """Layout of a tl.dot accumulator [M, N] on Hopper: wgmma (M >= 64, warps along M) or mma.sync
+    (warps along N); each warp holds 16 rows: lanes = (N1, N2, M0, M1, M2), registers hold N0, M3
+    and the repetitions."""
+    lanes = [n_bits[1], n_bits[2]] + m_bits[:3]
+    if len(m_bits) >= 6:
+        return [n_bits[0], m_bits[3]] + n_bits[3:] + m_bits[4 + w:], m_bits[4: 4 + w], lanes
+    return [n_bits[0], m_bits[3]] + m_bits[4:] + n_bits[3 + w:], n_bits[3: 3 + w], lanes
+
+
+class Pow2Config(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
+    programs_per_sm: int  # > 0: a persistent grid of this many programs per SM
+    prefetch: bool = False  # each persistent program loads its next tile into registers first
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
+    words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
+
+
+class DenseConfig(NamedTuple):
+    num_warps: int
+    elems_per_thread: int
+    stages: int
+    programs_per_sm: int
+    ki: int  # contraction chunk of H_K
+    ko: int  # output chunk of H_K (rows of H_K per tile)
+    prefetch: bool = False  # H_K in one chunk each way (K padded <= 128, or split), loaded once; next rows ahead
+    max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
+    split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
+    hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
+
+
+class SplitConfig(NamedTuple):
+    """A power-of-two size 2^m run by the dense kernel: the Sylvester H_K, K = 2^k_bits, on the tensor
+    cores, then 2^(m - k_bits) butterflies (H_{2^a} kron H_{2^b} = H_{2^(a+b)}, natural order)."""
+    k_bits: int
+    dense: DenseConfig
+
+
+# Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
+_POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
+_POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
+# 16-bit rows of 2^14 and 2^15: persistent programs that load their next row into registers first
+# (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
+# 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
+# the same at 2^14 measured 89.3-89.7% against 90.8% without)
+_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
+_DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
+# 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
+# times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
+# 69.7% -> 79.8% of clone, 4864 46.7% -> 68.8%, 9728 52.2% -> 66.0%, 13824 68.9% -> 72.2%, 14336
+# 44.3% -> 73.3%, 17408/18432/27648/28672 +1 to +5 points)
+_DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: DenseConfig(4, 64, 1, 3, 0, 0, True),
+                      16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
+# Measured sizes (the LLM dims; sweeps on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
+# (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
+# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too;
+# _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
+_DENSE_TABLE_SIZES = {
+    (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
+    (2, 8960): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
+    (2, 13824): DenseConfig(8, 64, 1, 2, 0, 0, True, 128, False, True),
+    (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
+    (4, 4864): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
+    (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
+    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
+}
+_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
+_MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
+_MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
+_MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
+
+
+class KernelPlan(NamedTuple):
+    kernel: str  # "pow2" or "dense"
+    meta: tuple  # constexpr launch arguments as (name, value) pairs
+    num_warps: int
+    tile_rows: int
+    k_chunks: int
+    stages: int
+    programs_per_sm: int
+    conversions: int  # layout conversions through shared memory between load (or MMA) and store
+    prefetch: bool = False
+    max_regs: int = 0
+    words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
+
+
+def _vec_bits(elem_size: int) -> int:
+    return (16 // elem_size).bit_length() - 1
+
+
+def _encode(bits: list[Bit]) -> tuple[int, ...]:
+    """Tile bits as _dim_offsets takes them: column bit p -> p, row bit p -> -1 - p."""
+    return tuple(p if kind == "c" else -1 - p for kind, p in bits)
+
+
+@functools.lru_cache(maxsize=256)
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
+    """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
+    columns (then rows), warps on rows, then on high columns; registers on the rest. The store
+    layout differs from it only in which of those high bits are on warps and which in registers:
+    the high bits the load layout puts on warps and a middle round cannot take are held in
+    registers by the store layout and transformed in a final round there."""
+    v = min(_vec_bits(elem_size), m)
+    w = cfg.num_warps.bit_length() - 1
+    threads_bits = 5 + w
+    tile_bits = max(threads_bits + v, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
+    b = max(0, tile_bits - m)
+    slots = tile_bits - threads_bits  # register bits per thread
+    cols, rows = _bits("c", m)[::-1], _bits("r", b)[::-1]
+    c_bits = min(m, v + 5)
+    lanes = (cols[v:c_bits] + rows)[:5]
+    high = [r for r in rows if r not in lanes] + cols[c_bits:]  # on warps or in registers
+    load_warps, load_regs = high[:w], high[w:]
+    warp_cols = [c for c in load_warps if c[0] == "c"]
+    final = warp_cols[len(warp_cols) - min(len(warp_cols), slots - v):]
+    store_high = [bit for bit in high if bit not in final] + final
+    store_warps, store_regs = store_high[:w], store_high[w:]
+    extra_lanes = lanes[c_bits - v:]
+    load_dims, store_dims = (extra_lanes + load_warps, load_regs), (extra_lanes + store_warps, store_regs)
+    natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
+    out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:c_bits][::-1]
+    first = (cols[:v] + load_regs, load_warps, lanes)
+    last = (cols[:v] + store_regs, store_warps, lanes)
+    steps, conversions = _butterfly_plan(natural, cols, w, first, last, out_order)
+    meta = (("N", 1 << m), ("BM", 1 << b), ("C", 1 << c_bits),
+            ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
+            ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
+            ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
+            ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
+            ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
+                      cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1)
+
+
+def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:
+    """(head, tail) chunks of the K index, powers of two (tail 0: one chunk of K padded). A split
+    launch takes the largest power of two <= K as the head and pads the rest (at least _MIN_DOT)
+    when that pads less than one chunk does: 68 = 64 + 16 (80, not 128), 140 = 128 + 16."""
+    k_pad = max(_MIN_DOT, next_power_of_2(k))
+    if cfg.split and cfg.prefetch and k > _MIN_DOT:
+        head = k_pad // 2 if k < k_pad else k_pad
+        tail = max(_MIN_DOT, next_power_of_2(k - head)) if k > head else 0
+        if head + tail < k_pad:
+            return head, tail
+    return k_pad, 0
+
+
+def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int) -> tuple[tuple, tuple, int]:
+    """(BITS, STEPS, conversions) of the butterflies on one accumulator [2^k_bits, 2^b * 2^m]: from
+    the MMA layout to the coalesced store layout."""
+    natural = _bits("k", k_bits) + _bits("r", b) + _bits("c", m)
+    ks, rs, cols = _bits("k", k_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
+    first = _mma_layout(ks, cols + rs, w)
+    last = _coalesced_layout([ks, rs, cols], 2, _vec_bits(elem_size), w)
+    steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
+    return (2,) * len(natural), steps, rounds
+
+
+@functools.lru_cache(maxsize=256)
+def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
+    # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
+    per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
+    head, tail = _dense_split(k, cfg)
+    if cfg.prefetch and head > _MAX_PREFETCH_K:
+        raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} pads above {_MAX_PREFETCH_K}")
+    ko = head if cfg.prefetch else min(head, cfg.ko)
+    while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
+        ko //= 2
+    num_warps = max(cfg.num_warps, next_power_of_2(cdiv((ko + tail) << m, per_thread * 32)))
+    w = num_warps.bit_length() - 1
+    ko_bits = ko.bit_length() - 1
+    tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
+    b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
+    ki = head if cfg.prefetch else min(head, cfg.ki)
+    while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
+        ki //= 2
+    bits, steps, rounds = _dense_chunk_plan(ko_bits, b, m, w, elem_size)
+    bits_b, steps_b = (), ()
+    if tail:
+        bits_b, steps_b, _ = _dense_chunk_plan(tail.bit_length() - 1, b, m, w, elem_size)
+    meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
+            ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
+            ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
+            ("HOIST", cfg.hoist and cfg.prefetch))
+    k_chunks = 1 if tail else -(-k // ko)
+    return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
+                      cfg.prefetch, cfg.max_regs)
+
+
+@functools.lru_cache(maxsize=512)
+def kernel_plan(
+    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None, signs: bool = False,
+) -> KernelPlan | None:
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes; ``signs``: with a sign
+    vector), or None when the kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
+    k, p = hadamard_factors(n)
+    m = p.bit_length() - 1
+    if m > MAX_POW2_BITS:
+        return None
+    if k == 1:
+        if isinstance(config, SplitConfig):
+            if not 4 <= config.k_bits < m:
+                raise ValueError(f"a split of 2**{m} needs 4 <= k_bits < {m}, got {config.k_bits}")
+            return _dense_plan(1 << config.k_bits, m - config.k_bits, elem_size, config.dense)
+        table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
+        return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
+    if config is None:
+        config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
+    if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
+        config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
+    return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
