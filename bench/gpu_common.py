@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -92,6 +93,23 @@ def run_parallel(fn: Callable, tasks: Iterable, jobs: int) -> list:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         return list(pool.map(fn, tasks))
+
+
+_SMI_FIELDS = "uuid,driver_version,clocks.max.sm,clocks.max.mem,power.limit,pci.bus_id"
+
+
+def machine_line() -> str:
+    """Which GPU this is (name, UUID, SMs, memory, driver, clock and power limits): two machines of one
+    kind can differ by several points of % clone, so every table names the one it ran on."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    line = f"{props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB"
+    try:
+        smi = subprocess.run(["nvidia-smi", f"--query-gpu={_SMI_FIELDS}", "--format=csv,noheader",
+                              f"--id={torch.cuda.current_device()}"], capture_output=True, text=True, timeout=20)
+        fields = smi.stdout.strip() if smi.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        fields = ""
+    return line + (f"; nvidia-smi ({_SMI_FIELDS}): {fields}" if fields else "; nvidia-smi not available")
 
 
 def emit_table(lines: list[str], out: str | None) -> None:

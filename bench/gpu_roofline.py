@@ -19,7 +19,7 @@ import importlib
 import torch
 import triton
 
-from gpu_common import emit_table, host_table, roofline_table
+from gpu_common import emit_table, host_table, machine_line, roofline_table
 
 SCRIPTS = ("gpu_fwht", "gpu_int4", "int4_asym", "gpu_lloyd", "gpu_hlwq")
 
@@ -45,6 +45,7 @@ def main() -> None:
     emit_table([f"# Roofline, {name}, {datetime.date.today().isoformat()}", "",
                 f"torch {torch.__version__}, triton {triton.__version__}; command: "
                 f"`python bench/gpu_roofline.py{' --quick' if args.quick else ''}{only}`", "",
+                f"GPU: {machine_line()}", "",
                 *(roofline_table(rows) if rows else []), *(["", *host_table(host)] if host else [])], args.out)
 
 if __name__ == "__main__":
