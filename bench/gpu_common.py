@@ -109,7 +109,7 @@ def machine_line() -> str:
         fields = smi.stdout.strip() if smi.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         fields = ""
-    return line + (f"; nvidia-smi ({_SMI_FIELDS}): {fields}" if fields else "; nvidia-smi not available")
+    return line + (f"; nvidia-smi ({_SMI_FIELDS}): {fields}" if fields else "; no fields from nvidia-smi")
 
 
 def emit_table(lines: list[str], out: str | None) -> None:
