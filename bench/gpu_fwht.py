@@ -251,13 +251,13 @@ def main() -> None:
     if args.dense_configs:
         with open(args.dense_configs) as f:
             given = {key: [DenseConfig(*c) for c in cfgs] for key, cfgs in json.load(f).items()}
+    split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):
         if v and v not in args.variants.split(","):
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes
-        split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
         cands = given.get(f"{b}:{str(dt).removeprefix('torch.')}")
         if cands is None:
             cands = sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit, split_bits)
