@@ -71,26 +71,50 @@ def _interpret_mode() -> Iterator[None]:
         JITFunction.__call__ = old_call
 
 
-def _spec(arg: Any) -> Any:
-    """What Triton specializes a launch argument on: a tensor's dtype and 16-byte alignment; an
+def _specs(args: tuple) -> list:
+    """What Triton specializes each launch argument on: a tensor's dtype and 16-byte alignment; an
     integer's being 1, divisible by 16 and within int32; a float's type."""
-    kind = type(arg)
-    if kind is not int and isinstance(arg, torch.Tensor):
-        return arg.dtype, not arg.data_ptr() % 16
-    if isinstance(arg, int) and kind is not bool:
-        return arg == 1, not arg % 16, -0x80000000 <= arg <= 0x7FFFFFFF
-    return kind
+    return [(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor)
+            else (a == 1, not a & 15, -0x80000000 <= a <= 0x7FFFFFFF) if isinstance(a, int) and type(a) is not bool
+            else type(a) for a in args]
 
 
 _COMPILED: dict[tuple, tuple] = {}
+_TUPLES: dict[int, tuple[tuple, object]] = {}  # id of a constexpr tuple -> (the tuple, kept alive; its token)
+
+
+def _token(value: tuple) -> object:
+    """A stand-in for a constexpr tuple in cache keys, hashed by identity: hashing a launch plan's nested
+    tuples costs microseconds. The tuple is kept alive, so its id names no other object; an equal tuple
+    that is another object gets another token, hence a cache miss, which launches through Triton and
+    is correct."""
+    hit = _TUPLES.get(id(value))
+    if hit is None:
+        hit = _TUPLES[id(value)] = (value, object())
+    return hit[1]
+
+
+def _constexpr_key(kwargs: dict) -> tuple:
+    """The names and values of a call's constexprs and launch options, tuples by their tokens."""
+    return (*kwargs, *[_token(v) if type(v) is tuple else v for v in kwargs.values()])
+
+
+def _hooks() -> tuple:
+    """Triton's launch-enter and -exit hooks, or (None, None) when none is installed: the launcher then
+    skips the hook calls and the launch metadata (about 3 µs a call)."""
+    runtime = triton.knobs.runtime
+    enter, leave = runtime.launch_enter_hook, runtime.launch_exit_hook
+    if getattr(enter, "calls", True) or getattr(leave, "calls", True):
+        return enter, leave
+    return None, None
 
 
 def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict) -> None:
     """``kernel[grid](*args, **kwargs)`` on CUDA device ``device_index``. The compiled kernel is kept
-    under everything Triton specializes on (``_spec`` of each argument, the constexprs and launch
+    under everything Triton specializes on (``_specs`` of the arguments, the constexprs and launch
     options in ``kwargs``, the device) and later calls launch it directly: Triton's generic
     dispatch (binding, hashing) costs several times the launch itself."""
-    key = (kernel, device_index, *kwargs.items(), *map(_spec, args))
+    key = (kernel, device_index, _constexpr_key(kwargs), *_specs(args))
     hit = _COMPILED.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)
@@ -101,10 +125,9 @@ def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int,
     compiled, consts = hit
     full = args + consts
     stream = triton.runtime.driver.active.get_current_stream(device_index)
-    hooks = triton.knobs.runtime
-    compiled.run(*grid, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *full), hooks.launch_enter_hook, hooks.launch_exit_hook,
-                 *full)
+    enter, leave = _hooks()
+    metadata = None if enter is None else compiled.launch_metadata(grid, stream, *full)
+    compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, metadata, enter, leave, *full)
 
 
 def compiled_kernels(kernel: Any) -> list[Any]:

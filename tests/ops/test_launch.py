@@ -50,3 +50,22 @@ def test_host_geometry_helpers_match_triton() -> None:
         assert next_power_of_2(n) == triton.next_power_of_2(n)
         for d in (1, 3, 16, 128, 1000):
             assert cdiv(n, d) == triton.cdiv(n, d)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the cache of compiled kernels runs there only")
+def test_launch_hooks_see_every_cached_launch_cuda() -> None:
+    """The cached launch skips Triton's hooks only while none is installed: an installed enter hook
+    sees every launch, also those that reuse a compiled kernel, and results stay right after removal."""
+    x = random_weight((256,), torch.float32, seed=3, device="cuda")
+    hooks = triton.knobs.runtime
+    seen: list = []
+    _run(x, 256, 1, 2.0, 64)  # compiled and cached before the hook exists
+    hooks.launch_enter_hook.add(seen.append)
+    try:
+        for _ in range(3):
+            torch.testing.assert_close(_run(x, 256, 1, 2.0, 64), x * 2.0, rtol=0, atol=0)
+    finally:
+        hooks.launch_enter_hook.remove(seen.append)
+    torch.cuda.synchronize()
+    assert len(seen) == 3 and all("_scaled_copy_kernel" in m.get()["name"] for m in seen)
+    torch.testing.assert_close(_run(x, 256, 1, 0.5, 64), x * 0.5, rtol=0, atol=0)
