@@ -114,7 +114,7 @@ class Pow2Config(NamedTuple):
 class DenseConfig(NamedTuple):
     num_warps: int
     elems_per_thread: int
-    stages: int
+    stages: int  # > 1 with prefetch: rows loaded ahead by the loop's pipeline (shared memory), not into registers
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
@@ -148,16 +148,19 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
                       16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
 # Measured sizes (the LLM dims; sweeps on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
 # (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
-# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too;
+# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too; rows
+# loaded ahead by the loop's pipeline (stages 3) where that measured faster than the register prefetch
+# (bench/results/fwht-dense-h200-2026-12-02-d.md: bf16 8960 68% -> 87% of clone, 13824 75% -> 83%,
+# 18944 55% -> 75%; fp32 14336 54% -> 73%);
 # _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
 _DENSE_TABLE_SIZES = {
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
-    (2, 8960): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (2, 8960): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, True),
     (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
-    (2, 13824): DenseConfig(8, 64, 1, 2, 0, 0, True, 128, False, True),
+    (2, 13824): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
     (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
-    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
@@ -165,6 +168,7 @@ _DENSE_TABLE_SIZES = {
     (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
     (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
     (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
+    (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
 }
 _DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
