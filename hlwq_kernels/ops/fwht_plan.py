@@ -19,6 +19,7 @@ __all__ = ["kernel_plan", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPla
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
+_MIN_WGMMA = 64  # rows of an MMA output that Hopper's warpgroup MMA takes (fewer: mma.sync)
 
 Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
 
@@ -150,15 +151,15 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
 # 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too; rows
 # loaded ahead by the loop's pipeline (stages 3) where that measured faster than the register prefetch
-# (bench/results/fwht-dense-h200-2026-12-02-d.md: bf16 8960 68% -> 87% of clone, 13824 75% -> 83%,
-# 18944 55% -> 75%; fp32 14336 54% -> 73%);
+# (bench/results/fwht-dense-h200-2026-12-02-d.md: bf16 8960 68% -> 82-87% of clone, 13824 75% -> 80-83%,
+# 18944 55% -> 72-75%, 17408 47% -> 64% with the head's products unchained; fp32 14336 54% -> 73%);
 # _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
 _DENSE_TABLE_SIZES = {
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
     (2, 8960): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, True),
     (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
     (2, 13824): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
-    (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 17408): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
@@ -287,7 +288,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
             ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
-            ("HOIST", cfg.hoist and cfg.prefetch))
+            ("HOIST", cfg.hoist and cfg.prefetch),
+            ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
     k_chunks = 1 if tail else -(-k // ko)
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs)

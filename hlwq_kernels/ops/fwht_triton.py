@@ -275,7 +275,7 @@ def _fwht_dense_kernel(
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
-    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr,
+    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -285,9 +285,14 @@ def _fwht_dense_kernel(
     memory issued STAGES - 1 tiles ahead, read there by the MMA; no registers held across tiles).
     KB > 0 splits the K index into a head of KO and a tail of KB indices (K <= KO + KB, both powers
     of two), so that K = 68 runs as 64 + 16 rather than padded to 128: four products, two
-    accumulators, each with its own butterfly plan (BITS_B, STEPS_B). The sign bits then are loaded once per program
-    (unless SIGN_ROWS). HOIST lets the compiler keep the row and store offsets in registers across
-    tiles (faster for some launches, spills for others: a table choice)."""
+    accumulators, each with its own butterfly plan (BITS_B, STEPS_B). UNCHAINED (a head of fewer
+    rows than 16 per warp, e.g. 64 rows on 8 warps) adds the head's second product with an fma
+    instead of accumulating it in the MMA: Triton gives a dot whose result feeds another dot every
+    warp along M (16 rows each, so half of them would repeat the same rows) and the last dot another
+    layout, which would cost a conversion of the accumulator between the two. The sign bits of a
+    prefetching launch are loaded once per program (unless SIGN_ROWS). HOIST lets the compiler keep
+    the row and store offsets in registers across tiles (faster for some launches, spills for
+    others: a table choice)."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
@@ -339,7 +344,10 @@ def _fwht_dense_kernel(
             acc = _dot_pieces(h, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
             if KB > 0:
                 vb = tl.reshape(vb, (KB, BM * P))
-                acc = _dot_pieces(h_ab, vb, acc, PIECES)
+                if UNCHAINED:  # see the docstring
+                    acc = tl.fma(_dot_pieces(h_ab, vb, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES), 1.0, acc)
+                else:
+                    acc = _dot_pieces(h_ab, vb, acc, PIECES)
                 acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
                 acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
             _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P,

@@ -127,6 +127,23 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_head_with_fewer_rows_than_warps(dtype: torch.dtype, device: str) -> None:
+    """2176 = 68·32 split as 64 + 16 on 8 warps: the head's second product is added outside the MMA."""
+    n, config = 2176, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)
+    assert dict(kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config).meta)["UNCHAINED"]
+    x = _random((5, n), dtype, seed=5, device=device)
+    signs = random_signs(n, 6, device=device)
+    for inverse, use_signs in ((False, False), (False, True), (True, True)):
+        bits = sign_bit_mask(signs, x.element_size()) if use_signs else None
+        torch.full((2 * x.numel() + 1024,), float("nan"), device=device)
+        y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
+        s = signs.double().cpu().numpy() if use_signs else None
+        assert torch.isfinite(y).all(), "unwritten or non-finite output"
+        assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=s))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_prefetch_reads_unaligned_rows(dtype: torch.dtype, device: str) -> None:
     """16-bit rows whose pairs are not 4-byte aligned (odd row stride, odd offset, column stride 2)
