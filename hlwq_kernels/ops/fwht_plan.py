@@ -19,6 +19,7 @@ __all__ = ["kernel_plan", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPla
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
+_MIN_WGMMA = 64  # rows of an MMA output that Hopper's warpgroup MMA takes (fewer: mma.sync)
 
 Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
 
@@ -114,7 +115,7 @@ class Pow2Config(NamedTuple):
 class DenseConfig(NamedTuple):
     num_warps: int
     elems_per_thread: int
-    stages: int
+    stages: int  # > 1 with prefetch: rows loaded ahead by the loop's pipeline (shared memory), not into registers
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
@@ -148,16 +149,19 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
                       16384: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 32768: DenseConfig(8, 64, 1, 1, 0, 0, True)}
 # Measured sizes (the LLM dims; sweeps on the H200, bench/results/fwht-dense-h200-2026-12-02-c.md), by
 # (element size, n), ahead of the tables above: K split into head + tail where that pads less (4864,
-# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too;
+# 8960, 9728, 18432, 18944), offsets hoisted where that measured faster, fp32 prefetching too; rows
+# loaded ahead by the loop's pipeline (stages 3) where that measured faster than the register prefetch
+# (bench/results/fwht-dense-h200-2026-12-02-d.md: bf16 8960 68% -> 82-87% of clone, 13824 75% -> 80-83%,
+# 18944 55% -> 72-75%, 17408 47% -> 64% with the head's products unchained; fp32 14336 54% -> 73%);
 # _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
 _DENSE_TABLE_SIZES = {
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
-    (2, 8960): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
+    (2, 8960): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, True),
     (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
-    (2, 13824): DenseConfig(8, 64, 1, 2, 0, 0, True, 128, False, True),
-    (2, 17408): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
+    (2, 13824): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
+    (2, 17408): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
-    (2, 18944): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
@@ -165,6 +169,7 @@ _DENSE_TABLE_SIZES = {
     (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
     (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
     (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
+    (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
 }
 _DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
@@ -283,7 +288,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
             ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
-            ("HOIST", cfg.hoist and cfg.prefetch))
+            ("HOIST", cfg.hoist and cfg.prefetch),
+            ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
     k_chunks = 1 if tail else -(-k // ko)
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs)

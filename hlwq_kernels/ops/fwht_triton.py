@@ -18,7 +18,8 @@ intermediate in fp32 and one rounding at the store.
   exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), each chunk of
   the contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one
   program each, the input re-read from L2) and of the contraction (a loop); a prefetching launch
-  may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128).
+  may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128),
+  and either holds the next row block in registers or leaves it to the loop's software pipeline.
   The power-of-two butterflies then start in the MMA accumulator layout and end in the store layout.
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
@@ -231,7 +232,8 @@ def _dense_rows(x_ptr, rb, k0, rows, stride_xr, stride_xc, K: tl.constexpr, P: t
 
 @triton.jit
 def _dense_signs(s_ptr, k0, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr, BM: tl.constexpr):
-    """Sign bits of K indices k0 .. k0 + KI (one set for every row), as [KI, BM, P]."""
+    """Sign bits of K indices k0 .. k0 + KI, as [KI, BM, P]: one set for every row (s_ptr a pointer), or
+    each row's own (s_ptr [1, BM, 1] pointers to the rows' sign vectors)."""
     ki = k0 + tl.arange(0, KI)[:, None, None]
     bits = tl.load(s_ptr + ki * P + tl.arange(0, P)[None, None, :], mask=ki < K, other=0)
     return tl.broadcast_to(bits, (KI, BM, P))
@@ -273,27 +275,36 @@ def _fwht_dense_kernel(
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
-    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr,
+    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
     PREFETCH (one chunk each way, KO = KI): H_K is loaded once and each persistent program loads
-    its next row block into registers before transforming the current one; KB > 0 splits the K
-    index into a head of KO and a tail of KB indices (K <= KO + KB, both powers of two), so that
-    K = 68 runs as 64 + 16 rather than padded to 128: four products, two accumulators, each with
-    its own butterfly plan (BITS_B, STEPS_B). The sign bits then are loaded once per program
-    (unless SIGN_ROWS). HOIST lets the compiler keep the row and store offsets in registers across
-    tiles (faster for some launches, spills for others: a table choice)."""
+    its next row block into registers before transforming the current one (STAGES = 1), or leaves
+    the rows ahead to the loop's software pipeline (STAGES > 1: asynchronous copies into shared
+    memory issued STAGES - 1 tiles ahead, read there by the MMA; no registers held across tiles).
+    KB > 0 splits the K index into a head of KO and a tail of KB indices (K <= KO + KB, both powers
+    of two), so that K = 68 runs as 64 + 16 rather than padded to 128: four products, two
+    accumulators, each with its own butterfly plan (BITS_B, STEPS_B). UNCHAINED (a head of fewer
+    rows than 16 per warp, e.g. 64 rows on 8 warps) adds the head's second product with an fma
+    instead of accumulating it in the MMA: Triton gives a dot whose result feeds another dot every
+    warp along M (16 rows each, so half of them would repeat the same rows) and the last dot another
+    layout, which would cost a conversion of the accumulator between the two. The sign bits of a
+    prefetching launch are loaded once per program (unless SIGN_ROWS). HOIST lets the compiler keep
+    the row and store offsets in registers across tiles (faster for some launches, spills for
+    others: a table choice)."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
         h = _dense_h(h_ptr, 0, 0, KO, KI, WIDTH)
-        ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+        if STAGES == 1:
+            ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
         if KB > 0:
             h_ab = _dense_h(h_ptr, 0, KI, KO, KB, WIDTH)
             h_ba = _dense_h(h_ptr, KO, 0, KB, KI, WIDTH)
             h_bb = _dense_h(h_ptr, KO, KI, KB, KB, WIDTH)
-            ahead_b = _dense_rows(x_ptr, tl.program_id(0), KI, rows, stride_xr, stride_xc, K, P, KB, BM)
+            if STAGES == 1:
+                ahead_b = _dense_rows(x_ptr, tl.program_id(0), KI, rows, stride_xr, stride_xc, K, P, KB, BM)
         signs = None
         signs_b = None
         if HAS_SIGNS and not SIGN_ROWS:  # the same for every row (input and output: KI = KO): loaded once
@@ -308,11 +319,16 @@ def _fwht_dense_kernel(
                 rb = tile // k_chunks
                 ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
-            v = ahead
-            ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
-            if KB > 0:
-                vb = ahead_b
-                ahead_b = _dense_rows(x_ptr, rb + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
+            if STAGES > 1:  # the loop's software pipeline loads the rows ahead (through shared memory)
+                v = _dense_rows(x_ptr, rb, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+                if KB > 0:
+                    vb = _dense_rows(x_ptr, rb, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
+            else:
+                v = ahead
+                ahead = _dense_rows(x_ptr, rb + step_tiles, 0, rows, stride_xr, stride_xc, K, P, KI, BM)
+                if KB > 0:
+                    vb = ahead_b
+                    ahead_b = _dense_rows(x_ptr, rb + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
             if HAS_SIGNS:
                 if inverse == 0:
                     if SIGN_ROWS:
@@ -328,7 +344,10 @@ def _fwht_dense_kernel(
             acc = _dot_pieces(h, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
             if KB > 0:
                 vb = tl.reshape(vb, (KB, BM * P))
-                acc = _dot_pieces(h_ab, vb, acc, PIECES)
+                if UNCHAINED:  # see the docstring
+                    acc = tl.fma(_dot_pieces(h_ab, vb, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES), 1.0, acc)
+                else:
+                    acc = _dot_pieces(h_ab, vb, acc, PIECES)
                 acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
                 acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
             _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P,
@@ -337,26 +356,23 @@ def _fwht_dense_kernel(
                 _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
                              scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
     else:
-        j = tl.arange(0, P)[None, None, :]
-        ki0 = tl.arange(0, KI)[:, None, None]
         for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
             rb = tile // k_chunks
-            ko = (tile % k_chunks) * KO + tl.arange(0, KO)
+            ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
             sign_row = s_ptr
             if SIGN_ROWS:
                 sign_row += (row % sign_blocks) * (K * P)
             acc = tl.zeros((KO, BM * P), dtype=tl.float32)
             for step in range(KI_STEPS):
-                ki = step * KI + ki0
                 v = _dense_rows(x_ptr, rb, step * KI, rows, stride_xr, stride_xc, K, P, KI, BM)
-                h = tl.load(h_ptr + ko[:, None] * WIDTH + (step * KI + tl.arange(0, KI))[None, :])
+                h = _dense_h(h_ptr, ko0, step * KI, KO, KI, WIDTH)
                 if HAS_SIGNS:
                     if inverse == 0:
-                        v = _flip_signs(v, tl.load(sign_row + ki * P + j, mask=ki < K, other=0))
+                        v = _flip_signs(v, _dense_signs(sign_row, step * KI, K, P, KI, BM))
                 acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
-            _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, K, P, KO, BM, BITS, STEPS,
-                         NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None)
+            _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P, KO,
+                         BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None)
 
 
 _SIGN_BIT_DTYPES = {2: torch.int16, 4: torch.int32}

@@ -90,11 +90,13 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # last one partial), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
 # cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores),
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
-# as 32 + 16) with offsets recomputed per tile or hoisted
+# as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
+# by the loop's pipeline (stages > 1) instead of into registers
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
+           DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
            SplitConfig(4, DenseConfig(1, 16, 1, 2, 0, 0, True)), SplitConfig(5, DenseConfig(1, 16, 1, 0, 16, 16))]
 
 
@@ -122,6 +124,23 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
         ref = fwht_ref(x.double().cpu().numpy(), inverse=inverse, block_size=n, signs=s)
         assert torch.isfinite(y).all(), "unwritten or non-finite output"
         assert_close(y, ref)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_split_head_with_fewer_rows_than_warps(dtype: torch.dtype, device: str) -> None:
+    """2176 = 68·32 split as 64 + 16 on 8 warps: the head's second product is added outside the MMA."""
+    n, config = 2176, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)
+    assert dict(kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config).meta)["UNCHAINED"]
+    x = _random((5, n), dtype, seed=5, device=device)
+    signs = random_signs(n, 6, device=device)
+    for inverse, use_signs in ((False, False), (False, True), (True, True)):
+        bits = sign_bit_mask(signs, x.element_size()) if use_signs else None
+        torch.full((2 * x.numel() + 1024,), float("nan"), device=device)
+        y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
+        s = signs.double().cpu().numpy() if use_signs else None
+        assert torch.isfinite(y).all(), "unwritten or non-finite output"
+        assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=s))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
