@@ -10,12 +10,16 @@ import torch
 try:
     import triton
     import triton.language as tl  # noqa: F401  (re-exported for kernel modules)
+    from triton.runtime.errors import OutOfResources
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - triton is an optional extra
     triton = tl = None
+
+    class OutOfResources(Exception):  # type: ignore[no-redef]  (never raised without Triton)
+        pass
     HAVE_TRITON = False
 
 BACKENDS = ("auto", "triton", "torch")

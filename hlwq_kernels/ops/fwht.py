@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from hlwq_kernels.ops._triton import HAVE_TRITON, use_triton
+from hlwq_kernels.ops._triton import HAVE_TRITON, OutOfResources, use_triton
 from hlwq_kernels.ops.fwht_plan import kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
@@ -100,6 +100,27 @@ def _signs_on(signs: torch.Tensor, device: torch.device, elem_size: int = 0) -> 
     return row
 
 
+def _fwht_rows_torch(x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_row: torch.Tensor | None) -> torch.Tensor:
+    """The torch path: transform (times ``scale``) of each length-b block of the rows of x2, with the
+    ±1 ``sign_row`` (float32, length b or n) before the forward / after the inverse transform."""
+    compute = torch.float64 if x2.dtype == torch.float64 else torch.float32
+    y2 = x2.to(compute)
+    if sign_row is not None:
+        sign_row = sign_row.to(compute).repeat(x2.shape[1] // sign_row.shape[0])
+    if sign_row is not None and not inverse:
+        y2 = y2 * sign_row
+    y2 = _fwht_torch(y2, b, inverse) * scale
+    if sign_row is not None and inverse:
+        y2 = y2 * sign_row
+    return y2.to(x2.dtype)
+
+
+# (b, dtype, with signs, device) whose kernel launch needs more shared memory or registers than that GPU
+# has (the launch tables are tuned on an H200, 227 KiB a block; an A100 has 163, an L4 99): "auto" runs
+# the torch path for them.
+_OVER_CAPACITY: set[tuple] = set()
+
+
 def fwht(
     x: torch.Tensor,
     dim: int = -1,
@@ -132,7 +153,8 @@ def fwht(
         if x.is_cuda:
             raise TypeError("float64 is supported on CPU only (torch backend)")
         on_triton = False
-    sign_row = None if signs is None else _signs_on(signs, x.device, x.element_size() if on_triton else 0)
+    if _OVER_CAPACITY and on_triton and backend == "auto" and (b, x.dtype, signs is not None, x.device) in _OVER_CAPACITY:
+        on_triton = False
     if normalized:
         scale = 1.0 / math.sqrt(b)
     else:
@@ -140,18 +162,15 @@ def fwht(
     last = dim in (-1, x.ndim - 1)
     moved = x if last else x.movedim(dim, -1)
     x2 = moved if moved.ndim == 2 else moved.reshape(-1, n)
+    y2 = None
     if on_triton:
-        y2 = fwht_rows_triton(x2, b, inverse, scale, sign_row)
-    else:
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        y2 = x2.to(compute)
-        if sign_row is not None:
-            sign_row = sign_row.to(compute).repeat(n // sign_row.shape[0])
-        if sign_row is not None and not inverse:
-            y2 = y2 * sign_row
-        y2 = _fwht_torch(y2, b, inverse) * scale
-        if sign_row is not None and inverse:
-            y2 = y2 * sign_row
-        y2 = y2.to(x.dtype)
+        try:
+            y2 = fwht_rows_triton(x2, b, inverse, scale, None if signs is None else _signs_on(signs, x.device, x.element_size()))
+        except OutOfResources:
+            if backend == "triton":
+                raise
+            _OVER_CAPACITY.add((b, x.dtype, signs is not None, x.device))
+    if y2 is None:
+        y2 = _fwht_rows_torch(x2, b, inverse, scale, None if signs is None else _signs_on(signs, x.device))
     y = y2 if moved.ndim == 2 else y2.reshape(moved.shape)
     return y if last else y.movedim(-1, dim)

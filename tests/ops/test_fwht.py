@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
+from hlwq_kernels.ops import fwht as fwht_module, fwht_plan
+from hlwq_kernels.ops._triton import OutOfResources
 from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 from hlwq_reference.numpy import fwht as fwht_ref
@@ -267,3 +269,24 @@ def test_cuda_large_sizes(n: int, dtype: torch.dtype) -> None:
     signs = random_signs(n, n, device="cuda")
     _check(x, "auto", signs=signs)
     _check(x, "auto", inverse=True, signs=signs)
+    if torch.cuda.get_device_capability() >= (9, 0):  # 227 KiB of shared memory: every table launch fits
+        assert not fwht_module._OVER_CAPACITY, "a launch fell back to the torch path"
+
+
+@pytest.mark.cuda
+def test_launch_over_shared_memory_runs_torch_path_cuda(monkeypatch) -> None:
+    """A launch plan that needs more shared memory than the GPU has (27648 bf16 unsplit at 3 stages: three
+    64 KiB row buffers) raises Triton's OutOfResources with backend="triton"; "auto" then runs the torch
+    path, right, and remembers it for that size."""
+    monkeypatch.setitem(fwht_plan._DENSE_TABLE_SIZES, (2, 27648), DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True))
+    monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
+    kernel_plan.cache_clear()
+    try:
+        x = _random((5, 27648), torch.bfloat16, seed=11, device="cuda")
+        with pytest.raises(OutOfResources):
+            fwht(x, backend="triton")
+        _check(x, "auto")
+        assert fwht_module._OVER_CAPACITY == {(27648, torch.bfloat16, False, x.device)}
+        _check(x, "auto")  # remembered: straight to the torch path
+    finally:
+        kernel_plan.cache_clear()
