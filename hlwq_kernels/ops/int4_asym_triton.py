@@ -1,5 +1,7 @@
-"""Fused asymmetric INT4 min-max kernel: weight [N, K] -> packed codes int32 [N, K/8], scales [N, K/g]
-and packed zero points int32 [ceil(N/8), K/g], in compressed-tensors' ``pack-quantized`` layout.
+"""Fused asymmetric INT4 kernels, min-max and clip rules: weight [N, K] -> packed codes int32 [N, K/8],
+scales [N, K/g] and packed zero points int32 [ceil(N/8), K/g], in compressed-tensors' ``pack-quantized``
+layout. (The clip kernel, ``int4_asym_clip_pack``, is described at its section below and in
+docs/int4_asym.md; what follows is the min-max kernel.)
 
 One program owns ``BLOCK_N`` rows (a multiple of 8, so it packs whole zero-point words) x ``BLOCK_G``
 groups. A group is read in ``G // CHUNK`` chunks of a power-of-two width; when it fits one chunk the
@@ -47,7 +49,7 @@ from hlwq_kernels.ops._jit import (
     round_to_dtype_cvt,
 )
 from hlwq_kernels.ops._triton import cdiv, launch, require_triton, tl, triton
-from hlwq_kernels.ops.int4_triton import _EPS, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
+from hlwq_kernels.ops.int4_triton import _EPS, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS, MARGIN, N_CLIP, REFIT_STEPS, clip_ratios
 
@@ -59,7 +61,7 @@ _LANES = 4
 _WARPS = 1
 _QMIN, _QMAX, _LEVELS = tl.constexpr(QMIN), tl.constexpr(QMAX), tl.constexpr(float(LEVELS))
 # The clip kernel: (lanes, warps, groups a program) from a sweep on an H200 (docs/int4_asym.md).
-_CLIP_LANES = 4
+_CLIP_LANES = 2
 _CLIP_WARPS = 1
 _CLIP_BLOCK_G = 1
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: x + _MAGIC holds rint(x) in its low bits (|x| < 2**22)
@@ -159,6 +161,16 @@ def int4_asym_minmax_pack(
     Inputs are assumed validated by ``hlwq_kernels.ops.int4_asym``. ``num_warps``, ``lanes`` (threads
     per group), ``reps`` ((row, group) pairs a thread) and ``block_g`` tune the launch (``group_tiles``).
     """
+    return _launch_over_rows(_int4_asym_minmax_kernel, w, group_size, (), out, num_warps, lanes, reps, block_g,
+                             PAIRS=bf16_pairs(w))
+
+
+def _launch_over_rows(
+    kernel, w: torch.Tensor, group_size: int, extra: tuple, out: tuple | None, num_warps: int, lanes: int, reps: int,
+    block_g: int | None, **constexprs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch a kernel ``(w, *extra, scale, packed, zero, N, NG, K8, stride_wn, stride_wk, eps, G, CHUNK, SEGS,
+    BLOCK_N, BLOCK_G, PTX, **constexprs)`` on ``w`` [N, K] in row slabs (``row_slabs``); outputs ``out`` or new."""
     require_triton()
     n, k = w.shape
     n_groups = k // group_size
@@ -173,15 +185,19 @@ def int4_asym_minmax_pack(
         part = (w, scale, packed, zero) if r1 - r0 == n else (
             w[r0:r1], scale[r0:r1], packed[r0:r1], zero[r0 // 8 : (r1 + 7) // 8])
         launch(
-            _int4_asym_minmax_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            *part, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
-            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PAIRS=bf16_pairs(w),
-            PTX=packed_int16_ptx(w), num_warps=num_warps,
+            kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
+            part[0], *extra, *part[1:], r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
+            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PTX=packed_int16_ptx(w),
+            num_warps=num_warps, **constexprs,
         )
     return packed, scale, zero
 
 
 # --- the clip rule ----------------------------------------------------------------------------------
+# The tile of the min-max kernel (float32 weights, no bf16 pairs: the search dominates), held through
+# the search when a group fits one chunk: min-max trial, N_CLIP - 1 clip ratios, the sums of the best's
+# codes, REFIT_STEPS refits, each a pass over the tile summing per thread in float32, then across the
+# group's threads; the per-group arithmetic in float64 as the torch path (hlwq_kernels.ops.int4_asym).
 
 
 def _clip_constants(device: torch.device) -> torch.Tensor:
@@ -194,15 +210,9 @@ def _clip_constants(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _group_sum(v):
-    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]`` (the segments a thread holds first)."""
-    return tl.sum(tl.sum(v, axis=2), axis=2)
-
-
-@triton.jit
 def _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK: tl.constexpr, HAS_LAM: tl.constexpr):
-    """Chunk ``c`` of the tile as float32 weights, and their importance ``[1, BG, SEGS, W]`` (``HAS_LAM``;
-    else the weights again, unused)."""
+    """Chunk ``c`` of the tile as float32 weights, and their importance (``HAS_LAM``; else the weights
+    again, unused)."""
     x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
     if HAS_LAM:
         lam = tl.load(l_ptrs + c * CHUNK, mask=lmask, other=0.0)
@@ -246,6 +256,15 @@ def _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK: t
             d2 += _group_sum(ld * d)
             u1 += _group_sum(ld * x)
     return e, d1, d2, u1
+
+
+@triton.jit
+def _offer(e, s, z, best_e, best_s, best_z, keep):
+    """Where the trial's error ``e`` (float32) is below ``best_e * keep`` (``keep = 1 - MARGIN``, float64):
+    (that mask, and the best error, scale and zero point with the trial taken there)."""
+    e64 = e.to(tl.float64)
+    better = e64 < best_e * keep
+    return better, tl.where(better, e64, best_e), tl.where(better, s, best_s), tl.where(better, z, best_z)
 
 
 @triton.jit
@@ -301,16 +320,17 @@ def _int4_asym_clip_kernel(
     DT: tl.constexpr = scale_ptr.dtype.element_ty
     rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
         w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
+    # importance pointers of the whole tile (as the weights' layout; each row reads them again, from L1)
     cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
-    l_ptrs = lam_ptr + grps[None, :, None, None] * G + cols
-    lmask = (grps < NG)[None, :, None, None]
+    l_ptrs = tl.broadcast_to(lam_ptr + grps[None, :, None, None] * G + cols, w_ptrs.shape)
+    lmask = tl.broadcast_to((grps < NG)[None, :, None, None], w_ptrs.shape)
 
     # One read: range, Σ λ w and Σ λ of each group (the tile stays in registers when NCHUNK == 1).
     x, lam = _clip_chunk(w_ptrs, l_ptrs, 0, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
     lo = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
     hi = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
     t0 = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
-    n0 = tl.zeros([1, BLOCK_G], tl.float32)
+    n0 = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
             x, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
@@ -346,10 +366,7 @@ def _int4_asym_clip_kernel(
         z = _rint_zero_point(-(ratio * lo64 / s.to(tl.float64)) + _QMIN)
         e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
                                     HAS_LAM, False)
-        better = e.to(tl.float64) < best_e * keep
-        best_s = tl.where(better, s, best_s)
-        best_z = tl.where(better, z, best_z)
-        best_e = tl.where(better, e.to(tl.float64), best_e)
+        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
 
     # Least-squares refits of the best, each from the sums over its codes (kept with the best).
     e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, NCHUNK, CHUNK,
@@ -360,10 +377,7 @@ def _int4_asym_clip_kernel(
         s, z = _refit(d1, d2, u1, best_s, best_z, n064, t064, eps, DT, PTX)
         e, c1, c2, cu = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
                                     HAS_LAM, True)
-        better = e.to(tl.float64) < best_e * keep
-        best_s = tl.where(better, s, best_s)
-        best_z = tl.where(better, z, best_z)
-        best_e = tl.where(better, e.to(tl.float64), best_e)
+        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
         d1 = tl.where(better, c1, d1)
         d2 = tl.where(better, c2, d2)
         u1 = tl.where(better, cu, u1)
@@ -400,25 +414,7 @@ def int4_asym_clip_pack(
     Returns and ``out`` as ``int4_asym_minmax_pack``; the launch parameters tune ``group_tiles``.
     Inputs are assumed validated by ``hlwq_kernels.ops.int4_asym``.
     """
-    require_triton()
-    n, k = w.shape
-    n_groups = k // group_size
-    packed, scale, zero = out or (
-        torch.empty((n, k // 8), dtype=torch.int32, device=w.device),
-        torch.empty((n, n_groups), dtype=w.dtype, device=w.device),
-        torch.empty(((n + 7) // 8, n_groups), dtype=torch.int32, device=w.device),
-    )
     constants = _clip_constants(w.device)
-    lam = constants if importance is None else importance
-    chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
-                                                block_g, min_rows=8)
-    for r0, r1 in row_slabs(n, block_n):
-        part = (w, scale, packed, zero) if r1 - r0 == n else (
-            w[r0:r1], scale[r0:r1], packed[r0:r1], zero[r0 // 8 : (r1 + 7) // 8])
-        launch(
-            _int4_asym_clip_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            part[0], lam, constants, *part[1:], r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
-            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, N_CLIP=N_CLIP,
-            REFITS=REFIT_STEPS, HAS_LAM=importance is not None, PTX=packed_int16_ptx(w), num_warps=num_warps,
-        )
-    return packed, scale, zero
+    return _launch_over_rows(_int4_asym_clip_kernel, w, group_size,
+                             (constants if importance is None else importance, constants), out, num_warps, lanes, reps,
+                             block_g, N_CLIP=N_CLIP, REFITS=REFIT_STEPS, HAS_LAM=importance is not None)
