@@ -60,7 +60,10 @@ __all__ = ["int4_asym_minmax_pack", "int4_asym_clip_pack"]
 _LANES = 4
 _WARPS = 1
 _QMIN, _QMAX, _LEVELS = tl.constexpr(QMIN), tl.constexpr(QMAX), tl.constexpr(float(LEVELS))
-# The clip kernel: (lanes, warps, groups a program) from a sweep on an H200 (docs/int4_asym.md).
+# The clip kernel: (lanes, warps, groups a program) from a sweep on an H200 (bench/results/
+# int4-asym-clip-h200-2026-12-02-d.md): 2 threads a group (64 weights a thread at group 128). With
+# importance 4 threads ran 3% faster (weights and importance of 64 columns take all 255 registers), but
+# one launch for both keeps unit importance bit-identical to none.
 _CLIP_LANES = 2
 _CLIP_WARPS = 1
 _CLIP_BLOCK_G = 1

@@ -350,20 +350,23 @@ def test_cuda_paths_match_cpu() -> None:
 clip_shapes = st.tuples(st.integers(1, 19), st.integers(1, 3), st.sampled_from([8, 24, 48, 96, 128, 320, 512]))
 
 
-def check_clip(w: torch.Tensor, g: int, lam: torch.Tensor | None, got: Int4AsymWeight, rtol: float = 2e-3) -> np.ndarray:
+def check_clip(w: torch.Tensor, g: int, lam: torch.Tensor | None, got: Int4AsymWeight) -> tuple[np.ndarray, np.ndarray]:
     """The clip kernel's result against the float64 NumPy reference: the words are the codes of its
-    parameters bit for bit, each group's squared error within ``rtol`` of the reference's choice (its
+    parameters bit for bit, each group's squared error within 2e-3 of the reference's choice (its
     float32 sums in another order may settle a near-tie differently: docs/int4_asym.md) and never above
-    min-max's. Returns where (scale, zero point) differ from the reference's."""
+    min-max's. Returns where (scale, zero point) differ from the reference's, and the relative
+    difference of each group's error."""
     wn, ln = to_numpy(w), None if lam is None else lam.cpu().numpy()
     assert got.scale.dtype == w.dtype
     assert_same(got, ref.quantize_int4_asym_with_params(wn, *np_params(got)))
     expected = ref.quantize_int4_asym(wn, g, "clip", importance=ln)
     e_got = ref.group_sq_error(wn, *np_params(got), g, ln)
-    np.testing.assert_allclose(e_got, ref.group_sq_error(wn, expected.scale, expected.zero_point, g, ln), rtol=rtol, atol=0)
+    e_ref = ref.group_sq_error(wn, expected.scale, expected.zero_point, g, ln)
+    np.testing.assert_allclose(e_got, e_ref, rtol=2e-3, atol=0)
     assert bool((e_got <= ref.group_sq_error(wn, *ref.minmax_params(wn, g), g, ln)).all())
     scale, zero = np_params(got)
-    return (scale != expected.scale.astype(np.float32)) | (zero != expected.zero_point)
+    rel = np.abs(e_got - e_ref) / np.where(e_ref > 0, e_ref, 1.0)
+    return (scale != expected.scale.astype(np.float32)) | (zero != expected.zero_point), rel
 
 
 def clip_kernel(w: torch.Tensor, g: int, lam: torch.Tensor | None, device: str, **launch) -> Int4AsymWeight:
@@ -389,15 +392,15 @@ def test_clip_kernel_matches_reference(device: str, shape: tuple, seed: int, dty
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_clip_kernel_same_parameters_on_most_groups(device: str, dtype: torch.dtype) -> None:
-    """bf16 / fp16: the reference's scales and zero points on all but a rare group; fp32 scales (24-bit,
-    no coarse rounding to re-align float32 and float64 sums) differ in low bits, their errors by ~1e-7."""
+    """bf16 / fp16: the reference's scales and zero points on all but <= 0.2% of groups; fp32 scales
+    (24-bit, no coarse rounding to re-align float32 and float64 sums) differ in low bits, their errors
+    within 1e-5 on all but <= 0.2% of groups (a near-tie settled otherwise: one of 8192 on an H200)."""
     n = 1024 if device == "cuda" else 64
     w = random_weight((n, 1024), dtype, 11, tail="t", row_decades=1.0, column_spread=0.5)
     lam = importance_of(1024, 12)
     for weights_ in (None, lam):
-        differ = check_clip(w, 128, weights_, clip_kernel(w, 128, weights_, device), rtol=2e-3 if dtype != torch.float32 else 1e-5)
-        if dtype != torch.float32:
-            assert differ.mean() <= 2e-3
+        differ, rel = check_clip(w, 128, weights_, clip_kernel(w, 128, weights_, device))
+        assert (rel > 1e-5 if dtype == torch.float32 else differ).mean() <= 2e-3
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
