@@ -352,17 +352,16 @@ clip_shapes = st.tuples(st.integers(1, 19), st.integers(1, 3), st.sampled_from([
 
 def check_clip(w: torch.Tensor, g: int, lam: torch.Tensor | None, got: Int4AsymWeight) -> tuple[np.ndarray, np.ndarray]:
     """The clip kernel's result against the float64 NumPy reference: the words are the codes of its
-    parameters bit for bit, each group's squared error within 2e-3 of the reference's choice (its
-    float32 sums in another order may settle a near-tie differently: docs/int4_asym.md) and never above
-    min-max's. Returns where (scale, zero point) differ from the reference's, and the relative
-    difference of each group's error."""
+    parameters bit for bit and each group's squared error is never above min-max's. Returns where
+    (scale, zero point) differ from the reference's, and each group's relative difference of the error
+    from the reference's choice (float32 sums in another order may settle a near-tie differently, and
+    the refits then take another path: docs/int4_asym.md)."""
     wn, ln = to_numpy(w), None if lam is None else lam.cpu().numpy()
     assert got.scale.dtype == w.dtype
     assert_same(got, ref.quantize_int4_asym_with_params(wn, *np_params(got)))
     expected = ref.quantize_int4_asym(wn, g, "clip", importance=ln)
     e_got = ref.group_sq_error(wn, *np_params(got), g, ln)
     e_ref = ref.group_sq_error(wn, expected.scale, expected.zero_point, g, ln)
-    np.testing.assert_allclose(e_got, e_ref, rtol=2e-3, atol=0)
     assert bool((e_got <= ref.group_sq_error(wn, *ref.minmax_params(wn, g), g, ln)).all())
     scale, zero = np_params(got)
     rel = np.abs(e_got - e_ref) / np.where(e_ref > 0, e_ref, 1.0)
@@ -386,7 +385,8 @@ def test_clip_kernel_matches_reference(device: str, shape: tuple, seed: int, dty
     n, groups, g = shape
     w = weights(n, groups * g, dtype, seed)
     lam = importance_of(groups * g, seed) if weighted else None
-    check_clip(w, g, lam, clip_kernel(w.T.contiguous().T if transposed else w, g, lam, device))
+    _, rel = check_clip(w, g, lam, clip_kernel(w.T.contiguous().T if transposed else w, g, lam, device))
+    assert bool((rel <= 2e-3).all())
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -394,13 +394,15 @@ def test_clip_kernel_matches_reference(device: str, shape: tuple, seed: int, dty
 def test_clip_kernel_same_parameters_on_most_groups(device: str, dtype: torch.dtype) -> None:
     """bf16 / fp16: the reference's scales and zero points on all but <= 0.2% of groups; fp32 scales
     (24-bit, no coarse rounding to re-align float32 and float64 sums) differ in low bits, their errors
-    within 1e-5 on all but <= 0.2% of groups (a near-tie settled otherwise: one of 8192 on an H200)."""
+    within 1e-5 on all but <= 0.2% of groups. Errors within 2e-3 of the reference's on all but <= 0.1%
+    (a near-tie settled otherwise: one fp32 group of 8192 was 0.31% apart on an H200)."""
     n = 1024 if device == "cuda" else 64
     w = random_weight((n, 1024), dtype, 11, tail="t", row_decades=1.0, column_spread=0.5)
     lam = importance_of(1024, 12)
     for weights_ in (None, lam):
         differ, rel = check_clip(w, 128, weights_, clip_kernel(w, 128, weights_, device))
         assert (rel > 1e-5 if dtype == torch.float32 else differ).mean() <= 2e-3
+        assert (rel > 2e-3).mean() <= 1e-3
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
@@ -416,7 +418,8 @@ def test_clip_kernel_unit_importance_is_no_importance(device: str) -> None:
 def test_clip_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None) -> None:
     w = weights(19, 480, torch.bfloat16, lanes * 100 + warps)
     lam = importance_of(480, lanes)
-    check_clip(w, 48, lam, clip_kernel(w, 48, lam, device, num_warps=warps, lanes=lanes, block_g=block_g))
+    _, rel = check_clip(w, 48, lam, clip_kernel(w, 48, lam, device, num_warps=warps, lanes=lanes, block_g=block_g))
+    assert bool((rel <= 2e-3).all())
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
