@@ -18,10 +18,9 @@ Student-t (ν = 3, 5) matrices, group 128, and the reduction. Runs on CPU too (`
 
 MSE sweep (``--mse-sweep``): the MSE kernel's launch configurations and trial sets (``RATIOS`` and
 shorter ones) on every shape, each checked bit for bit against the torch path with the same trials.
-``--asym-clip``: the asymmetric ``clip`` rule (torch path on CUDA; no kernel), event-timed calls.
 
     python bench/gpu_int4.py --out bench/results/int4-h200.md [--sweep | --sweep-only] [--quick] [--jobs 8]
-    python bench/gpu_int4.py --mse-sweep --asym-clip [--jobs 8]
+    python bench/gpu_int4.py --mse-sweep [--jobs 8]
     python bench/gpu_int4.py --quality-only --device cpu --rows 1024
 """
 
@@ -35,7 +34,7 @@ import triton
 import triton.language as tl
 
 from gpu_common import (
-    SHAPES, arg_parser, bench_seconds, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row,
+    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row,
     run_parallel,
 )
 from hlwq_kernels.ops.int4 import Int4Weight, _mse_scale_torch, dequantize_int4, quantize_int4, quantize_int4_with_scale
@@ -235,22 +234,6 @@ def mse_sweep(jobs: int = 1) -> list[str]:
     return out
 
 
-def asym_clip_rows() -> list[str]:
-    """The asymmetric ``clip`` rule (torch path: no kernel) on each shape, event-timed public calls."""
-    lines = ["| shape | clone GB/s | asym clip GB/s | % of clone |", "|---|---|---|---|"]
-    for n, k in SHAPES:
-        w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
-        ng = k // GROUP
-        moved = n * k * 2 + n * k // 2 + n * ng * 2 + (n + 7) // 8 * ng * 4
-        clone = clone_gbps(w)
-        gbps = moved / bench_seconds(lambda: quantize_int4_asym(w, GROUP, "clip")) / 1e9
-        lines.append(f"| {n}x{k} | {clone:.0f} | {gbps:.1f} | {100 * gbps / clone:.2f}% |")
-        print(lines[-1], flush=True)
-        del w
-        torch.cuda.empty_cache()
-    return lines
-
-
 def _rel_mse(w: torch.Tensor, q: Int4Weight) -> float:
     x = w.double()
     return float(((x - dequantize_int4(q, torch.float64)) ** 2).sum() / (x**2).sum())
@@ -285,7 +268,6 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="processes compiling the sweep's kernels")
     parser.add_argument("--sweep-only", action="store_true", help="the sweep alone (no roofline, host, quality)")
     parser.add_argument("--mse-sweep", action="store_true", help="also the MSE kernel's launches and trial sets")
-    parser.add_argument("--asym-clip", action="store_true", help="also the asymmetric clip rule's torch path")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     out = [f"# INT4 quantize+pack and Marlin repack — {device_name}, {datetime.date.today()}", ""]
@@ -297,8 +279,6 @@ def main() -> None:
         out += report(title, roofline_rows(args.quick), host_calls(), sweep(args.quick, args.jobs) if args.sweep else None)
         if args.mse_sweep:
             out += ["", "MSE launch configurations and trial sets:"] + mse_sweep(args.jobs)
-        if args.asym_clip:
-            out += ["", "Asymmetric clip rule (torch path):", ""] + asym_clip_rows()
     out += quality(args.device, args.rows)
     emit_table(out, args.out)
 

@@ -15,10 +15,11 @@ even: compressed-tensors' GPU ``quantize``) are packed as ``q + 8`` like the sym
 ``importance`` (``clip``, ``hqq``): non-negative weights per input channel ``[K]``, e.g. the squared
 RMSNorm weight feeding the layer; the objective becomes ``Σ λ_k (...)`` and the guarantee holds for it.
 
-CUDA tensors with ``method="minmax"`` use the fused Triton kernel (``int4_asym_triton``: one read of the
-weight; codes, scales and packed zero points out); everything else runs the vectorized torch path
-below (on the tensor's device, in row chunks). ``backend="triton"`` on CPU runs the kernel in Triton's
-interpreter.
+CUDA tensors with ``method="minmax"`` or ``"clip"`` use the fused Triton kernels (``int4_asym_triton``:
+one read of the weight; codes, scales and packed zero points out; ``clip`` agrees with this path by
+its objective, not bit for bit: docs/int4_asym.md); ``hqq`` and CPU tensors run the vectorized torch
+path below (on the tensor's device, in row chunks). ``backend="triton"`` on CPU runs the kernels in
+Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -324,12 +325,17 @@ def quantize_int4_asym(
         raise ValueError("importance weights need method='clip' or 'hqq' (minmax has nothing to optimise)")
     lam = None if importance is None else _check_importance(importance, k, w.device)
     kernel = use_triton(backend, w)  # validates backend
-    if kernel and method != "minmax" and backend == "triton":
-        raise ValueError(f"the Triton kernel computes method='minmax' only; use backend='torch' for {method!r}")
+    if kernel and method == "hqq" and backend == "triton":
+        raise ValueError("the Triton kernels compute method='minmax' and 'clip' only; use backend='torch' for 'hqq'")
     if kernel and method == "minmax":  # bit-exact, compiled on an H200, for every dtype, group size, stride
         from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
 
         packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)
+        return Int4AsymWeight(packed, scale, zero_packed, (n, k), group_size)
+    if kernel and method == "clip":  # the same rule, float32 sums in another order (docs/int4_asym.md)
+        from hlwq_kernels.ops.int4_asym_triton import int4_asym_clip_pack
+
+        packed, scale, zero_packed = int4_asym_clip_pack(w, group_size, None if lam is None else lam.contiguous())
         return Int4AsymWeight(packed, scale, zero_packed, (n, k), group_size)
     packed, scale, zero = _quantize_torch(w, group_size, _RULES[method], lam)
     return Int4AsymWeight(packed, scale, pack_zero_points(zero), (n, k), group_size)

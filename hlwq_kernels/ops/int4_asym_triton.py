@@ -1,5 +1,7 @@
-"""Fused asymmetric INT4 min-max kernel: weight [N, K] -> packed codes int32 [N, K/8], scales [N, K/g]
-and packed zero points int32 [ceil(N/8), K/g], in compressed-tensors' ``pack-quantized`` layout.
+"""Fused asymmetric INT4 kernels, min-max and clip rules: weight [N, K] -> packed codes int32 [N, K/8],
+scales [N, K/g] and packed zero points int32 [ceil(N/8), K/g], in compressed-tensors' ``pack-quantized``
+layout. (The clip kernel, ``int4_asym_clip_pack``, is described at its section below and in
+docs/int4_asym.md; what follows is the min-max kernel.)
 
 One program owns ``BLOCK_N`` rows (a multiple of 8, so it packs whole zero-point words) x ``BLOCK_G``
 groups. A group is read in ``G // CHUNK`` chunks of a power-of-two width; when it fits one chunk the
@@ -33,6 +35,7 @@ import torch
 
 from hlwq_kernels.ops._jit import (
     bf16_hi,
+    div_exact,
     bf16_lo,
     bf16_pair_range,
     group_quotient,
@@ -42,20 +45,33 @@ from hlwq_kernels.ops._jit import (
     pack_codes,
     quotient_is_exact,
     reciprocal,
+    round_half_even,
     round_to_dtype_cvt,
 )
 from hlwq_kernels.ops._triton import cdiv, launch, require_triton, tl, triton
-from hlwq_kernels.ops.int4_triton import _EPS, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
+from hlwq_kernels.ops.int4_triton import _EPS, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
-from hlwq_reference.numpy.int4_asym import LEVELS
+from hlwq_reference.numpy.int4_asym import LEVELS, MARGIN, N_CLIP, REFIT_STEPS, clip_ratios
 
-__all__ = ["int4_asym_minmax_pack"]
+__all__ = ["int4_asym_minmax_pack", "int4_asym_clip_pack"]
 
 # Launch defaults, from a sweep on an H200 (bench/results/int4-h200-2026-12-02-b.md): 4 threads a
 # group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 8 rows x 2 groups of 128 a program.
 _LANES = 4
 _WARPS = 1
 _QMIN, _QMAX, _LEVELS = tl.constexpr(QMIN), tl.constexpr(QMAX), tl.constexpr(float(LEVELS))
+# The clip kernel: (lanes, warps, groups a program) from a sweep on an H200 (bench/results/
+# int4-asym-clip-h200-2026-12-02-d.md): 2 threads a group (64 weights a thread at group 128). With
+# importance 4 threads ran 3% faster (weights and importance of 64 columns take all 255 registers), but
+# one launch for both keeps unit importance bit-identical to none.
+_CLIP_LANES = 2
+_CLIP_WARPS = 1
+_CLIP_BLOCK_G = 1
+_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: x + _MAGIC holds rint(x) in its low bits (|x| < 2**22)
+_CODE_LO = tl.constexpr(12582912.0 + QMIN)
+_CODE_HI = tl.constexpr(12582912.0 + QMAX)
+_MAGIC64 = tl.constexpr(6755399441055744.0)  # 1.5 * 2**52, the same for float64
+_CONSTANTS: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
@@ -118,7 +134,13 @@ def _int4_asym_minmax_kernel(
             words = pack_codes(y)
         tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
 
-    # Zero points z - QMIN of rows 8i .. 8i+7 in word i (row 8i lowest); rows past N pack as 0.
+    _store_zero_points(zero_ptr, z, row_ok, grps, N, NG, BLOCK_N, BLOCK_G)
+
+
+@triton.jit
+def _store_zero_points(zero_ptr, z, row_ok, grps, N, NG, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """Integer zero points ``z`` [BLOCK_N, BLOCK_G] as ``z - QMIN``, rows 8i .. 8i+7 in word i (row 8i
+    lowest); rows past N pack as 0."""
     zu = tl.where(row_ok[:, None], z - _QMIN, 0)
     zw = tl.sum(tl.reshape(zu, [BLOCK_N // 8, 8, BLOCK_G]) << (tl.arange(0, 8) * 4)[None, :, None], axis=1)
     wrow = tl.program_id(1) * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
@@ -142,6 +164,16 @@ def int4_asym_minmax_pack(
     Inputs are assumed validated by ``hlwq_kernels.ops.int4_asym``. ``num_warps``, ``lanes`` (threads
     per group), ``reps`` ((row, group) pairs a thread) and ``block_g`` tune the launch (``group_tiles``).
     """
+    return _launch_over_rows(_int4_asym_minmax_kernel, w, group_size, (), out, num_warps, lanes, reps, block_g,
+                             PAIRS=bf16_pairs(w))
+
+
+def _launch_over_rows(
+    kernel, w: torch.Tensor, group_size: int, extra: tuple, out: tuple | None, num_warps: int, lanes: int, reps: int,
+    block_g: int | None, **constexprs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch a kernel ``(w, *extra, scale, packed, zero, N, NG, K8, stride_wn, stride_wk, eps, G, CHUNK, SEGS,
+    BLOCK_N, BLOCK_G, PTX, **constexprs)`` on ``w`` [N, K] in row slabs (``row_slabs``); outputs ``out`` or new."""
     require_triton()
     n, k = w.shape
     n_groups = k // group_size
@@ -156,9 +188,236 @@ def int4_asym_minmax_pack(
         part = (w, scale, packed, zero) if r1 - r0 == n else (
             w[r0:r1], scale[r0:r1], packed[r0:r1], zero[r0 // 8 : (r1 + 7) // 8])
         launch(
-            _int4_asym_minmax_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            *part, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
-            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PAIRS=bf16_pairs(w),
-            PTX=packed_int16_ptx(w), num_warps=num_warps,
+            kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
+            part[0], *extra, *part[1:], r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
+            G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PTX=packed_int16_ptx(w),
+            num_warps=num_warps, **constexprs,
         )
     return packed, scale, zero
+
+
+# --- the clip rule ----------------------------------------------------------------------------------
+# The tile of the min-max kernel (float32 weights, no bf16 pairs: the search dominates), held through
+# the search when a group fits one chunk: min-max trial, N_CLIP - 1 clip ratios, the sums of the best's
+# codes, REFIT_STEPS refits, each a pass over the tile summing per thread in float32, then across the
+# group's threads; the per-group arithmetic in float64 as the torch path (hlwq_kernels.ops.int4_asym).
+
+
+def _clip_constants(device: torch.device) -> torch.Tensor:
+    """float64 ``[clip ratios..., 1 - MARGIN]`` on ``device`` (cached): the rule's constants as the
+    reference computes them, read by the kernel (a float literal would be rounded to float32)."""
+    if device not in _CONSTANTS:
+        values = [*clip_ratios().tolist(), 1.0 - MARGIN]
+        _CONSTANTS[device] = torch.tensor(values, dtype=torch.float64, device=device)
+    return _CONSTANTS[device]
+
+
+@triton.jit
+def _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK: tl.constexpr, HAS_LAM: tl.constexpr):
+    """Chunk ``c`` of the tile as float32 weights, and their importance (``HAS_LAM``; else the weights
+    again, unused)."""
+    x = tl.load(w_ptrs + c * CHUNK * stride_wk, mask=mask4, other=0.0).to(tl.float32)
+    if HAS_LAM:
+        lam = tl.load(l_ptrs + c * CHUNK, mask=lmask, other=0.0)
+    else:
+        lam = x
+    return x, lam
+
+
+@triton.jit
+def _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK: tl.constexpr, CHUNK: tl.constexpr,
+                HAS_LAM: tl.constexpr, SUMS: tl.constexpr):
+    """Per group, float32 sums over the trial codes of ``(s, z)``: ``E = Σ λ (w - d s)²`` and (``SUMS``)
+    ``Σ λ d``, ``Σ λ d²``, ``Σ λ w d`` with ``d = q - z``. The trial code ``q = rint(clamp(w (1/s) + z))`` of
+    the exact product is one fused multiply-add into the bits of ``1.5 * 2**23 + q``, clamped there."""
+    s4 = s[:, :, None, None]
+    z4 = z[:, :, None, None]
+    inv4 = reciprocal(s)[:, :, None, None]
+    zm4 = (z + _MAGIC)[:, :, None, None]
+    ns4 = (-s)[:, :, None, None]
+    e = tl.zeros(s.shape, tl.float32)
+    d1 = tl.zeros(s.shape, tl.float32)
+    d2 = tl.zeros(s.shape, tl.float32)
+    u1 = tl.zeros(s.shape, tl.float32)
+    for c in range(NCHUNK):
+        if NCHUNK > 1:
+            x, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
+        if SUMS:  # the rule's codes rint(clamp(w / s + z)) (float32 quotient, as the torch path)
+            y = tl.minimum(tl.maximum(div_exact(x, s4, inv4) + z4, _QMIN), _QMAX)
+            d = (y + _MAGIC) - zm4
+        else:  # one fused multiply-add: the same codes but at ties of w / s (there the same error)
+            d = tl.minimum(tl.maximum(tl.fma(x, inv4, zm4), _CODE_LO), _CODE_HI) - zm4
+        r = tl.fma(d, ns4, x)
+        if HAS_LAM:
+            ld = lam * d
+            e += _group_sum(lam * r * r)
+        else:
+            ld = d
+            e += _group_sum(r * r)
+        if SUMS:
+            d1 += _group_sum(ld)
+            d2 += _group_sum(ld * d)
+            u1 += _group_sum(ld * x)
+    return e, d1, d2, u1
+
+
+@triton.jit
+def _offer(e, s, z, best_e, best_s, best_z, keep):
+    """Where the trial's error ``e`` (float32) is below ``best_e * keep`` (``keep = 1 - MARGIN``, float64):
+    (that mask, and the best error, scale and zero point with the trial taken there)."""
+    e64 = e.to(tl.float64)
+    better = e64 < best_e * keep
+    return better, tl.where(better, e64, best_e), tl.where(better, s, best_s), tl.where(better, z, best_z)
+
+
+@triton.jit
+def _stored_scale(s64, eps, DT: tl.constexpr, PTX: tl.constexpr):
+    """A float64 scale as stored: to float32, then to the weight dtype; 0 -> ``eps`` (float32)."""
+    s = round_to_dtype_cvt(s64.to(tl.float32), DT, PTX)
+    return tl.where(s == 0.0, eps, s)
+
+
+@triton.jit
+def _rint_zero_point(zf):
+    """float64 -> ``rint(clamp(zf, QMIN, QMAX))`` (half to even) as float32."""
+    zc = tl.minimum(tl.maximum(zf, _QMIN), _QMAX)
+    return ((zc + _MAGIC64) - _MAGIC64).to(tl.float32)
+
+
+@triton.jit
+def _safe(den):
+    """``den`` where non-zero, else 1 (a quotient then discarded; keeps the interpreter from warning)."""
+    return tl.where(den != 0.0, den, 1.0)
+
+
+@triton.jit
+def _refit(d1, d2, u1, s, z, n0, t0, eps, DT: tl.constexpr, PTX: tl.constexpr):
+    """Least squares ``w ≈ a q + b`` over the codes of ``(s, z)`` (their sums ``d1, d2, u1`` of
+    ``_clip_trial``, ``n0 = Σ λ``, ``t0 = Σ λ w``, float64): ``z' = rint(-b / a)`` where ``a > 0`` (else
+    ``z``), then the least-squares scale for ``z'`` (else ``s``)."""
+    zb = z.to(tl.float64)
+    d1 = d1.to(tl.float64)
+    q1 = d1 + zb * n0  # Σ λ q, Σ λ q², Σ λ w q from the sums over d = q - z
+    q2 = d2.to(tl.float64) + zb * (2.0 * d1 + zb * n0)
+    t1 = u1.to(tl.float64) + zb * t0
+    den = n0 * q2 - q1 * q1
+    a = (n0 * t1 - q1 * t0) / _safe(den)
+    fit = (den != 0.0) & (a > 0.0)
+    zf = -(t0 - a * q1) / _safe(tl.where(fit, n0 * a, 0.0))
+    z_new = tl.where(fit & (tl.abs(zf) < float("inf")), _rint_zero_point(zf), z)
+    zn = z_new.to(tl.float64)
+    den = q2 - 2.0 * zn * q1 + zn * zn * n0
+    s64 = (t1 - zn * t0) / _safe(den)
+    s_new = tl.where((den != 0.0) & (s64 > 0.0) & (s64 < float("inf")), _stored_scale(s64, eps, DT, PTX), s)
+    return s_new, z_new
+
+
+@triton.jit
+def _int4_asym_clip_kernel(
+    w_ptr, lam_ptr, const_ptr, scale_ptr, packed_ptr, zero_ptr, N, NG, K8, stride_wn, stride_wk, eps,
+    G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    N_CLIP: tl.constexpr, REFITS: tl.constexpr, HAS_LAM: tl.constexpr, PTX: tl.constexpr,
+):
+    NCHUNK: tl.constexpr = G // CHUNK
+    W: tl.constexpr = CHUNK // SEGS
+    DT: tl.constexpr = scale_ptr.dtype.element_ty
+    rows, grps, mask2, mask4, w_ptrs, p_ptrs = group_tile(
+        w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G, CHUNK, SEGS, BLOCK_N, BLOCK_G)
+    # importance pointers of the whole tile (as the weights' layout; each row reads them again, from L1)
+    cols = (tl.arange(0, SEGS) * W)[None, None, :, None] + tl.arange(0, W)[None, None, None, :]
+    l_ptrs = tl.broadcast_to(lam_ptr + grps[None, :, None, None] * G + cols, w_ptrs.shape)
+    lmask = tl.broadcast_to((grps < NG)[None, :, None, None], w_ptrs.shape)
+
+    # One read: range, Σ λ w and Σ λ of each group (the tile stays in registers when NCHUNK == 1).
+    x, lam = _clip_chunk(w_ptrs, l_ptrs, 0, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
+    lo = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    hi = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    t0 = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    n0 = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    for c in range(NCHUNK):
+        if NCHUNK > 1:
+            x, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
+        lo = tl.minimum(lo, tl.min(tl.min(x, axis=2), axis=2))
+        hi = tl.maximum(hi, tl.max(tl.max(x, axis=2), axis=2))
+        if HAS_LAM:
+            t0 += _group_sum(lam * x)
+            n0 += _group_sum(lam)
+        else:
+            t0 += _group_sum(x)
+    if not HAS_LAM:
+        n0 += G
+
+    # The min-max trial: compressed-tensors' rule (hlwq_kernels.ops.int4_asym._minmax).
+    s = round_to_dtype_cvt(tl.div_rn(round_to_dtype_cvt(hi - lo, DT, PTX), tl.full(lo.shape, _LEVELS, tl.float32)),
+                           DT, PTX)
+    s_ok = s != 0.0
+    zf = round_to_dtype_cvt(-round_to_dtype_cvt(tl.div_rn(lo, tl.where(s_ok, s, 1.0)), DT, PTX) + _QMIN, DT, PTX)
+    zf = tl.where(s_ok, tl.minimum(tl.maximum(zf, _QMIN), _QMAX), tl.where(lo < 0.0, _QMAX, 0.0))
+    best_s = tl.where(s_ok, s, eps)
+    best_z = (zf + _MAGIC) - _MAGIC
+    e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, NCHUNK, CHUNK,
+                                HAS_LAM, False)
+    best_e = e.to(tl.float64)
+    keep = tl.load(const_ptr + N_CLIP)  # 1 - MARGIN: a trial must be lower by MARGIN, relatively
+
+    # Clip ratios (float64 arithmetic, as the torch path)
+    lo64 = lo.to(tl.float64)
+    span = hi.to(tl.float64) - lo64
+    for t in range(1, N_CLIP):
+        ratio = tl.load(const_ptr + t)
+        s = _stored_scale(ratio * span / 15.0, eps, DT, PTX)
+        z = _rint_zero_point(-(ratio * lo64 / s.to(tl.float64)) + _QMIN)
+        e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
+                                    HAS_LAM, False)
+        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
+
+    # Least-squares refits of the best, each from the sums over its codes (kept with the best).
+    e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, NCHUNK, CHUNK,
+                                HAS_LAM, True)
+    n064 = n0.to(tl.float64)
+    t064 = t0.to(tl.float64)
+    for _ in range(REFITS):
+        s, z = _refit(d1, d2, u1, best_s, best_z, n064, t064, eps, DT, PTX)
+        e, c1, c2, cu = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
+                                    HAS_LAM, True)
+        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
+        d1 = tl.where(better, c1, d1)
+        d2 = tl.where(better, c2, d2)
+        u1 = tl.where(better, cu, u1)
+
+    # The stored codes: the exact quotient by the stored scale, as compressed-tensors' quantize.
+    tl.store(scale_ptr + rows.to(tl.int64)[:, None] * NG + grps[None, :], best_s.to(DT), mask=mask2)
+    inv = reciprocal(best_s)
+    fast = quotient_is_exact(best_s, inv, tl.maximum(hi, -lo))
+    s4 = best_s[:, :, None, None]
+    inv4 = inv[:, :, None, None]
+    zc = best_z[:, :, None, None]
+    for c in range(NCHUNK):
+        if NCHUNK > 1:
+            x, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
+        y = tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast) + zc, _QMIN), _QMAX)
+        tl.store(p_ptrs + c * (CHUNK // 8), pack_codes(y), mask=mask4)
+    _store_zero_points(zero_ptr, round_half_even(best_z), rows < N, grps, N, NG, BLOCK_N, BLOCK_G)
+
+
+def int4_asym_clip_pack(
+    w: torch.Tensor,
+    group_size: int,
+    importance: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    num_warps: int = _CLIP_WARPS,
+    lanes: int = _CLIP_LANES,
+    reps: int = 1,
+    block_g: int | None = _CLIP_BLOCK_G,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``clip`` rule's asymmetric INT4 of ``w`` [N, K] in one pass (one read of the weight when a
+    group fits one chunk, at most 256 columns; the search runs on the tile in registers).
+
+    ``importance``: float32 [K] per-input-channel weights on ``w``'s device (contiguous), or None.
+    Returns and ``out`` as ``int4_asym_minmax_pack``; the launch parameters tune ``group_tiles``.
+    Inputs are assumed validated by ``hlwq_kernels.ops.int4_asym``.
+    """
+    constants = _clip_constants(w.device)
+    return _launch_over_rows(_int4_asym_clip_kernel, w, group_size,
+                             (constants if importance is None else importance, constants), out, num_warps, lanes, reps,
+                             block_g, N_CLIP=N_CLIP, REFITS=REFIT_STEPS, HAS_LAM=importance is not None)
