@@ -327,15 +327,13 @@ def quantize_int4_asym(
     kernel = use_triton(backend, w)  # validates backend
     if kernel and method == "hqq" and backend == "triton":
         raise ValueError("the Triton kernels compute method='minmax' and 'clip' only; use backend='torch' for 'hqq'")
-    if kernel and method == "minmax":  # bit-exact, compiled on an H200, for every dtype, group size, stride
-        from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
+    if kernel and method != "hqq":  # minmax bit-exact; clip the same rule, float32 sums in another order (docs/int4_asym.md)
+        from hlwq_kernels.ops.int4_asym_triton import int4_asym_clip_pack, int4_asym_minmax_pack
 
-        packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)
-        return Int4AsymWeight(packed, scale, zero_packed, (n, k), group_size)
-    if kernel and method == "clip":  # the same rule, float32 sums in another order (docs/int4_asym.md)
-        from hlwq_kernels.ops.int4_asym_triton import int4_asym_clip_pack
-
-        packed, scale, zero_packed = int4_asym_clip_pack(w, group_size, None if lam is None else lam.contiguous())
+        if method == "minmax":
+            packed, scale, zero_packed = int4_asym_minmax_pack(w, group_size)
+        else:
+            packed, scale, zero_packed = int4_asym_clip_pack(w, group_size, None if lam is None else lam.contiguous())
         return Int4AsymWeight(packed, scale, zero_packed, (n, k), group_size)
     packed, scale, zero = _quantize_torch(w, group_size, _RULES[method], lam)
     return Int4AsymWeight(packed, scale, pack_zero_points(zero), (n, k), group_size)
