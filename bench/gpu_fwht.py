@@ -160,6 +160,13 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
     return distinct(cands)[:limit] + distinct(splits)
 
 
+def _given_config(fields: list) -> DenseConfig | SplitConfig:
+    """A --dense-configs entry: DenseConfig fields, or [k_bits, [DenseConfig fields]] for a SplitConfig."""
+    if len(fields) == 2 and isinstance(fields[1], list):
+        return SplitConfig(fields[0], DenseConfig(*fields[1]))
+    return DenseConfig(*fields)
+
+
 def _compile_task(task: tuple) -> None:
     """Run one configuration once at its benchmark shape (fills the on-disk Triton cache)."""
     n, dtype_name, variant, config = task
@@ -241,7 +248,8 @@ def main() -> None:
     parser.add_argument("--rep-ms", type=float, default=20.0)
     parser.add_argument("--dense-configs", default=None,
                         help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
-                             "(e.g. pruned by registers and spills from an sm_90 compile on a CPU)")
+                             "(e.g. pruned by registers and spills from an sm_90 compile on a CPU); an entry "
+                             "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
@@ -250,7 +258,7 @@ def main() -> None:
     given = {}
     if args.dense_configs:
         with open(args.dense_configs) as f:
-            given = {key: [DenseConfig(*c) for c in cfgs] for key, cfgs in json.load(f).items()}
+            given = {key: [_given_config(c) for c in cfgs] for key, cfgs in json.load(f).items()}
     split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
     plans = {}
     for n, dt, v in _cases(sizes, dtypes, True):

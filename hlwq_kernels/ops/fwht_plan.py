@@ -126,8 +126,11 @@ class DenseConfig(NamedTuple):
 
 
 class SplitConfig(NamedTuple):
-    """A power-of-two size 2^m run by the dense kernel: the Sylvester H_K, K = 2^k_bits, on the tensor
-    cores, then 2^(m - k_bits) butterflies (H_{2^a} kron H_{2^b} = H_{2^(a+b)}, natural order)."""
+    """A size K * 2^m run by the dense kernel with k_bits of the power-of-two factor moved into the
+    tensor-core product: H_K kron H_{2^k_bits} (the order K * 2^k_bits matrix, K index most
+    significant) on the tensor cores, then 2^(m - k_bits) butterflies (H_{2^a} kron H_{2^b} =
+    H_{2^(a+b)}, natural order). For a power of two (K = 1) that is the Sylvester H_{2^k_bits};
+    for 14336 = 28 * 2^9, k_bits = 2 runs it as 112 * 2^7 (K padded to 128, not 32)."""
     k_bits: int
     dense: DenseConfig
 
@@ -305,15 +308,16 @@ def kernel_plan(
     m = p.bit_length() - 1
     if m > MAX_POW2_BITS:
         return None
-    if k == 1:
-        if isinstance(config, SplitConfig):
-            if not 4 <= config.k_bits < m:
-                raise ValueError(f"a split of 2**{m} needs 4 <= k_bits < {m}, got {config.k_bits}")
-            return _dense_plan(1 << config.k_bits, m - config.k_bits, elem_size, config.dense)
+    if k == 1 and not isinstance(config, SplitConfig):
         table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None:
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
+    if isinstance(config, SplitConfig):
+        low = 4 if k == 1 else 1  # K = 1: at least H_16 on the tensor cores (the smallest dot)
+        if not low <= config.k_bits < m:
+            raise ValueError(f"a split of {k}*2**{m} needs {low} <= k_bits < {m}, got {config.k_bits}")
+        return _dense_plan(k << config.k_bits, m - config.k_bits, elem_size, config.dense)
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
         config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])

@@ -134,15 +134,33 @@ def test_split_head_with_fewer_rows_than_warps(dtype: torch.dtype, device: str) 
     """2176 = 68·32 split as 64 + 16 on 8 warps: the head's second product is added outside the MMA."""
     n, config = 2176, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)
     assert dict(kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config).meta)["UNCHAINED"]
-    x = _random((5, n), dtype, seed=5, device=device)
-    signs = random_signs(n, 6, device=device)
+    _check_launch(_random((5, n), dtype, seed=5, device=device), config, random_signs(n, 6, device=device))
+
+
+def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
+    """The launch ``config`` on the rows of x, forward and inverse, with and without ``signs``, against
+    the float64 reference (output poisoned first on CUDA)."""
+    n = x.shape[1]
     for inverse, use_signs in ((False, False), (False, True), (True, True)):
         bits = sign_bit_mask(signs, x.element_size()) if use_signs else None
-        torch.full((2 * x.numel() + 1024,), float("nan"), device=device)
+        torch.full((2 * x.numel() + 1024,), float("nan"), device=x.device)
         y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), bits, config)
         s = signs.double().cpu().numpy() if use_signs else None
         assert torch.isfinite(y).all(), "unwritten or non-finite output"
         assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=s))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config", [
+    (28 * 16, torch.bfloat16, SplitConfig(2, DenseConfig(2, 16, 3, 1, 0, 0, True, 0, False, True))),  # 112 * 4
+    (36 * 8, torch.float32, SplitConfig(2, DenseConfig(2, 16, 1, 2, 0, 0, True, 0, True, True))),  # 144 = 128 + 16
+    (12 * 16, torch.float16, SplitConfig(1, DenseConfig(1, 16, 1, 0, 16, 16))),  # 24 * 8 in K chunks of 16
+], ids=str)
+def test_split_moves_power_of_two_bits_into_the_dense_product(n: int, dtype: torch.dtype, config, device: str) -> None:
+    """K * 2^m with k_bits of 2^m on the tensor cores (H_K kron H_{2^k_bits}) is the same transform."""
+    k, _ = hadamard_factors(n)
+    assert dict(kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config).meta)["K"] == k << config.k_bits
+    _check_launch(_random((9, n), dtype, seed=n, device=device), config, random_signs(n, 7, device=device))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -170,9 +188,9 @@ def test_words_only_where_configured() -> None:
 def test_split_config_bounds() -> None:
     plan = kernel_plan(1 << 15, 2, SplitConfig(7, DenseConfig(8, 64, 1, 1, 0, 0, True)))
     assert plan.kernel == "dense" and dict(plan.meta)["K"] == 128 and dict(plan.meta)["P"] == 256
-    for bits in (3, 15):
+    for n, bits in ((1 << 15, 3), (1 << 15, 15), (28 * 512, 0), (28 * 512, 9)):
         with pytest.raises(ValueError, match="k_bits"):
-            kernel_plan(1 << 15, 2, SplitConfig(bits, DenseConfig(8, 64, 1, 1, 0, 0, True)))
+            kernel_plan(n, 2, SplitConfig(bits, DenseConfig(8, 64, 1, 1, 0, 0, True)))
 
 
 @pytest.mark.parametrize("n", LLM_SIZES + [1 << m for m in range(17)])
