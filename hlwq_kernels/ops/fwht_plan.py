@@ -156,17 +156,22 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # loaded ahead by the loop's pipeline (stages 3) where that measured faster than the register prefetch
 # (bench/results/fwht-dense-h200-2026-12-02-d.md: bf16 8960 68% -> 82-87% of clone, 13824 75% -> 80-83%,
 # 18944 55% -> 72-75%, 17408 47% -> 64% with the head's products unchained; fp32 14336 54% -> 73%);
-# _DENSE_TABLE_SIGNS: with signs= (the sign bits held in registers want a launch without a register cap)
+# SplitConfig: bits of 2^m moved into the tensor-core product where that measured faster
+# (bench/results/fwht-dense-h200-2026-12-02-e.md: bf16 3584 as 56*64 79% -> 95%, 14336 as 112*128
+# 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
+# _DENSE_TABLE_SIGNS: with signs= (28672: the split launch spills with the sign bits held)
 _DENSE_TABLE_SIZES = {
+    (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
     (2, 8960): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, True),
     (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
     (2, 13824): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
-    (2, 17408): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
-    (2, 18432): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True),
+    (2, 14336): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True)),
+    (2, 17408): SplitConfig(1, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
+    (2, 18432): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
-    (2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+    (2, 28672): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True)),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
     (4, 4864): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
     (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
@@ -174,7 +179,7 @@ _DENSE_TABLE_SIZES = {
     (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
 }
-_DENSE_TABLE_SIGNS = {(2, 14336): DenseConfig(8, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
+_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
