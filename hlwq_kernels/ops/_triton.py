@@ -113,43 +113,68 @@ def _hooks() -> tuple:
     return None, None
 
 
-def _launch_compiled(kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict) -> None:
+class PreparedLaunch:
+    """A compiled CUDA kernel bound to its grid and constexprs: ``prepared(*args)`` launches it on the
+    current stream with new arguments that Triton would specialize the same way (see ``_specs``),
+    without building a cache key. ``launch`` returns one on CUDA; the caller keys it by everything
+    that decides that specialization (dtypes, shapes, strides, 16-byte alignment of the tensors)."""
+
+    __slots__ = ("compiled", "grid", "device_index", "consts")
+
+    def __init__(self, compiled: Any, grid: tuple[int, int, int], device_index: int, consts: tuple) -> None:
+        self.compiled, self.grid, self.device_index, self.consts = compiled, grid, device_index, consts
+
+    def __call__(self, *args: Any) -> None:
+        compiled, grid = self.compiled, self.grid
+        full = args + self.consts
+        stream = triton.runtime.driver.active.get_current_stream(self.device_index)
+        enter, leave = _hooks()
+        metadata = None if enter is None else compiled.launch_metadata(grid, stream, *full)
+        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, metadata, enter, leave, *full)
+
+
+def _launch_compiled(
+    kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict
+) -> PreparedLaunch | None:
     """``kernel[grid](*args, **kwargs)`` on CUDA device ``device_index``. The compiled kernel is kept
     under everything Triton specializes on (``_specs`` of the arguments, the constexprs and launch
     options in ``kwargs``, the device) and later calls launch it directly: Triton's generic
-    dispatch (binding, hashing) costs several times the launch itself."""
+    dispatch (binding, hashing) costs several times the launch itself. Returns the launch bound to
+    the compiled kernel (None where Triton binds default arguments itself)."""
     key = (kernel, device_index, _constexpr_key(kwargs), *_specs(args))
     hit = _COMPILED.get(key)
     if hit is None:
         compiled = kernel[grid](*args, **kwargs)
         names = kernel.arg_names[len(args):]
-        if all(name in kwargs for name in names):  # otherwise Triton binds defaults: keep its dispatch
-            _COMPILED[key] = (compiled, tuple(kwargs[name] for name in names))
-        return
-    compiled, consts = hit
-    full = args + consts
-    stream = triton.runtime.driver.active.get_current_stream(device_index)
-    enter, leave = _hooks()
-    metadata = None if enter is None else compiled.launch_metadata(grid, stream, *full)
-    compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, metadata, enter, leave, *full)
+        if not all(name in kwargs for name in names):  # Triton binds the defaults: keep its dispatch
+            return None
+        hit = _COMPILED[key] = PreparedLaunch(compiled, grid, device_index, tuple(kwargs[name] for name in names))
+        return hit
+    if hit.grid != grid:
+        hit = PreparedLaunch(hit.compiled, grid, device_index, hit.consts)
+    hit(*args)
+    return hit
 
 
 def compiled_kernels(kernel: Any) -> list[Any]:
     """The compiled CUDA kernels of ``kernel`` launched so far (e.g. to read ``n_regs``, ``n_spills``)."""
-    return [compiled for key, (compiled, _) in _COMPILED.items() if key[0] is kernel]
+    return [hit.compiled for key, hit in _COMPILED.items() if key[0] is kernel]
 
 
-def launch(kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any) -> None:
+def launch(
+    kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any
+) -> PreparedLaunch | None:
     """Run ``kernel[grid](*args, **kwargs)``: compiled on CUDA (a tuple grid through the cache of
-    compiled kernels), in the interpreter on CPU."""
+    compiled kernels), in the interpreter on CPU. On CUDA with a tuple grid, returns the launch bound
+    to the compiled kernel for calls with arguments of the same specialization (``PreparedLaunch``)."""
     require_triton()
     if device.type == "cuda":
         if isinstance(grid, tuple):
             index = torch.cuda.current_device() if device.index is None else device.index
-            _launch_compiled(kernel, (*grid, 1, 1)[:3], index, args, kwargs)
-        else:
-            kernel[grid](*args, **kwargs)
-        return
+            return _launch_compiled(kernel, (*grid, 1, 1)[:3], index, args, kwargs)
+        kernel[grid](*args, **kwargs)
+        return None
     fn = kernel if isinstance(kernel, InterpretedFunction) else InterpretedFunction(kernel.fn)
     with _interpret_mode():
         fn[grid](*args, **kwargs)
+    return None

@@ -33,7 +33,7 @@ import functools
 
 import torch
 
-from hlwq_kernels.ops._triton import launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedLaunch, launch, require_triton, tl, triton
 from hlwq_kernels.ops.fwht_plan import MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 
@@ -398,11 +398,11 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> None:
+def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> PreparedLaunch | None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
     options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
-    launch(kernel, (programs,), x.device, *runtime, **dict(plan.meta, STAGES=plan.stages, **extra, **options),
-           num_warps=plan.num_warps)
+    return launch(kernel, (programs,), x.device, *runtime, **dict(plan.meta, STAGES=plan.stages, **extra, **options),
+                  num_warps=plan.num_warps)
 
 
 def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
@@ -410,6 +410,12 @@ def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
     as int32 words of two elements."""
     stride_r, stride_c = x2.stride()
     return stride_c == 1 and stride_r % 2 == 0 and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0
+
+
+# CUDA launches by what decides them (shape, strides, dtype, device, 16-byte alignment of the rows and of the
+# sign bits, direction, scale): a repeated call skips planning and Triton's argument checks entirely
+_PREPARED: dict[tuple, tuple[PreparedLaunch, tuple]] = {}
+_PREPARED_SIZE = 256
 
 
 def fwht_rows_triton(
@@ -425,12 +431,21 @@ def fwht_rows_triton(
     """
     require_triton()
     rows, n = x2.shape
-    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None)
-    if plan is None:
-        raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if b != n:
         x2 = x2.contiguous().view(rows * (n // b), b)
     out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+    key = None
+    if config is None and x2.is_cuda:  # a launch made before for inputs that specialize alike
+        key = (x2.shape, x2.stride(), x2.dtype, x2.device, x2.data_ptr() & 15, inverse, scale,
+               None if sign_bits is None else (sign_bits.shape[0], sign_bits.dtype, sign_bits.data_ptr() & 15))
+        hit = _PREPARED.get(key)
+        if hit is not None:
+            prepared, tail = hit
+            prepared(x2, out, out if sign_bits is None else sign_bits, *tail)
+            return out if b == n else out.view(rows, n)
+    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None)
+    if plan is None:
+        raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if out.numel() == 0:
         return out.view(rows, n)
     num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
@@ -447,7 +462,7 @@ def fwht_rows_triton(
         if words:
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words))
+        prepared = _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words))
     else:
         if not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
@@ -460,5 +475,9 @@ def fwht_rows_triton(
                           inverse, h_dtype, x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
-        _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
+        prepared = _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
+    if key is not None and prepared is not None:
+        if len(_PREPARED) >= _PREPARED_SIZE:
+            _PREPARED.pop(next(iter(_PREPARED)))
+        _PREPARED[key] = (prepared, runtime[3:])
     return out if b == n else out.view(rows, n)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
-from hlwq_kernels.ops import fwht as fwht_module, fwht_plan
+from hlwq_kernels.ops import fwht as fwht_module, fwht_plan, fwht_triton
 from hlwq_kernels.ops._triton import OutOfResources
 from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
@@ -298,6 +298,7 @@ def test_launch_over_shared_memory_runs_torch_path_cuda(monkeypatch) -> None:
     path, right, and remembers it for that size."""
     monkeypatch.setitem(fwht_plan._DENSE_TABLE_SIZES, (2, 27648), DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True))
     monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
+    monkeypatch.setattr(fwht_triton, "_PREPARED", {})  # launches made by earlier tests would skip the plan
     kernel_plan.cache_clear()
     try:
         x = _random((5, 27648), torch.bfloat16, seed=11, device="cuda")
@@ -308,3 +309,41 @@ def test_launch_over_shared_memory_runs_torch_path_cuda(monkeypatch) -> None:
         _check(x, "auto")  # remembered: straight to the torch path
     finally:
         kernel_plan.cache_clear()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_repeated_calls_reuse_prepared_launches_cuda(monkeypatch, dtype: torch.dtype) -> None:
+    """A repeated call launches the kernel made for the first one when everything that decides the launch
+    is the same (shape, strides, dtype, alignment, direction, scale, sign bits); inputs that differ in any
+    of these (a row length, a misaligned view, a block size, signs, the inverse) get launches of their own.
+    Every result matches the float64 reference, and an installed launch hook sees the reused launches."""
+    import triton
+
+    monkeypatch.setattr(fwht_triton, "_PREPARED", {})
+    buf = _random((4 * 3584 + 8,), dtype, seed=5, device="cuda")
+    signs = random_signs(3584, 1, device="cuda")
+    cases = [
+        (buf[: 4 * 4096 // 2].view(2, 4096), {}),
+        (buf[: 4 * 3584].view(4, 3584), {}),
+        (buf[1: 1 + 4 * 3584].view(4, 3584), {}),  # misaligned rows
+        (buf[: 4 * 3584].view(4, 3584), {"signs": signs}),
+        (buf[: 4 * 3584].view(4, 3584), {"signs": signs, "inverse": True}),
+        (buf[: 4 * 3584].view(28, 512), {"block_size": 128}),
+        (buf[: 4 * 3584].view(4, 3584), {"normalized": False}),
+    ]
+    for _ in range(3):
+        for x, kw in cases:
+            _check(x, "auto", **kw)
+    assert len(fwht_triton._PREPARED) == len(cases)
+    seen: list = []
+    hooks = triton.knobs.runtime
+    hooks.launch_enter_hook.add(seen.append)
+    try:
+        for x, kw in cases:
+            _check(x, "auto", **kw)
+    finally:
+        hooks.launch_enter_hook.remove(seen.append)
+    torch.cuda.synchronize()
+    assert [m.get()["name"].startswith("_fwht_") for m in seen] == [True] * len(cases)
+
