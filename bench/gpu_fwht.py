@@ -71,8 +71,8 @@ def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
     return fwht(x[:CHECK_ROWS].double(), backend="torch", **kw)
 
 
-def _describe(n: int, elem_size: int, config, signs: bool) -> str:
-    plan = kernel_plan(n, elem_size, config, signs)
+def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
+    plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config, signs, dtype == torch.float16)
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
@@ -106,7 +106,7 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
         b = 128 if "block128" in variant else n
         results.append({
             "n": n, "dtype": dtype, "variant": variant, "config": config, "clone": clone, "gbps": gbps,
-            "err": err, "finite": finite, "desc": _describe(b, x.element_size(), config, "signs" in variant),
+            "err": err, "finite": finite, "desc": _describe(b, x.dtype, config, "signs" in variant),
         })
     del x
     torch.cuda.empty_cache()

@@ -143,6 +143,10 @@ _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16
 # 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
 # the same at 2^14 measured 89.3-89.7% against 90.8% without)
 _POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
+# float16 rows of 2^14: the bf16 launch's register cap costs fp16 (its conversions to fp32 take more
+# registers) 58% of clone; a persistent launch without prefetch runs at 90%
+# (bench/results/fwht-anchors-h200-2026-12-02-e.md)
+_POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -306,15 +310,17 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
 @functools.lru_cache(maxsize=512)
 def kernel_plan(
     n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None, signs: bool = False,
+    fp16: bool = False,
 ) -> KernelPlan | None:
-    """The launch plan for rows of length n (elements of ``elem_size`` bytes; ``signs``: with a sign
-    vector), or None when the kernels cannot take n (its power-of-two factor above 2**MAX_POW2_BITS)."""
+    """The launch plan for rows of length n (elements of ``elem_size`` bytes, ``fp16``: float16 ones;
+    ``signs``: with a sign vector), or None when the kernels cannot take n (its power-of-two factor
+    above 2**MAX_POW2_BITS)."""
     k, p = hadamard_factors(n)
     m = p.bit_length() - 1
     if m > MAX_POW2_BITS:
         return None
     if k == 1 and not isinstance(config, SplitConfig):
-        table = _POW2_TABLE_16BIT if elem_size <= 2 else {}
+        table = _POW2_TABLE_FP16 if fp16 else _POW2_TABLE_16BIT if elem_size <= 2 else {}
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None:
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))

@@ -443,7 +443,7 @@ def fwht_rows_triton(
             prepared, tail = hit
             prepared(x2, out, out if sign_bits is None else sign_bits, *tail)
             return out if b == n else out.view(rows, n)
-    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None)
+    plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None, x2.dtype == torch.float16)
     if plan is None:
         raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if out.numel() == 0:
