@@ -128,7 +128,7 @@ def measure(x: torch.Tensor, impl: Impl, rep_ms: float) -> dict:
         del y
         gbps = nbytes / graph_seconds(lambda: impl.transform(x), rep_ms) / 1e9
     except Exception as exc:  # an anchor that refuses a size or fails to launch keeps the script going
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}"}
+        return {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]}"}
     return {"gbps": gbps, "err": err, "finite": finite}
 
 
