@@ -123,6 +123,7 @@ class DenseConfig(NamedTuple):
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
     hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
+    ko_split: int = 1  # 1 or 2 (prefetch only, K not split): H_K's output rows in this many chunks, one product each
 
 
 class SplitConfig(NamedTuple):
@@ -285,11 +286,15 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     ko = head if cfg.prefetch else min(head, cfg.ko)
     while ko > _MIN_DOT and ko << m > per_thread * 32 * cfg.num_warps and not cfg.prefetch:
         ko //= 2
-    num_warps = max(cfg.num_warps, next_power_of_2(cdiv((ko + tail) << m, per_thread * 32)))
+    ko_split = cfg.ko_split if cfg.prefetch and not tail else 1
+    if ko_split not in (1, 2) or ko // ko_split < _MIN_DOT:
+        raise ValueError(f"ko_split={cfg.ko_split} must be 1 or 2, leaving chunks of >= {_MIN_DOT} of {ko} rows")
+    num_warps = max(cfg.num_warps, next_power_of_2(cdiv((ko // ko_split + tail) << m, per_thread * 32)))
     w = num_warps.bit_length() - 1
-    ko_bits = ko.bit_length() - 1
     tile_bits = min(cfg.elems_per_thread, per_thread).bit_length() - 1 + 5 + w
-    b = max(0, tile_bits - ko_bits - m, (_MIN_DOT.bit_length() - 1) - m)
+    b = max(0, tile_bits - (ko.bit_length() - 1) - m, (_MIN_DOT.bit_length() - 1) - m)
+    ko //= ko_split  # the rows of one product: the row block is BM rows of K, its accumulator ko of them
+    ko_bits = ko.bit_length() - 1
     ki = head if cfg.prefetch else min(head, cfg.ki)
     while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
         ki //= 2
@@ -300,9 +305,9 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
             ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
-            ("HOIST", cfg.hoist and cfg.prefetch),
+            ("HOIST", cfg.hoist and cfg.prefetch), ("KO_SPLIT", ko_split),
             ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
-    k_chunks = 1 if tail else -(-k // ko)
+    k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs)
 

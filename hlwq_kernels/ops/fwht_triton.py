@@ -275,7 +275,7 @@ def _fwht_dense_kernel(
     BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
-    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr,
+    NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr, KO_SPLIT: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -292,11 +292,16 @@ def _fwht_dense_kernel(
     layout, which would cost a conversion of the accumulator between the two. The sign bits of a
     prefetching launch are loaded once per program (unless SIGN_ROWS). HOIST lets the compiler keep
     the row and store offsets in registers across tiles (faster for some launches, spills for
-    others: a table choice)."""
+    others: a table choice). KO_SPLIT = 2 (PREFETCH, KB = 0: the row block holds KI = 2 * KO K indices)
+    takes H_K's output rows in two halves, one product, butterflies and store each: the accumulator holds
+    half of the row block."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
         h = _dense_h(h_ptr, 0, 0, KO, KI, WIDTH)
+        h_1 = h
+        if KO_SPLIT == 2:
+            h_1 = _dense_h(h_ptr, KO, 0, KO, KI, WIDTH)
         if STAGES == 1:
             ahead = _dense_rows(x_ptr, tl.program_id(0), 0, rows, stride_xr, stride_xc, K, P, KI, BM)
         if KB > 0:
@@ -307,7 +312,7 @@ def _fwht_dense_kernel(
                 ahead_b = _dense_rows(x_ptr, tl.program_id(0), KI, rows, stride_xr, stride_xc, K, P, KB, BM)
         signs = None
         signs_b = None
-        if HAS_SIGNS and not SIGN_ROWS:  # the same for every row (input and output: KI = KO): loaded once
+        if HAS_SIGNS and not SIGN_ROWS:  # the same for every row (input, and output where KI = KO): loaded once
             signs = _dense_signs(s_ptr, 0, K, P, KI, BM)
             if KB > 0:
                 signs_b = _dense_signs(s_ptr, KI, K, P, KB, BM)
@@ -341,17 +346,24 @@ def _fwht_dense_kernel(
                         if KB > 0:
                             vb = _flip_signs(vb, signs_b)
             v = tl.reshape(v, (KI, BM * P))
-            acc = _dot_pieces(h, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
-            if KB > 0:
-                vb = tl.reshape(vb, (KB, BM * P))
-                if UNCHAINED:  # see the docstring
-                    acc = tl.fma(_dot_pieces(h_ab, vb, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES), 1.0, acc)
-                else:
-                    acc = _dot_pieces(h_ab, vb, acc, PIECES)
-                acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
-                acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
-            _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P,
-                         KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, signs)
+            for c in tl.static_range(KO_SPLIT):
+                hc = h
+                out_signs = signs
+                if c == 1:
+                    hc = h_1
+                if KO_SPLIT > 1:
+                    out_signs = None
+                acc = _dot_pieces(hc, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
+                if KB > 0:
+                    vb = tl.reshape(vb, (KB, BM * P))
+                    if UNCHAINED:  # see the docstring
+                        acc = tl.fma(_dot_pieces(h_ab, vb, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES), 1.0, acc)
+                    else:
+                        acc = _dot_pieces(h_ab, vb, acc, PIECES)
+                    acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
+                    acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
+                _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + c * KO + tl.arange(0, KO), sign_blocks, inverse, scale,
+                             K, P, KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, out_signs)
             if KB > 0:
                 _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
                              scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
@@ -471,8 +483,8 @@ def fwht_rows_triton(
         else:
             pieces, h_dtype = 1, x2.dtype
         meta = dict(plan.meta)
-        h = _dense_matrix(meta["K"], meta["KO"] * plan.k_chunks + meta["KB"], meta["KI"] * meta["KI_STEPS"] + meta["KB"],
-                          inverse, h_dtype, x2.device)
+        h_rows = meta["KO"] * meta["KO_SPLIT"] * plan.k_chunks + meta["KB"]
+        h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device)
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
         prepared = _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))

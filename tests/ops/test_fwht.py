@@ -164,6 +164,26 @@ def test_split_moves_power_of_two_bits_into_the_dense_product(n: int, dtype: tor
 
 
 @pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config", [
+    (28 * 16, torch.bfloat16, DenseConfig(2, 16, 3, 1, 0, 0, True, 0, False, True, 2)),  # 32 = 2 chunks of 16
+    (28 * 8, torch.float32, DenseConfig(1, 16, 1, 2, 0, 0, True, 0, False, False, 2)),
+    (28 * 16, torch.float16, SplitConfig(2, DenseConfig(2, 16, 1, 1, 0, 0, True, 0, False, True, 2))),  # 2 * 64
+], ids=str)
+def test_output_rows_in_two_products(n: int, dtype: torch.dtype, config, device: str) -> None:
+    """``ko_split=2``: H_K's output rows in two products, each stored on its own, is the same transform."""
+    plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
+    assert dict(plan.meta)["KO_SPLIT"] == 2 and dict(plan.meta)["KO"] * 2 == dict(plan.meta)["KI"] and plan.k_chunks == 1
+    _check_launch(_random((11, n), dtype, seed=n, device=device), config, random_signs(n, 8, device=device))
+
+
+def test_output_split_needs_chunks_of_a_dot() -> None:
+    with pytest.raises(ValueError, match="ko_split"):
+        kernel_plan(12 * 16, 2, DenseConfig(1, 16, 1, 1, 0, 0, True, ko_split=2))  # 16 rows: halves of 8
+    with pytest.raises(ValueError, match="ko_split"):
+        kernel_plan(28 * 16, 2, DenseConfig(1, 16, 1, 1, 0, 0, True, ko_split=4))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_prefetch_reads_unaligned_rows(dtype: torch.dtype, device: str) -> None:
     """16-bit rows whose pairs are not 4-byte aligned (odd row stride, odd offset, column stride 2)
