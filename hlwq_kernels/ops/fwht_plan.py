@@ -164,6 +164,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # SplitConfig: bits of 2^m moved into the tensor-core product where that measured faster
 # (bench/results/fwht-dense-h200-2026-12-02-e.md: bf16 3584 as 56*64 79% -> 95%, 14336 as 112*128
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
+# fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
+# (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
 # _DENSE_TABLE_SIGNS: with signs= (28672: the split launch spills with the sign bits held)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
@@ -183,6 +185,7 @@ _DENSE_TABLE_SIZES = {
     (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
     (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
+    (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
