@@ -133,6 +133,43 @@ class PreparedLaunch:
         compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, metadata, enter, leave, *full)
 
 
+class PreparedCalls:
+    """The CUDA launches of one op, each kept under a key of everything that decides it (shapes, strides,
+    dtypes, devices, 16-byte alignment of the tensors, the op's options) with the launch arguments that
+    follow its tensors (derived from the key): a repeated call skips planning, the launch cache's key and
+    Triton's argument checks. At most ``size`` launches, the oldest dropped first."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._entries: dict[tuple, tuple[PreparedLaunch, tuple]] = {}
+        self._size = size
+
+    def run(self, key: tuple | None, *tensors: torch.Tensor) -> bool:
+        """Launch the call kept under ``key`` with these leading tensor arguments; False if there is none."""
+        hit = self._entries.get(key) if key is not None else None
+        if hit is None:
+            return False
+        prepared, tail = hit
+        prepared(*tensors, *tail)
+        return True
+
+    def add(self, key: tuple | None, prepared: PreparedLaunch | None, tail: tuple) -> None:
+        """Keep ``prepared`` (the launch just made; None: nothing to keep) and its arguments ``tail``."""
+        if key is None or prepared is None:
+            return
+        if len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (prepared, tail)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def tensor_key(t: torch.Tensor) -> tuple:
+    """What a launch specializes on for tensor ``t`` besides its values: shape, strides, dtype, device and
+    16-byte alignment."""
+    return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15
+
+
 def _launch_compiled(
     kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict
 ) -> PreparedLaunch | None:

@@ -33,7 +33,7 @@ import functools
 
 import torch
 
-from hlwq_kernels.ops._triton import PreparedLaunch, launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton
 from hlwq_kernels.ops.fwht_plan import MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 
@@ -426,8 +426,7 @@ def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
 
 # CUDA launches by what decides them (shape, strides, dtype, device, 16-byte alignment of the rows and of the
 # sign bits, direction, scale): a repeated call skips planning and Triton's argument checks entirely
-_PREPARED: dict[tuple, tuple[PreparedLaunch, tuple]] = {}
-_PREPARED_SIZE = 256
+_PREPARED = PreparedCalls()
 
 
 def fwht_rows_triton(
@@ -448,12 +447,8 @@ def fwht_rows_triton(
     out = torch.empty_like(x2, memory_format=torch.contiguous_format)
     key = None
     if config is None and x2.is_cuda:  # a launch made before for inputs that specialize alike
-        key = (x2.shape, x2.stride(), x2.dtype, x2.device, x2.data_ptr() & 15, inverse, scale,
-               None if sign_bits is None else (sign_bits.shape[0], sign_bits.dtype, sign_bits.data_ptr() & 15))
-        hit = _PREPARED.get(key)
-        if hit is not None:
-            prepared, tail = hit
-            prepared(x2, out, out if sign_bits is None else sign_bits, *tail)
+        key = (tensor_key(x2), inverse, scale, None if sign_bits is None else tensor_key(sign_bits))
+        if _PREPARED.run(key, x2, out, out if sign_bits is None else sign_bits):
             return out if b == n else out.view(rows, n)
     plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None, x2.dtype == torch.float16)
     if plan is None:
@@ -488,8 +483,5 @@ def fwht_rows_triton(
         runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                    stride_c, scale)
         prepared = _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
-    if key is not None and prepared is not None:
-        if len(_PREPARED) >= _PREPARED_SIZE:
-            _PREPARED.pop(next(iter(_PREPARED)))
-        _PREPARED[key] = (prepared, runtime[3:])
+    _PREPARED.add(key, prepared, runtime[3:])
     return out if b == n else out.view(rows, n)

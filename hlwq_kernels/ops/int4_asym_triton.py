@@ -48,7 +48,7 @@ from hlwq_kernels.ops._jit import (
     round_half_even,
     round_to_dtype_cvt,
 )
-from hlwq_kernels.ops._triton import cdiv, launch, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, require_triton, tensor_key, tl, triton
 from hlwq_kernels.ops.int4_triton import _EPS, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS, MARGIN, N_CLIP, REFIT_STEPS, clip_ratios
@@ -72,6 +72,7 @@ _CODE_LO = tl.constexpr(12582912.0 + QMIN)
 _CODE_HI = tl.constexpr(12582912.0 + QMAX)
 _MAGIC64 = tl.constexpr(6755399441055744.0)  # 1.5 * 2**52, the same for float64
 _CONSTANTS: dict[torch.device, torch.Tensor] = {}
+_PREPARED = PreparedCalls()  # launches by kernel, input kind and launch options (_triton.PreparedCalls)
 
 
 @triton.jit
@@ -173,7 +174,8 @@ def _launch_over_rows(
     block_g: int | None, **constexprs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch a kernel ``(w, *extra, scale, packed, zero, N, NG, K8, stride_wn, stride_wk, eps, G, CHUNK, SEGS,
-    BLOCK_N, BLOCK_G, PTX, **constexprs)`` on ``w`` [N, K] in row slabs (``row_slabs``); outputs ``out`` or new."""
+    BLOCK_N, BLOCK_G, PTX, **constexprs)`` on ``w`` [N, K] in row slabs (``row_slabs``); outputs ``out``
+    or new. A repeated call with inputs of the same kind reuses its launch (``_PREPARED``)."""
     require_triton()
     n, k = w.shape
     n_groups = k // group_size
@@ -182,17 +184,26 @@ def _launch_over_rows(
         torch.empty((n, n_groups), dtype=w.dtype, device=w.device),
         torch.empty(((n + 7) // 8, n_groups), dtype=torch.int32, device=w.device),
     )
+    key = None
+    if w.is_cuda:
+        key = (kernel, tensor_key(w), *map(tensor_key, extra), tensor_key(packed), tensor_key(scale), tensor_key(zero),
+               group_size, num_warps, lanes, reps, block_g, *constexprs.values())
+        if _PREPARED.run(key, w, *extra, scale, packed, zero):
+            return packed, scale, zero
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g, min_rows=8)
-    for r0, r1 in row_slabs(n, block_n):
+    slabs = row_slabs(n, block_n)
+    for r0, r1 in slabs:
         part = (w, scale, packed, zero) if r1 - r0 == n else (
             w[r0:r1], scale[r0:r1], packed[r0:r1], zero[r0 // 8 : (r1 + 7) // 8])
-        launch(
-            kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            part[0], *extra, *part[1:], r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype],
+        tail = (r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[w.dtype])
+        prepared = launch(
+            kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device, part[0], *extra, *part[1:], *tail,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, PTX=packed_int16_ptx(w),
             num_warps=num_warps, **constexprs,
         )
+    if len(slabs) == 1:
+        _PREPARED.add(key, prepared, tail)
     return packed, scale, zero
 
 

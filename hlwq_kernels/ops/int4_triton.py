@@ -48,7 +48,7 @@ from hlwq_kernels.ops._jit import (
     rint,
     round_to_dtype_cvt,
 )
-from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
 from hlwq_reference.numpy.int4 import QMAX, QMIN, SEARCH_RANGE, trial_multipliers
 
 __all__ = ["int4_quantize_pack", "MIN_RATIO", "bf16_pairs", "device_multipliers", "group_tiles", "packed_int16_ptx", "row_slabs"]
@@ -72,6 +72,7 @@ _SEARCH_LO = tl.constexpr(SEARCH_RANGE[0])
 _SEARCH_HI = tl.constexpr(SEARCH_RANGE[1])
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
 _MULTIPLIERS: dict[tuple, torch.Tensor] = {}
+_PREPARED = PreparedCalls()  # default launches by input kind (_triton.PreparedCalls)
 
 
 def device_multipliers(device: torch.device, ratios: tuple[float, ...] | None = None) -> torch.Tensor:
@@ -353,7 +354,6 @@ def int4_quantize_pack(
     ``ratios`` (float32 values, 1 first, none below ``MIN_RATIO``) replaces ``RATIOS`` of "mse".
     """
     require_triton()
-    mult = device_multipliers(w.device, ratios)
     n, k = w.shape
     n_groups = k // group_size
     packed = torch.empty((n, k // 8), dtype=torch.int32, device=w.device)
@@ -361,20 +361,28 @@ def int4_quantize_pack(
         scale = scale.contiguous()
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
+    key = None
+    if w.is_cuda and block_g is None and num_warps is None and lanes is None and reps == 1:  # the default launch, kept per input kind
+        key = (tensor_key(w), group_size, rule, ratios, tensor_key(scale) if rule == "given" else None)
+        if _PREPARED.run(key, w, scale, packed):
+            return packed, scale
+    mult = device_multipliers(w.device, ratios)
     wide = rule == "mse" and w.dtype != torch.bfloat16
     num_warps = num_warps or (_MSE_WIDE_LAUNCH[1] if wide else _WARPS[rule])
     lanes = lanes or (_MSE_WIDE_LAUNCH[0] if wide else _LANES[rule])
     block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
-    for r0, r1 in row_slabs(n, block_n):
+    slabs = row_slabs(n, block_n)
+    for r0, r1 in slabs:
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
-        launch(
-            _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device,
-            *part, mult, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1),
-            _EPS[scale.dtype] if rule != "given" else 0.0,
+        tail = (mult, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[scale.dtype] if rule != "given" else 0.0)
+        prepared = launch(
+            _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device, *part, *tail,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
             N_RATIOS=mult.numel(), CODES=_CODES[w.dtype], QMIN=QMIN, QMAX=QMAX,
             PAIRS=bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps,
         )
+    if len(slabs) == 1:
+        _PREPARED.add(key, prepared, tail)
     return packed, scale

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
 
 __all__ = ["marlin_repack"]
+
+_PREPARED = PreparedCalls()  # launches by input kind and launch options (_triton.PreparedCalls)
 
 
 @triton.jit
@@ -80,12 +82,16 @@ def marlin_repack(
     kt_count = k8 // 2
     out = torch.empty((kt_count, 2 * n), dtype=torch.int32, device=packed.device)
     sout = torch.empty((n_groups, n), dtype=scale.dtype, device=packed.device)
+    key = (tensor_key(packed), tensor_key(scale), group_size, block_k, num_warps) if packed.is_cuda else None
+    if _PREPARED.run(key, packed, out, scale, sout):
+        return out, sout
     bk = min(block_k, next_power_of_2(kt_count))
     k_blocks = cdiv(kt_count, bk)
     spb = next_power_of_2(cdiv(n_groups, k_blocks))
-    launch(
-        _marlin_repack_kernel, (k_blocks, n // 64), packed.device,
-        packed, out, scale, sout, k8, n, 2 * n, kt_count, n_groups,
+    tail = (k8, n, 2 * n, kt_count, n_groups)
+    prepared = launch(
+        _marlin_repack_kernel, (k_blocks, n // 64), packed.device, packed, out, scale, sout, *tail,
         BK=bk, SPB=spb, PER_CHANNEL=group_size == 8 * k8, num_warps=num_warps,
     )
+    _PREPARED.add(key, prepared, tail)
     return out, sout

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
 from hlwq_kernels.ops import fwht as fwht_module, fwht_plan, fwht_triton
-from hlwq_kernels.ops._triton import OutOfResources
+from hlwq_kernels.ops._triton import OutOfResources, PreparedCalls
 from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 from hlwq_reference.numpy import fwht as fwht_ref
@@ -330,7 +330,7 @@ def test_launch_over_shared_memory_runs_torch_path_cuda(monkeypatch) -> None:
     path, right, and remembers it for that size."""
     monkeypatch.setitem(fwht_plan._DENSE_TABLE_SIZES, (2, 27648), DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True))
     monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
-    monkeypatch.setattr(fwht_triton, "_PREPARED", {})  # launches made by earlier tests would skip the plan
+    monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())  # launches made by earlier tests would skip the plan
     kernel_plan.cache_clear()
     try:
         x = _random((5, 27648), torch.bfloat16, seed=11, device="cuda")
@@ -352,7 +352,7 @@ def test_repeated_calls_reuse_prepared_launches_cuda(monkeypatch, dtype: torch.d
     Every result matches the float64 reference, and an installed launch hook sees the reused launches."""
     import triton
 
-    monkeypatch.setattr(fwht_triton, "_PREPARED", {})
+    monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())
     buf = _random((4 * 3584 + 8,), dtype, seed=5, device="cuda")
     signs = random_signs(3584, 1, device="cuda")
     cases = [

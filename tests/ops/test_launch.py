@@ -69,3 +69,39 @@ def test_launch_hooks_see_every_cached_launch_cuda() -> None:
     torch.cuda.synchronize()
     assert len(seen) == 3 and all("_scaled_copy_kernel" in m.get()["name"] for m in seen)
     torch.testing.assert_close(_run(x, 256, 1, 0.5, 64), x * 0.5, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_public_ops_reuse_prepared_launches_cuda(monkeypatch) -> None:
+    """quantize_int4, quantize_int4_asym (min-max and clip with importance) and marlin_pack keep one launch per
+    kind of input (shape, strides, dtype, 16-byte alignment, options) and repeat it for new values: three
+    rounds of new weights on three kinds (aligned bf16, a misaligned bf16 view, fp16) give each kind one
+    launch, and every result equals the torch path's (the clip kernel's: a launch planned afresh)."""
+    from hlwq_kernels import marlin_pack, quantize_int4, quantize_int4_asym
+    from hlwq_kernels.ops import int4_asym_triton, int4_triton, marlin_triton
+    from hlwq_kernels.ops._triton import PreparedCalls
+
+    for module in (int4_triton, int4_asym_triton, marlin_triton):
+        monkeypatch.setattr(module, "_PREPARED", PreparedCalls())
+    buf = torch.empty(256 * 1024 + 8, dtype=torch.bfloat16, device="cuda")
+    kinds = [lambda: buf[: 256 * 1024].view(256, 1024), lambda: buf[1: 1 + 256 * 1024].view(256, 1024),
+             lambda: buf[: 128 * 512].view(128, 512).to(torch.float16)]
+    for rnd in range(3):
+        buf.copy_(random_weight(buf.shape, torch.bfloat16, seed=rnd, device="cuda"))
+        importance = random_weight((1024,), torch.float32, seed=10 + rnd, device="cuda").abs() + 0.1
+        for kind in kinds:
+            w = kind()
+            for got, want in ((quantize_int4(w), quantize_int4(w, backend="torch")),
+                              (quantize_int4_asym(w), quantize_int4_asym(w, backend="torch"))):
+                for a, b in zip((got.packed, got.scale), (want.packed, want.scale)):
+                    assert torch.equal(a, b)
+            mp, mt = marlin_pack(quantize_int4(w)), marlin_pack(quantize_int4(w), backend="torch")
+            assert torch.equal(mp.qweight, mt.qweight) and torch.equal(mp.scales, mt.scales)
+        w = kinds[0]()
+        got = quantize_int4_asym(w, method="clip", importance=importance)
+        with monkeypatch.context() as fresh:
+            fresh.setattr(int4_asym_triton, "_PREPARED", PreparedCalls())
+            want = quantize_int4_asym(w, method="clip", importance=importance)
+        assert torch.equal(got.packed, want.packed) and torch.equal(got.zero_point_packed, want.zero_point_packed)
+    assert len(int4_triton._PREPARED) == 3 and len(marlin_triton._PREPARED) == 2  # kinds 1, 2: the same words
+    assert len(int4_asym_triton._PREPARED) == 4  # min-max on three kinds, clip with importance on one
