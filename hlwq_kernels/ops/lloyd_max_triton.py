@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import codebook_index
-from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, tensor_key, tl, triton
 
 __all__ = [
     "AssignTable", "assign_table", "quantize_triton", "quantize_lookup", "lloyd_step_triton", "dequantize_triton",
@@ -37,6 +37,7 @@ _QUANT_BLOCK = 2048
 _LOOKUP_BLOCK = 4096
 _STATS_ELEMS = 8192  # elements of the [BLOCK, levels] one-hot tile per loop iteration
 MAX_STEP_LEVELS = 256  # the one-pass Lloyd step kernel handles up to this many levels
+_PREPARED = PreparedCalls()  # quantize / lookup / gather launches by input kind (_triton.PreparedCalls)
 
 
 @triton.jit
@@ -146,15 +147,15 @@ def quantize_triton(x: torch.Tensor, table: AssignTable, out_dtype: torch.dtype)
     xf = x.reshape(-1)
     out = torch.empty(xf.shape, dtype=out_dtype, device=x.device)
     n = xf.numel()
-    if n:
-        grid = (cdiv(n, _QUANT_BLOCK),)
-        launch(
-            _assign_kernel, grid, x.device,
-            xf, xf, table.lut, table.thr, table.thr, out, out, out,
-            n, table.lo, table.inv_h, table.grid_max, table.num_thr,
-            F64=_f64(table), HAS_W=False, STORE_IDX=True, STATS=False,
+    tail = (n, table.lo, table.inv_h, table.grid_max, table.num_thr)
+    key = (tensor_key(xf), out_dtype, tensor_key(table.lut), tensor_key(table.thr), table.k, *tail) if x.is_cuda else None
+    if n and not _PREPARED.run(key, xf, xf, table.lut, table.thr, table.thr, out, out, out):
+        prepared = launch(
+            _assign_kernel, (cdiv(n, _QUANT_BLOCK),), x.device, xf, xf, table.lut, table.thr, table.thr, out, out, out,
+            *tail, F64=_f64(table), HAS_W=False, STORE_IDX=True, STATS=False,
             K=table.k, NLP=2, BLOCK=_QUANT_BLOCK, ITERS=1,
         )
+        _PREPARED.add(key, prepared, tail)
     return out.reshape(x.shape)
 
 
@@ -163,9 +164,11 @@ def quantize_lookup(x: torch.Tensor, table: torch.Tensor, block: int = _LOOKUP_B
     bits = x.reshape(-1).view(torch.int16)
     out = torch.empty(bits.shape, dtype=table.dtype, device=x.device)
     n = bits.numel()
-    if n:
-        launch(_lookup_kernel, (cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
-               num_warps=num_warps)
+    key = (tensor_key(bits), tensor_key(table), block, num_warps) if x.is_cuda else None
+    if n and not _PREPARED.run(key, bits, table, out):
+        prepared = launch(_lookup_kernel, (cdiv(n, block),), x.device, bits, table, out, n, BLOCK=block,
+                          num_warps=num_warps)
+        _PREPARED.add(key, prepared, (n,))
     return out.reshape(x.shape)
 
 
@@ -202,7 +205,9 @@ def dequantize_triton(idx: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     flat = idx.reshape(-1)
     out = torch.empty(flat.shape, dtype=levels.dtype, device=idx.device)
     n = flat.numel()
-    if n:
-        launch(_gather_kernel, (cdiv(n, 1024),), idx.device, flat, levels, out, n, levels.numel(),
-               BLOCK=1024)
+    key = (tensor_key(flat), tensor_key(levels)) if idx.is_cuda else None
+    if n and not _PREPARED.run(key, flat, levels, out):
+        prepared = launch(_gather_kernel, (cdiv(n, 1024),), idx.device, flat, levels, out, n, levels.numel(),
+                          BLOCK=1024)
+        _PREPARED.add(key, prepared, (n, levels.numel()))
     return out.reshape(idx.shape)

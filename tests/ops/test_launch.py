@@ -105,3 +105,22 @@ def test_public_ops_reuse_prepared_launches_cuda(monkeypatch) -> None:
         assert torch.equal(got.packed, want.packed) and torch.equal(got.zero_point_packed, want.zero_point_packed)
     assert len(int4_triton._PREPARED) == 3 and len(marlin_triton._PREPARED) == 2  # kinds 1, 2: the same words
     assert len(int4_asym_triton._PREPARED) == 4  # min-max on three kinds, clip with importance on one
+
+
+@pytest.mark.cuda
+def test_codebook_calls_reuse_prepared_launches_cuda(monkeypatch) -> None:
+    """Codebook.quantize (bf16 lookup, fp32 assignment) and dequantize repeat their launch for new values of
+    one kind of input and match the torch path."""
+    from hlwq_kernels.ops import lloyd_max_triton
+    from hlwq_kernels.ops._triton import PreparedCalls
+    from hlwq_kernels.ops.lloyd_max import gaussian_codebook
+
+    monkeypatch.setattr(lloyd_max_triton, "_PREPARED", PreparedCalls())
+    cb = gaussian_codebook(16)
+    for rnd in range(3):
+        for dt in (torch.bfloat16, torch.float32):
+            x = random_weight((4096,), dt, seed=rnd, device="cuda")
+            idx = cb.quantize(x)
+            assert torch.equal(idx, cb.quantize(x, backend="torch"))
+            assert torch.equal(cb.dequantize(idx), cb.dequantize(idx, backend="torch"))
+    assert len(lloyd_max_triton._PREPARED) == 3  # lookup (bf16), assignment (fp32), gather (one index dtype)
