@@ -166,7 +166,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
 # fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
 # (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
-# _DENSE_TABLE_SIGNS: with signs= (28672: the split launch spills with the sign bits held)
+# _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
+# flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -187,7 +188,8 @@ _DENSE_TABLE_SIZES = {
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True)}
+_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True),
+                      (4, 28672): _DENSE_TABLE[4]}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers

@@ -185,8 +185,8 @@ def _launch_over_rows(
         torch.empty(((n + 7) // 8, n_groups), dtype=torch.int32, device=w.device),
     )
     key = None
-    if w.is_cuda:
-        key = (kernel, tensor_key(w), *map(tensor_key, extra), tensor_key(packed), tensor_key(scale), tensor_key(zero),
+    if w.is_cuda:  # new outputs are contiguous and aligned: only given ones join the key
+        key = (kernel, tensor_key(w), *map(tensor_key, extra), *(map(tensor_key, out) if out else ()),
                group_size, num_warps, lanes, reps, block_g, *constexprs.values())
         if _PREPARED.run(key, w, *extra, scale, packed, zero):
             return packed, scale, zero
