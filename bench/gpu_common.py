@@ -14,9 +14,12 @@ import multiprocessing
 import subprocess
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Iterable
 
 import torch
+
+from hlwq_kernels.ops._triton import PreparedCalls
 
 
 SHAPES = [(14336, 4096), (4096, 14336), (16384, 16384), (5120, 27648), (27648, 5120)]  # LLM weights [N, K]
@@ -51,6 +54,15 @@ def host_seconds(fn: Callable[[], object], calls: int = 2000) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls
+
+
+def planned_each_call(module: ModuleType, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the prepared launches of ``module`` (its ``_PREPARED``) dropped before every call: the launch
+    is planned as on the first call of its kind (the compiled kernel is reused), for a host-time A/B in one process."""
+    def call() -> object:
+        module._PREPARED = PreparedCalls()
+        return fn()
+    return call
 
 
 def clone_gbps(x: torch.Tensor) -> float:

@@ -28,9 +28,11 @@ from typing import Callable
 import torch
 
 from gpu_common import (
-    clone_gbps, emit_table, graph_seconds, host_table, poison_allocator, rel_err, roofline_row, run_parallel,
+    clone_gbps, emit_table, graph_seconds, host_table, planned_each_call, poison_allocator, rel_err, roofline_row,
+    run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
+from hlwq_kernels.ops import fwht_triton
 from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 
@@ -182,7 +184,8 @@ def host_calls() -> dict[str, Callable[[], object]]:
     """Public fwht() calls on a tiny bf16 input (their host time per call) and ``x.clone()``."""
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     signs = random_signs(1024, 0, device="cuda")
-    return {"fwht(x)": lambda: fwht(x), "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
+    return {"fwht(x)": lambda: fwht(x), "fwht(x), planned each call": planned_each_call(fwht_triton, lambda: fwht(x)),
+            "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone()": lambda: x.clone()}
 
 

@@ -23,7 +23,10 @@ import time
 import numpy as np
 import torch
 
-from gpu_common import SHAPES, arg_parser, bench_seconds, clone_gbps, emit_table, graph_seconds, report, roofline_row
+from gpu_common import (
+    SHAPES, arg_parser, bench_seconds, clone_gbps, emit_table, graph_seconds, planned_each_call, report, roofline_row,
+)
+from hlwq_kernels.ops import lloyd_max_triton
 from hlwq_kernels.ops.lloyd_max import _lloyd_step, _sort_samples, _sorted_step, gaussian_codebook, lloyd_max
 from hlwq_kernels.ops.lloyd_max_triton import assign_table, lloyd_step_triton, quantize_lookup, quantize_triton
 
@@ -111,7 +114,9 @@ def host_calls() -> dict:
     x = torch.randn(256, 1024, device="cuda").to(torch.bfloat16)
     cb = gaussian_codebook(32)
     idx = cb.quantize(x)
-    return {"Codebook.quantize (bf16)": lambda: cb.quantize(x), "Codebook.dequantize": lambda: cb.dequantize(idx)}
+    return {"Codebook.quantize (bf16)": lambda: cb.quantize(x),
+            "Codebook.quantize (bf16), planned each call": planned_each_call(lloyd_max_triton, lambda: cb.quantize(x)),
+            "Codebook.dequantize": lambda: cb.dequantize(idx)}
 
 
 def sweep(n: int = 16384, k: int = 16384) -> list[str]:
