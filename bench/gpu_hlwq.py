@@ -26,9 +26,11 @@ import datetime
 import torch
 
 from gpu_common import (
-    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, poison_allocator, report, roofline_row, run_parallel,
+    SHAPES, arg_parser, clone_gbps, emit_table, graph_seconds, planned_each_call, poison_allocator, report,
+    roofline_row, run_parallel,
 )
 from hlwq_kernels import hlwq_int4, hlwq_quantize
+from hlwq_kernels.ops import hlwq_triton
 from hlwq_kernels.ops._triton import compiled_kernels
 from hlwq_kernels.ops.hlwq_triton import HLWQLaunch, _hlwq_kernel, hlwq_fused
 from hlwq_kernels.ops.int4 import dequantize_int4, unpack_int4
@@ -81,6 +83,8 @@ def host_calls() -> dict:
     w = (torch.randn(256, 1024, device="cuda") * 0.02).to(torch.bfloat16)
     return {
         "hlwq_int4 (check_finite=False)": lambda: hlwq_int4(w, check_finite=False),
+        "hlwq_int4 (check_finite=False), planned each call": planned_each_call(
+            hlwq_triton, lambda: hlwq_int4(w, check_finite=False)),
         "hlwq_int4 (default: reads the NaN flag back)": lambda: hlwq_int4(w),
     }
 

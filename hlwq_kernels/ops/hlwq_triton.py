@@ -50,7 +50,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import cdiv, launch, next_power_of_2, require_triton, tl, triton
+from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
 from hlwq_kernels.ops.fwht_triton import butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
 from hlwq_reference.numpy.int4 import QMAX
@@ -58,6 +58,7 @@ from hlwq_reference.numpy.int4 import QMAX
 __all__ = ["HLWQFused", "HLWQLaunch", "hlwq_fused"]
 
 _EPS = {dt: torch.finfo(dt).eps for dt in (torch.bfloat16, torch.float16, torch.float32)}
+_PREPARED = PreparedCalls()  # launches by weight kind, codebook tables and options (_triton.PreparedCalls)
 _QMAX = tl.constexpr(QMAX)
 _MAX_KEY_BITS = 16  # key tables of at most 2**16 bytes
 
@@ -321,24 +322,28 @@ def hlwq_fused(
     )
     flag = torch.zeros(1, dtype=torch.int32, device=dev) if check_finite else _flag_sink(dev)
     num_tiles = cdiv(n, rows) * (k // b)
-    programs = num_tiles
-    if w.is_cuda and cfg.programs_per_sm:
-        programs = min(num_tiles, cfg.programs_per_sm * _sm_count(dev))
-    elif not w.is_cuda:
-        programs = min(num_tiles, 2)  # interpreter: few programs, each walks the tile loop
-    launch(
-        _hlwq_kernel, (programs,), dev,
-        w, tables.keys, tables.cells,
-        out.codes if codes else flag, out.norms if codes else flag,
-        out.wprime if wprime else flag,
-        out.packed if int4_group else flag, out.scale if int4_group else flag,
-        flag,
-        n, k, num_tiles, 1.0 / b, _EPS[w.dtype],
-        SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g,
-        **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
-        STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
-        **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {}), num_warps=cfg.num_warps,
-    )
+    tensors = (w, tables.keys, tables.cells, out.codes if codes else flag, out.norms if codes else flag,
+               out.wprime if wprime else flag, out.packed if int4_group else flag, out.scale if int4_group else flag,
+               flag)
+    tail = (n, k, num_tiles, 1.0 / b, _EPS[w.dtype])
+    key = None
+    if w.is_cuda:  # the tables' shapes and constexprs, the options and w decide the launch
+        key = (tensor_key(w), tensor_key(tables.keys), tensor_key(tables.cells), tables.shift, tables.k, b, g, codes,
+               wprime, int4_group is not None, cfg)
+    if not _PREPARED.run(key, *tensors):
+        programs = num_tiles
+        if w.is_cuda and cfg.programs_per_sm:
+            programs = min(num_tiles, cfg.programs_per_sm * _sm_count(dev))
+        elif not w.is_cuda:
+            programs = min(num_tiles, 2)  # interpreter: few programs, each walks the tile loop
+        prepared = launch(
+            _hlwq_kernel, (programs,), dev, *tensors, *tail,
+            SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g,
+            **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
+            STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
+            **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {}), num_warps=cfg.num_warps,
+        )
+        _PREPARED.add(key, prepared, tail)
     if check_finite:
         out.finite = not bool(flag.item())
     return out

@@ -124,3 +124,27 @@ def test_codebook_calls_reuse_prepared_launches_cuda(monkeypatch) -> None:
             assert torch.equal(idx, cb.quantize(x, backend="torch"))
             assert torch.equal(cb.dequantize(idx), cb.dequantize(idx, backend="torch"))
     assert len(lloyd_max_triton._PREPARED) == 3  # lookup (bf16), assignment (fp32), gather (one index dtype)
+
+
+@pytest.mark.cuda
+def test_hlwq_calls_reuse_prepared_launches_cuda(monkeypatch) -> None:
+    """The fused HLWQ kernel repeats its launch for new weights of one kind: the same INT4 words and codes as a
+    launch planned afresh, and the finiteness flag is a new one per call (a NaN in round 3 is reported)."""
+    from hlwq_kernels import hlwq_int4, hlwq_quantize
+    from hlwq_kernels.ops import hlwq_triton
+    from hlwq_kernels.ops._triton import PreparedCalls
+
+    monkeypatch.setattr(hlwq_triton, "_PREPARED", PreparedCalls())
+    for rnd in range(3):
+        w = random_weight((64, 512), torch.bfloat16, seed=rnd, device="cuda") * 0.02
+        got, codes = hlwq_int4(w), hlwq_quantize(w)
+        with monkeypatch.context() as fresh:
+            fresh.setattr(hlwq_triton, "_PREPARED", PreparedCalls())
+            want, want_codes = hlwq_int4(w), hlwq_quantize(w)
+        assert torch.equal(got.packed, want.packed) and torch.equal(got.scale, want.scale)
+        assert torch.equal(codes.codes, want_codes.codes) and torch.equal(codes.norms, want_codes.norms)
+    assert len(hlwq_triton._PREPARED) == 2  # INT4 words, codes + norms
+    w[3, 7] = float("nan")
+    with pytest.raises(ValueError):
+        hlwq_int4(w)
+    assert isinstance(hlwq_int4(w, check_finite=False).packed, torch.Tensor)
