@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Iterator
 
 import torch
@@ -142,6 +143,7 @@ class PreparedCalls:
     def __init__(self, size: int = 256) -> None:
         self._entries: dict[tuple, tuple[PreparedLaunch, tuple]] = {}
         self._size = size
+        self._lock = threading.Lock()  # for add's eviction when threads launch side by side
 
     def run(self, key: tuple | None, *tensors: torch.Tensor) -> bool:
         """Launch the call kept under ``key`` with these leading tensor arguments; False if there is none."""
@@ -156,9 +158,10 @@ class PreparedCalls:
         """Keep ``prepared`` (the launch just made; None: nothing to keep) and its arguments ``tail``."""
         if key is None or prepared is None:
             return
-        if len(self._entries) >= self._size:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (prepared, tail)
+        with self._lock:
+            if len(self._entries) >= self._size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (prepared, tail)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -148,3 +148,22 @@ def test_hlwq_calls_reuse_prepared_launches_cuda(monkeypatch) -> None:
     with pytest.raises(ValueError):
         hlwq_int4(w)
     assert isinstance(hlwq_int4(w, check_finite=False).packed, torch.Tensor)
+
+
+def test_prepared_calls_keep_the_newest_launches() -> None:
+    """PreparedCalls repeats a kept launch with the new leading tensors and the stored rest of its arguments,
+    reports a miss for unknown and None keys, ignores launches it cannot keep, and drops the oldest when full
+    (a plain callable stands in for the compiled launch, which only exists on CUDA)."""
+    from hlwq_kernels.ops._triton import PreparedCalls
+
+    calls: list = []
+    prepared = PreparedCalls(size=2)
+    launches = {name: (lambda *args, name=name: calls.append((name, args))) for name in "abc"}
+    prepared.add(None, launches["a"], (1,))
+    prepared.add(("b",), None, (1,))
+    assert len(prepared) == 0 and not prepared.run(None, "x") and not prepared.run(("a",), "x")
+    for name in "abc":
+        prepared.add((name,), launches[name], (name.upper(), 7))
+    assert len(prepared) == 2 and not prepared.run(("a",), "x")
+    assert prepared.run(("b",), "x", "y") and prepared.run(("c",), "z")
+    assert calls == [("b", ("x", "y", "B", 7)), ("c", ("z", "C", 7))]
