@@ -188,8 +188,8 @@ _DENSE_TABLE_SIZES = {
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True),
-                      (4, 28672): _DENSE_TABLE[4]}
+_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+                      (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4]}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers

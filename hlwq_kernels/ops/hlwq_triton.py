@@ -50,7 +50,9 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_to_dtype,
 )
-from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
+from hlwq_kernels.ops._triton import (
+    PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton,
+)
 from hlwq_kernels.ops.fwht_triton import butterflies
 from hlwq_kernels.ops.lloyd_max import Codebook
 from hlwq_reference.numpy.int4 import QMAX

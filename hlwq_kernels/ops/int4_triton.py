@@ -48,7 +48,9 @@ from hlwq_kernels.ops._jit import (
     rint,
     round_to_dtype_cvt,
 )
-from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
+from hlwq_kernels.ops._triton import (
+    PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton,
+)
 from hlwq_reference.numpy.int4 import QMAX, QMIN, SEARCH_RANGE, trial_multipliers
 
 __all__ = ["int4_quantize_pack", "MIN_RATIO", "bf16_pairs", "device_multipliers", "group_tiles", "packed_int16_ptx", "row_slabs"]
@@ -362,7 +364,7 @@ def int4_quantize_pack(
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
     key = None
-    if w.is_cuda and block_g is None and num_warps is None and lanes is None and reps == 1:  # the default launch, kept per input kind
+    if w.is_cuda and block_g is None and num_warps is None and lanes is None and reps == 1:  # the default launch
         key = (tensor_key(w), group_size, rule, ratios, tensor_key(scale) if rule == "given" else None)
         if _PREPARED.run(key, w, scale, packed):
             return packed, scale
@@ -376,7 +378,8 @@ def int4_quantize_pack(
     slabs = row_slabs(n, block_n)
     for r0, r1 in slabs:
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
-        tail = (mult, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), _EPS[scale.dtype] if rule != "given" else 0.0)
+        eps = _EPS[scale.dtype] if rule != "given" else 0.0
+        tail = (mult, r1 - r0, n_groups, k // 8, w.stride(0), w.stride(1), eps)
         prepared = launch(
             _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device, *part, *tail,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],

@@ -148,7 +148,9 @@ def quantize_triton(x: torch.Tensor, table: AssignTable, out_dtype: torch.dtype)
     out = torch.empty(xf.shape, dtype=out_dtype, device=x.device)
     n = xf.numel()
     tail = (n, table.lo, table.inv_h, table.grid_max, table.num_thr)
-    key = (tensor_key(xf), out_dtype, tensor_key(table.lut), tensor_key(table.thr), table.k, *tail) if x.is_cuda else None
+    key = None
+    if x.is_cuda:
+        key = (tensor_key(xf), out_dtype, tensor_key(table.lut), tensor_key(table.thr), table.k, *tail)
     if n and not _PREPARED.run(key, xf, xf, table.lut, table.thr, table.thr, out, out, out):
         prepared = launch(
             _assign_kernel, (cdiv(n, _QUANT_BLOCK),), x.device, xf, xf, table.lut, table.thr, table.thr, out, out, out,

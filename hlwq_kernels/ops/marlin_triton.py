@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton
+from hlwq_kernels.ops._triton import (
+    PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton,
+)
 
 __all__ = ["marlin_repack"]
 

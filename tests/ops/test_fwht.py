@@ -172,7 +172,8 @@ def test_split_moves_power_of_two_bits_into_the_dense_product(n: int, dtype: tor
 def test_output_rows_in_two_products(n: int, dtype: torch.dtype, config, device: str) -> None:
     """``ko_split=2``: H_K's output rows in two products, each stored on its own, is the same transform."""
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
-    assert dict(plan.meta)["KO_SPLIT"] == 2 and dict(plan.meta)["KO"] * 2 == dict(plan.meta)["KI"] and plan.k_chunks == 1
+    meta = dict(plan.meta)
+    assert meta["KO_SPLIT"] == 2 and meta["KO"] * 2 == meta["KI"] and plan.k_chunks == 1
     _check_launch(_random((11, n), dtype, seed=n, device=device), config, random_signs(n, 8, device=device))
 
 
