@@ -124,6 +124,7 @@ class DenseConfig(NamedTuple):
     split: bool = False  # prefetch only: K as a power-of-two head + a padded tail (68 = 64 + 16), see _dense_split
     hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
     ko_split: int = 1  # 1 or 2 (prefetch only, K not split): H_K's output rows in this many chunks, one product each
+    fp16_pieces: bool = False  # prefetch only, fp32 rows: two float16 pieces of each row scaled by a power of two
 
 
 class SplitConfig(NamedTuple):
@@ -207,6 +208,7 @@ class KernelPlan(NamedTuple):
     prefetch: bool = False
     max_regs: int = 0
     words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
+    fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -314,7 +316,7 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
             ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
     k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
-                      cfg.prefetch, cfg.max_regs)
+                      cfg.prefetch, cfg.max_regs, fp16_pieces=cfg.fp16_pieces and cfg.prefetch)
 
 
 @functools.lru_cache(maxsize=512)

@@ -202,11 +202,18 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
     """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
     bf16 hi + mid + lo, sums this chunk on its own and adds it to acc with a round-to-nearest fp32
     add (the tensor cores truncate while accumulating: over long contractions that bias adds up);
-    0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
+    2 does the same with fp16 hi + lo of an fp32 x that ``_row_scale`` brought into fp16's range
+    (22 of its 24 bits); 0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
     if PIECES == 0:
         acc = tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
     elif PIECES == 1:
         acc = tl.dot(h, x, acc)
+    elif PIECES == 2:
+        hi = x.to(tl.float16)
+        lo = (x - hi.to(tl.float32)).to(tl.float16)
+        part = tl.dot(h, lo)
+        part = tl.dot(h, hi, part)
+        acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     else:
         x = x.to(tl.float32)
         hi = x.to(tl.bfloat16)
@@ -218,6 +225,21 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
         part = tl.dot(h, hi, part)
         acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     return acc
+
+
+@triton.jit
+def _row_scale(v, vb, KB: tl.constexpr):
+    """Powers of two ``(s, 1 / s)`` [BM] for the rows of a row block v [KI, BM, P] (and its K tail vb when
+    KB > 0) that bring each row's largest magnitude into [2^14, 2^15): the fp16 pieces of ``v * s`` then
+    hold 22 bits of every element down to 2^-28 of the row's largest (below, absolute errors of 2^-39 of
+    it), with no overflow. Every output of a row depends on all of its inputs, so a non-finite row
+    (s = 2^-114) is non-finite anyway, and no other row is touched."""
+    amax = tl.max(tl.max(tl.abs(v), axis=2), axis=0)
+    if KB > 0:
+        amax = tl.maximum(amax, tl.max(tl.max(tl.abs(vb), axis=2), axis=0))
+    e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent: amax in [2^(e-127), 2^(e-126))
+    es = tl.minimum(268 - e, 253)  # s = 2^(141 - e), at most 2^126 (1 / s a normal float)
+    return (es << 23).to(tl.float32, bitcast=True), ((254 - es) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -248,11 +270,14 @@ def _dense_h(h_ptr, k0, i0, KO: tl.constexpr, KI: tl.constexpr, WIDTH: tl.conste
 @triton.jit
 def _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, K: tl.constexpr, P: tl.constexpr,
                  KO: tl.constexpr, BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
-                 NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, out_signs):
+                 NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, out_signs, unscale=None):
     """Butterflies of the power-of-two factor on acc [KO, BM * P] (output K indices ko, rows row),
     scale, one rounding, the inverse's signs (``out_signs``: hoisted sign bits, or None to load
-    them here), store."""
+    them here), store. ``unscale`` ([1, BM, 1] powers of two, or None) undoes ``_row_scale`` after
+    ``scale``: exact, so the store's rounding stays the only one."""
     v = butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
+    if unscale is not None:
+        v = v * unscale
     v = v.to(y_ptr.dtype.element_ty)
     ko3 = ko[:, None, None]
     out_col = ko3 * P + tl.arange(0, P)[None, None, :]
@@ -345,6 +370,15 @@ def _fwht_dense_kernel(
                         v = _flip_signs(v, signs)
                         if KB > 0:
                             vb = _flip_signs(vb, signs_b)
+            unscale = None
+            if PIECES == 2:  # each row scaled into fp16's range, unscaled at the store
+                if KB > 0:
+                    s_row, inv_row = _row_scale(v, vb, KB)
+                    vb = vb * s_row[None, :, None]
+                else:
+                    s_row, inv_row = _row_scale(v, v, KB)
+                v = v * s_row[None, :, None]
+                unscale = inv_row[None, :, None]
             v = tl.reshape(v, (KI, BM * P))
             for c in tl.static_range(KO_SPLIT):
                 hc = h
@@ -362,11 +396,11 @@ def _fwht_dense_kernel(
                         acc = _dot_pieces(h_ab, vb, acc, PIECES)
                     acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
                     acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
-                _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + c * KO + tl.arange(0, KO), sign_blocks, inverse, scale,
-                             K, P, KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, out_signs)
+                _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + c * KO + tl.arange(0, KO), sign_blocks, inverse,
+                             scale, K, P, KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, out_signs, unscale)
             if KB > 0:
                 _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
-                             scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b)
+                             scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b, unscale)
     else:
         for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
             rb = tile // k_chunks
@@ -471,7 +505,9 @@ def fwht_rows_triton(
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
         prepared = _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words))
     else:
-        if not x2.is_cuda:
+        if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
+            pieces, h_dtype = 2, torch.float16
+        elif not x2.is_cuda:
             pieces, h_dtype = 0, torch.float32
         elif x2.dtype == torch.float32:
             pieces, h_dtype = 3, torch.bfloat16
