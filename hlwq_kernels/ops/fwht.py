@@ -115,9 +115,9 @@ def _fwht_rows_torch(x2: torch.Tensor, b: int, inverse: bool, scale: float, sign
     return y2.to(x2.dtype)
 
 
-# (b, dtype, with signs, device) whose kernel launch needs more shared memory or registers than that GPU
-# has (the launch tables are tuned on an H200, 227 KiB a block; an A100 has 163, an L4 99): "auto" runs
-# the torch path for them.
+# (b, dtype, with signs, device) whose kernel launches, the table's and the plain one it is retried with,
+# need more shared memory or registers than that GPU has (the launch tables are tuned on an H200, 227 KiB
+# a block; an A100 has 163, an L4 99): "auto" runs the torch path for them.
 _OVER_CAPACITY: set[tuple] = set()
 
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
 from hlwq_kernels.ops.hadamard import hadamard_factors
 
-__all__ = ["kernel_plan", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = ["kernel_plan", "generic_config", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
@@ -344,3 +344,11 @@ def kernel_plan(
     if config is None and elem_size == 2 and k <= _MAX_PREFETCH_K:
         config = _DENSE_TABLE_16BIT.get(next_power_of_2(k) << m)
     return _dense_plan(k, m, elem_size, config or _DENSE_TABLE[min(elem_size, 4)])
+
+
+def generic_config(n: int, elem_size: int) -> Pow2Config | DenseConfig:
+    """The launch for rows of length n that no measured table entry chose: the kernels' plain launch
+    (modest shared memory), which ``fwht_rows_triton`` falls back to on a GPU that cannot hold the
+    table's launch."""
+    k, p = hadamard_factors(n)
+    return _POW2_TABLE[p.bit_length() - 1] if k == 1 else _DENSE_TABLE[min(elem_size, 4)]

@@ -33,8 +33,12 @@ import functools
 
 import torch
 
-from hlwq_kernels.ops._triton import PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton
-from hlwq_kernels.ops.fwht_plan import MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops._triton import (
+    OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
+)
+from hlwq_kernels.ops.fwht_plan import (
+    MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, generic_config, kernel_plan,
+)
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 
 __all__ = ["fwht_rows_triton", "sign_bit_mask", "butterflies"]
@@ -458,6 +462,42 @@ def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
     return stride_c == 1 and stride_r % 2 == 0 and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0
 
 
+def _launch_plan(
+    x2: torch.Tensor, out: torch.Tensor, plan: KernelPlan, b: int, inverse: bool, scale: float,
+    sign_bits: torch.Tensor | None,
+) -> tuple[PreparedLaunch | None, tuple]:
+    """Launch ``plan`` on the rows of x2 into out; returns the prepared launch and its runtime arguments."""
+    num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
+    programs = num_tiles
+    if plan.programs_per_sm:
+        programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
+    has_signs = sign_bits is not None
+    signs = sign_bits if has_signs else out
+    sign_blocks = sign_bits.shape[0] // b if has_signs else 1
+    extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
+    stride_r, stride_c = x2.stride()
+    if plan.kernel == "pow2":
+        words = plan.words and _words_ok(x2, signs)
+        if words:
+            stride_r, stride_c = stride_r // 2, 1
+        runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
+        return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words)), runtime
+    if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
+        pieces, h_dtype = 2, torch.float16
+    elif not x2.is_cuda:
+        pieces, h_dtype = 0, torch.float32
+    elif x2.dtype == torch.float32:
+        pieces, h_dtype = 3, torch.bfloat16
+    else:
+        pieces, h_dtype = 1, x2.dtype
+    meta = dict(plan.meta)
+    h_rows = meta["KO"] * meta["KO_SPLIT"] * plan.k_chunks + meta["KB"]
+    h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device)
+    runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
+               stride_c, scale)
+    return _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch)), runtime
+
+
 # CUDA launches by what decides them (shape, strides, dtype, device, 16-byte alignment of the rows and of the
 # sign bits, direction, scale): a repeated call skips planning and Triton's argument checks entirely
 _PREPARED = PreparedCalls()
@@ -472,7 +512,9 @@ def fwht_rows_triton(
     ``sign_bits`` (length b, or n when every block has its own signs, on x2's device; integers of
     x2's element width holding 0 or the sign bit, see ``sign_bit_mask``) flips the signs of the input of
     the forward transform and of the output of the inverse. ``config`` overrides the launch table
-    (benchmark sweeps).
+    (benchmark sweeps). A table launch that the GPU cannot hold (Triton's ``OutOfResources``, e.g. less
+    shared memory than the H200 it was measured on) is retried with the plain launch of
+    ``generic_config``; ``OutOfResources`` is raised when that does not fit either.
     """
     require_triton()
     rows, n = x2.shape
@@ -489,35 +531,12 @@ def fwht_rows_triton(
         raise ValueError(f"n={b} does not fit the Triton FWHT kernels (power-of-two factor above 2**{MAX_POW2_BITS})")
     if out.numel() == 0:
         return out.view(rows, n)
-    num_tiles = -(-x2.shape[0] // plan.tile_rows) * plan.k_chunks
-    programs = num_tiles
-    if plan.programs_per_sm:
-        programs = min(num_tiles, _sm_count(x2.device) * plan.programs_per_sm)
-    has_signs = sign_bits is not None
-    signs = sign_bits if has_signs else out
-    sign_blocks = sign_bits.shape[0] // b if has_signs else 1
-    extra = {"HAS_SIGNS": has_signs, "SIGN_ROWS": sign_blocks > 1}
-    stride_r, stride_c = x2.stride()
-    if plan.kernel == "pow2":
-        words = plan.words and _words_ok(x2, signs)
-        if words:
-            stride_r, stride_c = stride_r // 2, 1
-        runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        prepared = _run(_fwht_pow2_kernel, programs, x2, runtime, plan, dict(extra, PREFETCH=plan.prefetch, WORDS=words))
-    else:
-        if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
-            pieces, h_dtype = 2, torch.float16
-        elif not x2.is_cuda:
-            pieces, h_dtype = 0, torch.float32
-        elif x2.dtype == torch.float32:
-            pieces, h_dtype = 3, torch.bfloat16
-        else:
-            pieces, h_dtype = 1, x2.dtype
-        meta = dict(plan.meta)
-        h_rows = meta["KO"] * meta["KO_SPLIT"] * plan.k_chunks + meta["KB"]
-        h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device)
-        runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
-                   stride_c, scale)
-        prepared = _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch))
+    try:
+        prepared, runtime = _launch_plan(x2, out, plan, b, inverse, scale, sign_bits)
+    except OutOfResources:  # a launch of the table (measured on an H200) that this GPU cannot hold
+        basic = None if config is not None else kernel_plan(b, x2.element_size(), generic_config(b, x2.element_size()))
+        if basic is None or basic == plan:
+            raise
+        prepared, runtime = _launch_plan(x2, out, basic, b, inverse, scale, sign_bits)
     _PREPARED.add(key, prepared, runtime[3:])
     return out if b == n else out.view(rows, n)

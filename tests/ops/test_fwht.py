@@ -351,17 +351,30 @@ def test_cuda_float16(n: int) -> None:
     _check(x, "auto", inverse=True, signs=signs)
 
 
+_OVERSIZE = DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True)  # 27648 bf16 unsplit at 3 stages: 3 x 64 KiB rows
+
+
 @pytest.mark.cuda
-def test_launch_over_shared_memory_runs_torch_path_cuda(monkeypatch) -> None:
-    """A launch plan that needs more shared memory than the GPU has (27648 bf16 unsplit at 3 stages: three
-    64 KiB row buffers) raises Triton's OutOfResources with backend="triton"; "auto" then runs the torch
-    path, right, and remembers it for that size."""
-    monkeypatch.setitem(fwht_plan._DENSE_TABLE_SIZES, (2, 27648), DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True))
+@pytest.mark.parametrize("generic_fits", [True, False])
+def test_launch_over_shared_memory_cuda(monkeypatch, generic_fits: bool) -> None:
+    """A table launch that needs more shared memory than the GPU has (Triton's OutOfResources) is
+    retried with the kernels' plain launch (``generic_config``); where that does not fit either,
+    backend="triton" raises and "auto" runs the torch path, right, and remembers it for that size."""
+    monkeypatch.setitem(fwht_plan._DENSE_TABLE_SIZES, (2, 27648), _OVERSIZE)
+    if not generic_fits:
+        monkeypatch.setitem(fwht_plan._DENSE_TABLE, 2, _OVERSIZE)
     monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
     monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())  # launches made by earlier tests would skip the plan
     kernel_plan.cache_clear()
     try:
         x = _random((5, 27648), torch.bfloat16, seed=11, device="cuda")
+        with pytest.raises(OutOfResources):
+            fwht_rows_triton(x, 27648, False, 1.0, None, _OVERSIZE)  # a launch given as config= is not replaced
+        if generic_fits:
+            _check(x, "triton")
+            assert len(fwht_triton._PREPARED) == 1 and not fwht_module._OVER_CAPACITY
+            _check(x, "triton")  # the plain launch, kept for these inputs
+            return
         with pytest.raises(OutOfResources):
             fwht(x, backend="triton")
         _check(x, "auto")
