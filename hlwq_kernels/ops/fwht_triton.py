@@ -481,8 +481,8 @@ def _launch_plan(
         if words:
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words)
-        return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, meta), runtime
+        launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words)
+        return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
         pieces, h_dtype = 2, torch.float16
     elif not x2.is_cuda:
@@ -496,8 +496,8 @@ def _launch_plan(
     h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device)
     runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                stride_c, scale)
-    return _run(_fwht_dense_kernel, programs, x2, runtime, plan, dict(extra, PIECES=pieces, PREFETCH=plan.prefetch)), \
-        runtime
+    launch_meta = dict(extra, PIECES=pieces, PREFETCH=plan.prefetch)
+    return _run(_fwht_dense_kernel, programs, x2, runtime, plan, launch_meta), runtime
 
 
 # CUDA launches by what decides them (shape, strides, dtype, device, 16-byte alignment of the rows and of the
