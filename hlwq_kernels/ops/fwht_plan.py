@@ -145,6 +145,10 @@ _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16
 # 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
 # the same at 2^14 measured 89.3-89.7% against 90.8% without)
 _POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
+# 16-bit rows of 2^11: two rows a tile, 32 values a thread (120 registers instead of 205: four programs of
+# 4 warps per SM instead of two); 98.6% of clone against 97.7% on a machine where the table ran at full
+# speed (bench/results/fwht-dense-h200-2026-12-02-j.md); some machines ran the old launch at 81-84%
+_POW2_TABLE_16BIT[11] = Pow2Config(4, 32, 1, 0)
 # float16 rows of 2^14: the bf16 launch's register cap costs fp16 (its conversions to fp32 take more
 # registers) 58% of clone; a persistent launch without prefetch runs at 90%
 # (bench/results/fwht-anchors-h200-2026-12-02-e.md)
@@ -167,6 +171,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
 # fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
 # (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
+# fp32 4864, 8960, 9728, 13824: two fp16 pieces of each row, scaled by a power of two, instead of three
+# bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
+# bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
 # _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
 # flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory)
 _DENSE_TABLE_SIZES = {
@@ -182,10 +189,10 @@ _DENSE_TABLE_SIZES = {
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 28672): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True)),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
-    (4, 4864): DenseConfig(4, 16, 1, 3, 0, 0, True, 168, True),
-    (4, 8960): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True),
-    (4, 9728): DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True),
-    (4, 13824): DenseConfig(8, 16, 1, 1, 0, 0, True),
+    (4, 4864): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
+    (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
+    (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
+    (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }

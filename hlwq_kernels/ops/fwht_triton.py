@@ -500,6 +500,8 @@ def _launch_plan(
     return _run(_fwht_dense_kernel, programs, x2, runtime, plan, launch_meta), runtime
 
 
+# (b, dtype, with signs, device) whose table launch did not fit the GPU and ran the plain launch instead
+_RETRIED: set[tuple] = set()
 # CUDA launches by what decides them (shape, strides, dtype, device, 16-byte alignment of the rows and of the
 # sign bits, direction, scale): a repeated call skips planning and Triton's argument checks entirely
 _PREPARED = PreparedCalls()
@@ -539,6 +541,7 @@ def fwht_rows_triton(
         basic = None if config is not None else kernel_plan(b, x2.element_size(), generic_config(b, x2.element_size()))
         if basic is None or basic == plan:
             raise
+        _RETRIED.add((b, x2.dtype, sign_bits is not None, x2.device))
         prepared, runtime = _launch_plan(x2, out, basic, b, inverse, scale, sign_bits)
     _PREPARED.add(key, prepared, runtime[3:])
     return out if b == n else out.view(rows, n)

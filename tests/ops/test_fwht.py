@@ -337,6 +337,7 @@ def test_cuda_large_sizes(n: int, dtype: torch.dtype) -> None:
     _check(x, "auto", inverse=True, signs=signs)
     if torch.cuda.get_device_capability() >= (9, 0):  # 227 KiB of shared memory: every table launch fits
         assert not fwht_module._OVER_CAPACITY, "a launch fell back to the torch path"
+        assert not fwht_triton._RETRIED, "a table launch did not fit and ran the plain launch"
 
 
 @pytest.mark.cuda
@@ -365,6 +366,7 @@ def test_launch_over_shared_memory_cuda(monkeypatch, generic_fits: bool) -> None
         monkeypatch.setitem(fwht_plan._DENSE_TABLE, 2, _OVERSIZE)
     monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
     monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())  # launches made by earlier tests would skip the plan
+    monkeypatch.setattr(fwht_triton, "_RETRIED", set())
     kernel_plan.cache_clear()
     try:
         x = _random((5, 27648), torch.bfloat16, seed=11, device="cuda")
@@ -373,6 +375,7 @@ def test_launch_over_shared_memory_cuda(monkeypatch, generic_fits: bool) -> None
         if generic_fits:
             _check(x, "triton")
             assert len(fwht_triton._PREPARED) == 1 and not fwht_module._OVER_CAPACITY
+            assert (27648, torch.bfloat16, False, x.device) in fwht_triton._RETRIED
             _check(x, "triton")  # the plain launch, kept for these inputs
             return
         with pytest.raises(OutOfResources):
