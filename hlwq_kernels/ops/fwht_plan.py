@@ -292,7 +292,7 @@ def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int) -> tu
 
 @functools.lru_cache(maxsize=256)
 def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
-    # fp32 inputs hold three bf16 pieces of each input chunk: smaller tiles and chunks
+    # fp32 inputs hold two or three 16-bit pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     head, tail = _dense_split(k, cfg)
     if cfg.prefetch and head > _MAX_PREFETCH_K:
