@@ -35,7 +35,7 @@ VENV = Path(os.environ.get("HLWQ_VLLM_VENV", ROOT / ".venv-vllm"))
 VLLM_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 PROMPT = [1, 17, 42, 256, 77, 301, 5, 99]  # greedy decoding from random weights of std 0.15: decisive logits
 MINILM_IDS = [101, 7592, 2088, 2003, 1037, 3231, 102]
-# under pytest-xdist (-n auto, --dist loadgroup) these tests share one worker, hence one vLLM process
+# with --dist loadgroup (the README's test command) these tests share one xdist worker, hence one vLLM process
 pytestmark = pytest.mark.xdist_group("vllm")
 VLLM_ENV = {
     "HF_HUB_OFFLINE": "1",
