@@ -189,11 +189,11 @@ def host_calls() -> dict[str, Callable[[], object]]:
             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone()": lambda: x.clone()}
 
 
-def _cases(sizes: list[int], dtypes, with_variants: bool) -> list[tuple[int, torch.dtype, str]]:
+def _cases(sizes: list[int], dtypes, with_variants: bool, signs_sizes: tuple[int, ...] = ()) -> list[tuple]:
     cases = [(n, dt, "") for dt in dtypes for n in sizes]
     if with_variants:
         cases += [(n, dt, v) for dt in dtypes for n, v in VARIANTS]
-    return cases
+    return cases + [(n, dt, "signs") for dt in dtypes for n in signs_sizes if (n, "signs") not in VARIANTS]
 
 
 def roofline_rows(quick: bool = False) -> list[dict]:
@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(sorted({v for _, v in VARIANTS})),
                         help="comma-separated variants of VARIANTS to time too ('' for none)")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
+    parser.add_argument("--signs-sizes", default="", help="comma-separated n: also time the signs= variant there")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--sweep-dtypes", default=None, help="dtypes the sweep covers (default: --dtypes)")
     parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
@@ -264,8 +265,9 @@ def main() -> None:
             given = {key: [_given_config(c) for c in cfgs] for key, cfgs in json.load(f).items()}
     split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
     plans = {}
-    for n, dt, v in _cases(sizes, dtypes, True):
-        if v and v not in args.variants.split(","):
+    signs_sizes = tuple(int(n) for n in args.signs_sizes.split(",") if n)
+    for n, dt, v in _cases(sizes, dtypes, True, signs_sizes):
+        if v and v not in args.variants.split(",") and n not in signs_sizes:
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes

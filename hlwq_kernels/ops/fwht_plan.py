@@ -175,7 +175,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
 # bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
 # _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
-# flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory)
+# flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory; fp32
+# 8960: the stages-3 launch spills with the sign bits, 24.5% of clone against 51.3% for rows ahead in registers,
+# bench/results/fwht-dense-h200-2026-12-02-j.md)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -197,7 +199,8 @@ _DENSE_TABLE_SIZES = {
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
-                      (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4]}
+                      (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4],
+                      (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
