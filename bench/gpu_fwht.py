@@ -267,7 +267,7 @@ def main() -> None:
     plans = {}
     signs_sizes = tuple(int(n) for n in args.signs_sizes.split(",") if n)
     for n, dt, v in _cases(sizes, dtypes, True, signs_sizes):
-        if v and v not in args.variants.split(",") and n not in signs_sizes:
+        if v and v not in args.variants.split(",") and not (v == "signs" and n in signs_sizes):
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes

@@ -106,6 +106,15 @@ def quotient_is_exact(s, inv, amax):
 
 
 @triton.jit
+def pow2_scale(amax):
+    """The power of two ``2**(141 - e)`` (``e`` the biased exponent of float32 ``amax >= 0``) that brings
+    ``amax`` into [2**14, 2**15), exactly; at most 2**126 (a tiny ``amax`` stays below), so its
+    reciprocal is a normal float too. Infinity and NaN give 2**-114."""
+    e = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
+    return ((268 - e) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def int4_absmax_scale(amax, eps, DTYPE: tl.constexpr):
     """compressed-tensors' scale ``DTYPE(amax / 7.5)`` (0 -> ``eps``), as float32."""
     s = round_to_dtype(tl.div_rn(amax, tl.full(amax.shape, _DIVISOR, tl.float32)), DTYPE)

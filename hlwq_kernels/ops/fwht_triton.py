@@ -35,6 +35,7 @@ import functools
 
 import torch
 
+from hlwq_kernels.ops._jit import pow2_scale
 from hlwq_kernels.ops._triton import (
     OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
 )
@@ -243,9 +244,8 @@ def _row_scale(v, vb, KB: tl.constexpr):
     amax = tl.max(tl.max(tl.abs(v), axis=2), axis=0)
     if KB > 0:
         amax = tl.maximum(amax, tl.max(tl.max(tl.abs(vb), axis=2), axis=0))
-    e = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent: amax in [2^(e-127), 2^(e-126))
-    es = tl.minimum(268 - e, 253)  # s = 2^(141 - e), at most 2^126 (1 / s a normal float)
-    return (es << 23).to(tl.float32, bitcast=True), ((254 - es) << 23).to(tl.float32, bitcast=True)
+    s = pow2_scale(amax)
+    return s, tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)  # exact: a power of two
 
 
 @triton.jit

@@ -47,6 +47,7 @@ from hlwq_kernels.ops._jit import (
     div_exact,
     int4_absmax_scale,
     pack_codes,
+    pow2_scale,
     reciprocal,
     round_to_dtype,
 )
@@ -129,11 +130,8 @@ def _hlwq_kernel(
         rmask = rows < N
         m3 = rmask[:, None, None]
         x = tl.load(_row_tile(w_ptr, rows, K, cb * B, CH, VEC), mask=m3, other=0.0).to(tl.float32)
-        # 1. exact power-of-two scale 2**(141 - e), e the biased exponent of the absmax, so the
-        #    scaled absmax lies in [2**14, 2**15) (e >= 15 keeps the scale a normal float)
-        amax = tl.max(tl.max(tl.abs(x), axis=2), axis=1)
-        e = tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 15)
-        pw = ((268 - e) << 23).to(tl.float32, bitcast=True)
+        # 1. exact power-of-two scale that brings the absmax into [2**14, 2**15)
+        pw = pow2_scale(tl.max(tl.max(tl.abs(x), axis=2), axis=1))
         xs = x * pw[:, None, None]
         ss = tl.sum(tl.sum(xs * xs, axis=1), axis=1)  # <= B * 2**30 when finite
         bad = tl.max((~(ss < 1.0e30)).to(tl.int32), axis=0)
