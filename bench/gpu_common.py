@@ -56,11 +56,12 @@ def host_seconds(fn: Callable[[], object], calls: int = 2000) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def planned_each_call(module: ModuleType, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the prepared launches of ``module`` (its ``_PREPARED``) dropped before every call: the launch
+def planned_each_call(fn: Callable[[], object], *modules: ModuleType) -> Callable[[], object]:
+    """``fn`` with the prepared launches of ``modules`` (their ``_PREPARED``) dropped before every call: the launch
     is planned as on the first call of its kind (the compiled kernel is reused), for a host-time A/B in one process."""
     def call() -> object:
-        module._PREPARED = PreparedCalls()
+        for module in modules:
+            module._PREPARED = PreparedCalls()
         return fn()
     return call
 

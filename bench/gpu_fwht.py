@@ -32,7 +32,7 @@ from gpu_common import (
     run_parallel,
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
-from hlwq_kernels.ops import fwht_triton
+from hlwq_kernels.ops import fwht as fwht_module, fwht_triton
 from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 
@@ -169,6 +169,16 @@ def _given_config(fields: list) -> DenseConfig | SplitConfig:
     return DenseConfig(*fields)
 
 
+def _given_candidates(given: dict, b: int, dtype: torch.dtype, variant: str) -> list | None:
+    """The --dense-configs candidates of a case: its "n:dtype:variant" entry, else its "n:dtype" one; none
+    where the file has entries for other variants of n:dtype only; None where it has none for n:dtype."""
+    name = f"{b}:{str(dtype).removeprefix('torch.')}"
+    for key in (f"{name}:{variant}", name):
+        if key in given:
+            return given[key]
+    return [] if any(key.startswith(name + ":") for key in given) else None
+
+
 def _compile_task(task: tuple) -> None:
     """Run one configuration once at its benchmark shape (fills the on-disk Triton cache)."""
     n, dtype_name, variant, config = task
@@ -184,7 +194,7 @@ def host_calls() -> dict[str, Callable[[], object]]:
     """Public fwht() calls on a tiny bf16 input (their host time per call) and ``x.clone()``."""
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     signs = random_signs(1024, 0, device="cuda")
-    return {"fwht(x)": lambda: fwht(x), "fwht(x), planned each call": planned_each_call(fwht_triton, lambda: fwht(x)),
+    return {"fwht(x)": lambda: fwht(x), "fwht(x), planned each call": planned_each_call(lambda: fwht(x), fwht_module, fwht_triton),
             "fwht(x, signs=s)": lambda: fwht(x, signs=signs),
             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone()": lambda: x.clone()}
 
@@ -253,7 +263,9 @@ def main() -> None:
     parser.add_argument("--dense-configs", default=None,
                         help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
                              "(e.g. pruned by registers and spills from an sm_90 compile on a CPU); an entry "
-                             "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product)")
+                             "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product); "
+                             'a key "n:dtype:variant" (e.g. "8960:bfloat16:signs") holds the candidates of that '
+                             "variant alone")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else POW2 + LLM
     swept = {int(s) for s in args.sweep.split(",") if s}
@@ -271,7 +283,7 @@ def main() -> None:
             continue
         b = 128 if "block128" in v else n
         sweep = n in swept and dt in sweep_dtypes
-        cands = given.get(f"{b}:{str(dt).removeprefix('torch.')}")
+        cands = _given_candidates(given, b, dt, v)
         if cands is None:
             cands = sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit, split_bits)
         plans[(n, dt, v)] = [None] + (cands if sweep else [])

@@ -84,7 +84,7 @@ def host_calls() -> dict:
     return {
         "hlwq_int4 (check_finite=False)": lambda: hlwq_int4(w, check_finite=False),
         "hlwq_int4 (check_finite=False), planned each call": planned_each_call(
-            hlwq_triton, lambda: hlwq_int4(w, check_finite=False)),
+            lambda: hlwq_int4(w, check_finite=False), hlwq_triton),
         "hlwq_int4 (default: reads the NaN flag back)": lambda: hlwq_int4(w),
     }
 

@@ -106,14 +106,14 @@ def host_calls() -> dict[str, Callable[[], object]]:
         "bare Triton launch (2 arguments)": lambda: _store_one[(1,)](one, 16, BLOCK=16),
         "x.clone()": lambda: w.clone(),
         "quantize_int4(absmax)": lambda: quantize_int4(w, GROUP),
-        "quantize_int4(absmax), planned each call": planned_each_call(int4_triton, lambda: quantize_int4(w, GROUP)),
+        "quantize_int4(absmax), planned each call": planned_each_call(lambda: quantize_int4(w, GROUP), int4_triton),
         "quantize_int4(mse)": lambda: quantize_int4(w, GROUP, "mse"),
         "marlin_pack": lambda: marlin_pack(q),
-        "marlin_pack, planned each call": planned_each_call(marlin_triton, lambda: marlin_pack(q)),
+        "marlin_pack, planned each call": planned_each_call(lambda: marlin_pack(q), marlin_triton),
         "int4_quantize_pack (launcher)": lambda: int4_quantize_pack(w, GROUP, "absmax"),
         "quantize_int4_asym(minmax)": lambda: quantize_int4_asym(w, GROUP),
-        "quantize_int4_asym(minmax), planned each call": planned_each_call(int4_asym_triton,
-                                                                          lambda: quantize_int4_asym(w, GROUP)),
+        "quantize_int4_asym(minmax), planned each call": planned_each_call(lambda: quantize_int4_asym(w, GROUP),
+                                                                          int4_asym_triton),
         "int4_asym_minmax_pack (launcher)": lambda: int4_asym_minmax_pack(w, GROUP),
     }
 

@@ -115,7 +115,7 @@ def host_calls() -> dict:
     cb = gaussian_codebook(32)
     idx = cb.quantize(x)
     return {"Codebook.quantize (bf16)": lambda: cb.quantize(x),
-            "Codebook.quantize (bf16), planned each call": planned_each_call(lloyd_max_triton, lambda: cb.quantize(x)),
+            "Codebook.quantize (bf16), planned each call": planned_each_call(lambda: cb.quantize(x), lloyd_max_triton),
             "Codebook.dequantize": lambda: cb.dequantize(idx)}
 
 

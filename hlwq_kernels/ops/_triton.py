@@ -154,6 +154,10 @@ class PreparedCalls:
         prepared(*tensors, *tail)
         return True
 
+    def entry(self, key: tuple) -> tuple[PreparedLaunch, tuple] | None:
+        """The launch kept under ``key`` and the arguments that follow its tensors, or None."""
+        return self._entries.get(key)
+
     def add(self, key: tuple | None, prepared: PreparedLaunch | None, tail: tuple) -> None:
         """Keep ``prepared`` (the launch just made; None: nothing to keep) and its arguments ``tail``."""
         if key is None or prepared is None:

@@ -12,12 +12,12 @@ import weakref
 
 import torch
 
-from hlwq_kernels.ops._triton import HAVE_TRITON, OutOfResources, use_triton
+from hlwq_kernels.ops._triton import HAVE_TRITON, OutOfResources, PreparedCalls, use_triton
 from hlwq_kernels.ops.fwht_plan import kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
 
 if HAVE_TRITON:
-    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
+    from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, prepared_launch, sign_bit_mask
 
 __all__ = ["fwht"]
 
@@ -120,6 +120,47 @@ def _fwht_rows_torch(x2: torch.Tensor, b: int, inverse: bool, scale: float, sign
 # a block; an A100 has 163, an L4 99): "auto" runs the torch path for them.
 _OVER_CAPACITY: set[tuple] = set()
 
+# Calls along the last dim of a 2-D or contiguous CUDA tensor whose kernel launch was kept, by everything that
+# decides it (x's shape, strides, dtype, device and 16-byte alignment, the options, the signs' shape): a repeated
+# call skips the checks and the plan and goes straight to the launch (the signs are still checked, from their
+# cache).
+_PREPARED = PreparedCalls()
+
+
+def _call_key(x: torch.Tensor, dim: int, normalized: bool, inverse: bool, block_size: int | None,
+              signs: torch.Tensor | None, backend: str) -> tuple | None:
+    """The key of a call in ``_PREPARED`` (None for an x that is not a plain tensor; a CPU tensor's key is never
+    there)."""
+    if type(x) is not torch.Tensor:
+        return None
+    return (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() & 15, dim, normalized, inverse, block_size,
+            None if signs is None else signs.shape, backend)
+
+
+def _rows_view(x: torch.Tensor, b: int) -> torch.Tensor:
+    """x as rows of length b for a call that ``_PREPARED`` can keep (2-D with b its row length, or contiguous)."""
+    return x if x.ndim == 2 and x.shape[1] == b else x.view(-1, b)
+
+
+def _run_prepared(launch: tuple, x: torch.Tensor, b: int, signs: torch.Tensor | None) -> torch.Tensor:
+    """A call kept in ``_PREPARED``: its launch on x viewed as rows of b, into a new output."""
+    prepared, tail = launch
+    x2 = _rows_view(x, b)
+    out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+    # the sign bits are a fresh contiguous allocation (16-byte aligned), as when the launch was made
+    prepared(x2, out, out if signs is None else _signs_on(signs, x.device, x.element_size()), *tail)
+    return out if x2 is x else out.view(x.shape)
+
+
+def _keep_launch(key: tuple | None, x: torch.Tensor, dim: int, b: int, inverse: bool, scale: float,
+                 sign_bits: torch.Tensor | None) -> None:
+    """Keep the launch that the Triton path just made for this call in ``_PREPARED``, where it can be."""
+    if key is None or dim not in (-1, x.ndim - 1) or not (x.ndim == 2 and x.shape[1] == b or x.is_contiguous()):
+        return
+    launch = prepared_launch(_rows_view(x, b), inverse, scale, sign_bits)
+    if launch is not None:
+        _PREPARED.add(key, *launch)
+
 
 def fwht(
     x: torch.Tensor,
@@ -145,6 +186,10 @@ def fwht(
     Returns a tensor of the same shape and dtype; accumulation is fp32 (fp64 for fp64 input) with
     a single rounding at the end.
     """
+    key = _call_key(x, dim, normalized, inverse, block_size, signs, backend)
+    launch = _PREPARED.entry(key)
+    if launch is not None:
+        return _run_prepared(launch, x, x.shape[-1] if block_size is None else int(block_size), signs)
     n, b = _check_inputs(x, dim, block_size, signs)
     # use_triton is True only with Triton installed; "auto" falls back to torch for a length the
     # kernels cannot hold (a power-of-two factor above 2**16)
@@ -164,8 +209,10 @@ def fwht(
     x2 = moved if moved.ndim == 2 else moved.reshape(-1, n)
     y2 = None
     if on_triton:
+        sign_bits = None if signs is None else _signs_on(signs, x.device, x.element_size())
         try:
-            y2 = fwht_rows_triton(x2, b, inverse, scale, None if signs is None else _signs_on(signs, x.device, x.element_size()))
+            y2 = fwht_rows_triton(x2, b, inverse, scale, sign_bits)
+            _keep_launch(key, x, dim, b, inverse, scale, sign_bits)
         except OutOfResources:
             if backend == "triton":
                 raise

@@ -44,7 +44,7 @@ from hlwq_kernels.ops.fwht_plan import (
 )
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 
-__all__ = ["fwht_rows_triton", "sign_bit_mask", "butterflies"]
+__all__ = ["fwht_rows_triton", "prepared_launch", "sign_bit_mask", "butterflies"]
 
 
 @triton.jit
@@ -509,6 +509,18 @@ _RETRIED: set[tuple] = set()
 _PREPARED = PreparedCalls()
 
 
+def _prepared_key(x2: torch.Tensor, inverse: bool, scale: float, sign_bits: torch.Tensor | None) -> tuple:
+    return tensor_key(x2), inverse, scale, None if sign_bits is None else tensor_key(sign_bits)
+
+
+def prepared_launch(
+    x2: torch.Tensor, inverse: bool, scale: float, sign_bits: torch.Tensor | None
+) -> tuple[PreparedLaunch, tuple] | None:
+    """The launch that ``fwht_rows_triton(x2, x2.shape[1], inverse, scale, sign_bits)`` made on CUDA (with the
+    arguments after its three tensors: input, output, sign bits or the output again), if it was kept."""
+    return _PREPARED.entry(_prepared_key(x2, inverse, scale, sign_bits))
+
+
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_bits: torch.Tensor | None,
     config: Pow2Config | DenseConfig | SplitConfig | None = None,
@@ -529,7 +541,7 @@ def fwht_rows_triton(
     out = torch.empty_like(x2, memory_format=torch.contiguous_format)
     key = None
     if config is None and x2.is_cuda:  # a launch made before for inputs that specialize alike
-        key = (tensor_key(x2), inverse, scale, None if sign_bits is None else tensor_key(sign_bits))
+        key = _prepared_key(x2, inverse, scale, sign_bits)
         if _PREPARED.run(key, x2, out, out if sign_bits is None else sign_bits):
             return out if b == n else out.view(rows, n)
     plan = kernel_plan(b, x2.element_size(), config, sign_bits is not None, x2.dtype == torch.float16)

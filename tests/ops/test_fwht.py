@@ -365,7 +365,8 @@ def test_launch_over_shared_memory_cuda(monkeypatch, generic_fits: bool) -> None
     if not generic_fits:
         monkeypatch.setitem(fwht_plan._DENSE_TABLE, 2, _OVERSIZE)
     monkeypatch.setattr(fwht_module, "_OVER_CAPACITY", set())
-    monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())  # launches made by earlier tests would skip the plan
+    for module in (fwht_module, fwht_triton):  # launches made by earlier tests would skip the plan
+        monkeypatch.setattr(module, "_PREPARED", PreparedCalls())
     monkeypatch.setattr(fwht_triton, "_RETRIED", set())
     kernel_plan.cache_clear()
     try:
@@ -396,7 +397,8 @@ def test_repeated_calls_reuse_prepared_launches_cuda(monkeypatch, dtype: torch.d
     Every result matches the float64 reference, and an installed launch hook sees the reused launches."""
     import triton
 
-    monkeypatch.setattr(fwht_triton, "_PREPARED", PreparedCalls())
+    for module in (fwht_module, fwht_triton):
+        monkeypatch.setattr(module, "_PREPARED", PreparedCalls())
     buf = _random((4 * 3584 + 8,), dtype, seed=5, device="cuda")
     signs = random_signs(3584, 1, device="cuda")
     cases = [
@@ -411,7 +413,7 @@ def test_repeated_calls_reuse_prepared_launches_cuda(monkeypatch, dtype: torch.d
     for _ in range(3):
         for x, kw in cases:
             _check(x, "auto", **kw)
-    assert len(fwht_triton._PREPARED) == len(cases)
+    assert len(fwht_triton._PREPARED) == len(fwht_module._PREPARED) == len(cases)
     seen: list = []
     hooks = triton.knobs.runtime
     hooks.launch_enter_hook.add(seen.append)
@@ -422,4 +424,25 @@ def test_repeated_calls_reuse_prepared_launches_cuda(monkeypatch, dtype: torch.d
         hooks.launch_enter_hook.remove(seen.append)
     torch.cuda.synchronize()
     assert [m.get()["name"].startswith("_fwht_") for m in seen] == [True] * len(cases)
+
+
+@pytest.mark.cuda
+def test_kept_calls_check_what_can_change_cuda(monkeypatch) -> None:
+    """A call that ``fwht()`` kept (``_PREPARED``) still checks its signs, which can change between calls; a
+    3-D contiguous input with blocks and a transposed one (dim 0: not kept) stay right on every call."""
+    monkeypatch.setattr(fwht_module, "_PREPARED", PreparedCalls())
+    x3 = _random((3, 5, 3584), torch.bfloat16, seed=12, device="cuda")
+    signs = random_signs(3584, 2, device="cuda")
+    xt = _random((3584, 6), torch.float32, seed=13, device="cuda")
+    for _ in range(2):
+        _check(x3, "auto", signs=signs)
+        _check(x3, "auto", block_size=512, signs=signs[:512].clone())
+        _check(x3, "auto", block_size=512, inverse=True)
+        _check(xt, "auto", dim=0)
+    assert len(fwht_module._PREPARED) == 3
+    signs[7] = 0.5  # a new version of the same tensor: checked again
+    with pytest.raises(ValueError, match="only \\+1 and -1"):
+        fwht(x3, signs=signs)
+    signs[7] = -1.0
+    _check(x3, "auto", signs=signs)
 
