@@ -125,6 +125,7 @@ class DenseConfig(NamedTuple):
     hoist: bool = False  # prefetch only: row and store offsets kept in registers across tiles
     ko_split: int = 1  # 1 or 2 (prefetch only, K not split): H_K's output rows in this many chunks, one product each
     fp16_pieces: bool = False  # prefetch only, fp32 rows: two float16 pieces of each row scaled by a power of two
+    rows_first: bool = False  # prefetch only: the product as rows.T @ H_K.T, the rows the MMA's operand in registers
 
 
 class SplitConfig(NamedTuple):
@@ -177,7 +178,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
 # flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory; fp32
 # 8960: the stages-3 launch spills with the sign bits, 24.5% of clone against 51.3% for rows ahead in registers,
-# bench/results/fwht-dense-h200-2026-12-02-j.md)
+# bench/results/fwht-dense-h200-2026-12-02-j.md; bf16 8960 and 9728: the rows as the MMA's operand in registers
+# (rows_first), so that the flipped rows go to the tensor cores without a copy through shared memory and nothing
+# spills: 48.3% -> 63.0% and 47.5% -> 72-73% of clone, bench/results/fwht-signs-h200-2026-12-02-m.md)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -199,6 +202,8 @@ _DENSE_TABLE_SIZES = {
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+                      (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
+                      (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
                       (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4],
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
@@ -282,12 +287,13 @@ def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:
     return k_pad, 0
 
 
-def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int) -> tuple[tuple, tuple, int]:
+def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int,
+                      rows_first: bool = False) -> tuple[tuple, tuple, int]:
     """(BITS, STEPS, conversions) of the butterflies on one accumulator [2^k_bits, 2^b * 2^m]: from
-    the MMA layout to the coalesced store layout."""
+    the MMA layout (of the product [2^b * 2^m, 2^k_bits] when ``rows_first``) to the coalesced store layout."""
     natural = _bits("k", k_bits) + _bits("r", b) + _bits("c", m)
     ks, rs, cols = _bits("k", k_bits)[::-1], _bits("r", b)[::-1], _bits("c", m)[::-1]
-    first = _mma_layout(ks, cols + rs, w)
+    first = _mma_layout(cols + rs, ks, w) if rows_first else _mma_layout(ks, cols + rs, w)
     last = _coalesced_layout([ks, rs, cols], 2, _vec_bits(elem_size), w)
     steps, rounds = _butterfly_plan(natural, cols, w, first, last, natural)
     return (2,) * len(natural), steps, rounds
@@ -315,14 +321,15 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     ki = head if cfg.prefetch else min(head, cfg.ki)
     while ki > _MIN_DOT and ki << (m + b) > _MAX_CHUNK and not cfg.prefetch:
         ki //= 2
-    bits, steps, rounds = _dense_chunk_plan(ko_bits, b, m, w, elem_size)
+    rows_first = cfg.rows_first and cfg.prefetch
+    bits, steps, rounds = _dense_chunk_plan(ko_bits, b, m, w, elem_size, rows_first)
     bits_b, steps_b = (), ()
     if tail:
-        bits_b, steps_b, _ = _dense_chunk_plan(tail.bit_length() - 1, b, m, w, elem_size)
+        bits_b, steps_b, _ = _dense_chunk_plan(tail.bit_length() - 1, b, m, w, elem_size, rows_first)
     meta = (("K", k), ("P", 1 << m), ("KO", ko), ("KI", ki), ("KI_STEPS", -(-(k if not tail else head) // ki)),
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
             ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
-            ("HOIST", cfg.hoist and cfg.prefetch), ("KO_SPLIT", ko_split),
+            ("HOIST", cfg.hoist and cfg.prefetch), ("KO_SPLIT", ko_split), ("ROWS_FIRST", rows_first),
             ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
     k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,

@@ -205,21 +205,39 @@ def _fwht_pow2_kernel(
 
 
 @triton.jit
-def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
+def _product(h, x, acc, ROWS_FIRST: tl.constexpr):
+    """acc + h @ x, or (ROWS_FIRST) acc + x.T @ h.T: the rows as the MMA's first operand, which Hopper's
+    warpgroup MMA takes from registers (the second one it reads from shared memory)."""
+    if ROWS_FIRST:
+        acc = tl.dot(tl.trans(x), tl.trans(h), acc)
+    else:
+        acc = tl.dot(h, x, acc)
+    return acc
+
+
+@triton.jit
+def _product_zeros(KO: tl.constexpr, N: tl.constexpr, ROWS_FIRST: tl.constexpr):
+    """A zero accumulator of ``_product`` for KO rows of H_K and N columns of rows."""
+    return tl.zeros((N, KO) if ROWS_FIRST else (KO, N), dtype=tl.float32)
+
+
+@triton.jit
+def _dot_pieces(h, x, acc, PIECES: tl.constexpr, ROWS_FIRST: tl.constexpr = False):
     """acc + h @ x: PIECES = 1 multiplies 16-bit x as it is (exact products); 3 splits fp32 x into
     bf16 hi + mid + lo, sums this chunk on its own and adds it to acc with a round-to-nearest fp32
     add (the tensor cores truncate while accumulating: over long contractions that bias adds up);
     2 does the same with fp16 hi + lo of an fp32 x that ``_row_scale`` brought into fp16's range
-    (22 of its 24 bits); 0 (the interpreter, which has no bf16 dot) multiplies in fp32."""
+    (22 of its 24 bits); 0 (the interpreter, which has no bf16 dot) multiplies in fp32. ROWS_FIRST: the
+    transposed product (see ``_product``), acc [columns, rows of H_K]."""
     if PIECES == 0:
-        acc = tl.dot(h.to(tl.float32), x.to(tl.float32), acc)
+        acc = _product(h.to(tl.float32), x.to(tl.float32), acc, ROWS_FIRST)
     elif PIECES == 1:
-        acc = tl.dot(h, x, acc)
+        acc = _product(h, x, acc, ROWS_FIRST)
     elif PIECES == 2:
         hi = x.to(tl.float16)
         lo = (x - hi.to(tl.float32)).to(tl.float16)
-        part = tl.dot(h, lo)
-        part = tl.dot(h, hi, part)
+        part = _product(h, lo, tl.zeros_like(acc), ROWS_FIRST)
+        part = _product(h, hi, part, ROWS_FIRST)
         acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     else:
         x = x.to(tl.float32)
@@ -227,9 +245,9 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr):
         rest = x - hi.to(tl.float32)
         mid = rest.to(tl.bfloat16)
         lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-        part = tl.dot(h, lo)
-        part = tl.dot(h, mid, part)
-        part = tl.dot(h, hi, part)
+        part = _product(h, lo, tl.zeros_like(acc), ROWS_FIRST)
+        part = _product(h, mid, part, ROWS_FIRST)
+        part = _product(h, hi, part, ROWS_FIRST)
         acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     return acc
 
@@ -307,6 +325,7 @@ def _fwht_dense_kernel(
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
     NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr, KO_SPLIT: tl.constexpr,
+    ROWS_FIRST: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -325,7 +344,10 @@ def _fwht_dense_kernel(
     the row and store offsets in registers across tiles (faster for some launches, spills for
     others: a table choice). KO_SPLIT = 2 (PREFETCH, KB = 0: the row block holds KI = 2 * KO K indices)
     takes H_K's output rows in two halves, one product, butterflies and store each: the accumulator holds
-    half of the row block."""
+    half of the row block. ROWS_FIRST (PREFETCH) computes the product as rows.T @ H_K.T, so that the row
+    block, flipped or split into pieces in registers, is the MMA operand Hopper reads from registers
+    rather than one stored to shared memory first; the accumulator is transposed back (a relabeling)
+    before the butterflies."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
@@ -393,15 +415,20 @@ def _fwht_dense_kernel(
                     hc = h_1
                 if KO_SPLIT > 1:
                     out_signs = None
-                acc = _dot_pieces(hc, v, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES)
+                acc = _dot_pieces(hc, v, _product_zeros(KO, BM * P, ROWS_FIRST), PIECES, ROWS_FIRST)
                 if KB > 0:
                     vb = tl.reshape(vb, (KB, BM * P))
                     if UNCHAINED:  # see the docstring
-                        acc = tl.fma(_dot_pieces(h_ab, vb, tl.zeros((KO, BM * P), dtype=tl.float32), PIECES), 1.0, acc)
+                        acc = tl.fma(_dot_pieces(h_ab, vb, _product_zeros(KO, BM * P, ROWS_FIRST), PIECES, ROWS_FIRST),
+                                     1.0, acc)
                     else:
-                        acc = _dot_pieces(h_ab, vb, acc, PIECES)
-                    acc_b = _dot_pieces(h_ba, v, tl.zeros((KB, BM * P), dtype=tl.float32), PIECES)
-                    acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES)
+                        acc = _dot_pieces(h_ab, vb, acc, PIECES, ROWS_FIRST)
+                    acc_b = _dot_pieces(h_ba, v, _product_zeros(KB, BM * P, ROWS_FIRST), PIECES, ROWS_FIRST)
+                    acc_b = _dot_pieces(h_bb, vb, acc_b, PIECES, ROWS_FIRST)
+                    if ROWS_FIRST:
+                        acc_b = tl.trans(acc_b)
+                if ROWS_FIRST:
+                    acc = tl.trans(acc)
                 _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + c * KO + tl.arange(0, KO), sign_blocks, inverse,
                              scale, K, P, KO, BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, out_signs, unscale)
             if KB > 0:

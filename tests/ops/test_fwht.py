@@ -93,12 +93,14 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores),
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
 # as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
-# by the loop's pipeline (stages > 1) instead of into registers
+# by the loop's pipeline (stages > 1) instead of into registers, the product with the rows as the MMA's first
+# operand (rows_first)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
+           DenseConfig(2, 16, 1, 2, 0, 0, True, 0, True, rows_first=True),
            SplitConfig(4, DenseConfig(1, 16, 1, 2, 0, 0, True)), SplitConfig(5, DenseConfig(1, 16, 1, 0, 16, 16))]
 
 
@@ -183,6 +185,7 @@ def test_output_rows_in_two_products(n: int, dtype: torch.dtype, config, device:
     (12 * 16, DenseConfig(1, 16, 2, 2, 0, 0, True, fp16_pieces=True)),  # rows ahead by the loop's pipeline
     (36 * 8, DenseConfig(2, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)),  # K = 32 + 16: both parts
     (28 * 8, DenseConfig(1, 16, 1, 2, 0, 0, True, 0, False, False, 2, True)),  # output rows in two products
+    (12 * 16, DenseConfig(1, 16, 2, 2, 0, 0, True, fp16_pieces=True, rows_first=True)),  # rows the MMA's first operand
 ], ids=str)
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the infinity, in the interpreter
 def test_fp32_rows_as_two_fp16_pieces(n: int, config, device: str) -> None:
