@@ -180,7 +180,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 8960: the stages-3 launch spills with the sign bits, 24.5% of clone against 51.3% for rows ahead in registers,
 # bench/results/fwht-dense-h200-2026-12-02-j.md; bf16 8960 and 9728: the rows as the MMA's operand in registers
 # (rows_first), so that the flipped rows go to the tensor cores without a copy through shared memory and nothing
-# spills: 48.3% -> 63.0% and 47.5% -> 72-73% of clone, bench/results/fwht-signs-h200-2026-12-02-m.md)
+# spills: 48.3% -> 63.0% and 47.5% -> 72-73% of clone; 17408, 18432, 18944 the same with the rows ahead in
+# registers: 44.6 -> 49.6%, 47.7 -> 52.9%, 43.8 -> 50.1%, bench/results/fwht-signs-h200-2026-12-02-m.md)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -204,6 +205,9 @@ _DENSE_TABLE_SIZES = {
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
+                      (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
+                      (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
+                      (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4],
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
