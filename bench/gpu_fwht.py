@@ -78,7 +78,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
     cfg = config or "table"
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
-           f"{'words=1 ' if plan.words else ''}" \
+           f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
 
 
