@@ -14,10 +14,12 @@ no tensor cores:
    times ``sqrt(B)``) as ``log2(B)`` stages of fp32 butterflies on the registers (``tl.split`` /
    ``tl.join`` on the size-2 dimension of one index bit, moved last by a permutation; every
    partial sum is rounded to fp32, so a sum that cancels exactly leaves a few fp32 ulps),
-3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``: one byte gathered from a table
-   keyed by the top bits of ``y``'s bit pattern (``_key_table``: the count of thresholds below the
-   key's interval) and one comparison with the next threshold, exact for every non-NaN float32
-   ``y``; the level is then one of two table entries at the same index (no dependent gather),
+3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``, keyed by the top bits of ``y``'s
+   bit pattern (``_key_table``: the count of thresholds below the key's interval): where every
+   interval holds at most one threshold, three float32 tables indexed by the key itself give the
+   next threshold and the levels on either side of it (one gather step, then one comparison), exact
+   for every non-NaN float32 ``y``; otherwise the count is gathered first and compared with the
+   thresholds after it,
 4. ``W' = (H levels[code]) * norm / B`` with the same butterflies on the fp32 levels, rounded to the
    weight dtype (compiled: the hardware's round-to-nearest-even conversion; in the interpreter the
    bit-exact helper of ``hlwq_kernels.ops._jit``),
@@ -74,16 +76,24 @@ def _block_rotation(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, BITS: tl.co
 
 
 @triton.jit
-def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: tl.constexpr):
+def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: tl.constexpr,
+                CODES: tl.constexpr, LEVELS: tl.constexpr):
     """``(code, levels[code])`` for float32 ``y``, ``code = #{t : y >= t}`` (int32), from the tables
-    of ``_tables``: the count of thresholds below the cell of ``y``'s bit pattern, then ``K``
-    comparisons. With ``K == 1`` the level is chosen between the two table rows indexed by that
-    count (three gathers at one address plus constant offsets)."""
-    base = tl.load(key_ptr + (y.to(tl.uint32, bitcast=True) >> SHIFT)).to(tl.int32)
+    of ``_tables`` (``CODES`` / ``LEVELS``: which of the two the caller uses). With ``K == 1`` the
+    four rows are indexed by the key of ``y`` (its bit pattern shifted by ``SHIFT``): one gather step
+    at one address plus constant offsets reads the first threshold at or above the key's interval,
+    the count of thresholds below it and the levels either side of it, and one comparison picks the
+    code and the level (what the caller does not use is not loaded). Otherwise the count is gathered
+    first and compared with the ``K`` thresholds after it."""
+    key = y.to(tl.uint32, bitcast=True) >> SHIFT
     if K == 1:
-        cell = cell_ptr + base
+        cell = cell_ptr + key
         up = y >= tl.load(cell)
-        return base + up.to(tl.int32), tl.where(up, tl.load(cell + 2 * L), tl.load(cell + L))
+        # a result the caller does not use is any tensor of its shape and type, so nothing is loaded for it
+        code = tl.load(cell + L).to(tl.int32, bitcast=True) + up.to(tl.int32) if CODES else key.to(tl.int32)
+        level = tl.where(up, tl.load(cell + 3 * L), tl.load(cell + 2 * L)) if LEVELS else y
+        return code, level
+    base = tl.load(key_ptr + key).to(tl.int32)
     code = base
     for k in tl.static_range(K):
         code += (y >= tl.load(cell_ptr + base + k)).to(tl.int32)
@@ -142,7 +152,7 @@ def _hlwq_kernel(
         # 2. rotation in fp32, 3. Lloyd–Max code
         y = _block_rotation(xs, STEPS, NUM_STEPS, BITS)
         y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[:, None, None]
-        code, level = _lloyd_code(y, key_ptr, cell_ptr, SHIFT, NK, L)
+        code, level = _lloyd_code(y, key_ptr, cell_ptr, SHIFT, NK, L, STORE_CODES, STORE_WP or STORE_INT4)
         if STORE_CODES:
             tl.store(_row_tile(codes_ptr, rows, K, cb * B, B // 16, 16), tl.reshape(code.to(tl.uint8), [ROWS, B // 16, 16]),
                      mask=m3)
@@ -191,11 +201,16 @@ class HLWQLaunch(NamedTuple):
     """Launch parameters: warps a program (the tile holds ``32 * num_warps`` rows, one a thread),
     persistent programs a multiprocessor (0: one program a tile) and a register cap for ptxas
     (None: its own choice). The default, one warp, needs no shared memory and compiles to 168
-    registers without spills (Triton 3.6, bf16, b = 128): 12 warps a multiprocessor."""
+    registers without spills (Triton 3.6, bf16, b = 128): 12 warps a multiprocessor. A launch that
+    writes only codes and norms defaults to two warps (``_CODES_ONLY``: 168 registers instead of 178,
+    35.8-38.6% -> 37.4-40.4% of clone on an H200, bench/results/hlwq-h200-2026-12-02-p.md)."""
 
     num_warps: int = 1
     programs_per_sm: int = 0
     max_registers: int | None = None
+
+
+_CODES_ONLY = HLWQLaunch(num_warps=2)
 
 
 def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -229,9 +244,12 @@ def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class _Tables:
-    """A codebook's device tables: the code lookup of ``_key_table`` and ``cells`` (float32, three
-    rows of ``length``): the thresholds padded with NaN (no comparison with them holds), the level
-    of each code and the level of the next code."""
+    """A codebook's device tables: the code lookup of ``_key_table`` (``keys``) and ``cells``
+    (float32 rows of ``length``). With ``k == 1`` four rows with an entry per key: the first
+    threshold at or above the key's interval (NaN above the last: no comparison with it holds), the
+    count of thresholds below the interval (int32 bits), the level below that threshold and the
+    level above it. Otherwise three rows: the thresholds padded with NaN, the level of each code and
+    the level of the next code."""
 
     keys: torch.Tensor
     cells: torch.Tensor
@@ -245,11 +263,16 @@ def _tables(cb: Codebook, device: torch.device) -> _Tables:
         base, shift, k = _key_table(np.asarray(cb.thresholds))
         levels = np.asarray(cb.levels, dtype=np.float32)
         n = levels.size
-        length = next_power_of_2(n + k)
-        cells = np.full((3, length), np.nan, dtype=np.float32)
-        cells[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
-        cells[1, :n] = levels
-        cells[2, : n - 1] = levels[1:]
+        length = base.size if k == 1 else next_power_of_2(n + k)
+        rows = np.full((3, n + k), np.nan, dtype=np.float32)
+        rows[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
+        rows[1, :n] = levels
+        rows[2, : n - 1] = levels[1:]
+        if k == 1:  # per key: the next threshold, the count below it (int32 bits), the levels either side
+            cells = np.stack([rows[0, base], base.astype(np.int32).view(np.float32), rows[1, base], rows[2, base]])
+        else:
+            cells = np.full((3, length), np.nan, dtype=np.float32)
+            cells[:, : n + k] = rows
         return _Tables(torch.from_numpy(base).to(device), torch.from_numpy(cells.reshape(-1)).to(device), length,
                        shift, k)
 
@@ -308,7 +331,7 @@ def hlwq_fused(
     if int4_group is not None and (b % int4_group or int4_group % 8):
         raise ValueError(f"int4_group={int4_group} must divide block_size={b} and be a multiple of 8")
     dev = w.device
-    cfg = config or HLWQLaunch()
+    cfg = config or (_CODES_ONLY if codes and not wprime and int4_group is None else HLWQLaunch())
     rows = 32 * cfg.num_warps if w.is_cuda else 16  # the interpreter: small tiles
     tables = _tables(codebook, dev)
     g = int4_group or b

@@ -262,6 +262,32 @@ def test_key_table_counts_thresholds_exactly(bits):
     np.testing.assert_array_equal(code, np.searchsorted(thr, y, side="right"))
 
 
+@pytest.mark.parametrize("bits", [1, 3, 5, 8])
+def test_keyed_cells_give_code_and_level(bits):
+    """The rows the kernel gathers by key (threshold, count below, levels either side) give
+    #{t <= y} and its level for thresholds, their float32 neighbours, values of every magnitude, ±0, ±inf."""
+    from hlwq_kernels.ops.hlwq_triton import _tables
+
+    cb = gaussian_codebook(1 << bits)
+    tab = _tables(cb, torch.device("cpu"))
+    assert tab.k == 1
+    t_row, base_row, lo_row, hi_row = tab.cells.numpy().reshape(4, tab.length)
+    thr = np.asarray(cb.thresholds, dtype=np.float32)
+    rng = np.random.default_rng(bits)
+    y = np.concatenate([
+        thr, np.nextafter(thr, np.float32(np.inf)), np.nextafter(thr, np.float32(-np.inf)),
+        rng.standard_normal(50_000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 30, 50_000),
+        np.array([0.0, -0.0, np.inf, -np.inf], dtype=np.float32),
+    ]).astype(np.float32)
+    key = y.view(np.uint32) >> tab.shift
+    up = y >= t_row[key]
+    code = base_row[key].view(np.int32) + up
+    expected = np.searchsorted(thr, y, side="right")
+    np.testing.assert_array_equal(code, expected)
+    np.testing.assert_array_equal(np.where(up, hi_row[key], lo_row[key]),
+                                  np.asarray(cb.levels, dtype=np.float32)[expected])
+
+
 def test_fused_kernel_with_crowded_thresholds():
     """Thresholds closer than the finest key cell (k > 1 comparisons) still give exact codes."""
     from hlwq_kernels.ops.hlwq_triton import _key_table
