@@ -241,21 +241,27 @@ def test_unchecked_nonfinite_weight_gives_nonfinite_scales(bad):
     assert torch.isfinite(q.scale[:5].float()).all()
 
 
+def _lookup_probes(thr: np.ndarray, seed: int) -> np.ndarray:
+    """float32 values a code lookup must get right: the thresholds, their float32 neighbours, random
+    values of every magnitude, ±0 and ±inf."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([
+        thr, np.nextafter(thr, np.float32(np.inf)), np.nextafter(thr, np.float32(-np.inf)),
+        rng.standard_normal(100_000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 30, 100_000),
+        np.array([0.0, -0.0, np.inf, -np.inf], dtype=np.float32),
+    ]).astype(np.float32)
+
+
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_key_table_counts_thresholds_exactly(bits):
-    """The kernel's code lookup (base of the key's cell, then k comparisons) is #{t <= y} for the
-    thresholds themselves, their float32 neighbours, random values of every magnitude, ±0 and ±inf."""
+    """The kernel's code lookup (base of the key's cell, then k comparisons) is #{t <= y}
+    (``_lookup_probes``)."""
     from hlwq_kernels.ops.hlwq_triton import _key_table
 
     thr = np.asarray(gaussian_codebook(1 << bits).thresholds, dtype=np.float32)
     base, shift, k = _key_table(np.asarray(gaussian_codebook(1 << bits).thresholds))
     assert k == 1 and base.size <= 1 << 16
-    rng = np.random.default_rng(bits)
-    y = np.concatenate([
-        thr, np.nextafter(thr, np.float32(np.inf)), np.nextafter(thr, np.float32(-np.inf)),
-        rng.standard_normal(100_000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 30, 100_000),
-        np.array([0.0, -0.0, np.inf, -np.inf], dtype=np.float32),
-    ]).astype(np.float32)
+    y = _lookup_probes(thr, bits)
     padded = np.concatenate([thr, np.full(k, np.nan, np.float32)])
     b = base[y.view(np.uint32) >> shift].astype(np.int64)
     code = b + sum((y >= padded[b + j]).astype(np.int64) for j in range(k))
@@ -265,7 +271,7 @@ def test_key_table_counts_thresholds_exactly(bits):
 @pytest.mark.parametrize("bits", [1, 3, 5, 8])
 def test_keyed_cells_give_code_and_level(bits):
     """The rows the kernel gathers by key (threshold, count below, levels either side) give
-    #{t <= y} and its level for thresholds, their float32 neighbours, values of every magnitude, ±0, ±inf."""
+    #{t <= y} and its level (``_lookup_probes``)."""
     from hlwq_kernels.ops.hlwq_triton import _tables
 
     cb = gaussian_codebook(1 << bits)
@@ -273,12 +279,7 @@ def test_keyed_cells_give_code_and_level(bits):
     assert tab.k == 1
     t_row, base_row, lo_row, hi_row = tab.cells.numpy().reshape(4, tab.length)
     thr = np.asarray(cb.thresholds, dtype=np.float32)
-    rng = np.random.default_rng(bits)
-    y = np.concatenate([
-        thr, np.nextafter(thr, np.float32(np.inf)), np.nextafter(thr, np.float32(-np.inf)),
-        rng.standard_normal(50_000).astype(np.float32) * np.float32(2.0) ** rng.integers(-30, 30, 50_000),
-        np.array([0.0, -0.0, np.inf, -np.inf], dtype=np.float32),
-    ]).astype(np.float32)
+    y = _lookup_probes(thr, bits)
     key = y.view(np.uint32) >> tab.shift
     up = y >= t_row[key]
     code = base_row[key].view(np.int32) + up
