@@ -38,8 +38,9 @@ from hlwq_kernels.ops.lloyd_max import gaussian_codebook
 
 B = 128
 CHECK_ROWS = 1024
-SWEEP = [HLWQLaunch(1, 0), HLWQLaunch(2, 0), HLWQLaunch(4, 0), HLWQLaunch(1, 0, 128), HLWQLaunch(2, 0, 168),
-         HLWQLaunch(1, 12), HLWQLaunch(2, 6)]
+SWEEP = [HLWQLaunch(1, 0, None, 1), HLWQLaunch(2, 0, None, 1), HLWQLaunch(1, 0, 168, 1),
+         *(HLWQLaunch(w, 0, r, 2) for w in (1, 2, 4) for r in (None, 128, 96)), HLWQLaunch(1, 12, None, 2),
+         HLWQLaunch(2, 6, None, 2)]
 
 
 def _check(w: torch.Tensor) -> tuple[float, float]:

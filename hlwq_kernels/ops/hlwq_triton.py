@@ -1,25 +1,27 @@
 """Fused Triton kernel for the HLWQ pipeline (docs/design.md §1) and its launcher.
 
-Each thread holds a whole Hadamard block of ``B`` inputs of one row in its registers: a tile is
-``ROWS = 32 * num_warps`` rows (one a thread: lanes and warps along the rows) × one block, loaded
-through a pointer tensor ``[ROWS, B / VEC, VEC]`` (``VEC`` consecutive inputs a 16-byte access;
-Triton 3.6 gives that tensor the layout with the rows on lanes and warps and a row's chunks in one
-thread). Everything per block then runs inside the thread, with no shared memory, no shuffles and
-no tensor cores:
+A block of ``B`` inputs of one row is held in registers by ``HLWQLaunch.halves`` threads (the
+kernel's ``H``): by default two lanes, each holding half the block, or one thread holding all of it.
+A tile is ``ROWS = 32 * num_warps / H`` rows × one block, loaded through a pointer tensor ``[H, ROWS,
+B / H / VEC, VEC]`` (``VEC`` consecutive inputs a 16-byte access; Triton 3.6 gives that tensor the layout with
+the halves on lane bit 0, the rows on the other lanes and the warps, and a half's chunks in one
+thread). Everything per block then runs inside the thread, with no shared memory and no tensor
+cores; the two halves meet only in the top butterfly of each rotation (one warp shuffle a value,
+through ``tl.flip``) and in the block's and groups' reductions:
 
 1. the block's absmax and a power-of-two scale ``2**s`` that brings it into [2**14, 2**15) (exact;
    it keeps the sum of squares away from overflow and underflow), the L2 norm from the sum of
    squares of the scaled block,
 2. the rotation ``y = H (x 2**s) / ||x 2**s||`` (the normalized rotation of the unit-norm block
-   times ``sqrt(B)``) as ``log2(B)`` stages of fp32 butterflies on the registers (``tl.split`` /
+   times ``sqrt(B)``) as ``log2(B)`` stages of fp32 butterflies, in registers (``tl.split`` /
    ``tl.join`` on the size-2 dimension of one index bit, moved last by a permutation; every
    partial sum is rounded to fp32, so a sum that cancels exactly leaves a few fp32 ulps),
 3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``, keyed by the top bits of ``y``'s
    bit pattern (``_key_table``: the count of thresholds below the key's interval): where every
-   interval holds at most one threshold, three float32 tables indexed by the key itself give the
-   next threshold and the levels on either side of it (one gather step, then one comparison), exact
-   for every non-NaN float32 ``y``; otherwise the count is gathered first and compared with the
-   thresholds after it,
+   interval holds at most one threshold, four float32 rows indexed by the key itself give the next
+   threshold, the count below it and the levels on either side of it (one gather step, then one
+   comparison), exact for every non-NaN float32 ``y``; otherwise the count is gathered first and
+   compared with the thresholds after it,
 4. ``W' = (H levels[code]) * norm / B`` with the same butterflies on the fp32 levels, rounded to the
    weight dtype (compiled: the hardware's round-to-nearest-even conversion; in the interpreter the
    bit-exact helper of ``hlwq_kernels.ops._jit``),
@@ -32,8 +34,8 @@ no tensor cores:
 Outputs are chosen with constexpr flags: codes (uint8) + norms (fp32), ``W'`` (weight dtype),
 INT4 packed + scales. A non-finite block norm (NaN/Inf weights) sets ``flag[0] = 1``; the launcher
 reads it back (one device sync) only when asked to check. Device tables (the code lookup, the
-thresholds and levels) are built once per codebook and device. Blocks of 256 hold 256 fp32 values a
-thread and spill registers (correct, slower).
+thresholds and levels) are built once per codebook and device. Blocks of 256 hold 128 fp32 values a
+thread (256 with one thread a block, which spills registers: correct, slower).
 """
 
 from __future__ import annotations
@@ -70,9 +72,14 @@ _MAX_KEY_BITS = 16  # key tables of at most 2**16 bytes
 
 @triton.jit
 def _block_rotation(v, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, BITS: tl.constexpr):
-    """Unnormalized Sylvester Hadamard transform of every block of a ``[ROWS, B / VEC, VEC]`` tile
-    (butterflies on each index bit of the block, in registers)."""
-    return butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
+    """Unnormalized Sylvester Hadamard transform of every block of a ``[H, ROWS, C, V]`` tile:
+    butterflies on each index bit of a half block in registers, then with ``H == 2`` on the top bit,
+    between the halves (``tl.flip`` along axis 0 swaps them exactly; one rounding a sum)."""
+    v = butterflies(tl.reshape(v, BITS), STEPS, NUM_STEPS, v.shape)
+    if v.shape[0] == 2:
+        sign = (1 - 2 * tl.arange(0, 2)).to(tl.float32)[:, None, None, None]
+        v = tl.fma(sign, v, tl.flip(v, 0))  # first half a + b, second half a - b
+    return v
 
 
 @triton.jit
@@ -102,22 +109,30 @@ def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: t
 
 @triton.jit
 def _scaled_quotient(x, s):
-    """``x / s`` (IEEE) for groups ``x [..., G]`` and any positive scales ``s [...]``: both scaled by
-    the power of two that brings ``s`` into [1, 2) (exact; an ``x`` that then underflows has a
-    quotient far below 1/4), where ``div_exact`` holds."""
+    """``x / s`` (IEEE) for groups ``x [H, ROWS, GPH, G]`` and any positive scales ``s [H, ROWS, GPH]``:
+    both scaled by the power of two that brings ``s`` into [1, 2) (exact; an ``x`` that then
+    underflows has a quotient far below 1/4), where ``div_exact`` holds."""
     e = tl.minimum(tl.maximum((s.to(tl.int32, bitcast=True) >> 23) & 0xFF, 1), 253)
     p = ((254 - e) << 23).to(tl.float32, bitcast=True)  # 2**(127 - e)
     s2 = s * p
-    return div_exact(x * p[:, :, None], s2[:, :, None], reciprocal(s2)[:, :, None])
+    return div_exact(x * p[:, :, :, None], s2[:, :, :, None], reciprocal(s2)[:, :, :, None])
 
 
 @triton.jit
-def _row_tile(ptr, rows, row_len, col0, C: tl.constexpr, V: tl.constexpr):
-    """Pointers ``[ROWS, C, V]`` to the elements ``col0 + c * V + v`` of the given rows: ``V``
-    consecutive elements a 16-byte access, the chunks ``C`` after the rows, so that the coalesced
-    layout Triton 3.6 picks puts the rows on lanes and warps and a row's chunks in one thread."""
-    return ptr + rows.to(tl.int64)[:, None, None] * row_len + col0 + (
-        tl.arange(0, C)[None, :, None] * V + tl.arange(0, V)[None, None, :])
+def _row_tile(ptr, rows, row_len, col0, H: tl.constexpr, C: tl.constexpr, V: tl.constexpr):
+    """Pointers ``[H, ROWS, C, V]`` to the elements ``col0 + h * C * V + c * V + v`` of the given rows
+    (``H`` halves of ``C * V`` elements, ``V`` consecutive elements a 16-byte access). Triton 3.6
+    lays such a tensor out with the halves on lane bit 0, the rows on the other lanes and the warps,
+    and a half's chunks in one thread (the dims after the contiguous one get threads in order)."""
+    return ptr + rows.to(tl.int64)[None, :, None, None] * row_len + col0 + (
+        tl.arange(0, H)[:, None, None, None] * (C * V) + tl.arange(0, C)[None, None, :, None] * V
+        + tl.arange(0, V)[None, None, None, :])
+
+
+@triton.jit
+def _block_sum(v):
+    """Per-row sums of a ``[H, ROWS, C, V]`` tile -> ``[ROWS]`` (chunks, the elements of a chunk, halves)."""
+    return tl.sum(tl.sum(tl.sum(v, axis=2), axis=2), axis=0)
 
 
 @triton.jit
@@ -126,24 +141,29 @@ def _hlwq_kernel(
     codes_ptr, norms_ptr, wp_ptr, packed_ptr, scale_ptr, flag_ptr,
     N, K, num_tiles, inv_b, eps,
     SHIFT: tl.constexpr, NK: tl.constexpr, L: tl.constexpr, B: tl.constexpr, ROWS: tl.constexpr, G: tl.constexpr,
-    VEC: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+    H: tl.constexpr, VEC: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
     HW_ROUND: tl.constexpr, STORE_CODES: tl.constexpr, STORE_WP: tl.constexpr, STORE_INT4: tl.constexpr,
 ):
     DT: tl.constexpr = w_ptr.dtype.element_ty
-    CH: tl.constexpr = B // VEC
-    WV: tl.constexpr = 4 if B >= 32 else B // 8  # INT4 words a 16-byte store
+    HB: tl.constexpr = B // H  # a half block (the whole block when H == 1)
+    CH: tl.constexpr = HB // VEC
+    WV: tl.constexpr = 4 if HB >= 32 else HB // 8  # INT4 words a 16-byte store
+    CW: tl.constexpr = 16 if HB >= 16 else HB  # codes a 16-byte store
+    GW: tl.constexpr = G if G < HB else HB  # a group's inputs in one half
+    CROSS: tl.constexpr = G > HB  # a group spans both halves
     kb = K // B
     r = tl.arange(0, ROWS)
+    half = tl.arange(0, H)[:, None, None]
     for t in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
         rows = (t // kb) * ROWS + r
         cb = t % kb
         rmask = rows < N
-        m3 = rmask[:, None, None]
-        x = tl.load(_row_tile(w_ptr, rows, K, cb * B, CH, VEC), mask=m3, other=0.0).to(tl.float32)
+        m4 = rmask[None, :, None, None]
+        x = tl.load(_row_tile(w_ptr, rows, K, cb * B, H, CH, VEC), mask=m4, other=0.0).to(tl.float32)
         # 1. exact power-of-two scale that brings the absmax into [2**14, 2**15)
-        pw = pow2_scale(tl.max(tl.max(tl.abs(x), axis=2), axis=1))
-        xs = x * pw[:, None, None]
-        ss = tl.sum(tl.sum(xs * xs, axis=1), axis=1)  # <= B * 2**30 when finite
+        pw = pow2_scale(tl.max(tl.max(tl.max(tl.abs(x), axis=3), axis=2), axis=0))
+        xs = x * pw[None, :, None, None]
+        ss = _block_sum(xs * xs)  # <= B * 2**30 when finite
         bad = tl.max((~(ss < 1.0e30)).to(tl.int32), axis=0)
         if bad > 0:
             tl.atomic_max(flag_ptr, bad)
@@ -151,16 +171,16 @@ def _hlwq_kernel(
         norm = tl.math.div_rn(norm_s, pw)
         # 2. rotation in fp32, 3. Lloyd–Max code
         y = _block_rotation(xs, STEPS, NUM_STEPS, BITS)
-        y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[:, None, None]
+        y = y * reciprocal(tl.where(norm_s > 0, norm_s, 1.0))[None, :, None, None]
         code, level = _lloyd_code(y, key_ptr, cell_ptr, SHIFT, NK, L, STORE_CODES, STORE_WP or STORE_INT4)
         if STORE_CODES:
-            tl.store(_row_tile(codes_ptr, rows, K, cb * B, B // 16, 16), tl.reshape(code.to(tl.uint8), [ROWS, B // 16, 16]),
-                     mask=m3)
+            tl.store(_row_tile(codes_ptr, rows, K, cb * B, H, HB // CW, CW),
+                     tl.reshape(code.to(tl.uint8), [H, ROWS, HB // CW, CW]), mask=m4)
             tl.store(norms_ptr + rows * kb + cb, norm, mask=rmask)
         if STORE_WP or STORE_INT4:
             # 4. dequantize, inverse rotation (H^-1 = H / B), times norm, round to the weight dtype
             v = _block_rotation(level, STEPS, NUM_STEPS, BITS)
-            v = v * (norm * inv_b)[:, None, None]
+            v = v * (norm * inv_b)[None, :, None, None]
             if HW_ROUND:
                 wd = v.to(DT)
                 wf = wd.to(tl.float32)
@@ -168,20 +188,24 @@ def _hlwq_kernel(
                 wf = round_to_dtype(v, DT)
                 wd = wf.to(DT)
             if STORE_WP:
-                tl.store(_row_tile(wp_ptr, rows, K, cb * B, CH, VEC), wd, mask=m3)
+                tl.store(_row_tile(wp_ptr, rows, K, cb * B, H, CH, VEC), wd, mask=m4)
             if STORE_INT4:
                 # 5. symmetric INT4, absmax / 7.5 per group of G, packed 8 per int32
-                wg = tl.reshape(wf, [ROWS, B // G, G])
-                gmax = tl.max(tl.abs(wg), axis=2)  # [ROWS, B / G]
+                wg = tl.reshape(wf, [H, ROWS, HB // GW, GW])
+                gmax = tl.max(tl.abs(wg), axis=3)  # [H, ROWS, HB / GW]
+                if CROSS:
+                    gmax = tl.broadcast_to(tl.max(gmax, axis=0, keep_dims=True), gmax.shape)
                 sf = int4_absmax_scale(gmax, eps, DT)
                 q = _scaled_quotient(wg, sf)
                 # |q| <= 7.5 / (1 - 2**-8) < 8 for finite W' (the scale is absmax / 7.5 rounded, or
                 # eps when that is 0): only the upper clamp can act
-                words = pack_codes(tl.reshape(tl.minimum(q, _QMAX), [ROWS, B // 8, 1, 8]))  # [ROWS, B / 8, 1, 1]
-                tl.store(_row_tile(packed_ptr, rows, K // 8, cb * (B // 8), B // 8 // WV, WV),
-                         tl.reshape(words, [ROWS, B // 8 // WV, WV]), mask=m3)
-                tl.store(scale_ptr + rows.to(tl.int64)[:, None] * (K // G) + cb * (B // G) + tl.arange(0, B // G)[None, :],
-                         sf.to(DT), mask=rmask[:, None])
+                words = pack_codes(tl.reshape(tl.minimum(q, _QMAX), [H, ROWS, HB // 8, 8]))  # [H, ROWS, HB / 8, 1]
+                tl.store(_row_tile(packed_ptr, rows, K // 8, cb * (B // 8), H, HB // 8 // WV, WV),
+                         tl.reshape(words, [H, ROWS, HB // 8 // WV, WV]), mask=m4)
+                group = half * (0 if CROSS else HB // GW) + tl.arange(0, HB // GW)[None, None, :]
+                smask = rmask[None, :, None] & ((half == 0) | (not CROSS))  # a group across both: stored once
+                tl.store(scale_ptr + rows.to(tl.int64)[None, :, None] * (K // G) + cb * (B // G) + group, sf.to(DT),
+                         mask=smask)
 
 
 @dataclasses.dataclass
@@ -198,19 +222,18 @@ class HLWQFused:
 
 
 class HLWQLaunch(NamedTuple):
-    """Launch parameters: warps a program (the tile holds ``32 * num_warps`` rows, one a thread),
-    persistent programs a multiprocessor (0: one program a tile) and a register cap for ptxas
-    (None: its own choice). The default, one warp, needs no shared memory and compiles to 168
-    registers without spills (Triton 3.6, bf16, b = 128): 12 warps a multiprocessor. A launch that
-    writes only codes and norms defaults to two warps (``_CODES_ONLY``: 168 registers instead of 178,
-    35.8-38.6% -> 37.4-40.4% of clone on an H200, bench/results/hlwq-h200-2026-12-02-p.md)."""
+    """Launch parameters: warps a program, persistent programs a multiprocessor (0: one program a
+    tile), a register cap for ptxas (None: its own choice) and the threads a block (``halves``: 1,
+    one thread holds a whole block; 2, each of two lanes holds a half, the top butterfly one shuffle
+    a value, so that a tile holds ``32 * num_warps / halves`` rows). The default, one warp with
+    blocks in halves, needs no shared memory and compiles to 168 registers for INT4 and 128 for
+    codes (Triton 3.6, bf16, b = 128); on an H200 it ran INT4 11% and codes 16% faster than one
+    thread a block (bench/results/hlwq-h200-2026-12-02-p.md)."""
 
     num_warps: int = 1
     programs_per_sm: int = 0
     max_registers: int | None = None
-
-
-_CODES_ONLY = HLWQLaunch(num_warps=2)
+    halves: int = 2
 
 
 def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -280,20 +303,21 @@ def _tables(cb: Codebook, device: torch.device) -> _Tables:
 
 
 @functools.lru_cache(maxsize=64)
-def _rotation_plan(b: int, rows: int, vec: int) -> dict:
-    """constexprs of ``_block_rotation`` for blocks of b, tiles of ``rows`` rows and 16-byte
-    accesses of ``vec`` elements: the tile ``[rows, b / vec, vec]`` seen as one size-2 dimension
-    per index bit of the block (after the rows), and the permutations that move each bit last in
-    turn, then restore the order."""
-    bits = b.bit_length() - 1
-    natural = ["r"] + list(reversed(range(bits)))
+def _rotation_plan(b: int, rows: int, vec: int, halves: int) -> dict:
+    """constexprs of ``_block_rotation`` for blocks of b in ``halves`` halves, tiles of ``rows`` rows
+    and 16-byte accesses of ``vec`` elements: the tile ``[halves, rows, b / halves / vec, vec]`` seen
+    as one size-2 dimension per index bit of a half block (after the halves and the rows), and the
+    permutations that move each bit last in turn, then restore the order."""
+    bits = (b // halves).bit_length() - 1
+    natural = ["h", "r"] + list(reversed(range(bits)))
     steps, cur = [], natural
     for bit in range(bits):
         nxt = [d for d in cur if d != bit] + [bit]
         steps.append(tuple(cur.index(d) for d in nxt))
         cur = nxt
     steps.append(tuple(cur.index(d) for d in natural))
-    return {"VEC": vec, "BITS": (rows,) + (2,) * bits, "STEPS": tuple(steps), "NUM_STEPS": len(steps) - 1}
+    return {"H": halves, "VEC": vec, "BITS": (halves, rows) + (2,) * bits, "STEPS": tuple(steps),
+            "NUM_STEPS": len(steps) - 1}
 
 
 @functools.lru_cache(maxsize=None)
@@ -331,8 +355,10 @@ def hlwq_fused(
     if int4_group is not None and (b % int4_group or int4_group % 8):
         raise ValueError(f"int4_group={int4_group} must divide block_size={b} and be a multiple of 8")
     dev = w.device
-    cfg = config or (_CODES_ONLY if codes and not wprime and int4_group is None else HLWQLaunch())
-    rows = 32 * cfg.num_warps if w.is_cuda else 16  # the interpreter: small tiles
+    cfg = config or HLWQLaunch()
+    if cfg.halves not in (1, 2):
+        raise ValueError(f"HLWQLaunch.halves must be 1 or 2, got {cfg.halves}")
+    rows = (32 * cfg.num_warps if w.is_cuda else 16) // cfg.halves  # the interpreter: small tiles
     tables = _tables(codebook, dev)
     g = int4_group or b
     out = HLWQFused(
@@ -362,7 +388,7 @@ def hlwq_fused(
         prepared = launch(
             _hlwq_kernel, (programs,), dev, *tensors, *tail,
             SHIFT=tables.shift, NK=tables.k, L=tables.length, B=b, ROWS=rows, G=g,
-            **_rotation_plan(b, rows, min(b, 16 // w.element_size())), HW_ROUND=w.is_cuda,
+            **_rotation_plan(b, rows, min(b // cfg.halves, 16 // w.element_size()), cfg.halves), HW_ROUND=w.is_cuda,
             STORE_CODES=codes, STORE_WP=wprime, STORE_INT4=int4_group is not None,
             **({"maxnreg": cfg.max_registers} if cfg.max_registers and w.is_cuda else {}), num_warps=cfg.num_warps,
         )

@@ -19,7 +19,7 @@ import hlwq_reference.numpy as ref
 from hlwq_reference.numpy.int4 import unpack_int4 as ref_unpack_int4
 from hlwq_kernels import HLWQConfig, hlwq_dequantize, hlwq_int4, hlwq_quantize
 from hlwq_kernels.ops.hlwq import _codes_torch, _dequantize_torch, _levels64
-from hlwq_kernels.ops.hlwq_triton import hlwq_fused
+from hlwq_kernels.ops.hlwq_triton import HLWQLaunch, hlwq_fused
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4, unpack_int4
 from hlwq_kernels.ops.lloyd_max import gaussian_codebook, original_release_codebook
 from tests.helpers import NP_DTYPES, random_weight, to_numpy
@@ -36,8 +36,8 @@ def _reference(w: torch.Tensor, cb, b: int, g: int, scale: str = "absmax"):
     return ref.hlwq_int4(to_numpy(w), cb.levels, cb.thresholds, block_size=b, group_size=g, scale=scale)
 
 
-def _fused_all(w: torch.Tensor, cb, b: int, g: int):
-    return hlwq_fused(w, cb, b, codes=True, wprime=True, int4_group=g)
+def _fused_all(w: torch.Tensor, cb, b: int, g: int, config: HLWQLaunch | None = None):
+    return hlwq_fused(w, cb, b, codes=True, wprime=True, int4_group=g, config=config)
 
 
 def _torch_all(w: torch.Tensor, cb, b: int, g: int):
@@ -53,10 +53,11 @@ def _ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((fa - fb).abs() / spacing).ceil()
 
 
-def _check_fused_vs_torch(w: torch.Tensor, cb, b: int, g: int, max_rate: float) -> dict[str, float]:
+def _check_fused_vs_torch(w: torch.Tensor, cb, b: int, g: int, max_rate: float,
+                          config: HLWQLaunch | None = None) -> dict[str, float]:
     """Compare every output of the fused kernel with the torch path; return the mismatch rates."""
     n, k = w.shape
-    fused = _fused_all(w, cb, b, g)
+    fused = _fused_all(w, cb, b, g, config)
     codes, norms, wp, q = _torch_all(w, cb, b, g)
     assert fused.finite
     # Lloyd–Max codes: off by at most one level, rarely
@@ -110,6 +111,16 @@ def test_fused_kernel_matches_torch_path(n, blocks, b, g_div, dtype, bits, seed,
     w = _weight(n, b * blocks, dtype, seed, scale=2.0**log_scale)
     # small matrices: one mismatching code already changes a whole block, so bound by count
     _check_fused_vs_torch(w, gaussian_codebook(1 << bits), b, b // g_div, max_rate=2 / w.numel() + 1e-3)
+
+
+@pytest.mark.parametrize("halves", [1, 2])
+@pytest.mark.parametrize("b,g", [(16, 16), (16, 8), (64, 64), (128, 32)])
+def test_blocks_whole_or_in_halves(b, g, halves):
+    """One thread a block, or each block in two halves on two lanes (the top butterfly between them);
+    groups within a half or across both, a partial last tile."""
+    w = _weight(37, 2 * b, torch.bfloat16, seed=b + g)
+    _check_fused_vs_torch(w, gaussian_codebook(32), b, g, max_rate=2 / w.numel() + 1e-3,
+                          config=HLWQLaunch(halves=halves))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -374,6 +385,18 @@ def test_cuda_kernel_every_block_and_group(dtype, b, g):
     w = _weight(300, 1024, dtype, seed=b + g).cuda()
     _poison_cuda_allocator()
     rates = _check_fused_vs_torch(w, gaussian_codebook(32), b, g, 1e-3)
+    assert rates["codes"] <= 1e-4, rates
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,g", [(16, 16), (32, 8), (128, 128), (128, 32), (256, 256)])
+@pytest.mark.parametrize("launch", [HLWQLaunch(halves=1), HLWQLaunch(2), HLWQLaunch(max_registers=96)])
+def test_cuda_other_launches(dtype, b, g, launch):
+    """Compiled, launches other than the default: one thread a block, two warps, a register cap."""
+    w = _weight(300, 1024, dtype, seed=b + g).cuda()
+    _poison_cuda_allocator()
+    rates = _check_fused_vs_torch(w, gaussian_codebook(32), b, g, 1e-3, config=launch)
     assert rates["codes"] <= 1e-4, rates
 
 
