@@ -227,8 +227,8 @@ class HLWQLaunch(NamedTuple):
     one thread holds a whole block; 2, each of two lanes holds a half, the top butterfly one shuffle
     a value, so that a tile holds ``32 * num_warps / halves`` rows). The default, one warp with
     blocks in halves, needs no shared memory and compiles to 168 registers for INT4 and 128 for
-    codes (Triton 3.6, bf16, b = 128); on an H200 it ran INT4 11% and codes 16% faster than one
-    thread a block (bench/results/hlwq-h200-2026-12-02-p.md)."""
+    codes (Triton 3.6, bf16, b = 128); on an H200 it ran INT4 10-13% and codes 12-21% faster than one
+    thread a block for bf16, fp16 and fp32 weights (bench/results/hlwq-h200-2026-12-02-p.md)."""
 
     num_warps: int = 1
     programs_per_sm: int = 0
