@@ -380,20 +380,10 @@ def test_cuda_kernel_matches_torch_path(shape):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,g", [(16, 8), (32, 32), (64, 16), (128, 128), (128, 32), (256, 256), (256, 64)])
-def test_cuda_kernel_every_block_and_group(dtype, b, g):
-    """Compiled: every block size, groups smaller than the block, 300 rows (a partial last tile)."""
-    w = _weight(300, 1024, dtype, seed=b + g).cuda()
-    _poison_cuda_allocator()
-    rates = _check_fused_vs_torch(w, gaussian_codebook(32), b, g, 1e-3)
-    assert rates["codes"] <= 1e-4, rates
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("b,g", [(16, 16), (32, 8), (128, 128), (128, 32), (256, 256)])
-@pytest.mark.parametrize("launch", [HLWQLaunch(halves=1), HLWQLaunch(2), HLWQLaunch(max_registers=96)])
-def test_cuda_other_launches(dtype, b, g, launch):
-    """Compiled, launches other than the default: one thread a block, two warps, a register cap."""
+@pytest.mark.parametrize("launch", [None, HLWQLaunch(halves=1), HLWQLaunch(2), HLWQLaunch(max_registers=96)])
+def test_cuda_kernel_every_block_and_group(dtype, b, g, launch):
+    """Compiled: every block size, groups smaller than the block, 300 rows (a partial last tile); the
+    default launch, one thread a block, two warps, a register cap."""
     w = _weight(300, 1024, dtype, seed=b + g).cuda()
     _poison_cuda_allocator()
     rates = _check_fused_vs_torch(w, gaussian_codebook(32), b, g, 1e-3, config=launch)
