@@ -18,10 +18,10 @@ through ``tl.flip``) and in the block's and groups' reductions:
    partial sum is rounded to fp32, so a sum that cancels exactly leaves a few fp32 ulps),
 3. the Lloyd–Max code = number of thresholds ``t`` with ``y >= t``, keyed by the top bits of ``y``'s
    bit pattern (``_key_table``: the count of thresholds below the key's interval): where every
-   interval holds at most one threshold, four float32 rows indexed by the key itself give the next
-   threshold, the count below it and the levels on either side of it (one gather step, then one
-   comparison), exact for every non-NaN float32 ``y``; otherwise the count is gathered first and
-   compared with the thresholds after it,
+   interval holds at most one threshold, three float32 rows indexed by the key itself give the next
+   threshold and the levels on either side of it, and the key table the count below it (one gather
+   step, then one comparison), exact for every non-NaN float32 ``y``; otherwise the count is
+   gathered first and compared with the thresholds after it,
 4. ``W' = (H levels[code]) * norm / B`` with the same butterflies on the fp32 levels, rounded to the
    weight dtype (compiled: the hardware's round-to-nearest-even conversion; in the interpreter the
    bit-exact helper of ``hlwq_kernels.ops._jit``),
@@ -87,18 +87,20 @@ def _lloyd_code(y, key_ptr, cell_ptr, SHIFT: tl.constexpr, K: tl.constexpr, L: t
                 CODES: tl.constexpr, LEVELS: tl.constexpr):
     """``(code, levels[code])`` for float32 ``y``, ``code = #{t : y >= t}`` (int32), from the tables
     of ``_tables`` (``CODES`` / ``LEVELS``: which of the two the caller uses). With ``K == 1`` the
-    four rows are indexed by the key of ``y`` (its bit pattern shifted by ``SHIFT``): one gather step
-    at one address plus constant offsets reads the first threshold at or above the key's interval,
-    the count of thresholds below it and the levels either side of it, and one comparison picks the
-    code and the level (what the caller does not use is not loaded). Otherwise the count is gathered
-    first and compared with the ``K`` thresholds after it."""
+    three rows are indexed by the key of ``y`` (its bit pattern shifted by ``SHIFT``): one gather
+    step at one address plus constant offsets reads the first threshold at or above the key's
+    interval and the levels either side of it, the count of thresholds below it comes from the
+    byte-wide key table at the same key (a few cache lines, where an int32 row spreads over four
+    times as many), and one comparison picks the code and the level (what the caller does not use
+    is not loaded). Otherwise the count is gathered first and compared with the ``K`` thresholds
+    after it."""
     key = y.to(tl.uint32, bitcast=True) >> SHIFT
     if K == 1:
         cell = cell_ptr + key
         up = y >= tl.load(cell)
         # a result the caller does not use is any tensor of its shape and type, so nothing is loaded for it
-        code = tl.load(cell + L).to(tl.int32, bitcast=True) + up.to(tl.int32) if CODES else key.to(tl.int32)
-        level = tl.where(up, tl.load(cell + 3 * L), tl.load(cell + 2 * L)) if LEVELS else y
+        code = tl.load(key_ptr + key).to(tl.int32) + up.to(tl.int32) if CODES else key.to(tl.int32)
+        level = tl.where(up, tl.load(cell + 2 * L), tl.load(cell + L)) if LEVELS else y
         return code, level
     base = tl.load(key_ptr + key).to(tl.int32)
     code = base
@@ -268,10 +270,10 @@ def _key_table(thresholds: np.ndarray) -> tuple[np.ndarray, int, int]:
 @dataclasses.dataclass(frozen=True)
 class _Tables:
     """A codebook's device tables: the code lookup of ``_key_table`` (``keys``) and ``cells``
-    (float32 rows of ``length``). With ``k == 1`` four rows with an entry per key: the first
+    (float32 rows of ``length``). With ``k == 1`` three rows with an entry per key: the first
     threshold at or above the key's interval (NaN above the last: no comparison with it holds), the
-    count of thresholds below the interval (int32 bits), the level below that threshold and the
-    level above it. Otherwise three rows: the thresholds padded with NaN, the level of each code and
+    level below that threshold and the level above it (the count of thresholds below the interval is
+    ``keys`` itself). Otherwise three rows: the thresholds padded with NaN, the level of each code and
     the level of the next code."""
 
     keys: torch.Tensor
@@ -291,8 +293,8 @@ def _tables(cb: Codebook, device: torch.device) -> _Tables:
         rows[0, : n - 1] = np.asarray(cb.thresholds, dtype=np.float32)
         rows[1, :n] = levels
         rows[2, : n - 1] = levels[1:]
-        if k == 1:  # per key: the next threshold, the count below it (int32 bits), the levels either side
-            cells = np.stack([rows[0, base], base.astype(np.int32).view(np.float32), rows[1, base], rows[2, base]])
+        if k == 1:  # per key: the next threshold, the levels either side of it
+            cells = rows[:, base]
         else:
             cells = np.full((3, length), np.nan, dtype=np.float32)
             cells[:, : n + k] = rows

@@ -281,19 +281,19 @@ def test_key_table_counts_thresholds_exactly(bits):
 
 @pytest.mark.parametrize("bits", [1, 3, 5, 8])
 def test_keyed_cells_give_code_and_level(bits):
-    """The rows the kernel gathers by key (threshold, count below, levels either side) give
-    #{t <= y} and its level (``_lookup_probes``)."""
+    """What the kernel gathers by key (threshold and levels either side from the rows, the count
+    below from the key table) gives #{t <= y} and its level (``_lookup_probes``)."""
     from hlwq_kernels.ops.hlwq_triton import _tables
 
     cb = gaussian_codebook(1 << bits)
     tab = _tables(cb, torch.device("cpu"))
     assert tab.k == 1
-    t_row, base_row, lo_row, hi_row = tab.cells.numpy().reshape(4, tab.length)
+    t_row, lo_row, hi_row = tab.cells.numpy().reshape(3, tab.length)
     thr = np.asarray(cb.thresholds, dtype=np.float32)
     y = _lookup_probes(thr, bits)
     key = y.view(np.uint32) >> tab.shift
     up = y >= t_row[key]
-    code = base_row[key].view(np.int32) + up
+    code = tab.keys.numpy()[key].astype(np.int64) + up
     expected = np.searchsorted(thr, y, side="right")
     np.testing.assert_array_equal(code, expected)
     np.testing.assert_array_equal(np.where(up, hi_row[key], lo_row[key]),
