@@ -12,18 +12,34 @@ Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.
 - ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers, as a loop. A trial's codes are
   one fused multiply-add a weight for bf16/fp16, ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 =
   rint(|w| * (1/s))`` of the exact product (the reference's trial codes), the stored codes (exact
-  quotient) for fp32, then clamped to 7 or 8 (a register a weight); ``A = Σ |w| |q|``
-  is summed in float32 where that is exact, then in float64: a product of a bf16 weight and a code
-  has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
-  each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
-  the binade below the smallest of them, ``> s / 4``) below ``8 n amax``, which float32 holds exactly
-  while ``n amax / s <= 2**12``: chunks of 256 and trial ratios ``>= MIN_RATIO`` (``amax / s <= 15.1``).
-  fp16 weights are split into a bf16-exact high part and a 3-bit low part summed apart (the low sums'
-  bound is 2**8 times looser); fp32 weights multiply in float64. ``B = Σ q² <= 64 n`` is exact in
-  float32. The trial and refit errors ``D``, ``F`` are then compared exactly in float64.
+  quotient) for fp32, then clamped to 7 or 8; ``A = Σ |w| |q|`` and ``B = Σ q² <= 64 n`` are exact:
+  - bf16 groups of one chunk (``G`` a power of two <= 256) sum integers (``_jit.fixed_pairs``,
+    ``_jit.trial_code_sums``). With ``2**E <= amax < 2**(E + 1)``, a weight with a non-zero code in any
+    trial has ``|w| >= s / 2 > amax / 32 >= 2**(E - 5)`` (trial scales ``s >= amax / 15.1``: ratios
+    ``>= MIN_RATIO``), so it is a multiple of ``2**(E - 12)`` (8-bit significands) below ``2**(E + 1)``: the
+    16-bit integer ``f = rint(w * 2**(12 - E))`` (|f| <= 8160, one fused multiply-add a weight once a tile)
+    is exactly ``w * 2**(12 - E)``; smaller weights get a rounded ``f`` but code 0. The trial code is the
+    biased ``u = clamp(rint(w * (1/s)) + 8, 0, 15)`` (``fma(w, 1/s, 1.5 * 2**23 + 8)``: ``rint`` is odd, so
+    ``u - 8`` is the signed code, clamped to [-8, 7] as the magnitude to 8 or 7); then
+    ``A = (Σ f u - 8 Σ f) * 2**(E - 12)`` and ``B = Σ u (u - 16) + 64 G``, int32 sums (``|Σ f u| <= 8160 *
+    15 * 256``) of which ``|A| 2**(12 - E) <= 8160 * 8 * 256 < 2**24``: float32 holds ``A`` and ``B``
+    exactly (``2**(E - 12)`` is a normal power of two for every group the search keeps: ``SEARCH_RANGE``).
+    With inline PTX (sm_90) two codes go into one register (``prmt``), are clamped together
+    (``min.relu.s16x2``), four into one register as bytes (``prmt``), and ``dp2a`` / ``dp4a`` add their
+    products with the paired ``f`` and with ``u - 16``: 13 instructions for 4 weights and a trial, against 20
+    in float32 (code, its offset, clamp, two fused multiply-adds).
+  - otherwise in float32 where that is exact, then in float64: a product of a bf16 weight and a code
+    has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
+    each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
+    the binade below the smallest of them, ``> s / 4``) below ``8 n amax``, which float32 holds exactly
+    while ``n amax / s <= 2**12``: chunks of 256 and trial ratios ``>= MIN_RATIO`` (``amax / s <= 15.1``).
+    fp16 weights are split into a bf16-exact high part and a 3-bit low part summed apart (the low sums'
+    bound is 2**8 times looser); fp32 weights multiply in float64.
+  The trial and refit errors ``D``, ``F`` are then compared exactly in float64.
 
 bf16 weights with contiguous columns (``bf16_pairs``) are read as int32 words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
-(``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere).
+(``_jit.bf16_pair_range``, ``_jit.pack_code_pairs``; inline PTX on sm_90, plain Triton elsewhere, as for the
+"mse" integer sums).
 """
 
 from __future__ import annotations
@@ -37,6 +53,8 @@ from hlwq_kernels.ops._jit import (
     bf16_hi,
     bf16_lo,
     bf16_pair_range,
+    fixed_pairs,
+    fixed_point_scales,
     group_quotient,
     group_tile,
     group_word_pointers,
@@ -47,6 +65,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     rint,
     round_to_dtype_cvt,
+    trial_code_sums,
 )
 from hlwq_kernels.ops._triton import (
     PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton,
@@ -155,8 +174,8 @@ def _wide_products(a, q, CODES: tl.constexpr):
 @triton.jit
 def _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK: tl.constexpr, CHUNK: tl.constexpr,
                 CODES: tl.constexpr, PAIRS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr):
-    """``(A, B) = (Σ |w| |q|, Σ q²)``, exact, of trial scales ``s`` [BN, BG]: ``A`` float32 for bf16
-    weights in one chunk, float64 otherwise; ``B`` float32."""
+    """``(A, B) = (Σ |w| |q|, Σ q²)``, exact, of trial scales ``s`` [BN, BG] in floating point (the groups
+    that ``_mse_scale`` does not sum in integers): ``A`` float64, ``B`` float32."""
     inv = reciprocal(s)
     if CODES == 2:
         fast = quotient_is_exact(s, inv, amax)
@@ -164,7 +183,7 @@ def _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK: tl.constexpr,
         fast = True
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
-    sa = tl.zeros(s.shape, tl.float32 if CODES == 0 and NCHUNK == 1 else tl.float64)
+    sa = tl.zeros(s.shape, tl.float64)
     sb = tl.zeros(s.shape, tl.float32)
     for c in range(NCHUNK):
         if NCHUNK > 1:
@@ -173,8 +192,8 @@ def _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK: tl.constexpr,
         qe = _trial_codes(ae, _cap(xe, QMIN, QMAX), s4, inv4, fast, CODES)
         qo = _trial_codes(ao, _cap(xo, QMIN, QMAX), s4, inv4, fast, CODES)
         sb += _pair_sum(qe * qe, qo * qo)
-        if CODES == 0:  # bf16: float32 sums are exact (module docstring)
-            sa += _pair_sum(ae * qe, ao * qo).to(sa.dtype)
+        if CODES == 0:  # bf16: float32 sums of a chunk are exact (module docstring)
+            sa += _pair_sum(ae * qe, ao * qo).to(tl.float64)
         else:
             sa += _wide_products(ae, qe, CODES) + _wide_products(ao, qo, CODES)
     return sa, sb
@@ -200,16 +219,30 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
                QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
     """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
     scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). The
-    trials stay a loop: unrolled (3500 instructions instead of 2300) it ran 14% slower on an H200."""
+    trials stay a loop: unrolled (3500 instructions instead of 2300) it ran 14% slower on an H200. bf16
+    groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial."""
+    INT_SUMS: tl.constexpr = CODES == 0 and NCHUNK == 1  # bf16 in one chunk: integer sums (module docstring)
     absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     best_s = absmax
     best_d = tl.full(amax.shape, float("inf"), tl.float64)
     refit_s = absmax
     refit_d = tl.full(amax.shape, float("inf"), tl.float64)
+    if INT_SUMS:
+        up, down = fixed_point_scales(amax)
+        words, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
+    else:
+        down = amax
+        words = xe
+        fsum = amax
     for t in range(N_RATIOS):
         s = round_to_dtype_cvt(amax * tl.load(mult_ptr + t), DT, PTX)
         s = tl.where(t == 0, absmax, tl.where(s == 0.0, eps, s))
-        sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
+        if INT_SUMS:
+            fu, uu = trial_code_sums(xe, xo, reciprocal(s)[:, :, None, None], words, PTX)
+            sa = (fu + QMIN * fsum).to(tl.float32) * down
+            sb = (uu + QMIN * QMIN * CHUNK).to(tl.float32)
+        else:
+            sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
         best_s, best_d = _lower(best_s, best_d, s, _sq_error_change(s, sa, sb))
         if sa.dtype == tl.float32:  # = float32(A / B) computed in float64 (53 >= 2 * 24 + 2 bits)
             f = tl.div_rn(sa, tl.maximum(sb, 1.0))
