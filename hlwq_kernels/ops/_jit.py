@@ -189,9 +189,10 @@ def codebook_index(x, lut_ptr, thr_ptr, lo, inv_h, grid_max, num_thr, K: tl.cons
 # - ``pack_code_pairs``: float32 codes of the even and odd weights -> int32 words of nibbles
 #   ``clamp(rint(y + shift), QMIN, QMAX) - QMIN``: ``y + (shift + 1.5 * 2**23 - QMIN)`` holds
 #   ``rint(y + shift) - QMIN`` in its low 16 bits; two codes (weights i and i + 4 of a word) go into one
-#   register (``prmt``) and are clamped together (``max.relu.s16x2``, ``min.s16x2``, sm_90), and the
-#   four registers of a word are merged by three shift-adds: about 2.9 instructions a weight with the
-#   rounding add, against 4 for float clamps, the rounding add and ``pack_codes``.
+#   register (``prmt``) and are clamped together to [0, 15] (``min.relu.s16x2``: ``max(min(a, b), 0)`` a
+#   half, one instruction, sm_90), and the four registers of a word are merged by three shift-adds: about
+#   2.4 instructions a weight with the rounding add, against 4 for float clamps, the rounding add and
+#   ``pack_codes``.
 
 _PAIR_MAGIC = tl.constexpr(12582912.0 - QMIN)  # 1.5 * 2**23 - QMIN
 _PAIR_MAGIC_BITS = tl.constexpr(0x4B400000)
@@ -264,9 +265,8 @@ def pack_code_pairs(ye, yo, shift, PTX: tl.constexpr):
             mov.b32 top, 0x000F000F;
             prmt.b32 p0, $1, $3, 0x5410; prmt.b32 p1, $5, $7, 0x5410;
             prmt.b32 p2, $2, $4, 0x5410; prmt.b32 p3, $6, $8, 0x5410;
-            min.s16x2 p0, p0, top; min.s16x2 p1, p1, top; min.s16x2 p2, p2, top; min.s16x2 p3, p3, top;
-            max.relu.s16x2 p0, p0, p0; max.relu.s16x2 p1, p1, p1;
-            max.relu.s16x2 p2, p2, p2; max.relu.s16x2 p3, p3, p3;
+            min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
+            min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
             shl.b32 p1, p1, 4; shl.b32 p2, p2, 8; shl.b32 p3, p3, 12;
             add.u32 p0, p0, p1; add.u32 p2, p2, p3; add.u32 $0, p0, p2; }""",
             "=r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3], dtype=tl.int32, is_pure=True, pack=1)

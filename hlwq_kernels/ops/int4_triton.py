@@ -352,7 +352,7 @@ def bf16_pairs(w: torch.Tensor) -> bool:
 
 
 def packed_int16_ptx(w: torch.Tensor) -> bool:
-    """Whether the kernels may use the inline PTX of ``_jit.pack_code_pairs`` (``min.s16x2``, sm_90+) and
+    """Whether the kernels may use the inline PTX of ``_jit.pack_code_pairs`` (``min.relu.s16x2``, sm_90+) and
     ``bf16_pair_range`` on ``w``'s device; otherwise (the interpreter, older GPUs) their plain-Triton twins."""
     return w.is_cuda and _sm90(w.device.index)
 
