@@ -53,6 +53,7 @@ from hlwq_kernels.ops._jit import (
     bf16_hi,
     bf16_lo,
     bf16_pair_range,
+    div_exact,
     fixed_pairs,
     fixed_point_scales,
     group_quotient,
@@ -259,6 +260,16 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
 
 
 @triton.jit
+def _pair_words(ye, yo, CLAMP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """int32 words of the codes of quotients ``ye``, ``yo`` (even and odd columns), clamped first when
+    ``CLAMP`` (a given scale bounds nothing; absmax and mse scales keep |y| far below 2**14)."""
+    if CLAMP:
+        ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
+        yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
+    return pack_code_pairs(ye, yo, 0.0, PTX)
+
+
+@triton.jit
 def _int4_quantize_pack_kernel(
     w_ptr, scale_ptr, packed_ptr, mult_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -306,12 +317,11 @@ def _int4_quantize_pack_kernel(
         if PAIRS or MODE == 2:
             if NCHUNK > 1 or MODE != 2:  # (the mse search's single chunk is still held as xe, xo)
                 xe, xo = _even_odd(x, PAIRS)
-            ye = group_quotient(xe, s4, inv4, fast)
-            yo = group_quotient(xo, s4, inv4, fast)
-            if MODE == 0:  # a given scale bounds nothing: clamp first (absmax and mse scales keep |y| far below 2**14)
-                ye = tl.minimum(tl.maximum(ye, QMIN), QMAX)
-                yo = tl.minimum(tl.maximum(yo, QMIN), QMAX)
-            words = pack_code_pairs(ye, yo, 0.0, PTX)
+            if fast:  # packed in each branch: the branches join on the words, not on 2 registers a weight
+                words = _pair_words(div_exact(xe, s4, inv4), div_exact(xo, s4, inv4), MODE == 0, QMIN, QMAX, PTX)
+            else:
+                words = _pair_words(tl.div_rn(xe, tl.broadcast_to(s4, xe.shape)),
+                                    tl.div_rn(xo, tl.broadcast_to(s4, xo.shape)), MODE == 0, QMIN, QMAX, PTX)
         else:
             words = pack_codes(tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast), QMIN), QMAX))
         tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
