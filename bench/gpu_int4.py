@@ -41,7 +41,8 @@ from hlwq_kernels.ops import int4_asym_triton, int4_triton, marlin_triton
 from hlwq_kernels.ops.int4 import Int4Weight, _mse_scale_torch, dequantize_int4, quantize_int4, quantize_int4_with_scale
 from hlwq_kernels.ops.int4_asym import quantize_int4_asym
 from hlwq_kernels.ops.int4_asym_triton import int4_asym_minmax_pack
-from hlwq_kernels.ops.int4_triton import int4_quantize_pack
+from hlwq_kernels.ops._triton import compiled_kernels
+from hlwq_kernels.ops.int4_triton import _int4_quantize_pack_kernel, int4_quantize_pack
 from hlwq_kernels.ops.marlin import marlin_pack
 from hlwq_kernels.ops.marlin_triton import marlin_repack
 
@@ -125,12 +126,14 @@ SWEEP_SYM = [(4, 2, None), (4, 1, None), (4, 1, 8), (4, 4, None), (2, 1, None), 
 SWEEP_ASYM = [(4, 2, None), (4, 1, None), (4, 1, 1), (4, 4, None), (2, 1, None), (2, 2, None), (2, 2, 1), (2, 1, 1),
               (1, 1, 1), (1, 2, 1), (2, 4, None), (8, 2, None)]
 SWEEP_REPACK = [(32, 4), (16, 4), (8, 4), (16, 2), (8, 2), (32, 8), (64, 8), (4, 2)]
-# The MSE kernel: (lanes, warps, block_g, trial ratios; None: RATIOS); the tests run the same (MSE_LAUNCHES in
-# tests/ops/test_int4_triton.py). The H200 sweep of 2026-12-02-c also timed signed codes and unrolled trials
-# (slower, removed): bench/results/int4-mse-h200-2026-12-02-c.md.
+# The MSE kernel: (lanes, warps, block_g, trial ratios; None: RATIOS, register cap; None: the default, 0: none);
+# the tests run the same (MSE_LAUNCHES in tests/ops/test_int4_triton.py). The H200 sweep of 2026-12-02-c also
+# timed signed codes and unrolled trials (slower, removed): bench/results/int4-mse-h200-2026-12-02-c.md.
 E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
-SWEEP_MSE = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
-             (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
+SWEEP_MSE = [(2, 1, None, None, None), (2, 1, None, None, 0), (2, 1, None, None, 96), (2, 1, None, None, 80),
+             (4, 2, None, None, None), (4, 2, None, None, 64), (2, 2, None, None, None), (4, 1, None, None, None),
+             (4, 1, None, None, 80), (2, 1, 8, None, None), (2, 1, None, E3, None), (2, 1, None, E2, None),
+             (4, 2, None, E3, None)]
 
 
 def _compile_task(task: tuple[int, str, tuple]) -> None:
@@ -139,8 +142,9 @@ def _compile_task(task: tuple[int, str, tuple]) -> None:
     k, kind, cfg = task
     w = torch.randn(CHECK_ROWS, k, device="cuda").to(torch.bfloat16)
     if kind == "mse":
-        lanes, warps, block_g, ratios = cfg
-        int4_quantize_pack(w, GROUP, "mse", block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
+        lanes, warps, block_g, ratios, regs = cfg
+        int4_quantize_pack(w, GROUP, "mse", block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios,
+                           max_registers=regs)
     elif kind == "absmax":
         int4_quantize_pack(w, GROUP, "absmax", block_g=cfg[2], num_warps=cfg[1], lanes=cfg[0])
     elif kind == "asym":
@@ -211,7 +215,7 @@ def sweep(quick: bool = False, jobs: int = 1) -> list[str]:
 def mse_sweep(jobs: int = 1) -> list[str]:
     """``SWEEP_MSE`` on every shape: GB/s, % of clone, bit-exact against the torch path with the same
     trials (the first ``CHECK_ROWS`` rows)."""
-    out = []
+    out, used = [], {}
     run_parallel(_compile_task, [(k, "mse", cfg) for k in sorted({k for _, k in SHAPES}) for cfg in SWEEP_MSE], jobs)
     for n, k in SHAPES:
         w = torch.randn(n, k, device="cuda").to(torch.bfloat16)
@@ -221,17 +225,21 @@ def mse_sweep(jobs: int = 1) -> list[str]:
         print(out[-1], flush=True)
         check = w[:CHECK_ROWS]
         wants = {}
-        for lanes, warps, block_g, ratios in SWEEP_MSE:
+        for lanes, warps, block_g, ratios, regs in SWEEP_MSE:
             if ratios not in wants:
                 want_s = _mse_scale_torch(check, GROUP, *([ratios] if ratios else [])).to(w.dtype)
                 wants[ratios] = (want_s, quantize_int4_with_scale(check, want_s, backend="torch").packed)
             want_s, want_p = wants[ratios]
-            kw = dict(block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios)
+            kw = dict(block_g=block_g, num_warps=warps, lanes=lanes, ratios=ratios, max_registers=regs)
+            before = len(compiled_kernels(_int4_quantize_pack_kernel))
             p, sc = int4_quantize_pack(w, GROUP, "mse", **kw)
+            for c in compiled_kernels(_int4_quantize_pack_kernel)[before:]:  # compiled for this launch just now
+                used[lanes, warps, block_g, ratios, regs] = f"{c.n_regs} registers, {c.n_spills} bytes spilled"
             ok = torch.equal(p[:CHECK_ROWS], want_p) and torch.equal(sc[:CHECK_ROWS], want_s)
             t = graph_seconds(lambda: int4_quantize_pack(w, GROUP, "mse", **kw), rep_ms=10.0)
+            compiled = used.get((lanes, warps, block_g, ratios, regs), "compiled before the sweep")
             out.append(f"  mse trials={len(ratios) if ratios else 'RATIOS'} {ratios or ''} lanes={lanes} warps={warps} "
-                       f"block_g={block_g}: {q_bytes / t / 1e9:.0f} GB/s "
+                       f"block_g={block_g} max_registers={regs} ({compiled}): {q_bytes / t / 1e9:.0f} GB/s "
                        f"{100 * q_bytes / t / 1e9 / clone:.1f}% {'exact' if ok else 'MISMATCH'}")
             print(out[-1], flush=True)
         del w

@@ -238,6 +238,16 @@ def bf16_pair_range(x, PTX: tl.constexpr):
 
 
 @triton.jit
+def _quarters(x):
+    """The elements ``4j``, ``4j + 1``, ``4j + 2``, ``4j + 3`` of the last dim of ``x [A, B, C, D]`` as four
+    tensors ``[A, B, C, D / 4]`` (free when one thread holds each run of four, as in a 16-byte load)."""
+    a02, a13 = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], x.shape[2], x.shape[3] // 4, 2, 2]))
+    a0, a2 = tl.split(a02)
+    a1, a3 = tl.split(a13)
+    return a0, a1, a2, a3
+
+
+@triton.jit
 def pack_code_pairs(ye, yo, shift, PTX: tl.constexpr):
     """float32 codes (``|y + shift| < 2**14``, not yet clamped) of the even and odd weights ``[A, B, C, D]``
     (D % 4 == 0; element j of the last axis is weights 2j, 2j + 1) and an integer ``shift`` (broadcast)
@@ -254,12 +264,8 @@ def pack_code_pairs(ye, yo, shift, PTX: tl.constexpr):
         # the 4 words of an output word (weights c0..c7 = e0 o0 e1 o1 e2 o2 e3 o3) as separate tensors
         # (free when one thread holds them, as in a 16-byte load); registers (c0, c4) (c1, c5) (c2, c6)
         # (c3, c7), clamped, shifted by 0, 4, 8, 12 and summed
-        e02, e13 = tl.split(tl.reshape(be, [A, B, C, D // 4, 2, 2]))
-        o02, o13 = tl.split(tl.reshape(bo, [A, B, C, D // 4, 2, 2]))
-        e0, e2 = tl.split(e02)
-        e1, e3 = tl.split(e13)
-        o0, o2 = tl.split(o02)
-        o1, o3 = tl.split(o13)
+        e0, e1, e2, e3 = _quarters(be)
+        o0, o1, o2, o3 = _quarters(bo)
         words = tl.inline_asm_elementwise(
             """{ .reg .b32 p<4>, top;
             mov.b32 top, 0x000F000F;
@@ -362,21 +368,11 @@ def trial_code_sums(xe, xo, inv, words, PTX: tl.constexpr):
     (``rint`` of the exact product, half to even)."""
     be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
     bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    A: tl.constexpr = be.shape[0]
-    B: tl.constexpr = be.shape[1]
-    C: tl.constexpr = be.shape[2]
-    D: tl.constexpr = be.shape[3]
     if PTX:
         # weights 2j, 2j + 1 of pairs j = 4k .. 4k + 3 (a 16-byte load holds them) as separate tensors
-        e02, e13 = tl.split(tl.reshape(be, [A, B, C, D // 4, 2, 2]))
-        o02, o13 = tl.split(tl.reshape(bo, [A, B, C, D // 4, 2, 2]))
-        w02, w13 = tl.split(tl.reshape(words, [A, B, C, D // 4, 2, 2]))
-        e0, e2 = tl.split(e02)
-        e1, e3 = tl.split(e13)
-        o0, o2 = tl.split(o02)
-        o1, o3 = tl.split(o13)
-        w0, w2 = tl.split(w02)
-        w1, w3 = tl.split(w13)
+        e0, e1, e2, e3 = _quarters(be)
+        o0, o1, o2, o3 = _quarters(bo)
+        w0, w1, w2, w3 = _quarters(words)
         fu, uu = tl.inline_asm_elementwise(
             """{ .reg .b32 p<4>, u<2>, t<2>, top;
             mov.b32 top, 0x000F000F;

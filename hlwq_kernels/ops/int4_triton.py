@@ -86,6 +86,9 @@ _LANES = {"given": 4, "absmax": 4, "mse": 2}
 _WARPS = {"given": 1, "absmax": 1, "mse": 1}
 _COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
 _MSE_WIDE_LAUNCH = (4, 2)  # fp16 / fp32 "mse" (lanes, warps): more registers a weight, 2 threads a chunk would spill
+# bf16 "mse" with integer sums (groups of one chunk) capped at 128 registers: 4 warps a scheduler instead of 3
+# (154 uncapped, no spills either way; bench/results/int4-mse-h200-2026-12-03-r.md)
+_MSE_MAX_REGISTERS = 128
 # "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32
 _CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 MIN_RATIO = 0.5  # the smallest "mse" trial ratio whose float32 sums are exact (module docstring)
@@ -390,13 +393,16 @@ def int4_quantize_pack(
     lanes: int | None = None,
     reps: int = 1,
     ratios: tuple[float, ...] | None = None,
+    max_registers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize and pack ``w`` [N, K] in one pass; ``rule`` is "absmax", "mse" or "given" (uses ``scale``).
 
     Returns (packed int32 [N, K/8], scale [N, K/g] in ``w.dtype``, or ``scale`` itself when given).
     Inputs are assumed validated by ``hlwq_kernels.ops.int4``. ``block_g``, ``num_warps``, ``lanes``
     (threads per group) and ``reps`` ((row, group) pairs a thread) tune the launch (``group_tiles``);
-    ``ratios`` (float32 values, 1 first, none below ``MIN_RATIO``) replaces ``RATIOS`` of "mse".
+    ``ratios`` (float32 values, 1 first, none below ``MIN_RATIO``) replaces ``RATIOS`` of "mse";
+    ``max_registers`` caps ptxas's registers a thread (0: no cap; None: ``_MSE_MAX_REGISTERS`` for the bf16
+    "mse" kernel with integer sums, no cap otherwise).
     """
     require_triton()
     n, k = w.shape
@@ -407,7 +413,8 @@ def int4_quantize_pack(
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
     key = None
-    if w.is_cuda and block_g is None and num_warps is None and lanes is None and reps == 1:  # the default launch
+    default = block_g is None and num_warps is None and lanes is None and reps == 1 and max_registers is None
+    if w.is_cuda and default:  # the default launch
         key = (tensor_key(w), group_size, rule, ratios, tensor_key(scale) if rule == "given" else None)
         if _PREPARED.run(key, w, scale, packed):
             return packed, scale
@@ -418,6 +425,10 @@ def int4_quantize_pack(
     block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
+    if max_registers is None:
+        int_sums = rule == "mse" and w.dtype == torch.bfloat16 and chunk == group_size
+        max_registers = _MSE_MAX_REGISTERS if int_sums else 0
+    options = {"maxnreg": max_registers} if max_registers and w.is_cuda else {}
     slabs = row_slabs(n, block_n)
     for r0, r1 in slabs:
         part = (w, scale, packed) if r1 - r0 == n else (w[r0:r1], scale[r0:r1], packed[r0:r1])
@@ -427,7 +438,7 @@ def int4_quantize_pack(
             _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device, *part, *tail,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
             N_RATIOS=mult.numel(), CODES=_CODES[w.dtype], QMIN=QMIN, QMAX=QMAX,
-            PAIRS=bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps,
+            PAIRS=bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps, **options,
         )
     if len(slabs) == 1:
         _PREPARED.add(key, prepared, tail)

@@ -87,23 +87,28 @@ def test_mse_kernel_bit_exact(device: str, shape: tuple, seed: int, tail: str, d
     assert np.array_equal(got.packed.numpy(), expected.packed)
 
 
-# (lanes, warps, block_g, ratios): the MSE kernel's launch configurations and trial sets of
-# bench/gpu_int4.py --mse-sweep
+# (lanes, warps, block_g, ratios, register cap): the MSE kernel's launch configurations and trial sets of
+# bench/gpu_int4.py --mse-sweep (a cap changes only the CUDA compile: those run there only)
 E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
-MSE_LAUNCHES = [(2, 1, None, None), (4, 2, None, None), (2, 2, None, None), (4, 1, None, None), (2, 1, 8, None),
-                (2, 1, None, E3), (2, 1, None, E2), (4, 2, None, E3)]
+MSE_LAUNCHES = [(2, 1, None, None, None), (2, 1, None, None, 0), (2, 1, None, None, 96), (2, 1, None, None, 80),
+                (4, 2, None, None, None), (4, 2, None, None, 64), (2, 2, None, None, None), (4, 1, None, None, None),
+                (4, 1, None, None, 80), (2, 1, 8, None, None), (2, 1, None, E3, None), (2, 1, None, E2, None),
+                (4, 2, None, E3, None)]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize(("lanes", "warps", "block_g", "ratios"), MSE_LAUNCHES)
+@pytest.mark.parametrize(("lanes", "warps", "block_g", "ratios", "regs"), MSE_LAUNCHES)
 @pytest.mark.parametrize(("dtype", "k", "g"), [(torch.bfloat16, 1024, 128), (torch.bfloat16, 480, 48),
                                                (torch.float16, 512, 64), (torch.float32, 256, 128)])
 def test_mse_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None,
-                                          ratios: tuple | None, dtype: torch.dtype, k: int, g: int) -> None:
+                                          ratios: tuple | None, regs: int | None, dtype: torch.dtype, k: int,
+                                          g: int) -> None:
+    if device == "cpu" and regs is not None:
+        pytest.skip("a register cap changes only the CUDA compile")
     w = weights(19, k, dtype, lanes * 100 + warps, tail="t")
     expected = ref.mse_scale(to_numpy(w), g, ratios=ref.RATIOS if ratios is None else np.array(ratios, np.float32))
     packed, scale = int4_quantize_pack(w.to(device), g, "mse", block_g=block_g, num_warps=warps, lanes=lanes,
-                                       ratios=ratios)
+                                       ratios=ratios, max_registers=regs)
     assert np.array_equal(scale.float().cpu().numpy(), expected.astype(np.float32))
     assert np.array_equal(packed.cpu().numpy(), ref.quantize_int4_with_scale(to_numpy(w), expected).packed)
 
