@@ -162,7 +162,7 @@ def binade_weights(n: int, k: int, g: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", kernel_devices())
-@pytest.mark.parametrize("g", [8, 32, 128, 256, 512])
+@pytest.mark.parametrize("g", [8, 128, 256, 512])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mse_kernel_binades_around_the_fixed_point(device: str, g: int, seed: int) -> None:
     """bf16 groups of one chunk (``g <= 256``) sum |w| |q| as 16-bit fixed-point integers ``w * 2**(12 - E)``
