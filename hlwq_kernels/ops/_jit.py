@@ -14,6 +14,13 @@ Every helper computes the same bits compiled on CUDA and in Triton's interpreter
   rounding to an integer gives 0 anyway) provided ``s`` and ``max|x| / s`` stay in range, which
   ``quotient_is_exact`` checks per scale; ``group_quotient`` divides a tile of groups by their
   scales with it, or with ``tl.div_rn`` when the tile's check failed.
+- ``short_reciprocal``: ``reciprocal(s)`` in three instructions and no branch for divisors ``s = m 2**e`` with
+  an odd ``m < 2**15``: ``r = rcp.approx(s)`` (relative error ``d <= 2**-23``) and ``fma(r, fma(-s, r, 1), r)``
+  leave ``1 / s`` within ``d**2 + 2**-47 < 2**-45`` relative before the last rounding, while ``1 / s`` is at
+  least ``2**-40`` relative away from every midpoint of two float32 values (``m (2k + 1) = 2**j`` has no
+  solution: an odd product is no power of two; ``2k + 1 < 2**25``), so that rounding is the correct one.
+  ``div_exact`` with it divides ``a`` (24 significant bits) by such ``s`` exactly too: its last step is off by
+  ``1.5 ulp * 2**-24`` at most, ``a / s`` at least ``2**-40`` relative from a midpoint.
 - ``int4_absmax_scale``: compressed-tensors' symmetric INT4 scale rule ``dtype(amax / 7.5)``
   (IEEE float32 division), 0 -> the dtype's epsilon.
 - ``pack_nibbles``: int32 ``[R, C]`` values in [0, 16) -> int32 words ``[R, C / 8]``, column ``j``
@@ -84,6 +91,24 @@ def div_exact(x, s, inv):
 def reciprocal(s):
     """``1 / s`` rounded to nearest float32."""
     return tl.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+
+
+@triton.jit
+def _rcp_approx_ptx(s):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [s], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def short_reciprocal(s, PTX: tl.constexpr):
+    """``reciprocal(s)`` without its branch for normal ``s`` with at most 15 significant bits (bf16 and fp16
+    values, integers below 2**15) and a normal ``1 / s``: ``rcp.approx`` (within 1 ulp) and one Newton step
+    with fused multiply-adds (``PTX``; the interpreter takes ``reciprocal``), see the module docstring."""
+    if PTX:
+        r = _rcp_approx_ptx(s)
+        return tl.fma(r, tl.fma(-s, r, 1.0), r)
+    else:
+        return reciprocal(s)
 
 
 @triton.jit
@@ -325,6 +350,7 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
 # about 3.25 instructions a weight with the code's fused multiply-add, against 5 in float32.
 
 _FIX_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
+_QMIN = tl.constexpr(QMIN)
 
 
 @triton.jit
@@ -361,11 +387,12 @@ def fixed_pairs(xe, xo, up, PTX: tl.constexpr):
 
 
 @triton.jit
-def trial_code_sums(xe, xo, inv, words, PTX: tl.constexpr):
+def trial_code_sums(xe, xo, inv, words, fsum, down, PTX: tl.constexpr):
     """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0), per-group ``inv``
-    (broadcast; ``|x * inv| < 2**14``) and the ``fixed_pairs`` words of the weights -> per-group
-    ``(Σ f u, Σ u (u - 16))`` ``[A, B]`` (int32) of the clamped biased codes ``u = clamp(rint(x * inv) - QMIN, 0, 15)``
-    (``rint`` of the exact product, half to even)."""
+    (broadcast; ``|x * inv| < 2**14``), the ``fixed_pairs`` words and ``Σ f`` of the weights and per-group
+    ``down = 2**(E - 12)`` (``fixed_point_scales``) -> per-group float32 ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
+    the clamped codes ``q = u + QMIN``, ``u = clamp(rint(x * inv) - QMIN, 0, 15)`` (``rint`` of the exact product,
+    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)``."""
     be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
     bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
     if PTX:
@@ -394,4 +421,7 @@ def trial_code_sums(xe, xo, inv, words, PTX: tl.constexpr):
         fo = words >> 16
         fu = fe * ue + fo * uo
         uu = ue * (ue - 16) + uo * (uo - 16)
-    return tl.sum(tl.sum(fu, axis=2), axis=2), tl.sum(tl.sum(uu, axis=2), axis=2)
+    n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
+    fu = tl.sum(tl.sum(fu, axis=2), axis=2) + _QMIN * fsum
+    uu = tl.sum(tl.sum(uu, axis=2), axis=2) + _QMIN * _QMIN * n
+    return fu.to(tl.float32) * down, uu.to(tl.float32)

@@ -66,6 +66,7 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     rint,
     round_to_dtype_cvt,
+    short_reciprocal,
     trial_code_sums,
 )
 from hlwq_kernels.ops._triton import (
@@ -86,9 +87,6 @@ _LANES = {"given": 4, "absmax": 4, "mse": 2}
 _WARPS = {"given": 1, "absmax": 1, "mse": 1}
 _COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
 _MSE_WIDE_LAUNCH = (4, 2)  # fp16 / fp32 "mse" (lanes, warps): more registers a weight, 2 threads a chunk would spill
-# bf16 "mse" with integer sums (groups of one chunk) capped at 128 registers: 4 warps a scheduler instead of 3
-# (154 uncapped, no spills either way; bench/results/int4-mse-h200-2026-12-03-r.md)
-_MSE_MAX_REGISTERS = 128
 # "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32
 _CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 MIN_RATIO = 0.5  # the smallest "mse" trial ratio whose float32 sums are exact (module docstring)
@@ -218,13 +216,41 @@ def _sq_error_change(s, sa, sb):
 
 
 @triton.jit
+def _trial_scale(amax, absmax, mult_ptr, t, eps, DT: tl.constexpr, PTX: tl.constexpr):
+    """Trial ``t``'s scale: ``absmax`` for ``t == 0``, else ``DT(amax * mult[t])`` (0 -> ``eps``)."""
+    s = round_to_dtype_cvt(amax * tl.load(mult_ptr + t), DT, PTX)
+    return tl.where(t == 0, absmax, tl.where(s == 0.0, eps, s))
+
+
+@triton.jit
+def _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT: tl.constexpr, INT_SUMS: tl.constexpr,
+               PTX: tl.constexpr):
+    """The best trial and the best refit so far, given trial scale ``s`` and its sums ``A``, ``B``: the refit
+    ``DT(A / B)`` (``s`` where ``B = 0``) by its float64 error ``F`` and ``s`` by ``D``."""
+    best_s, best_d = _lower(best_s, best_d, s, _sq_error_change(s, sa, sb))
+    if INT_SUMS:  # = float32(A / B) computed in float64 (53 >= 2 * 24 + 2 bits); B is an integer < 2**15
+        b = tl.maximum(sb, 1.0)
+        f = div_exact(sa, b, short_reciprocal(b, PTX))
+    elif sa.dtype == tl.float32:
+        f = tl.div_rn(sa, tl.maximum(sb, 1.0))
+    else:
+        f = (sa / tl.maximum(sb, 1.0).to(tl.float64)).to(tl.float32)
+    f = round_to_dtype_cvt(f, DT, PTX)
+    f = tl.where(sb > 0.0, tl.where(f == 0.0, eps, f), s)
+    refit_s, refit_d = _lower(refit_s, refit_d, f, _sq_error_change(f, sa, sb))
+    return best_s, best_d, refit_s, refit_d
+
+
+@triton.jit
 def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.constexpr, N_RATIOS: tl.constexpr,
                NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr, PAIRS: tl.constexpr,
                QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
     """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
-    scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). The
-    trials stay a loop: unrolled (3500 instructions instead of 2300) it ran 14% slower on an H200. bf16
-    groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial."""
+    scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). bf16
+    groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial, the
+    trials unrolled (no branch in them: 50.1-52.6% of clone on an H200 against 47.8-50.5% as a loop). The
+    other trials stay a loop: unrolled, fp16 ran 16% and fp32 7% slower
+    (bench/results/int4-mse-h200-2026-12-03-s.md)."""
     INT_SUMS: tl.constexpr = CODES == 0 and NCHUNK == 1  # bf16 in one chunk: integer sums (module docstring)
     absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     best_s = absmax
@@ -234,27 +260,17 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
     if INT_SUMS:
         up, down = fixed_point_scales(amax)
         words, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
+        for t in tl.static_range(N_RATIOS):
+            s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
+            sa, sb = trial_code_sums(xe, xo, short_reciprocal(s, PTX)[:, :, None, None], words, fsum, down, PTX)
+            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT,
+                                                          INT_SUMS, PTX)
     else:
-        down = amax
-        words = xe
-        fsum = amax
-    for t in range(N_RATIOS):
-        s = round_to_dtype_cvt(amax * tl.load(mult_ptr + t), DT, PTX)
-        s = tl.where(t == 0, absmax, tl.where(s == 0.0, eps, s))
-        if INT_SUMS:
-            fu, uu = trial_code_sums(xe, xo, reciprocal(s)[:, :, None, None], words, PTX)
-            sa = (fu + QMIN * fsum).to(tl.float32) * down
-            sb = (uu + QMIN * QMIN * CHUNK).to(tl.float32)
-        else:
+        for t in range(N_RATIOS):
+            s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
             sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
-        best_s, best_d = _lower(best_s, best_d, s, _sq_error_change(s, sa, sb))
-        if sa.dtype == tl.float32:  # = float32(A / B) computed in float64 (53 >= 2 * 24 + 2 bits)
-            f = tl.div_rn(sa, tl.maximum(sb, 1.0))
-        else:
-            f = (sa / tl.maximum(sb, 1.0).to(tl.float64)).to(tl.float32)
-        f = round_to_dtype_cvt(f, DT, PTX)
-        f = tl.where(sb > 0.0, tl.where(f == 0.0, eps, f), s)
-        refit_s, refit_d = _lower(refit_s, refit_d, f, _sq_error_change(f, sa, sb))
+            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT,
+                                                          INT_SUMS, PTX)
     if CODES == 2:  # float32: the refit's own error decides
         sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, refit_s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
         refit_d = _sq_error_change(refit_s, sa, sb)
@@ -393,7 +409,7 @@ def int4_quantize_pack(
     lanes: int | None = None,
     reps: int = 1,
     ratios: tuple[float, ...] | None = None,
-    max_registers: int | None = None,
+    max_registers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize and pack ``w`` [N, K] in one pass; ``rule`` is "absmax", "mse" or "given" (uses ``scale``).
 
@@ -401,8 +417,7 @@ def int4_quantize_pack(
     Inputs are assumed validated by ``hlwq_kernels.ops.int4``. ``block_g``, ``num_warps``, ``lanes``
     (threads per group) and ``reps`` ((row, group) pairs a thread) tune the launch (``group_tiles``);
     ``ratios`` (float32 values, 1 first, none below ``MIN_RATIO``) replaces ``RATIOS`` of "mse";
-    ``max_registers`` caps ptxas's registers a thread (0: no cap; None: ``_MSE_MAX_REGISTERS`` for the bf16
-    "mse" kernel with integer sums, no cap otherwise).
+    ``max_registers`` caps ptxas's registers a thread (0: no cap).
     """
     require_triton()
     n, k = w.shape
@@ -413,7 +428,7 @@ def int4_quantize_pack(
     else:
         scale = torch.empty((n, n_groups), dtype=w.dtype, device=w.device)
     key = None
-    default = block_g is None and num_warps is None and lanes is None and reps == 1 and max_registers is None
+    default = block_g is None and num_warps is None and lanes is None and reps == 1 and not max_registers
     if w.is_cuda and default:  # the default launch
         key = (tensor_key(w), group_size, rule, ratios, tensor_key(scale) if rule == "given" else None)
         if _PREPARED.run(key, w, scale, packed):
@@ -425,9 +440,6 @@ def int4_quantize_pack(
     block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
-    if max_registers is None:
-        int_sums = rule == "mse" and w.dtype == torch.bfloat16 and chunk == group_size
-        max_registers = _MSE_MAX_REGISTERS if int_sums else 0
     options = {"maxnreg": max_registers} if max_registers and w.is_cuda else {}
     slabs = row_slabs(n, block_n)
     for r0, r1 in slabs:

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 import hlwq_reference.numpy.int4 as ref
 from hlwq_kernels.ops.int4 import Int4Weight, dequantize_int4, quantize_int4, quantize_int4_with_scale
-from hlwq_kernels.ops._jit import bf16_hi, bf16_lo, fixed_pairs, fixed_point_scales, reciprocal, trial_code_sums
+from hlwq_kernels.ops._jit import (
+    bf16_hi, bf16_lo, div_exact, fixed_pairs, fixed_point_scales, short_reciprocal, trial_code_sums,
+)
 from hlwq_kernels.ops._triton import launch, tl, triton
 from hlwq_kernels.ops.int4_triton import MIN_RATIO, int4_quantize_pack, packed_int16_ptx
 from tests.helpers import kernel_devices, to_numpy
@@ -90,10 +92,10 @@ def test_mse_kernel_bit_exact(device: str, shape: tuple, seed: int, tail: str, d
 # (lanes, warps, block_g, ratios, register cap): the MSE kernel's launch configurations and trial sets of
 # bench/gpu_int4.py --mse-sweep (a cap changes only the CUDA compile: those run there only)
 E3, E2 = (1.0, 0.9, 0.825), (1.0, 0.875)
-MSE_LAUNCHES = [(2, 1, None, None, None), (2, 1, None, None, 0), (2, 1, None, None, 96), (2, 1, None, None, 80),
-                (4, 2, None, None, None), (4, 2, None, None, 64), (2, 2, None, None, None), (4, 1, None, None, None),
-                (4, 1, None, None, 80), (2, 1, 8, None, None), (2, 1, None, E3, None), (2, 1, None, E2, None),
-                (4, 2, None, E3, None)]
+MSE_LAUNCHES = [(2, 1, None, None, 0), (2, 1, None, None, 128), (2, 1, None, None, 96), (2, 1, None, None, 80),
+                (4, 2, None, None, 0), (4, 2, None, None, 64), (2, 2, None, None, 0), (4, 1, None, None, 0),
+                (4, 1, None, None, 80), (2, 1, 8, None, 0), (2, 1, None, E3, 0), (2, 1, None, E2, 0),
+                (4, 2, None, E3, 0)]
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -101,9 +103,9 @@ MSE_LAUNCHES = [(2, 1, None, None, None), (2, 1, None, None, 0), (2, 1, None, No
 @pytest.mark.parametrize(("dtype", "k", "g"), [(torch.bfloat16, 1024, 128), (torch.bfloat16, 480, 48),
                                                (torch.float16, 512, 64), (torch.float32, 256, 128)])
 def test_mse_kernel_launch_configurations(device: str, lanes: int, warps: int, block_g: int | None,
-                                          ratios: tuple | None, regs: int | None, dtype: torch.dtype, k: int,
+                                          ratios: tuple | None, regs: int, dtype: torch.dtype, k: int,
                                           g: int) -> None:
-    if device == "cpu" and regs is not None:
+    if device == "cpu" and regs:
         pytest.skip("a register cap changes only the CUDA compile")
     w = weights(19, k, dtype, lanes * 100 + warps, tail="t")
     expected = ref.mse_scale(to_numpy(w), g, ratios=ref.RATIOS if ratios is None else np.array(ratios, np.float32))
@@ -176,8 +178,8 @@ def test_mse_kernel_binades_around_the_fixed_point(device: str, g: int, seed: in
 
 @triton.jit
 def _trial_sums_kernel(w_ptr, s_ptr, a_ptr, b_ptr, NT: tl.constexpr, G: tl.constexpr, PTX: tl.constexpr):
-    """Group ``program_id(0)`` of a contiguous bf16 weight: its ``NT`` trial sums ``A = Σ |w| |q|`` (float32)
-    and ``B = Σ q²`` (int32) for the scales ``s_ptr[group, :]``, by ``int4_triton``'s integer sums."""
+    """Group ``program_id(0)`` of a contiguous bf16 weight: its ``NT`` trial sums ``A = Σ |w| |q|`` and
+    ``B = Σ q²`` (float32) for the scales ``s_ptr[group, :]``, by ``int4_triton``'s integer sums."""
     g = tl.program_id(0)
     words = (w_ptr.to(tl.pointer_type(tl.int32)) + g * (G // 2) + tl.arange(0, G // 2))[None, None, None, :]
     x = tl.load(words)
@@ -187,9 +189,9 @@ def _trial_sums_kernel(w_ptr, s_ptr, a_ptr, b_ptr, NT: tl.constexpr, G: tl.const
     fixed, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
     for t in tl.static_range(NT):
         s = tl.load(s_ptr + g * NT + t + tl.zeros([1, 1], tl.int32))
-        fu, uu = trial_code_sums(xe, xo, reciprocal(s)[:, :, None, None], fixed, PTX)
-        tl.store(a_ptr + g * NT + t + tl.zeros([1, 1], tl.int32), (fu - 8 * fsum).to(tl.float32) * down)
-        tl.store(b_ptr + g * NT + t + tl.zeros([1, 1], tl.int32), uu + 64 * G)
+        a, b = trial_code_sums(xe, xo, short_reciprocal(s, PTX)[:, :, None, None], fixed, fsum, down, PTX)
+        tl.store(a_ptr + g * NT + t + tl.zeros([1, 1], tl.int32), a)
+        tl.store(b_ptr + g * NT + t + tl.zeros([1, 1], tl.int32), b)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -212,12 +214,61 @@ def test_integer_trial_sums_are_exact(device: str, g: int) -> None:
     in_range = (absmax >= ref.SEARCH_RANGE[0]) & (absmax <= ref.SEARCH_RANGE[1])
     assert in_range.mean() > 0.9 and (q.max(axis=-1) > 0).all()  # (the search skips the others)
     a = torch.empty(s.shape, dtype=torch.float32, device=device)
-    b = torch.empty(s.shape, dtype=torch.int32, device=device)
+    b = torch.empty(s.shape, dtype=torch.float32, device=device)
     wd = w.to(device)
     launch(_trial_sums_kernel, (wn.shape[0],), wd.device, wd, torch.from_numpy(s).to(device), a, b,
            NT=s.shape[1], G=g, PTX=packed_int16_ptx(wd))
     assert np.array_equal(a.cpu().numpy().astype(np.float64)[in_range], a_ref[in_range])
-    assert np.array_equal(b.cpu().numpy()[in_range], b_ref[in_range])
+    assert np.array_equal(b.cpu().numpy().astype(np.float64)[in_range], b_ref[in_range])
+
+
+@triton.jit
+def _short_division_kernel(a_ptr, s_ptr, inv_ptr, q_ptr, n, PTX: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=1.0)
+    s = tl.load(s_ptr + offs, mask=mask, other=1.0)
+    inv = short_reciprocal(s, PTX)
+    tl.store(inv_ptr + offs, inv, mask=mask)
+    tl.store(q_ptr + offs, div_exact(a, s, inv), mask=mask)
+
+
+def _short_divisors() -> np.ndarray:
+    """Every positive and negative bf16 and fp16 value, and every integer 1 .. 2**15 - 1, as float32, whose
+    value and reciprocal are normal float32 numbers."""
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    s = np.concatenate([bits.view(ml_dtypes.bfloat16).astype(np.float32), bits.view(np.float16).astype(np.float32),
+                        np.arange(1, 1 << 15, dtype=np.float32)])
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(all="ignore"):
+        normal = np.isfinite(s) & (np.abs(s) >= tiny) & np.isfinite(np.float32(1) / s) & (np.abs(np.float32(1) / s) >= tiny)
+    return s[normal]
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+def test_short_reciprocal_and_quotient_are_correctly_rounded(device: str) -> None:
+    """``_jit.short_reciprocal`` (rcp.approx and a Newton step on sm_90, no branch) is the correctly rounded
+    ``1 / s`` of every bf16 and fp16 divisor and every integer below 2**15, and ``div_exact`` with it the
+    correctly rounded quotient of dividends with 24 significant bits (the "mse" refit ``A / B``) within
+    ``div_exact``'s range, against NumPy's IEEE float32 division."""
+    s = _short_divisors()
+    rng = np.random.default_rng(7)
+    m = rng.integers(1 << 23, 1 << 24, s.size).astype(np.float32)  # 24-bit significands, scaled near s
+    with np.errstate(over="ignore"):  # (overflowed dividends are left out below)
+        a = (m * np.exp2(rng.integers(-24, 1, s.size)).astype(np.float32) * np.abs(s)).astype(np.float32)
+    a = np.where(rng.random(s.size) < 0.5, -a, a)
+    sd = torch.from_numpy(s).to(device)
+    inv = torch.full(s.shape, float("nan"), device=device)
+    q = torch.full(s.shape, float("nan"), device=device)
+    launch(_short_division_kernel, (triton.cdiv(s.size, 4096),), sd.device, torch.from_numpy(a).to(device), sd,
+           inv, q, s.size, PTX=packed_int16_ptx(sd), BLOCK=4096)
+    assert np.array_equal(inv.cpu().numpy(), np.float32(1) / s)
+    with np.errstate(all="ignore"):
+        expected = a / s
+    tiny = np.finfo(np.float32).tiny
+    ok = np.isfinite(a) & (np.abs(s) >= 2.0**-90) & np.isfinite(expected) & (np.abs(expected) >= tiny)
+    assert ok.mean() > 0.8  # (quotients by smaller divisors leave div_exact's range: _jit.quotient_is_exact)
+    assert np.array_equal(q.cpu().numpy()[ok], expected[ok])
 
 
 def test_mse_ratios_below_the_exact_sum_bound_raise() -> None:
