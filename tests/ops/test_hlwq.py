@@ -125,9 +125,10 @@ def test_blocks_whole_or_in_halves(b, g, halves):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mismatch_rates_are_rare(dtype):
-    """Measured on 2**18 weights: the kernel's codes differ from float64 at a rate ≤ 1e-4, W' and
-    INT4 codes of 16-bit weights ≤ 1e-3 and 1e-4 (fp32 weights: INT4 ≤ 1e-3)."""
-    rates = _check_fused_vs_torch(_weight(256, 1024, dtype, seed=7), gaussian_codebook(32), 128, 128, 1e-4)
+    """Measured on 2**16 weights: the kernel's codes differ from float64 at a rate ≤ 1e-4, W' and
+    INT4 codes of 16-bit weights ≤ 1e-3 and 1e-4 (fp32 weights: INT4 ≤ 1e-3; 17 of 65536 codes here, 62
+    of 2**18 on 256 rows, which took 50-60 s a dtype in the interpreter against 13-15 s)."""
+    rates = _check_fused_vs_torch(_weight(64, 1024, dtype, seed=7), gaussian_codebook(32), 128, 128, 1e-4)
     if dtype == torch.float32:  # fp32 W' and scales differ by ulps everywhere; INT4 codes rarely
         assert rates["int4"] <= 1e-3, rates
     else:
@@ -179,20 +180,20 @@ def test_fused_kernel_equals_reference_on_bf16():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_round_trip_and_quality(backend):
     """W' = dequantize(quantize(W)) has the codebook's error; INT4 of W' stays close to W."""
-    w = _weight(64, 1024, torch.bfloat16, seed=11)
+    w = _weight(32, 1024, torch.bfloat16, seed=11)
     cb = gaussian_codebook(32)
     codes = hlwq_quantize(w, backend=backend)
     assert codes.codes.dtype == torch.uint8 and codes.codes.shape == w.shape
-    assert codes.norms.dtype == torch.float32 and codes.norms.shape == (64, 8)
+    assert codes.norms.dtype == torch.float32 and codes.norms.shape == (32, 8)
     assert codes.codes.max() < 32
     wp = hlwq_dequantize(codes)
     assert wp.dtype == torch.bfloat16
     rel = ((wp.double() - w.double()).pow(2).sum() / w.double().pow(2).sum()).item()
     assert 0.8 * cb.mse < rel < 1.25 * cb.mse  # rotated unit blocks ~ N(0, 1) per coordinate
-    np.testing.assert_allclose(codes.norms.double(), w.double().reshape(64, 8, 128).norm(dim=-1), rtol=1e-6)
+    np.testing.assert_allclose(codes.norms.double(), w.double().reshape(32, 8, 128).norm(dim=-1), rtol=1e-6)
     q = hlwq_int4(w, backend=backend)
-    assert isinstance(q, Int4Weight) and q.packed.dtype == torch.int32 and q.packed.shape == (64, 128)
-    assert q.scale.dtype == torch.bfloat16 and q.scale.shape == (64, 8) and tuple(q.shape) == (64, 1024)
+    assert isinstance(q, Int4Weight) and q.packed.dtype == torch.int32 and q.packed.shape == (32, 128)
+    assert q.scale.dtype == torch.bfloat16 and q.scale.shape == (32, 8) and tuple(q.shape) == (32, 1024)
     assert q.group_size == 128
     err4 = ((dequantize_int4(q).double() - w.double()).pow(2).sum() / w.double().pow(2).sum()).item()
     assert rel < err4 < 0.03
@@ -202,7 +203,7 @@ def test_round_trip_and_quality(backend):
 
 
 def test_codebook_argument_original_release_is_worse():
-    w = _weight(64, 1024, torch.float32, seed=5)
+    w = _weight(16, 1024, torch.float32, seed=5)
     errs = {}
     for name, cb in {"converged": gaussian_codebook(32), "release": original_release_codebook(5)}.items():
         wp = hlwq_dequantize(hlwq_quantize(w, codebook=cb, backend="torch"), dtype=torch.float32)
@@ -328,7 +329,7 @@ def test_codebook_tables_are_built_once():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_mse_scale_and_group_sizes(backend):
     """scale="mse" (W' then quantize_int4) and group sizes that do / do not divide the block."""
-    w = _weight(32, 512, torch.bfloat16, seed=9)
+    w = _weight(16, 512, torch.bfloat16, seed=9)
     absmax = hlwq_int4(w, backend=backend)
     mse = hlwq_int4(w, scale="mse", backend=backend)
     wp = hlwq_dequantize(hlwq_quantize(w, backend=backend))
@@ -337,7 +338,7 @@ def test_mse_scale_and_group_sizes(backend):
     assert e_mse < e_abs
     for g in (64, 256):
         q = hlwq_int4(w, group_size=g, backend=backend)
-        assert q.scale.shape == (32, 512 // g) and q.group_size == g
+        assert q.scale.shape == (16, 512 // g) and q.group_size == g
         ref_q = hlwq_int4(w, group_size=g, backend="torch")
         dq = unpack_int4(q.packed, 512).int() - unpack_int4(ref_q.packed, 512).int()
         assert dq.abs().max() <= 1 and (dq != 0).double().mean() <= 1e-3

@@ -201,7 +201,7 @@ def test_integer_trial_sums_are_exact(device: str, g: int) -> None:
     their plain twins elsewhere) equal the exact float64 sums of the reference's trial codes
     ``min(rint(|w| float32(1 / s)), 7 or 8)`` for trial ratios down to MIN_RATIO, to the last unit: a
     fixed-point exponent one off, a byte order or pairing error changes them."""
-    w = binade_weights(11, max(2 * g, 64), g, 5)
+    w = binade_weights(11, 2 * g, g, 5)
     wn = to_numpy(w).astype(np.float64).reshape(-1, g)
     amax = np.abs(wn).max(axis=1).astype(np.float32)
     mult = ref.trial_multipliers(np.array([1.0, 0.925, 0.875, 0.8, 0.6, MIN_RATIO], np.float32))
