@@ -9,9 +9,9 @@ Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.
 
 - the quotient ``w / s`` is the correctly rounded float32 division, computed from one reciprocal per
   group with ``div_exact`` (``tl.div_rn`` for a tile whose scales fall outside its range);
-- ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers, as a loop. A trial's codes are
-  one fused multiply-add a weight for bf16/fp16, ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 =
-  rint(|w| * (1/s))`` of the exact product (the reference's trial codes), the stored codes (exact
+- ``scale="mse"`` runs ``len(RATIOS)`` trials on the tile in registers (unrolled for the integer sums below, a
+  loop otherwise). A trial's codes are one fused multiply-add a weight for bf16/fp16,
+  ``fma(|w|, 1/s, 1.5 * 2**23) - 1.5 * 2**23 = rint(|w| * (1/s))`` of the exact product (the reference's trial codes), the stored codes (exact
   quotient) for fp32, then clamped to 7 or 8; ``A = Σ |w| |q|`` and ``B = Σ q² <= 64 n`` are exact:
   - bf16 groups of one chunk (``G`` a power of two <= 256) sum integers (``_jit.fixed_pairs``,
     ``_jit.trial_code_sums``). With ``2**E <= amax < 2**(E + 1)``, a weight with a non-zero code in any
@@ -23,7 +23,9 @@ Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.
     ``u - 8`` is the signed code, clamped to [-8, 7] as the magnitude to 8 or 7); then
     ``A = (Σ f u - 8 Σ f) * 2**(E - 12)`` and ``B = Σ u (u - 16) + 64 G``, int32 sums (``|Σ f u| <= 8160 *
     15 * 256``) of which ``|A| 2**(12 - E) <= 8160 * 8 * 256 < 2**24``: float32 holds ``A`` and ``B``
-    exactly (``2**(E - 12)`` is a normal power of two for every group the search keeps: ``SEARCH_RANGE``).
+    exactly (``2**(E - 12)`` is a normal power of two for every group the search keeps: ``SEARCH_RANGE``). The
+    trial's reciprocal ``1/s`` and the refit ``A / B`` divide by bf16 scales and integers ``B <= 2**14``:
+    ``_jit.short_reciprocal`` gets them exactly without the branches of IEEE division.
     With inline PTX (sm_90) two codes go into one register (``prmt``), are clamped together
     (``min.relu.s16x2``), four into one register as bytes (``prmt``), and ``dp2a`` / ``dp4a`` add their
     products with the paired ``f`` and with ``u - 16``: 13 instructions for 4 weights and a trial, against 20
