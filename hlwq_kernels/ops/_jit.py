@@ -354,12 +354,12 @@ _QMIN = tl.constexpr(QMIN)
 
 
 @triton.jit
-def fixed_point_scales(amax):
-    """``(2**(12 - E), 2**(E - 12))`` (float32) of per-group ``amax >= 0`` whose binade is ``2**E``
-    (``2**E <= amax < 2**(E + 1)``); the exponent field is clamped to [13, 255] so that both are normal
-    powers of two whatever ``amax`` (zero, subnormal, infinite: values the search discards)."""
-    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, 13), 255)
-    return ((266 - e) << 23).to(tl.float32, bitcast=True), ((e - 12) << 23).to(tl.float32, bitcast=True)
+def fixed_point_scales(amax, BITS: tl.constexpr):
+    """``(2**(BITS - E), 2**(E - BITS))`` (float32) of per-group ``amax >= 0`` whose binade is ``2**E``
+    (``2**E <= amax < 2**(E + 1)``); the exponent field is clamped to [BITS + 1, 255] so that both are normal
+    powers of two whatever ``amax`` (zero, subnormal, infinite: values the searches discard)."""
+    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, BITS + 1), 255)
+    return ((254 - e + BITS) << 23).to(tl.float32, bitcast=True), ((e - BITS) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -370,8 +370,8 @@ def _prmt_lo16_ptx(a, b):
 
 @triton.jit
 def fixed_pairs(xe, xo, up, PTX: tl.constexpr):
-    """float32 weights of the even and odd columns ``[A, B, C, D]`` and per-group ``up = 2**(12 - E)``
-    (broadcast) -> (int32 words ``[A, B, C, D]`` of the 16-bit integers ``f = rint(x * up)``, even weight in the
+    """float32 weights of the even and odd columns ``[A, B, C, D]`` and per-group ``up = 2**(BITS - E)``
+    (``fixed_point_scales``, broadcast) -> (int32 words ``[A, B, C, D]`` of the 16-bit integers ``f = rint(x * up)``, even weight in the
     low half; per-group ``Σ f`` ``[A, B]``). ``|x * up| < 2**15`` (``|x| <= amax``)."""
     fe = tl.fma(xe, up, _FIX_MAGIC).to(tl.int32, bitcast=True)  # 1.5 * 2**23 + f: f in the low 16 bits
     fo = tl.fma(xo, up, _FIX_MAGIC).to(tl.int32, bitcast=True)
@@ -387,33 +387,49 @@ def fixed_pairs(xe, xo, up, PTX: tl.constexpr):
 
 
 @triton.jit
-def trial_code_sums(xe, xo, inv, words, fsum, down, PTX: tl.constexpr):
-    """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0), per-group ``inv``
-    (broadcast; ``|x * inv| < 2**14``), the ``fixed_pairs`` words and ``Σ f`` of the weights and per-group
-    ``down = 2**(E - 12)`` (``fixed_point_scales``) -> per-group float32 ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
-    the clamped codes ``q = u + QMIN``, ``u = clamp(rint(x * inv) - QMIN, 0, 15)`` (``rint`` of the exact product,
-    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)``."""
-    be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
+def code_byte_sums(be, bo, words, SUM_U: tl.constexpr, PTX: tl.constexpr):
+    """int32 bits ``[A, B, C, D]`` (D % 4 == 0) whose low 16 bits hold the codes of the even and odd weights, two's
+    complement (the bits of ``y + 1.5 * 2**23``, ``y`` an integer-valued float, ``|y| < 2**15``), and the
+    ``fixed_pairs`` words of the weights -> per-group int32 ``(Σ f u, Σ u (u - 16), Σ u)`` ``[A, B]`` of the
+    clamped codes ``u = clamp(code, 0, 15)`` (``Σ u`` only with ``SUM_U``, else 0). ``|code| < 2**15`` (the
+    plain twin reads the code as the bits minus those of ``1.5 * 2**23``, the PTX their low 16 bits)."""
     if PTX:
         # weights 2j, 2j + 1 of pairs j = 4k .. 4k + 3 (a 16-byte load holds them) as separate tensors
         e0, e1, e2, e3 = _quarters(be)
         o0, o1, o2, o3 = _quarters(bo)
         w0, w1, w2, w3 = _quarters(words)
-        fu, uu = tl.inline_asm_elementwise(
-            """{ .reg .b32 p<4>, u<2>, t<2>, top;
-            mov.b32 top, 0x000F000F;
-            prmt.b32 p0, $2, $6, 0x5410; prmt.b32 p1, $3, $7, 0x5410;
-            prmt.b32 p2, $4, $8, 0x5410; prmt.b32 p3, $5, $9, 0x5410;
-            min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
-            min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
-            prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;
-            or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;
-            dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;
-            dp2a.lo.s32.u32 $0, $10, u0, 0; dp2a.hi.s32.u32 $0, $11, u0, $0;
-            dp2a.lo.s32.u32 $0, $12, u1, $0; dp2a.hi.s32.u32 $0, $13, u1, $0; }""",
-            "=r,=r,r,r,r,r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
-            dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+        if SUM_U:
+            fu, uu, su = tl.inline_asm_elementwise(
+                """{ .reg .b32 p<4>, u<2>, t<2>, top;
+                mov.b32 top, 0x000F000F;
+                prmt.b32 p0, $3, $7, 0x5410; prmt.b32 p1, $4, $8, 0x5410;
+                prmt.b32 p2, $5, $9, 0x5410; prmt.b32 p3, $6, $10, 0x5410;
+                min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
+                min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
+                prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;
+                or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;
+                dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;
+                dp4a.u32.u32 $2, u0, 0x01010101, 0; dp4a.u32.u32 $2, u1, 0x01010101, $2;
+                dp2a.lo.s32.u32 $0, $11, u0, 0; dp2a.hi.s32.u32 $0, $12, u0, $0;
+                dp2a.lo.s32.u32 $0, $13, u1, $0; dp2a.hi.s32.u32 $0, $14, u1, $0; }""",
+                "=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
+                dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        else:
+            fu, uu = tl.inline_asm_elementwise(
+                """{ .reg .b32 p<4>, u<2>, t<2>, top;
+                mov.b32 top, 0x000F000F;
+                prmt.b32 p0, $2, $6, 0x5410; prmt.b32 p1, $3, $7, 0x5410;
+                prmt.b32 p2, $4, $8, 0x5410; prmt.b32 p3, $5, $9, 0x5410;
+                min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
+                min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
+                prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;
+                or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;
+                dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;
+                dp2a.lo.s32.u32 $0, $10, u0, 0; dp2a.hi.s32.u32 $0, $11, u0, $0;
+                dp2a.lo.s32.u32 $0, $12, u1, $0; dp2a.hi.s32.u32 $0, $13, u1, $0; }""",
+                "=r,=r,r,r,r,r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
+                dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+            su = tl.zeros(fu.shape, tl.int32)
     else:
         ue = tl.minimum(tl.maximum(be - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
         uo = tl.minimum(tl.maximum(bo - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
@@ -421,7 +437,22 @@ def trial_code_sums(xe, xo, inv, words, fsum, down, PTX: tl.constexpr):
         fo = words >> 16
         fu = fe * ue + fo * uo
         uu = ue * (ue - 16) + uo * (uo - 16)
+        if SUM_U:
+            su = ue + uo
+        else:
+            su = tl.zeros(fu.shape, tl.int32)
+    return tl.sum(tl.sum(fu, axis=2), axis=2), tl.sum(tl.sum(uu, axis=2), axis=2), tl.sum(tl.sum(su, axis=2), axis=2)
+
+
+@triton.jit
+def trial_code_sums(xe, xo, inv, words, fsum, down, PTX: tl.constexpr):
+    """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0), per-group ``inv``
+    (broadcast; ``|x * inv| < 2**14``), the ``fixed_pairs`` words and ``Σ f`` of the weights and per-group
+    ``down = 2**(E - 12)`` (``fixed_point_scales``) -> per-group float32 ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
+    the clamped codes ``q = u + QMIN``, ``u = clamp(rint(x * inv) - QMIN, 0, 15)`` (``rint`` of the exact product,
+    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)`` (``code_byte_sums``)."""
+    be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    fu, uu, unused = code_byte_sums(be, bo, words, False, PTX)
     n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
-    fu = tl.sum(tl.sum(fu, axis=2), axis=2) + _QMIN * fsum
-    uu = tl.sum(tl.sum(uu, axis=2), axis=2) + _QMIN * _QMIN * n
-    return fu.to(tl.float32) * down, uu.to(tl.float32)
+    return (fu + _QMIN * fsum).to(tl.float32) * down, (uu + _QMIN * _QMIN * n).to(tl.float32)

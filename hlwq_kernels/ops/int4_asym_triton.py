@@ -35,9 +35,12 @@ import torch
 
 from hlwq_kernels.ops._jit import (
     bf16_hi,
+    code_byte_sums,
     div_exact,
     bf16_lo,
     bf16_pair_range,
+    fixed_pairs,
+    fixed_point_scales,
     group_quotient,
     group_tile,
     group_word_pointers,
@@ -47,9 +50,12 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     round_half_even,
     round_to_dtype_cvt,
+    short_reciprocal,
 )
 from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, require_triton, tensor_key, tl, triton
-from hlwq_kernels.ops.int4_triton import _EPS, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs
+from hlwq_kernels.ops.int4_triton import (
+    _EPS, _even_odd, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs,
+)
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS, MARGIN, N_CLIP, REFIT_STEPS, clip_ratios
 
@@ -212,6 +218,25 @@ def _launch_over_rows(
 # the search when a group fits one chunk: min-max trial, N_CLIP - 1 clip ratios, the sums of the best's
 # codes, REFIT_STEPS refits, each a pass over the tile summing per thread in float32, then across the
 # group's threads; the per-group arithmetic in float64 as the torch path (hlwq_kernels.ops.int4_asym).
+#
+# bf16 groups of one chunk without importance sum integers instead (``_clip_int_trial``), as the "mse"
+# search of ``int4_triton`` does: with ``2**E <= amax < 2**(E + 1)``, every weight whose code differs from the
+# zero point has ``|w| >= s / 2`` (less than half a step rounds to the zero point), and ``s >= 2**(E - 5)``
+# makes that ``|w| >= 2**(E - 6)``, a multiple of ``2**(E - 13)``: the 16-bit integer ``f = rint(w * 2**(14 - E))``
+# (``|f| < 2**15``) is exact for it. The min-max and clip trials' scales are at least ``0.72 amax / 15 > 2**(E - 5)``
+# (and below ``2 * 2**128 / 15 < 2**126``: ``_jit.short_reciprocal`` is exact), and so is the best of them, whose
+# codes the refits start from; those passes sum integers, unless a group of the tile has ``0 < amax < 2**-112``
+# (``2**(E - 14)`` not a normal float). The refits' least-squares scales have no such bound: they stay float. A pass's codes are biased
+# to ``u = q - QMIN`` in [0, 15] (bits of ``1.5 * 2**23 + z - QMIN`` plus the quotient), summed as bytes
+# with ``dp2a`` / ``dp4a`` (``_jit.code_byte_sums``): ``Σ f u``, ``Σ u (u - 16)``, ``Σ u``. With ``d = u - (z - QMIN)``
+# they give ``Σ d``, ``Σ d²`` and ``Σ w d`` exactly, and ``E = Σ w² + s (s Σ d² - 2 Σ w d)`` in float64 (``Σ w²``
+# in float64 once a group: ``E`` is about 1% of it, so a float32 ``Σ w²`` would shift ``E`` by about MARGIN
+# against the refits' float32 sums; measured: 255 of 2**21 groups chose otherwise than the torch path, 11 with
+# float sums). The float passes run on the tile times ``2**(14 - E)`` (``_clip_pass``): their float32 sums then
+# neither underflow nor overflow for groups far from 1 (they did below about 2**-60 and above 2**60). The exact-quotient
+# codes round ``RN(w / s) + z`` once (the bf16 argument of the module docstring), as the min-max kernel does.
+_FIX_BITS = tl.constexpr(14)
+_FIX_TINY = tl.constexpr(2.0**-112)  # the smallest amax whose 2**(E - 14) is a normal float
 
 
 def _clip_constants(device: torch.device) -> torch.Tensor:
@@ -270,6 +295,82 @@ def _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK: t
             d2 += _group_sum(ld * d)
             u1 += _group_sum(ld * x)
     return e, d1, d2, u1
+
+
+@triton.jit
+def _clip_int_trial(xe, xo, words, fsum, up, down, w2, s, z, G: tl.constexpr, SUMS: tl.constexpr,
+                    PTX: tl.constexpr):
+    """``_clip_trial``'s ``(E, Σ d, Σ d², Σ w d)``, all float64, from integer sums (see above): ``xe``, ``xo``
+    the even and odd weights times ``up = 2**(14 - E)``, ``words``, ``fsum`` their ``fixed_pairs``,
+    ``down = 2**(E - 14)``, ``w2 = Σ w²``."""
+    s_up = s * up  # (exact: powers of two)
+    inv4 = short_reciprocal(s_up, PTX)[:, :, None, None]
+    magic4 = (z + (_MAGIC - _QMIN))[:, :, None, None]
+    if SUMS:  # the rule's codes: the exact quotient
+        s4 = s_up[:, :, None, None]
+        be = (div_exact(xe, s4, inv4) + magic4).to(tl.int32, bitcast=True)
+        bo = (div_exact(xo, s4, inv4) + magic4).to(tl.int32, bitcast=True)
+    else:  # one fused multiply-add (ties as _clip_trial's)
+        be = tl.fma(xe, inv4, magic4).to(tl.int32, bitcast=True)
+        bo = tl.fma(xo, inv4, magic4).to(tl.int32, bitcast=True)
+    fu, uu, su = code_byte_sums(be, bo, words, True, PTX)
+    zu = z.to(tl.int32) - _QMIN
+    d1 = (su - zu * G).to(tl.float64)
+    d2 = (uu + (16 - 2 * zu) * su + zu * zu * G).to(tl.float64)  # Σ u² = Σ u (u - 16) + 16 Σ u
+    u1 = (fu - zu * fsum).to(tl.float64) * down.to(tl.float64)
+    s64 = s.to(tl.float64)
+    return w2 + s64 * (s64 * d2 - 2.0 * u1), d1, d2, u1
+
+
+@triton.jit
+def _clip_pass(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, fixed, rscale, NCHUNK: tl.constexpr,
+               CHUNK: tl.constexpr, G: tl.constexpr, HAS_LAM: tl.constexpr, SUMS: tl.constexpr,
+               INT_PATH: tl.constexpr, PTX: tl.constexpr):
+    """One pass of the search at ``(s, z)``, float64 ``(E, Σ λ d, Σ λ d², Σ λ w d)``: ``_clip_int_trial``
+    (``INT_PATH``; ``fixed`` = its tile state) or ``_clip_trial``, on the tile ``x`` times ``up`` of
+    ``rscale = (up, down)`` (powers of two, ``up down = 1``; bf16 groups far from 1 then neither underflow nor
+    overflow in float32; ones elsewhere) with the scale ``s up``."""
+    up, down = rscale
+    if INT_PATH:
+        xe, xo, words, fsum, w2 = fixed
+        e, d1, d2, u1 = _clip_int_trial(xe, xo, words, fsum, up, down, w2, s, z, G, SUMS, PTX)
+    else:
+        e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s * up, z, NCHUNK, CHUNK,
+                                    HAS_LAM, SUMS)
+        down = down.to(tl.float64)
+        e, u1 = e.to(tl.float64) * (down * down), u1.to(tl.float64) * down
+    return e.to(tl.float64), d1.to(tl.float64), d2.to(tl.float64), u1.to(tl.float64)
+
+
+@triton.jit
+def _clip_trials(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, fixed, rscale,
+                 NCHUNK: tl.constexpr, CHUNK: tl.constexpr, G: tl.constexpr, N_CLIP: tl.constexpr,
+                 HAS_LAM: tl.constexpr, DT: tl.constexpr, INT_PATH: tl.constexpr, PTX: tl.constexpr):
+    """The min-max trial and the clip ratios (``_clip_pass``), then the sums over the best's codes:
+    ``(E, s, z)`` of the best and its ``(Σ λ d, Σ λ d², Σ λ w d)``."""
+    # The min-max trial: compressed-tensors' rule (hlwq_kernels.ops.int4_asym._minmax).
+    s = round_to_dtype_cvt(tl.div_rn(round_to_dtype_cvt(hi - lo, DT, PTX), tl.full(lo.shape, _LEVELS, tl.float32)),
+                           DT, PTX)
+    s_ok = s != 0.0
+    zf = round_to_dtype_cvt(-round_to_dtype_cvt(tl.div_rn(lo, tl.where(s_ok, s, 1.0)), DT, PTX) + _QMIN, DT, PTX)
+    zf = tl.where(s_ok, tl.minimum(tl.maximum(zf, _QMIN), _QMAX), tl.where(lo < 0.0, _QMAX, 0.0))
+    best_s = tl.where(s_ok, s, eps)
+    best_z = (zf + _MAGIC) - _MAGIC
+    best_e, d1, d2, u1 = _clip_pass(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, fixed, rscale,
+                                    NCHUNK, CHUNK, G, HAS_LAM, False, INT_PATH, PTX)
+    # Clip ratios (float64 arithmetic, as the torch path)
+    lo64 = lo.to(tl.float64)
+    span = hi.to(tl.float64) - lo64
+    for t in range(1, N_CLIP):
+        ratio = tl.load(const_ptr + t)
+        s = _stored_scale(ratio * span / 15.0, eps, DT, PTX)
+        z = _rint_zero_point(-(ratio * lo64 / s.to(tl.float64)) + _QMIN)
+        e, d1, d2, u1 = _clip_pass(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, fixed, rscale, NCHUNK,
+                                   CHUNK, G, HAS_LAM, False, INT_PATH, PTX)
+        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
+    e, d1, d2, u1 = _clip_pass(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, fixed, rscale,
+                               NCHUNK, CHUNK, G, HAS_LAM, True, INT_PATH, PTX)
+    return best_e, best_s, best_z, d1, d2, u1
 
 
 @triton.jit
@@ -357,56 +458,60 @@ def _int4_asym_clip_kernel(
             t0 += _group_sum(x)
     if not HAS_LAM:
         n0 += G
-
-    # The min-max trial: compressed-tensors' rule (hlwq_kernels.ops.int4_asym._minmax).
-    s = round_to_dtype_cvt(tl.div_rn(round_to_dtype_cvt(hi - lo, DT, PTX), tl.full(lo.shape, _LEVELS, tl.float32)),
-                           DT, PTX)
-    s_ok = s != 0.0
-    zf = round_to_dtype_cvt(-round_to_dtype_cvt(tl.div_rn(lo, tl.where(s_ok, s, 1.0)), DT, PTX) + _QMIN, DT, PTX)
-    zf = tl.where(s_ok, tl.minimum(tl.maximum(zf, _QMIN), _QMAX), tl.where(lo < 0.0, _QMAX, 0.0))
-    best_s = tl.where(s_ok, s, eps)
-    best_z = (zf + _MAGIC) - _MAGIC
-    e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, NCHUNK, CHUNK,
-                                HAS_LAM, False)
-    best_e = e.to(tl.float64)
     keep = tl.load(const_ptr + N_CLIP)  # 1 - MARGIN: a trial must be lower by MARGIN, relatively
+    if NCHUNK == 1 and not HAS_LAM and DT == tl.bfloat16:  # integer sums (above) where the tile allows them
+        amax = tl.maximum(hi, -lo)
+        up, down = fixed_point_scales(amax, _FIX_BITS)  # (2**(14 - E), 2**(E - 14))
+        rscale = (up, down)
+        # the tile times 2**(14 - E) from here on (the fixed point, the float passes: _clip_pass; the stored codes)
+        xs = x * up[:, :, None, None]
+        xe, xo = _even_odd(xs, False)
+        words, fsum = fixed_pairs(xe, xo, tl.full(up.shape, 1.0, tl.float32)[:, :, None, None], PTX)
+        # Σ w² in float64: E is about 1% of it, so its float32 rounding would move E by about MARGIN
+        xs64 = xs.to(tl.float64)
+        down64 = down.to(tl.float64)
+        fixed = (xe, xo, words, fsum, _group_sum(xs64 * xs64) * (down64 * down64))
+        if tl.min(((amax >= _FIX_TINY) | (amax == 0.0)).to(tl.int32)) > 0:
+            best_e, best_s, best_z, d1, d2, u1 = _clip_trials(
+                xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, fixed, rscale, NCHUNK,
+                CHUNK, G, N_CLIP, HAS_LAM, DT, True, PTX)
+        else:
+            best_e, best_s, best_z, d1, d2, u1 = _clip_trials(
+                xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, fixed, rscale, NCHUNK,
+                CHUNK, G, N_CLIP, HAS_LAM, DT, False, PTX)
+    else:
+        xs = x
+        amax = tl.maximum(hi, -lo)
+        rscale = (tl.full(lo.shape, 1.0, tl.float32), tl.full(lo.shape, 1.0, tl.float32))
+        best_e, best_s, best_z, d1, d2, u1 = _clip_trials(
+            xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, (xs,), rscale, NCHUNK,
+            CHUNK, G, N_CLIP, HAS_LAM, DT, False, PTX)
 
-    # Clip ratios (float64 arithmetic, as the torch path)
-    lo64 = lo.to(tl.float64)
-    span = hi.to(tl.float64) - lo64
-    for t in range(1, N_CLIP):
-        ratio = tl.load(const_ptr + t)
-        s = _stored_scale(ratio * span / 15.0, eps, DT, PTX)
-        z = _rint_zero_point(-(ratio * lo64 / s.to(tl.float64)) + _QMIN)
-        e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
-                                    HAS_LAM, False)
-        better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
-
-    # Least-squares refits of the best, each from the sums over its codes (kept with the best).
-    e, d1, d2, u1 = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, best_s, best_z, NCHUNK, CHUNK,
-                                HAS_LAM, True)
+    # Least-squares refits of the best, each from the sums over its codes (kept with the best), in float.
     n064 = n0.to(tl.float64)
     t064 = t0.to(tl.float64)
     for _ in range(REFITS):
         s, z = _refit(d1, d2, u1, best_s, best_z, n064, t064, eps, DT, PTX)
-        e, c1, c2, cu = _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK, CHUNK,
-                                    HAS_LAM, True)
+        e, c1, c2, cu = _clip_pass(xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, (xs,), rscale, NCHUNK,
+                                   CHUNK, G, HAS_LAM, True, False, PTX)
         better, best_e, best_s, best_z = _offer(e, s, z, best_e, best_s, best_z, keep)
         d1 = tl.where(better, c1, d1)
         d2 = tl.where(better, c2, d2)
         u1 = tl.where(better, cu, u1)
 
     # The stored codes: the exact quotient by the stored scale, as compressed-tensors' quantize.
+    # (on the scaled tile: the same quotients)
     tl.store(scale_ptr + rows.to(tl.int64)[:, None] * NG + grps[None, :], best_s.to(DT), mask=mask2)
-    inv = reciprocal(best_s)
-    fast = quotient_is_exact(best_s, inv, tl.maximum(hi, -lo))
-    s4 = best_s[:, :, None, None]
+    s_up = best_s * rscale[0]
+    inv = reciprocal(s_up)
+    fast = quotient_is_exact(s_up, inv, amax * rscale[0])
+    s4 = s_up[:, :, None, None]
     inv4 = inv[:, :, None, None]
     zc = best_z[:, :, None, None]
     for c in range(NCHUNK):
         if NCHUNK > 1:
-            x, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
-        y = tl.minimum(tl.maximum(group_quotient(x, s4, inv4, fast) + zc, _QMIN), _QMAX)
+            xs, lam = _clip_chunk(w_ptrs, l_ptrs, c, mask4, lmask, stride_wk, CHUNK, HAS_LAM)
+        y = tl.minimum(tl.maximum(group_quotient(xs, s4, inv4, fast) + zc, _QMIN), _QMAX)
         tl.store(p_ptrs + c * (CHUNK // 8), pack_codes(y), mask=mask4)
     _store_zero_points(zero_ptr, round_half_even(best_z), rows < N, grps, N, NG, BLOCK_N, BLOCK_G)
 

@@ -260,7 +260,7 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
     refit_s = absmax
     refit_d = tl.full(amax.shape, float("inf"), tl.float64)
     if INT_SUMS:
-        up, down = fixed_point_scales(amax)
+        up, down = fixed_point_scales(amax, 12)
         words, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
         for t in tl.static_range(N_RATIOS):
             s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)

@@ -406,6 +406,25 @@ def test_clip_kernel_same_parameters_on_most_groups(device: str, dtype: torch.dt
 
 
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_clip_kernel_integer_sums_across_binades(device: str) -> None:
+    """bf16 groups without importance search by integer sums of 16-bit fixed-point weights, exact while every
+    scale is at least 2**(E - 5) and amax at least 2**-112 (``int4_asym_triton``, the clip section), with float64
+    errors: the reference's parameters from 2**-112 to 2**120 (rows 16-31), zero groups, a group with one outlier
+    (the smallest trial scales against its weights). A tile (rows 0-15) with a group below 2**-112 takes the
+    float path, whose float32 errors underflow below about 2**-60 (those rows are not compared; the others
+    of the tile are)."""
+    mags = [-118.0, -112, -111, -50, -7, 0, 5, 50] * 2 + [-112, -111, -60, -7, 0, 5, 60, 120] * 2
+    w = random_weight((32, 512), torch.float32, 13, tail="t") * torch.exp2(torch.tensor(mags))[:, None]
+    w[3, :128] = w[21, :128] = 0.0  # zero groups
+    w[7, 256:384] = w[7, 256:384] * 2.0**-9
+    w[7, 300] = 3.0  # one outlier
+    w = w.to(torch.bfloat16)
+    differ, rel = check_clip(w, 128, None, clip_kernel(w, 128, None, device))
+    compared = (np.array(mags) >= -60) | (np.arange(32) >= 16)
+    assert differ[compared].sum() <= 1 and (rel[compared] > 2e-3).sum() <= 1
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_clip_kernel_unit_importance_is_no_importance(device: str) -> None:
     w = weights(19, 384, torch.bfloat16, 21)
     a, b = clip_kernel(w, 128, torch.ones(384), device), clip_kernel(w, 128, None, device)

@@ -185,7 +185,7 @@ def _trial_sums_kernel(w_ptr, s_ptr, a_ptr, b_ptr, NT: tl.constexpr, G: tl.const
     x = tl.load(words)
     xe, xo = bf16_lo(x), bf16_hi(x)
     amax = tl.max(tl.max(tl.maximum(tl.abs(xe), tl.abs(xo)), axis=3), axis=2)
-    up, down = fixed_point_scales(amax)
+    up, down = fixed_point_scales(amax, 12)
     fixed, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
     for t in tl.static_range(NT):
         s = tl.load(s_ptr + g * NT + t + tl.zeros([1, 1], tl.int32))
