@@ -337,17 +337,19 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
     return tl.where(s == 0.0, eps, s)
 
 
-# --- "mse" trial sums of bf16 weights in integers (``hlwq_kernels.ops.int4_triton``, module docstring) --------
+# --- "mse" trial sums of 16-bit weights in integers (``hlwq_kernels.ops.int4_triton``, module docstring) -----
 #
 # A trial's code of a weight ``w`` is ``q = clamp(rint(w * inv), QMIN, QMAX)``; ``fma(w, inv, 1.5 * 2**23 - QMIN)``
 # holds the biased code ``u = rint(w * inv) - QMIN`` (|u| < 2**15) in its low 16 bits, two's complement.
-# Weights enter as 16-bit fixed-point integers ``f = rint(w * 2**(12 - E))`` (``fixed_point_scales``), two a
-# word (``fixed_pairs``); ``trial_code_sums`` then returns the per-group integers
+# Weights enter as fixed-point integers ``f = rint(w * 2**(BITS - E))`` (``fixed_point_scales``; bf16 BITS = 12:
+# 16-bit ``f``; fp16 BITS = 15: 17-bit ``f``, halved, its low bit apart), two a word (``fixed_pairs``);
+# ``trial_code_sums`` then returns the per-group integers
 # ``Σ f u`` and ``Σ u (u - 16)`` of the clamped biased codes ``u`` in [0, 15] (QMIN = -8, QMAX = 7, so that
 # ``Σ f q = Σ f u - 8 Σ f`` and ``Σ q² = Σ u (u - 16) + 64 n`` for ``q = u - 8``): with inline PTX, two codes a
 # register (``prmt``), clamped together (``min.relu.s16x2``), four codes a register as bytes (``prmt``),
-# ``Σ u (u - 16)`` by ``dp4a`` (``u - 16`` is the signed byte ``u | 0xF0``) and ``Σ f u`` by ``dp2a``:
-# about 3.25 instructions a weight with the code's fused multiply-add, against 5 in float32.
+# ``Σ u (u - 16)`` by ``dp4a`` (``u - 16`` is the signed byte ``u | 0xF0``), ``Σ f u`` by ``dp2a`` (and for halved
+# ``f`` the low bits' ``Σ (f & 1) u`` by ``dp4a``): about 3.25 instructions a weight with the code's fused
+# multiply-add (3.5 halved), against 5 in float32.
 
 _FIX_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 _QMIN = tl.constexpr(QMIN)
@@ -368,68 +370,81 @@ def _prmt_lo16_ptx(a, b):
                                      is_pure=True, pack=1)
 
 
+def _code_sums_asm(weighted: bool) -> str:
+    """The inline PTX of ``code_byte_sums``: outputs ``Σ f u``, ``Σ u (u - 16)`` (and with ``weighted``
+    ``Σ c u``), inputs the code bits of four even and four odd weights, four ``fixed_pairs`` words (and two
+    registers of byte weights ``c``). ``u0`` holds the bytes of weights (e0, o0, e1, o1), ``u1`` of the rest."""
+    k = 3 if weighted else 2
+    e = [f"${k + i}" for i in range(4)]
+    o = [f"${k + 4 + i}" for i in range(4)]
+    w = [f"${k + 8 + i}" for i in range(4)]
+    lines = ["{ .reg .b32 p<4>, u<2>, t<2>, top;", "mov.b32 top, 0x000F000F;"]
+    lines += [f"prmt.b32 p{i}, {e[i]}, {o[i]}, 0x5410;" for i in range(4)]
+    lines += [f"min.relu.s16x2 p{i}, p{i}, top;" for i in range(4)]
+    lines += ["prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;",
+              "or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;",
+              "dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;"]
+    if weighted:
+        lines.append(f"dp4a.u32.u32 $2, u0, ${k + 12}, 0; dp4a.u32.u32 $2, u1, ${k + 13}, $2;")
+    lines += [f"dp2a.lo.s32.u32 $0, {w[0]}, u0, 0; dp2a.hi.s32.u32 $0, {w[1]}, u0, $0;",
+              f"dp2a.lo.s32.u32 $0, {w[2]}, u1, $0; dp2a.hi.s32.u32 $0, {w[3]}, u1, $0; }}"]
+    return "\n".join(lines)
+
+
+_CODE_SUMS_ASM = tl.constexpr(_code_sums_asm(False))
+_CODE_SUMS_WEIGHTED_ASM = tl.constexpr(_code_sums_asm(True))
+
+
 @triton.jit
-def fixed_pairs(xe, xo, up, PTX: tl.constexpr):
-    """float32 weights of the even and odd columns ``[A, B, C, D]`` and per-group ``up = 2**(BITS - E)``
-    (``fixed_point_scales``, broadcast) -> (int32 words ``[A, B, C, D]`` of the 16-bit integers ``f = rint(x * up)``, even weight in the
-    low half; per-group ``Σ f`` ``[A, B]``). ``|x * up| < 2**15`` (``|x| <= amax``)."""
-    fe = tl.fma(xe, up, _FIX_MAGIC).to(tl.int32, bitcast=True)  # 1.5 * 2**23 + f: f in the low 16 bits
+def fixed_pairs(xe, xo, up, HALVE: tl.constexpr, PTX: tl.constexpr):
+    """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0) and per-group
+    ``up = 2**(BITS - E)`` (``fixed_point_scales``, broadcast) -> the tile in fixed point, ``f = rint(x * up)``,
+    ``|x * up| < 2**(15 + HALVE)``: (int32 words ``[A, B, C, D]`` of the 16-bit integers ``f >> HALVE``, even
+    weight in the low half; per-group ``Σ f`` ``[A, B]``; with ``HALVE`` the low bits ``f & 1`` as bytes of two
+    registers ``[A, B, C, D / 4]`` ordered as ``code_byte_sums``' codes (weights 2j, 2j + 1 of pairs j = 4k, 4k + 1,
+    then of 4k + 2, 4k + 3), else zeros)."""
+    fe = tl.fma(xe, up, _FIX_MAGIC).to(tl.int32, bitcast=True)  # 1.5 * 2**23 + f: f in the low bits
     fo = tl.fma(xo, up, _FIX_MAGIC).to(tl.int32, bitcast=True)
+    n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
     if PTX:
-        words = _prmt_lo16_ptx(fe, fo)
+        # (1.5 * 2**23 + f) >> 1 = 1.5 * 2**22 + (f >> 1): f >> 1 in the low 16 bits
+        words = _prmt_lo16_ptx(fe >> HALVE, fo >> HALVE)
         # Σ f from the bits (int32 sums wrap): the magic's bits once a weight, subtracted once a group
-        n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
         fsum = tl.sum(tl.sum(fe + fo, axis=2), axis=2) - n * tl.full(up.shape[:2], _PAIR_MAGIC_BITS, tl.int32)
     else:
-        words = (fe & 0xFFFF) | (fo << 16)
-        fsum = tl.sum(tl.sum((fe - _PAIR_MAGIC_BITS) + (fo - _PAIR_MAGIC_BITS), axis=2), axis=2)
-    return words, fsum
+        fe -= _PAIR_MAGIC_BITS
+        fo -= _PAIR_MAGIC_BITS
+        words = ((fe >> HALVE) & 0xFFFF) | ((fo >> HALVE) << 16)
+        fsum = tl.sum(tl.sum(fe + fo, axis=2), axis=2)
+    le0, le1, le2, le3 = _quarters(fe & HALVE)  # (the magic's bits are even)
+    lo0, lo1, lo2, lo3 = _quarters(fo & HALVE)
+    low01 = le0 | (lo0 << 8) | (le1 << 16) | (lo1 << 24)
+    low23 = le2 | (lo2 << 8) | (le3 << 16) | (lo3 << 24)
+    return words, fsum, low01, low23
 
 
 @triton.jit
-def code_byte_sums(be, bo, words, SUM_U: tl.constexpr, PTX: tl.constexpr):
+def code_byte_sums(be, bo, words, c01, c23, WEIGHTED: tl.constexpr, PTX: tl.constexpr):
     """int32 bits ``[A, B, C, D]`` (D % 4 == 0) whose low 16 bits hold the codes of the even and odd weights, two's
-    complement (the bits of ``y + 1.5 * 2**23``, ``y`` an integer-valued float, ``|y| < 2**15``), and the
-    ``fixed_pairs`` words of the weights -> per-group int32 ``(Σ f u, Σ u (u - 16), Σ u)`` ``[A, B]`` of the
-    clamped codes ``u = clamp(code, 0, 15)`` (``Σ u`` only with ``SUM_U``, else 0). ``|code| < 2**15`` (the
-    plain twin reads the code as the bits minus those of ``1.5 * 2**23``, the PTX their low 16 bits)."""
+    complement (the bits of ``y + 1.5 * 2**23``, ``y`` an integer-valued float, ``|y| < 2**15``), the
+    ``fixed_pairs`` words of the weights and (``WEIGHTED``) byte weights ``c`` ordered as ``fixed_pairs``' low bits
+    -> per-group int32 ``(Σ f u, Σ u (u - 16), Σ c u)`` ``[A, B]`` of the clamped codes ``u = clamp(code, 0, 15)``
+    (``Σ c u`` 0 unless ``WEIGHTED``; the plain twin reads the code as the bits minus those of ``1.5 * 2**23``,
+    the PTX their low 16 bits)."""
     if PTX:
         # weights 2j, 2j + 1 of pairs j = 4k .. 4k + 3 (a 16-byte load holds them) as separate tensors
         e0, e1, e2, e3 = _quarters(be)
         o0, o1, o2, o3 = _quarters(bo)
         w0, w1, w2, w3 = _quarters(words)
-        if SUM_U:
-            fu, uu, su = tl.inline_asm_elementwise(
-                """{ .reg .b32 p<4>, u<2>, t<2>, top;
-                mov.b32 top, 0x000F000F;
-                prmt.b32 p0, $3, $7, 0x5410; prmt.b32 p1, $4, $8, 0x5410;
-                prmt.b32 p2, $5, $9, 0x5410; prmt.b32 p3, $6, $10, 0x5410;
-                min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
-                min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
-                prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;
-                or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;
-                dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;
-                dp4a.u32.u32 $2, u0, 0x01010101, 0; dp4a.u32.u32 $2, u1, 0x01010101, $2;
-                dp2a.lo.s32.u32 $0, $11, u0, 0; dp2a.hi.s32.u32 $0, $12, u0, $0;
-                dp2a.lo.s32.u32 $0, $13, u1, $0; dp2a.hi.s32.u32 $0, $14, u1, $0; }""",
-                "=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
+        if WEIGHTED:
+            fu, uu, cu = tl.inline_asm_elementwise(
+                _CODE_SUMS_WEIGHTED_ASM, "=r,=r,=r" + ",r" * 14, [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3, c01, c23],
                 dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
             fu, uu = tl.inline_asm_elementwise(
-                """{ .reg .b32 p<4>, u<2>, t<2>, top;
-                mov.b32 top, 0x000F000F;
-                prmt.b32 p0, $2, $6, 0x5410; prmt.b32 p1, $3, $7, 0x5410;
-                prmt.b32 p2, $4, $8, 0x5410; prmt.b32 p3, $5, $9, 0x5410;
-                min.relu.s16x2 p0, p0, top; min.relu.s16x2 p1, p1, top;
-                min.relu.s16x2 p2, p2, top; min.relu.s16x2 p3, p3, top;
-                prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;
-                or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;
-                dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;
-                dp2a.lo.s32.u32 $0, $10, u0, 0; dp2a.hi.s32.u32 $0, $11, u0, $0;
-                dp2a.lo.s32.u32 $0, $12, u1, $0; dp2a.hi.s32.u32 $0, $13, u1, $0; }""",
-                "=r,=r,r,r,r,r,r,r,r,r,r,r,r,r", [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
+                _CODE_SUMS_ASM, "=r,=r" + ",r" * 12, [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3],
                 dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
-            su = tl.zeros(fu.shape, tl.int32)
+            cu = tl.zeros(fu.shape, tl.int32)
     else:
         ue = tl.minimum(tl.maximum(be - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
         uo = tl.minimum(tl.maximum(bo - _PAIR_MAGIC_BITS, 0), _NIBBLE_MAX)
@@ -437,22 +452,44 @@ def code_byte_sums(be, bo, words, SUM_U: tl.constexpr, PTX: tl.constexpr):
         fo = words >> 16
         fu = fe * ue + fo * uo
         uu = ue * (ue - 16) + uo * (uo - 16)
-        if SUM_U:
-            su = ue + uo
+        if WEIGHTED:
+            e0, e1, e2, e3 = _quarters(ue)
+            o0, o1, o2, o3 = _quarters(uo)
+            cu = (_byte_dot(c01, e0, o0, e1, o1) + _byte_dot(c23, e2, o2, e3, o3))
         else:
-            su = tl.zeros(fu.shape, tl.int32)
-    return tl.sum(tl.sum(fu, axis=2), axis=2), tl.sum(tl.sum(uu, axis=2), axis=2), tl.sum(tl.sum(su, axis=2), axis=2)
+            cu = tl.zeros(fu.shape, tl.int32)
+    return _group_sum_i(fu), _group_sum_i(uu), _group_sum_i(cu)
 
 
 @triton.jit
-def trial_code_sums(xe, xo, inv, words, fsum, down, PTX: tl.constexpr):
+def _byte_dot(c, a0, a1, a2, a3):
+    """``Σ_k byte_k(c) a_k`` (unsigned bytes, least significant first)."""
+    return (c & 0xFF) * a0 + ((c >> 8) & 0xFF) * a1 + ((c >> 16) & 0xFF) * a2 + ((c >> 24) & 0xFF) * a3
+
+
+@triton.jit
+def _group_sum_i(v):
+    """Per-group sums of a tile ``[A, B, C, D]`` -> ``[A, B]``."""
+    return tl.sum(tl.sum(v, axis=2), axis=2)
+
+
+@triton.jit
+def trial_code_sums(xe, xo, inv, fixed, down, HALVE: tl.constexpr, PTX: tl.constexpr):
     """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0), per-group ``inv``
-    (broadcast; ``|x * inv| < 2**14``), the ``fixed_pairs`` words and ``Σ f`` of the weights and per-group
-    ``down = 2**(E - 12)`` (``fixed_point_scales``) -> per-group float32 ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
+    (broadcast; ``|x * inv| < 2**14``), their fixed point ``fixed = fixed_pairs(xe, xo, up, HALVE, PTX)`` and
+    per-group ``down = 1 / up`` (``fixed_point_scales``) -> per-group ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
     the clamped codes ``q = u + QMIN``, ``u = clamp(rint(x * inv) - QMIN, 0, 15)`` (``rint`` of the exact product,
-    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)`` (``code_byte_sums``)."""
+    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)`` (``code_byte_sums``). ``A`` is float32
+    without ``HALVE`` (bf16: ``|f| <= 8160``, so ``|Σ f q| < 2**24``), float64 with it (fp16: ``|f| < 2**16``;
+    ``f = 2 (f >> 1) + (f & 1)``, ``Σ f u`` from the words and the low bits' bytes)."""
+    words, fsum, low01, low23 = fixed
     be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
     bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    fu, uu, unused = code_byte_sums(be, bo, words, False, PTX)
+    fu, uu, lu = code_byte_sums(be, bo, words, low01, low23, HALVE, PTX)
     n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
-    return (fu + _QMIN * fsum).to(tl.float32) * down, (uu + _QMIN * _QMIN * n).to(tl.float32)
+    b = (uu + _QMIN * _QMIN * n).to(tl.float32)
+    if HALVE:
+        a = (2 * fu + lu + _QMIN * fsum).to(tl.float64) * down.to(tl.float64)
+    else:
+        a = (fu + _QMIN * fsum).to(tl.float32) * down
+    return a, b

@@ -313,7 +313,8 @@ def _clip_int_trial(xe, xo, words, fsum, up, down, w2, s, z, G: tl.constexpr, SU
     else:  # one fused multiply-add (ties as _clip_trial's)
         be = tl.fma(xe, inv4, magic4).to(tl.int32, bitcast=True)
         bo = tl.fma(xo, inv4, magic4).to(tl.int32, bitcast=True)
-    fu, uu, su = code_byte_sums(be, bo, words, True, PTX)
+    ones = tl.full([words.shape[0], words.shape[1], words.shape[2], words.shape[3] // 4], 0x01010101, tl.int32)
+    fu, uu, su = code_byte_sums(be, bo, words, ones, ones, True, PTX)  # byte weights 1: Σ u
     zu = z.to(tl.int32) - _QMIN
     d1 = (su - zu * G).to(tl.float64)
     d2 = (uu + (16 - 2 * zu) * su + zu * zu * G).to(tl.float64)  # Σ u² = Σ u (u - 16) + 16 Σ u
@@ -466,7 +467,8 @@ def _int4_asym_clip_kernel(
         # the tile times 2**(14 - E) from here on (the fixed point, the float passes: _clip_pass; the stored codes)
         xs = x * up[:, :, None, None]
         xe, xo = _even_odd(xs, False)
-        words, fsum = fixed_pairs(xe, xo, tl.full(up.shape, 1.0, tl.float32)[:, :, None, None], PTX)
+        words, fsum, unused0, unused1 = fixed_pairs(xe, xo, tl.full(up.shape, 1.0, tl.float32)[:, :, None, None], False,
+                                                    PTX)
         # Σ w² in float64: E is about 1% of it, so its float32 rounding would move E by about MARGIN
         xs64 = xs.to(tl.float64)
         down64 = down.to(tl.float64)

@@ -30,13 +30,19 @@ Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.
     (``min.relu.s16x2``), four into one register as bytes (``prmt``), and ``dp2a`` / ``dp4a`` add their
     products with the paired ``f`` and with ``u - 16``: 13 instructions for 4 weights and a trial, against 20
     in float32 (code, its offset, clamp, two fused multiply-adds).
+  - fp16 groups of one chunk the same way with ``f = rint(w * 2**(15 - E))``: 11-bit significands make a weight
+    with a non-zero code a multiple of ``2**(E - 15)`` (an fp16 subnormal one too), so ``|f| < 2**16`` is exact
+    for it but needs 17 bits. The words hold ``f >> 1`` (16 bits), the low bits ``f & 1`` are kept as bytes
+    (``_jit.fixed_pairs(HALVE)``), and ``Σ f u = 2 Σ (f >> 1) u + Σ (f & 1) u``: one more ``dp4a`` for 4 weights
+    and a trial. ``|A| 2**(15 - E) < 2**16 * 8 * 256`` no longer fits float32's significand: ``A`` is float64,
+    and the refit ``A / B`` is divided in float64 as the reference does.
   - otherwise in float32 where that is exact, then in float64: a product of a bf16 weight and a code
     has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
     each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
     the binade below the smallest of them, ``> s / 4``) below ``8 n amax``, which float32 holds exactly
     while ``n amax / s <= 2**12``: chunks of 256 and trial ratios ``>= MIN_RATIO`` (``amax / s <= 15.1``).
-    fp16 weights are split into a bf16-exact high part and a 3-bit low part summed apart (the low sums'
-    bound is 2**8 times looser); fp32 weights multiply in float64.
+    fp16 weights (groups of several chunks) are split into a bf16-exact high part and a 3-bit low part
+    summed apart (the low sums' bound is 2**8 times looser); fp32 weights multiply in float64.
   The trial and refit errors ``D``, ``F`` are then compared exactly in float64.
 
 bf16 weights with contiguous columns (``bf16_pairs``) are read as int32 words of two weights: packed min / max for the absmax and packed 16-bit clamps for the codes
@@ -225,16 +231,13 @@ def _trial_scale(amax, absmax, mult_ptr, t, eps, DT: tl.constexpr, PTX: tl.const
 
 
 @triton.jit
-def _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT: tl.constexpr, INT_SUMS: tl.constexpr,
-               PTX: tl.constexpr):
+def _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT: tl.constexpr, PTX: tl.constexpr):
     """The best trial and the best refit so far, given trial scale ``s`` and its sums ``A``, ``B``: the refit
     ``DT(A / B)`` (``s`` where ``B = 0``) by its float64 error ``F`` and ``s`` by ``D``."""
     best_s, best_d = _lower(best_s, best_d, s, _sq_error_change(s, sa, sb))
-    if INT_SUMS:  # = float32(A / B) computed in float64 (53 >= 2 * 24 + 2 bits); B is an integer < 2**15
-        b = tl.maximum(sb, 1.0)
+    if sa.dtype == tl.float32:  # bf16 integer sums: float32(A / B) as computed in float64 (53 >= 2 * 24 + 2
+        b = tl.maximum(sb, 1.0)  # bits); B is an integer < 2**15
         f = div_exact(sa, b, short_reciprocal(b, PTX))
-    elif sa.dtype == tl.float32:
-        f = tl.div_rn(sa, tl.maximum(sb, 1.0))
     else:
         f = (sa / tl.maximum(sb, 1.0).to(tl.float64)).to(tl.float32)
     f = round_to_dtype_cvt(f, DT, PTX)
@@ -253,26 +256,25 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
     trials unrolled (no branch in them: 50.1-52.6% of clone on an H200 against 47.8-50.5% as a loop). The
     other trials stay a loop: unrolled, fp16 ran 16% and fp32 7% slower
     (bench/results/int4-mse-h200-2026-12-03-s.md)."""
-    INT_SUMS: tl.constexpr = CODES == 0 and NCHUNK == 1  # bf16 in one chunk: integer sums (module docstring)
+    INT_SUMS: tl.constexpr = CODES < 2 and NCHUNK == 1  # 16-bit weights in one chunk: integer sums (module docstring)
+    HALVE: tl.constexpr = CODES == 1  # fp16: 17-bit fixed point, halved
     absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
     best_s = absmax
     best_d = tl.full(amax.shape, float("inf"), tl.float64)
     refit_s = absmax
     refit_d = tl.full(amax.shape, float("inf"), tl.float64)
     if INT_SUMS:
-        up, down = fixed_point_scales(amax, 12)
-        words, fsum = fixed_pairs(xe, xo, up[:, :, None, None], PTX)
+        up, down = fixed_point_scales(amax, 12 + 3 * HALVE)
+        fixed = fixed_pairs(xe, xo, up[:, :, None, None], HALVE, PTX)
         for t in tl.static_range(N_RATIOS):
             s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
-            sa, sb = trial_code_sums(xe, xo, short_reciprocal(s, PTX)[:, :, None, None], words, fsum, down, PTX)
-            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT,
-                                                          INT_SUMS, PTX)
+            sa, sb = trial_code_sums(xe, xo, short_reciprocal(s, PTX)[:, :, None, None], fixed, down, HALVE, PTX)
+            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT, PTX)
     else:
         for t in range(N_RATIOS):
             s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
             sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
-            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT,
-                                                          INT_SUMS, PTX)
+            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT, PTX)
     if CODES == 2:  # float32: the refit's own error decides
         sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, refit_s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
         refit_d = _sq_error_change(refit_s, sa, sb)
@@ -328,7 +330,10 @@ def _int4_quantize_pack_kernel(
     if MODE != 0:
         tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
-    inv = reciprocal(s)
+    if DT == tl.bfloat16 or DT == tl.float16:  # no branch (a subnormal s fails quotient_is_exact either way)
+        inv = short_reciprocal(s, PTX)
+    else:
+        inv = reciprocal(s)
     fast = quotient_is_exact(s, inv, amax)
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
