@@ -3,7 +3,7 @@
 (The asymmetric min-max kernel's throughput rows are in ``bench/int4_asym.py``; its host time per
 call is in this script's host table.)
 
-Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES``, group 128: GB/s counting
+Throughput, for bf16 weights of the LLM shapes in ``gpu_common.SHAPES`` (and fp16 with the MSE scale), group 128: GB/s counting
 bytes read plus bytes written, against ``torch.clone`` of the same bytes in the same process (the
 bf16 weight for quantize+pack; the packed int32 words for the Marlin repack, whose note also gives
 the percentage of the weight's clone, the reference of the tables before 2026-12-02-b). Each op is
@@ -65,14 +65,14 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         q_bytes = 2 * elems + elems // 2 + scale_bytes
         m_bytes = 2 * (elems // 2 + scale_bytes)
         clone = clone_gbps(w)
-        check = w[:CHECK_ROWS]
-        for rule in ("absmax", "mse"):
+        for x, rule in ((w, "absmax"), (w, "mse"), (w.to(torch.float16), "mse")):  # fp16: the same bytes as bf16
+            check = x[:CHECK_ROWS]
             poison_allocator(q_bytes)
             got, want = quantize_int4(check, GROUP, rule), quantize_int4(check, GROUP, rule, backend="torch")
             exact = torch.equal(got.packed, want.packed) and torch.equal(got.scale, want.scale)
-            t = graph_seconds(lambda: quantize_int4(w, GROUP, rule))
-            rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), "bf16", q_bytes / t / 1e9, clone,
-                                     _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
+            t = graph_seconds(lambda: quantize_int4(x, GROUP, rule))
+            rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), "bf16" if x is w else "fp16",
+                                     q_bytes / t / 1e9, clone, _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
             print(rows[-1], flush=True)
         q = quantize_int4(w, GROUP)
         qc = Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP)

@@ -94,7 +94,10 @@ _MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
 _LANES = {"given": 4, "absmax": 4, "mse": 2}
 _WARPS = {"given": 1, "absmax": 1, "mse": 1}
 _COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
-_MSE_WIDE_LAUNCH = (4, 2)  # fp16 / fp32 "mse" (lanes, warps): more registers a weight, 2 threads a chunk would spill
+# fp32 "mse" and fp16 "mse" of groups above one chunk (lanes, warps): more registers a weight, 2 threads a chunk would
+# spill. fp16 groups of one chunk sum integers as bf16 does and take its launch: 41.9-44.4% of clone against 36.9-38.3%
+# (bench/results/int4-mse-fp16-h200-2026-12-03-t.md)
+_MSE_WIDE_LAUNCH = (4, 2)
 # "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32
 _CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 MIN_RATIO = 0.5  # the smallest "mse" trial ratio whose float32 sums are exact (module docstring)
@@ -252,10 +255,10 @@ def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.con
                QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
     """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
     scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). bf16
-    groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial, the
-    trials unrolled (no branch in them: 50.1-52.6% of clone on an H200 against 47.8-50.5% as a loop). The
-    other trials stay a loop: unrolled, fp16 ran 16% and fp32 7% slower
-    (bench/results/int4-mse-h200-2026-12-03-s.md)."""
+    and fp16 groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial,
+    the trials unrolled (no branch in them: bf16 50.1-52.6% of clone on an H200 against 47.8-50.5% as a loop).
+    The float trials (fp32, fp16 groups of several chunks) stay a loop: unrolled, float fp16 ran 16% and fp32 7%
+    slower (bench/results/int4-mse-h200-2026-12-03-s.md)."""
     INT_SUMS: tl.constexpr = CODES < 2 and NCHUNK == 1  # 16-bit weights in one chunk: integer sums (module docstring)
     HALVE: tl.constexpr = CODES == 1  # fp16: 17-bit fixed point, halved
     absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
@@ -330,10 +333,7 @@ def _int4_quantize_pack_kernel(
     if MODE != 0:
         tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
-    if DT == tl.bfloat16 or DT == tl.float16:  # no branch (a subnormal s fails quotient_is_exact either way)
-        inv = short_reciprocal(s, PTX)
-    else:
-        inv = reciprocal(s)
+    inv = reciprocal(s)
     fast = quotient_is_exact(s, inv, amax)
     s4 = s[:, :, None, None]
     inv4 = inv[:, :, None, None]
@@ -371,6 +371,11 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
     block_g = min(block_g, next_power_of_2(n_groups))
     block_n = max(min_rows, pairs // block_g)
     return chunk, chunk // width, block_g, min(block_n, max(min_rows, next_power_of_2(n)))
+
+
+def _one_chunk(group_size: int) -> bool:
+    """Whether ``group_tiles`` holds a group in one chunk (a power of two up to ``_MAX_CHUNK``)."""
+    return group_size & (group_size - 1) == 0 and group_size <= _MAX_CHUNK
 
 
 @functools.lru_cache(maxsize=4096)
@@ -441,7 +446,8 @@ def int4_quantize_pack(
         if _PREPARED.run(key, w, scale, packed):
             return packed, scale
     mult = device_multipliers(w.device, ratios)
-    wide = rule == "mse" and w.dtype != torch.bfloat16
+    # fp32 "mse" and fp16 groups the trials do not sum in integers (more than one chunk) take the wide launch
+    wide = rule == "mse" and (w.dtype == torch.float32 or (w.dtype == torch.float16 and not _one_chunk(group_size)))
     num_warps = num_warps or (_MSE_WIDE_LAUNCH[1] if wide else _WARPS[rule])
     lanes = lanes or (_MSE_WIDE_LAUNCH[0] if wide else _LANES[rule])
     block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
