@@ -179,6 +179,12 @@ def group_tile(w_ptr, packed_ptr, N, NG, K8, stride_wn, stride_wk, G: tl.constex
 
 
 @triton.jit
+def group_sum(v):
+    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]`` (the segments a thread holds first)."""
+    return tl.sum(tl.sum(v, axis=2), axis=2)
+
+
+@triton.jit
 def pack_codes(y):
     """float32 codes ``[A, B, C, D]`` in [QMIN, QMAX] (D % 8 == 0) -> int32 words ``[A, B, C, D // 8]``
     of the nibbles ``rint(y) - QMIN``, column j in nibble j % 8."""
@@ -458,19 +464,13 @@ def code_byte_sums(be, bo, words, c01, c23, WEIGHTED: tl.constexpr, PTX: tl.cons
             cu = (_byte_dot(c01, e0, o0, e1, o1) + _byte_dot(c23, e2, o2, e3, o3))
         else:
             cu = tl.zeros(fu.shape, tl.int32)
-    return _group_sum_i(fu), _group_sum_i(uu), _group_sum_i(cu)
+    return group_sum(fu), group_sum(uu), group_sum(cu)
 
 
 @triton.jit
 def _byte_dot(c, a0, a1, a2, a3):
     """``Σ_k byte_k(c) a_k`` (unsigned bytes, least significant first)."""
     return (c & 0xFF) * a0 + ((c >> 8) & 0xFF) * a1 + ((c >> 16) & 0xFF) * a2 + ((c >> 24) & 0xFF) * a3
-
-
-@triton.jit
-def _group_sum_i(v):
-    """Per-group sums of a tile ``[A, B, C, D]`` -> ``[A, B]``."""
-    return tl.sum(tl.sum(v, axis=2), axis=2)
 
 
 @triton.jit

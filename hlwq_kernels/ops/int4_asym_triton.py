@@ -42,6 +42,7 @@ from hlwq_kernels.ops._jit import (
     fixed_pairs,
     fixed_point_scales,
     group_quotient,
+    group_sum,
     group_tile,
     group_word_pointers,
     pack_code_pairs,
@@ -54,7 +55,7 @@ from hlwq_kernels.ops._jit import (
 )
 from hlwq_kernels.ops._triton import PreparedCalls, cdiv, launch, require_triton, tensor_key, tl, triton
 from hlwq_kernels.ops.int4_triton import (
-    _EPS, _even_odd, _group_sum, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs,
+    _EPS, _even_odd, bf16_pairs, group_tiles, packed_int16_ptx, row_slabs,
 )
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import LEVELS, MARGIN, N_CLIP, REFIT_STEPS, clip_ratios
@@ -286,14 +287,14 @@ def _clip_trial(x, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, s, z, NCHUNK: t
         r = tl.fma(d, ns4, x)
         if HAS_LAM:
             ld = lam * d
-            e += _group_sum(lam * r * r)
+            e += group_sum(lam * r * r)
         else:
             ld = d
-            e += _group_sum(r * r)
+            e += group_sum(r * r)
         if SUMS:
-            d1 += _group_sum(ld)
-            d2 += _group_sum(ld * d)
-            u1 += _group_sum(ld * x)
+            d1 += group_sum(ld)
+            d2 += group_sum(ld * d)
+            u1 += group_sum(ld * x)
     return e, d1, d2, u1
 
 
@@ -453,10 +454,10 @@ def _int4_asym_clip_kernel(
         lo = tl.minimum(lo, tl.min(tl.min(x, axis=2), axis=2))
         hi = tl.maximum(hi, tl.max(tl.max(x, axis=2), axis=2))
         if HAS_LAM:
-            t0 += _group_sum(lam * x)
-            n0 += _group_sum(lam)
+            t0 += group_sum(lam * x)
+            n0 += group_sum(lam)
         else:
-            t0 += _group_sum(x)
+            t0 += group_sum(x)
     if not HAS_LAM:
         n0 += G
     keep = tl.load(const_ptr + N_CLIP)  # 1 - MARGIN: a trial must be lower by MARGIN, relatively
@@ -472,7 +473,7 @@ def _int4_asym_clip_kernel(
         # Σ w² in float64: E is about 1% of it, so its float32 rounding would move E by about MARGIN
         xs64 = xs.to(tl.float64)
         down64 = down.to(tl.float64)
-        fixed = (xe, xo, words, fsum, _group_sum(xs64 * xs64) * (down64 * down64))
+        fixed = (xe, xo, words, fsum, group_sum(xs64 * xs64) * (down64 * down64))
         if tl.min(((amax >= _FIX_TINY) | (amax == 0.0)).to(tl.int32)) > 0:
             best_e, best_s, best_z, d1, d2, u1 = _clip_trials(
                 xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, fixed, rscale, NCHUNK,

@@ -65,6 +65,7 @@ from hlwq_kernels.ops._jit import (
     fixed_pairs,
     fixed_point_scales,
     group_quotient,
+    group_sum,
     group_tile,
     group_word_pointers,
     int4_absmax_scale_cvt,
@@ -122,12 +123,6 @@ def device_multipliers(device: torch.device, ratios: tuple[float, ...] | None = 
 
 
 @triton.jit
-def _group_sum(v):
-    """Per-group sums of a tile ``[BN, BG, SEGS, W]`` -> ``[BN, BG]`` (the segments a thread holds first)."""
-    return tl.sum(tl.sum(v, axis=2), axis=2)
-
-
-@triton.jit
 def _pair_sum(ue, uo):
     """Per-group sums of two tiles ``[BN, BG, SEGS, W2]`` -> ``[BN, BG]``: over the segments a thread holds
     first (chains of fused multiply-adds when ``ue``, ``uo`` are products), then the two, then across
@@ -178,9 +173,9 @@ def _wide_products(a, q, CODES: tl.constexpr):
     and the 3-bit rest), float64 products for fp32."""
     if CODES == 1:
         hi = (a.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
-        sa = _group_sum(hi * q).to(tl.float64) + _group_sum((a - hi) * q).to(tl.float64)
+        sa = group_sum(hi * q).to(tl.float64) + group_sum((a - hi) * q).to(tl.float64)
     else:
-        sa = _group_sum(a.to(tl.float64) * q.to(tl.float64))
+        sa = group_sum(a.to(tl.float64) * q.to(tl.float64))
     return sa
 
 
