@@ -458,19 +458,13 @@ def code_byte_sums(be, bo, words, c01, c23, WEIGHTED: tl.constexpr, PTX: tl.cons
         fo = words >> 16
         fu = fe * ue + fo * uo
         uu = ue * (ue - 16) + uo * (uo - 16)
-        if WEIGHTED:
-            e0, e1, e2, e3 = _quarters(ue)
-            o0, o1, o2, o3 = _quarters(uo)
-            cu = (_byte_dot(c01, e0, o0, e1, o1) + _byte_dot(c23, e2, o2, e3, o3))
+        if WEIGHTED:  # pair 4k + 2h + l takes bytes 2l (even) and 2l + 1 (odd) of c01 (h = 0) or c23 (h = 1)
+            c = tl.join(c01, c23)[:, :, :, :, :, None] >> (16 * tl.arange(0, 2))[None, None, None, None, None, :]
+            c = tl.reshape(c, ue.shape)
+            cu = (c & 0xFF) * ue + ((c >> 8) & 0xFF) * uo
         else:
             cu = tl.zeros(fu.shape, tl.int32)
     return group_sum(fu), group_sum(uu), group_sum(cu)
-
-
-@triton.jit
-def _byte_dot(c, a0, a1, a2, a3):
-    """``Σ_k byte_k(c) a_k`` (unsigned bytes, least significant first)."""
-    return (c & 0xFF) * a0 + ((c >> 8) & 0xFF) * a1 + ((c >> 16) & 0xFF) * a2 + ((c >> 24) & 0xFF) * a3
 
 
 @triton.jit
