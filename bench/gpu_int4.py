@@ -55,6 +55,9 @@ def _int4_err(got: Int4Weight, want: Int4Weight) -> float:
     return float((a - b).norm() / b.norm())
 
 
+_SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
 def roofline_rows(quick: bool = False) -> list[dict]:
     """INT4 absmax, INT4 MSE and Marlin repack rows for each shape (``quick``: the first two shapes)."""
     rows = []
@@ -65,15 +68,21 @@ def roofline_rows(quick: bool = False) -> list[dict]:
         q_bytes = 2 * elems + elems // 2 + scale_bytes
         m_bytes = 2 * (elems // 2 + scale_bytes)
         clone = clone_gbps(w)
-        for x, rule in ((w, "absmax"), (w, "mse"), (w.to(torch.float16), "mse")):  # fp16: the same bytes as bf16
+        w32 = w.float()
+        clone32 = clone_gbps(w32)
+        # fp16: the same bytes as bf16; fp32: twice the weight's and the scales' bytes, against its own clone
+        for x, rule in ((w, "absmax"), (w, "mse"), (w.to(torch.float16), "mse"), (w32, "mse")):
             check = x[:CHECK_ROWS]
-            poison_allocator(q_bytes)
+            x_bytes = q_bytes if x.element_size() == 2 else 4 * elems + elems // 2 + 2 * scale_bytes
+            poison_allocator(x_bytes)
             got, want = quantize_int4(check, GROUP, rule), quantize_int4(check, GROUP, rule, backend="torch")
             exact = torch.equal(got.packed, want.packed) and torch.equal(got.scale, want.scale)
             t = graph_seconds(lambda: quantize_int4(x, GROUP, rule))
-            rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), "bf16" if x is w else "fp16",
-                                     q_bytes / t / 1e9, clone, _int4_err(got, want), "bit-exact" if exact else "MISMATCH"))
+            rows.append(roofline_row(f"int4 quantize+pack ({rule})", (n, k), _SHORT[x.dtype],
+                                     x_bytes / t / 1e9, clone if x is not w32 else clone32, _int4_err(got, want),
+                                     "bit-exact" if exact else "MISMATCH"))
             print(rows[-1], flush=True)
+        del w32
         q = quantize_int4(w, GROUP)
         qc = Int4Weight(q.packed[:CHECK_ROWS], q.scale[:CHECK_ROWS], (CHECK_ROWS, k), GROUP)
         poison_allocator(m_bytes)

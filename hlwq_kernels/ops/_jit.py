@@ -269,12 +269,20 @@ def bf16_pair_range(x, PTX: tl.constexpr):
 
 
 @triton.jit
+def _halves(x):
+    """The elements ``2j``, ``2j + 1`` of the last dim of ``x [A, B, C, D]`` as two tensors ``[A, B, C, D / 2]``
+    (free when one thread holds each pair)."""
+    return tl.split(tl.reshape(x, [x.shape[0], x.shape[1], x.shape[2], x.shape[3] // 2, 2]))
+
+
+@triton.jit
 def _quarters(x):
     """The elements ``4j``, ``4j + 1``, ``4j + 2``, ``4j + 3`` of the last dim of ``x [A, B, C, D]`` as four
-    tensors ``[A, B, C, D / 4]`` (free when one thread holds each run of four, as in a 16-byte load)."""
-    a02, a13 = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], x.shape[2], x.shape[3] // 4, 2, 2]))
-    a0, a2 = tl.split(a02)
-    a1, a3 = tl.split(a13)
+    tensors ``[A, B, C, D / 4]`` (free when one thread holds each run of four, as in a 16-byte load of 16-bit
+    weights)."""
+    even, odd = _halves(x)
+    a0, a2 = _halves(even)
+    a1, a3 = _halves(odd)
     return a0, a1, a2, a3
 
 
@@ -343,22 +351,30 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
     return tl.where(s == 0.0, eps, s)
 
 
-# --- "mse" trial sums of 16-bit weights in integers (``hlwq_kernels.ops.int4_triton``, module docstring) -----
+# --- "mse" trial sums in integers (``hlwq_kernels.ops.int4_triton``, module docstring) -------------------------
 #
-# A trial's code of a weight ``w`` is ``q = clamp(rint(w * inv), QMIN, QMAX)``; ``fma(w, inv, 1.5 * 2**23 - QMIN)``
-# holds the biased code ``u = rint(w * inv) - QMIN`` (|u| < 2**15) in its low 16 bits, two's complement.
-# Weights enter as fixed-point integers ``f = rint(w * 2**(BITS - E))`` (``fixed_point_scales``; bf16 BITS = 12:
-# 16-bit ``f``; fp16 BITS = 15: 17-bit ``f``, halved, its low bit apart), two a word (``fixed_pairs``);
+# A trial's code of a weight ``w`` is ``q = clamp(rint(w / s), QMIN, QMAX)``; the float32 ``y + 1.5 * 2**23 - QMIN``
+# of an integer-valued ``y`` holds the biased code ``u = y - QMIN`` (|u| < 2**15) in its low 16 bits, two's
+# complement (``scale_trial_sums``: ``y`` the exact quotient rounded, or one fused multiply-add by ``1 / s``).
+# Weights enter as fixed-point integers ``f = rint(w * 2**(BITS - E))`` (``fixed_point_scales``), two a word
+# (``fixed_pairs``), split by the weight's dtype (``SPLIT``):
+# - ``WHOLE`` (bf16, BITS = 12): 16-bit ``f``;
+# - ``HALVED`` (fp16, BITS = 15): 17-bit ``f`` as ``f >> 1`` and its low bit ``f & 1``, kept as bytes;
+# - ``HALVES`` (fp32, BITS = 29): 30-bit ``f`` as its signed upper and unsigned lower 16 bits, two words.
 # ``trial_code_sums`` then returns the per-group integers
 # ``Σ f u`` and ``Σ u (u - 16)`` of the clamped biased codes ``u`` in [0, 15] (QMIN = -8, QMAX = 7, so that
 # ``Σ f q = Σ f u - 8 Σ f`` and ``Σ q² = Σ u (u - 16) + 64 n`` for ``q = u - 8``): with inline PTX, two codes a
 # register (``prmt``), clamped together (``min.relu.s16x2``), four codes a register as bytes (``prmt``),
-# ``Σ u (u - 16)`` by ``dp4a`` (``u - 16`` is the signed byte ``u | 0xF0``), ``Σ f u`` by ``dp2a`` (and for halved
-# ``f`` the low bits' ``Σ (f & 1) u`` by ``dp4a``): about 3.25 instructions a weight with the code's fused
-# multiply-add (3.5 halved), against 5 in float32.
+# ``Σ u (u - 16)`` by ``dp4a`` (``u - 16`` is the signed byte ``u | 0xF0``), ``Σ f u`` by ``dp2a`` (and the low bits'
+# ``Σ (f & 1) u`` by ``dp4a``, the lower halves' by ``dp2a``): about 3.25 instructions a weight with the code's fused
+# multiply-add (3.5 halved), against 5 in float32; fp32's quotient takes 4 instructions a weight and its sums about
+# 2.75.
 
 _FIX_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 _QMIN = tl.constexpr(QMIN)
+WHOLE = tl.constexpr(0)
+HALVED = tl.constexpr(1)
+HALVES = tl.constexpr(2)
 
 
 @triton.jit
@@ -376,75 +392,113 @@ def _prmt_lo16_ptx(a, b):
                                      is_pure=True, pack=1)
 
 
-def _code_sums_asm(weighted: bool) -> str:
-    """The inline PTX of ``code_byte_sums``: outputs ``Σ f u``, ``Σ u (u - 16)`` (and with ``weighted``
-    ``Σ c u``), inputs the code bits of four even and four odd weights, four ``fixed_pairs`` words (and two
-    registers of byte weights ``c``). ``u0`` holds the bytes of weights (e0, o0, e1, o1), ``u1`` of the rest."""
-    k = 3 if weighted else 2
-    e = [f"${k + i}" for i in range(4)]
-    o = [f"${k + 4 + i}" for i in range(4)]
-    w = [f"${k + 8 + i}" for i in range(4)]
+def _chain(out: str, terms: list[tuple[str, str, str]]) -> list[str]:
+    """PTX lines ``out = Σ op(a, b)`` of the ``terms`` (op, a, b): each op accumulates onto the last, the first onto 0."""
+    return [f"{op} {out}, {a}, {b}, {out if i else 0};" for i, (op, a, b) in enumerate(terms)]
+
+
+def _code_sums_asm(split: int) -> str:
+    """The inline PTX of ``code_byte_sums``: outputs ``Σ f u``, ``Σ u (u - 16)`` and (``split`` not ``WHOLE``) the
+    third sum; inputs the code bits of ``P`` even and ``P`` odd weights, ``P`` ``fixed_pairs`` words, then the third
+    sum's weights: two registers of bytes (``HALVED``) or ``P`` words of unsigned halves (``HALVES``); ``P`` is 2 for
+    ``HALVES`` (fp32: a 16-byte load holds two pairs), else 4. ``u0`` holds the bytes of weights (e0, o0, e1, o1),
+    ``u1`` of (e2, o2, e3, o3)."""
+    pairs = 2 if split == HALVES.value else 4
+    k = 2 if split == WHOLE.value else 3
+    e = [f"${k + i}" for i in range(pairs)]
+    o = [f"${k + pairs + i}" for i in range(pairs)]
+    w = [f"${k + 2 * pairs + i}" for i in range(pairs)]
+    x = [f"${k + 3 * pairs + i}" for i in range(pairs)]
+    u = [f"u{i // 2}" for i in range(pairs)]  # the byte register of pair i
+    dp2a = ["dp2a.lo", "dp2a.hi"] * 2  # pair i: bytes 0, 1 or 2, 3 of u[i]
     lines = ["{ .reg .b32 p<4>, u<2>, t<2>, top;", "mov.b32 top, 0x000F000F;"]
-    lines += [f"prmt.b32 p{i}, {e[i]}, {o[i]}, 0x5410;" for i in range(4)]
-    lines += [f"min.relu.s16x2 p{i}, p{i}, top;" for i in range(4)]
-    lines += ["prmt.b32 u0, p0, p1, 0x6420; prmt.b32 u1, p2, p3, 0x6420;",
-              "or.b32 t0, u0, 0xF0F0F0F0; or.b32 t1, u1, 0xF0F0F0F0;",
-              "dp4a.u32.s32 $1, u0, t0, 0; dp4a.u32.s32 $1, u1, t1, $1;"]
-    if weighted:
-        lines.append(f"dp4a.u32.u32 $2, u0, ${k + 12}, 0; dp4a.u32.u32 $2, u1, ${k + 13}, $2;")
-    lines += [f"dp2a.lo.s32.u32 $0, {w[0]}, u0, 0; dp2a.hi.s32.u32 $0, {w[1]}, u0, $0;",
-              f"dp2a.lo.s32.u32 $0, {w[2]}, u1, $0; dp2a.hi.s32.u32 $0, {w[3]}, u1, $0; }}"]
+    lines += [f"prmt.b32 p{i}, {e[i]}, {o[i]}, 0x5410;" for i in range(pairs)]
+    lines += [f"min.relu.s16x2 p{i}, p{i}, top;" for i in range(pairs)]
+    lines += [f"prmt.b32 u{i}, p{2 * i}, p{2 * i + 1}, 0x6420; or.b32 t{i}, u{i}, 0xF0F0F0F0;" for i in range(pairs // 2)]
+    lines += _chain("$1", [("dp4a.u32.s32", f"u{i}", f"t{i}") for i in range(pairs // 2)])
+    if split == HALVED.value:
+        lines += _chain("$2", [("dp4a.u32.u32", f"u{i}", x[i]) for i in range(2)])
+    if split == HALVES.value:
+        lines += _chain("$2", [(dp2a[i] + ".u32.u32", x[i], u[i]) for i in range(pairs)])
+    lines += _chain("$0", [(dp2a[i] + ".s32.u32", w[i], u[i]) for i in range(pairs)])
+    lines[-1] += " }"
     return "\n".join(lines)
 
 
-_CODE_SUMS_ASM = tl.constexpr(_code_sums_asm(False))
-_CODE_SUMS_WEIGHTED_ASM = tl.constexpr(_code_sums_asm(True))
+_CODE_SUMS_ASM = tl.constexpr(_code_sums_asm(WHOLE.value))
+_CODE_SUMS_BYTES_ASM = tl.constexpr(_code_sums_asm(HALVED.value))
+_CODE_SUMS_HALVES_ASM = tl.constexpr(_code_sums_asm(HALVES.value))
 
 
 @triton.jit
-def fixed_pairs(xe, xo, up, HALVE: tl.constexpr, PTX: tl.constexpr):
+def fixed_pairs(xe, xo, up, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0) and per-group
-    ``up = 2**(BITS - E)`` (``fixed_point_scales``, broadcast) -> the tile in fixed point, ``f = rint(x * up)``,
-    ``|x * up| < 2**(15 + HALVE)``: (int32 words ``[A, B, C, D]`` of the 16-bit integers ``f >> HALVE``, even
-    weight in the low half; per-group ``Σ f`` ``[A, B]``; with ``HALVE`` the low bits ``f & 1`` as bytes of two
-    registers ``[A, B, C, D / 4]`` ordered as ``code_byte_sums``' codes (weights 2j, 2j + 1 of pairs j = 4k, 4k + 1,
-    then of 4k + 2, 4k + 3), else zeros)."""
-    fe = tl.fma(xe, up, _FIX_MAGIC).to(tl.int32, bitcast=True)  # 1.5 * 2**23 + f: f in the low bits
-    fo = tl.fma(xo, up, _FIX_MAGIC).to(tl.int32, bitcast=True)
-    n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
-    if PTX:
-        # (1.5 * 2**23 + f) >> 1 = 1.5 * 2**22 + (f >> 1): f >> 1 in the low 16 bits
-        words = _prmt_lo16_ptx(fe >> HALVE, fo >> HALVE)
-        # Σ f from the bits (int32 sums wrap): the magic's bits once a weight, subtracted once a group
-        fsum = tl.sum(tl.sum(fe + fo, axis=2), axis=2) - n * tl.full(up.shape[:2], _PAIR_MAGIC_BITS, tl.int32)
+    ``up = 2**(BITS - E)`` (``fixed_point_scales``, broadcast) -> the tile in fixed point, ``f = rint(x * up)``
+    (``HALVES``: truncated), as ``(words, Σ f, third, Σ third)``: int32 words ``[A, B, C, D]`` of two 16-bit integers,
+    even weight in the low half, and per-group int32 sums ``[A, B]``, by ``SPLIT``:
+    - ``WHOLE`` (``|x * up| < 2**15``): words of ``f``, ``Σ f``, and zero bytes as ``HALVED``'s third;
+    - ``HALVED`` (``< 2**16``): words of ``f >> 1``, ``Σ f``, third the low bits ``f & 1`` as bytes of two registers
+      ``[A, B, C, D / 4]`` ordered as ``code_byte_sums``' codes (weights 2j, 2j + 1 of pairs j = 4k, 4k + 1, then
+      of 4k + 2, 4k + 3);
+    - ``HALVES`` (``< 2**30``): words of the signed upper halves ``f >> 16``, their sum, third the words of the
+      unsigned lower halves ``f & 0xFFFF``, their sum (``Σ f`` would overflow int32).
+    ``Σ third`` is ``Σ f`` unless ``HALVES``."""
+    if SPLIT == HALVES:
+        fe = (xe * up).to(tl.int32)
+        fo = (xo * up).to(tl.int32)
+        words = ((fe >> 16) & 0xFFFF) | (fo & -65536)
+        fsum = group_sum((fe >> 16) + (fo >> 16))
+        third = (fe & 0xFFFF) | (fo << 16)
+        third_sum = group_sum((fe & 0xFFFF) + (fo & 0xFFFF))
     else:
-        fe -= _PAIR_MAGIC_BITS
-        fo -= _PAIR_MAGIC_BITS
-        words = ((fe >> HALVE) & 0xFFFF) | ((fo >> HALVE) << 16)
-        fsum = tl.sum(tl.sum(fe + fo, axis=2), axis=2)
-    le0, le1, le2, le3 = _quarters(fe & HALVE)  # (the magic's bits are even)
-    lo0, lo1, lo2, lo3 = _quarters(fo & HALVE)
-    low01 = le0 | (lo0 << 8) | (le1 << 16) | (lo1 << 24)
-    low23 = le2 | (lo2 << 8) | (le3 << 16) | (lo3 << 24)
-    return words, fsum, low01, low23
+        halve: tl.constexpr = SPLIT == HALVED
+        fe = tl.fma(xe, up, _FIX_MAGIC).to(tl.int32, bitcast=True)  # 1.5 * 2**23 + f: f in the low bits
+        fo = tl.fma(xo, up, _FIX_MAGIC).to(tl.int32, bitcast=True)
+        if PTX:
+            # (1.5 * 2**23 + f) >> 1 = 1.5 * 2**22 + (f >> 1): f >> 1 in the low 16 bits
+            words = _prmt_lo16_ptx(fe >> halve, fo >> halve)
+            # Σ f from the bits (int32 sums wrap): the magic's bits once a weight, subtracted once a group
+            n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
+            fsum = group_sum(fe + fo) - n * tl.full(up.shape[:2], _PAIR_MAGIC_BITS, tl.int32)
+        else:
+            fe -= _PAIR_MAGIC_BITS
+            fo -= _PAIR_MAGIC_BITS
+            words = ((fe >> halve) & 0xFFFF) | ((fo >> halve) << 16)
+            fsum = group_sum(fe + fo)
+        le0, le1, le2, le3 = _quarters(fe & halve)  # (the magic's bits are even)
+        lo0, lo1, lo2, lo3 = _quarters(fo & halve)
+        third = (le0 | (lo0 << 8) | (le1 << 16) | (lo1 << 24), le2 | (lo2 << 8) | (le3 << 16) | (lo3 << 24))
+        third_sum = fsum
+    return words, fsum, third, third_sum
 
 
 @triton.jit
-def code_byte_sums(be, bo, words, c01, c23, WEIGHTED: tl.constexpr, PTX: tl.constexpr):
+def code_byte_sums(be, bo, words, third, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """int32 bits ``[A, B, C, D]`` (D % 4 == 0) whose low 16 bits hold the codes of the even and odd weights, two's
     complement (the bits of ``y + 1.5 * 2**23``, ``y`` an integer-valued float, ``|y| < 2**15``), the
-    ``fixed_pairs`` words of the weights and (``WEIGHTED``) byte weights ``c`` ordered as ``fixed_pairs``' low bits
-    -> per-group int32 ``(Σ f u, Σ u (u - 16), Σ c u)`` ``[A, B]`` of the clamped codes ``u = clamp(code, 0, 15)``
-    (``Σ c u`` 0 unless ``WEIGHTED``; the plain twin reads the code as the bits minus those of ``1.5 * 2**23``,
-    the PTX their low 16 bits)."""
-    if PTX:
+    ``fixed_pairs`` words of the weights and the third sum's weights (``fixed_pairs``' third; unused for
+    ``WHOLE``) -> per-group int32 ``(Σ f u, Σ u (u - 16), Σ c u)`` ``[A, B]`` of the clamped codes
+    ``u = clamp(code, 0, 15)``, ``c`` the bytes of ``third = (c01, c23)`` (``HALVED``) or the unsigned halves of
+    the words ``third`` (``HALVES``); ``Σ c u`` is 0 for ``WHOLE``. The plain twin reads the code as the bits minus
+    those of ``1.5 * 2**23``, the PTX their low 16 bits."""
+    if PTX and SPLIT == HALVES:
+        # weights 2j, 2j + 1 of pairs j = 2k, 2k + 1 (a 16-byte load of fp32 holds them) as separate tensors
+        e0, e1 = _halves(be)
+        o0, o1 = _halves(bo)
+        w0, w1 = _halves(words)
+        l0, l1 = _halves(third)
+        fu, uu, cu = tl.inline_asm_elementwise(
+            _CODE_SUMS_HALVES_ASM, "=r,=r,=r" + ",r" * 8, [e0, e1, o0, o1, w0, w1, l0, l1],
+            dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    elif PTX:
         # weights 2j, 2j + 1 of pairs j = 4k .. 4k + 3 (a 16-byte load holds them) as separate tensors
         e0, e1, e2, e3 = _quarters(be)
         o0, o1, o2, o3 = _quarters(bo)
         w0, w1, w2, w3 = _quarters(words)
-        if WEIGHTED:
+        if SPLIT == HALVED:
+            c01, c23 = third
             fu, uu, cu = tl.inline_asm_elementwise(
-                _CODE_SUMS_WEIGHTED_ASM, "=r,=r,=r" + ",r" * 14, [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3, c01, c23],
+                _CODE_SUMS_BYTES_ASM, "=r,=r,=r" + ",r" * 14, [e0, e1, e2, e3, o0, o1, o2, o3, w0, w1, w2, w3, c01, c23],
                 dtype=(tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
             fu, uu = tl.inline_asm_elementwise(
@@ -458,32 +512,91 @@ def code_byte_sums(be, bo, words, c01, c23, WEIGHTED: tl.constexpr, PTX: tl.cons
         fo = words >> 16
         fu = fe * ue + fo * uo
         uu = ue * (ue - 16) + uo * (uo - 16)
-        if WEIGHTED:  # pair 4k + 2h + l takes bytes 2l (even) and 2l + 1 (odd) of c01 (h = 0) or c23 (h = 1)
+        if SPLIT == HALVED:  # pair 4k + 2h + l takes bytes 2l (even) and 2l + 1 (odd) of c01 (h = 0) or c23 (h = 1)
+            c01, c23 = third
             c = tl.join(c01, c23)[:, :, :, :, :, None] >> (16 * tl.arange(0, 2))[None, None, None, None, None, :]
             c = tl.reshape(c, ue.shape)
             cu = (c & 0xFF) * ue + ((c >> 8) & 0xFF) * uo
+        elif SPLIT == HALVES:
+            cu = (third & 0xFFFF) * ue + ((third >> 16) & 0xFFFF) * uo
         else:
             cu = tl.zeros(fu.shape, tl.int32)
     return group_sum(fu), group_sum(uu), group_sum(cu)
 
 
 @triton.jit
-def trial_code_sums(xe, xo, inv, fixed, down, HALVE: tl.constexpr, PTX: tl.constexpr):
-    """float32 weights of the even and odd columns ``[A, B, C, D]`` (D % 4 == 0), per-group ``inv``
-    (broadcast; ``|x * inv| < 2**14``), their fixed point ``fixed = fixed_pairs(xe, xo, up, HALVE, PTX)`` and
-    per-group ``down = 1 / up`` (``fixed_point_scales``) -> per-group ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of
-    the clamped codes ``q = u + QMIN``, ``u = clamp(rint(x * inv) - QMIN, 0, 15)`` (``rint`` of the exact product,
-    half to even), from the int32 sums ``Σ f u`` and ``Σ u (u - 16)`` (``code_byte_sums``). ``A`` is float32
-    without ``HALVE`` (bf16: ``|f| <= 8160``, so ``|Σ f q| < 2**24``), float64 with it (fp16: ``|f| < 2**16``;
-    ``f = 2 (f >> 1) + (f & 1)``, ``Σ f u`` from the words and the low bits' bytes)."""
-    words, fsum, low01, low23 = fixed
-    be = tl.fma(xe, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    bo = tl.fma(xo, inv, _PAIR_MAGIC).to(tl.int32, bitcast=True)
-    fu, uu, lu = code_byte_sums(be, bo, words, low01, low23, HALVE, PTX)
-    n: tl.constexpr = 2 * xe.shape[2] * xe.shape[3]
+def trial_code_sums(be, bo, fixed, down, SPLIT: tl.constexpr, PTX: tl.constexpr):
+    """A trial's code bits of the even and odd weights ``[A, B, C, D]`` (``scale_trial_sums``), the weights' fixed
+    point ``fixed = fixed_pairs(xe, xo, up, SPLIT, PTX)`` and per-group ``down = 1 / up`` (``fixed_point_scales``)
+    -> per-group ``(Σ f q * down, Σ q²)`` ``[A, B]``, exact, of the clamped codes ``q = u + QMIN``,
+    ``u = clamp(y - QMIN, 0, 15)``, from the int32 sums of ``code_byte_sums``. ``A`` is float32 for ``WHOLE``
+    (bf16: ``|f| <= 8160``, so ``|Σ f q| < 2**24``), float64 otherwise (fp16: ``|f| < 2**16``,
+    ``f = 2 (f >> 1) + (f & 1)``; fp32: ``|f| < 2**30``, ``f = 2**16 (f >> 16) + (f & 0xFFFF)``)."""
+    words, fsum, third, third_sum = fixed
+    fu, uu, cu = code_byte_sums(be, bo, words, third, SPLIT, PTX)
+    n: tl.constexpr = 2 * be.shape[2] * be.shape[3]
     b = (uu + _QMIN * _QMIN * n).to(tl.float32)
-    if HALVE:
-        a = (2 * fu + lu + _QMIN * fsum).to(tl.float64) * down.to(tl.float64)
-    else:
+    if SPLIT == WHOLE:
         a = (fu + _QMIN * fsum).to(tl.float32) * down
+    elif SPLIT == HALVED:
+        a = (2 * fu + cu + _QMIN * fsum).to(tl.float64) * down.to(tl.float64)
+    else:
+        a = ((fu + _QMIN * fsum).to(tl.float64) * 65536.0 + (cu + _QMIN * third_sum).to(tl.float64)) * down.to(tl.float64)
     return a, b
+
+
+@triton.jit
+def _code_bits(y):
+    """float32 ``|y| < 2**14`` -> bits holding ``rint(y) - QMIN`` in the low 16 bits (``code_byte_sums``' codes)."""
+    return (y + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def fixed_point_tile(xe, xo, amax, BITS: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
+    """float32 weights of the even and odd columns ``[A, B, C, D]`` and their groups' ``amax`` ``[A, B]`` ->
+    ``(xe, xo, fixed, up, down)`` for ``scale_trial_sums``: ``up``, ``down = fixed_point_scales(amax, BITS)`` (for
+    ``HALVES`` ``_wide_fixed_point_scales``, ``down`` in float64), the tile's fixed point
+    ``fixed = fixed_pairs(xe, xo, up, SPLIT, PTX)`` and the weights, times ``up`` for ``HALVES`` (the scale in which
+    its trials divide)."""
+    if SPLIT == HALVES:
+        up, down = _wide_fixed_point_scales(amax, BITS)
+    else:
+        up, down = fixed_point_scales(amax, BITS)
+    up4 = up[:, :, None, None]
+    fixed = fixed_pairs(xe, xo, up4, SPLIT, PTX)
+    if SPLIT == HALVES:
+        xe = xe * up4
+        xo = xo * up4
+    return xe, xo, fixed, up, down
+
+
+@triton.jit
+def _wide_fixed_point_scales(amax, BITS: tl.constexpr):
+    """``fixed_point_scales`` for binades ``2**E >= 2**(BITS - 127)`` (every fp32 group the "mse" search keeps,
+    ``BITS = 29``): ``2**(BITS - E)`` as float32, ``2**(E - BITS)`` as float64 (below float32's normal range)."""
+    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, BITS), 255)
+    down = ((e - BITS + 896).to(tl.int64) << 52).to(tl.float64, bitcast=True)  # 896 = 1023 - 127
+    return ((254 - e + BITS) << 23).to(tl.float32, bitcast=True), down
+
+
+@triton.jit
+def scale_trial_sums(xe, xo, s, up, fixed, down, SPLIT: tl.constexpr, PTX: tl.constexpr):
+    """``trial_code_sums`` of per-group trial scales ``s`` ``[A, B]`` for a ``fixed_point_tile``'s weights ``xe``,
+    ``xo``, ``fixed``, ``up``, ``down`` (``|x / s| <= 30``): the codes ``rint(x / s)``
+    - for ``HALVES`` (fp32: the stored codes) of the correctly rounded float32 quotient, divided in the fixed point's
+      scale: ``(x up) / (s up)`` is ``x / s`` (powers of two, exact wherever a code can be non-zero) and
+      ``div_exact`` is correctly rounded for it without a branch (``s up >= 2**(BITS - 5)``, ``|x / s| <= 30``:
+      ``quotient_is_exact``), given ``2**E >= 2**(BITS - 127)`` (``_wide_fixed_point_scales`` does not clamp);
+    - else of the exact product ``x * float32(1 / s)``, one fused multiply-add (``short_reciprocal``: ``s`` of at most
+      15 significant bits)."""
+    if SPLIT == HALVES:
+        su = s * up
+        su4 = su[:, :, None, None]
+        inv4 = reciprocal(su)[:, :, None, None]
+        be = (div_exact(xe, su4, inv4) + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+        bo = (div_exact(xo, su4, inv4) + _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    else:
+        inv4 = short_reciprocal(s, PTX)[:, :, None, None]
+        be = tl.fma(xe, inv4, _PAIR_MAGIC).to(tl.int32, bitcast=True)
+        bo = tl.fma(xo, inv4, _PAIR_MAGIC).to(tl.int32, bitcast=True)
+    return trial_code_sums(be, bo, fixed, down, SPLIT, PTX)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 
 from hlwq_kernels.ops._jit import (
+    HALVED,
+    WHOLE,
     bf16_hi,
     code_byte_sums,
     div_exact,
@@ -315,7 +317,7 @@ def _clip_int_trial(xe, xo, words, fsum, up, down, w2, s, z, G: tl.constexpr, SU
         be = tl.fma(xe, inv4, magic4).to(tl.int32, bitcast=True)
         bo = tl.fma(xo, inv4, magic4).to(tl.int32, bitcast=True)
     ones = tl.full([words.shape[0], words.shape[1], words.shape[2], words.shape[3] // 4], 0x01010101, tl.int32)
-    fu, uu, su = code_byte_sums(be, bo, words, ones, ones, True, PTX)  # byte weights 1: Σ u
+    fu, uu, su = code_byte_sums(be, bo, words, (ones, ones), HALVED, PTX)  # byte weights 1: Σ u
     zu = z.to(tl.int32) - _QMIN
     d1 = (su - zu * G).to(tl.float64)
     d2 = (uu + (16 - 2 * zu) * su + zu * zu * G).to(tl.float64)  # Σ u² = Σ u (u - 16) + 16 Σ u
@@ -468,7 +470,7 @@ def _int4_asym_clip_kernel(
         # the tile times 2**(14 - E) from here on (the fixed point, the float passes: _clip_pass; the stored codes)
         xs = x * up[:, :, None, None]
         xe, xo = _even_odd(xs, False)
-        words, fsum, unused0, unused1 = fixed_pairs(xe, xo, tl.full(up.shape, 1.0, tl.float32)[:, :, None, None], False,
+        words, fsum, unused0, unused1 = fixed_pairs(xe, xo, tl.full(up.shape, 1.0, tl.float32)[:, :, None, None], WHOLE,
                                                     PTX)
         # Σ w² in float64: E is about 1% of it, so its float32 rounding would move E by about MARGIN
         xs64 = xs.to(tl.float64)

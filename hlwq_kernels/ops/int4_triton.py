@@ -33,10 +33,19 @@ Semantics (scale rules, rounding, nibble order) are those of ``hlwq_kernels.ops.
   - fp16 groups of one chunk the same way with ``f = rint(w * 2**(15 - E))``: 11-bit significands make a weight
     with a non-zero code a multiple of ``2**(E - 15)`` (an fp16 subnormal one too), so ``|f| < 2**16`` is exact
     for it but needs 17 bits. The words hold ``f >> 1`` (16 bits), the low bits ``f & 1`` are kept as bytes
-    (``_jit.fixed_pairs(HALVE)``), and ``Σ f u = 2 Σ (f >> 1) u + Σ (f & 1) u``: one more ``dp4a`` for 4 weights
+    (``_jit.fixed_pairs(HALVED)``), and ``Σ f u = 2 Σ (f >> 1) u + Σ (f & 1) u``: one more ``dp4a`` for 4 weights
     and a trial. ``|A| 2**(15 - E) < 2**16 * 8 * 256`` no longer fits float32's significand: ``A`` is float64,
     and the refit ``A / B`` is divided in float64 as the reference does.
-  - otherwise in float32 where that is exact, then in float64: a product of a bf16 weight and a code
+  - fp32 groups of one chunk the same way with ``f = w * 2**(29 - E)``, an integer below ``2**30`` for every weight
+    that can get a non-zero code: fp32 trials keep the stored codes, and the last pass codes the best refit, which
+    is at least half its trial's scale (every code ``q`` has ``|w| >= (|q| - 1/2) s``), so such weights are at least
+    ``amax / 60 > 2**(E - 6)``, multiples of ``2**(E - 29)`` (24-bit significands). The words hold its signed upper
+    and unsigned lower 16 bits (``_jit.fixed_pairs(HALVES)``), ``Σ f u = 2**16 Σ (f >> 16) u + Σ (f & 0xFFFF) u``:
+    two more ``dp2a`` for 2 weights and a trial. The codes are those of the correctly rounded quotient
+    ``(w 2**(29 - E)) / (s 2**(29 - E))`` (``div_exact``, exact without a branch in that scale:
+    ``_jit.scale_trial_sums``); ``2**(29 - E)`` is a normal float32 for every group the search keeps
+    (``amax >= 7.5 * 2**-100``, ``E >= -98``) and ``2**(E - 29)`` a float64.
+  - otherwise (groups of several chunks) in float32 where that is exact, then in float64: a product of a bf16 weight and a code
     has at most 12 significant bits, and every weight with a non-zero code is at least ``s / 2``, so
     each product and partial sum of a chunk of ``n`` weights is a multiple of ``2**(e - 7)`` (``2**e``
     the binade below the smallest of them, ``> s / 4``) below ``8 n amax``, which float32 holds exactly
@@ -62,8 +71,7 @@ from hlwq_kernels.ops._jit import (
     bf16_lo,
     bf16_pair_range,
     div_exact,
-    fixed_pairs,
-    fixed_point_scales,
+    fixed_point_tile,
     group_quotient,
     group_sum,
     group_tile,
@@ -75,15 +83,15 @@ from hlwq_kernels.ops._jit import (
     reciprocal,
     rint,
     round_to_dtype_cvt,
+    scale_trial_sums,
     short_reciprocal,
-    trial_code_sums,
 )
 from hlwq_kernels.ops._triton import (
     PreparedCalls, cdiv, launch, next_power_of_2, require_triton, tensor_key, tl, triton,
 )
 from hlwq_reference.numpy.int4 import QMAX, QMIN, SEARCH_RANGE, trial_multipliers
 
-__all__ = ["int4_quantize_pack", "MIN_RATIO", "bf16_pairs", "device_multipliers", "group_tiles", "packed_int16_ptx", "row_slabs"]
+__all__ = ["int4_quantize_pack", "FIXED_POINT_BITS", "MIN_RATIO", "bf16_pairs", "device_multipliers", "group_tiles", "packed_int16_ptx", "row_slabs"]
 
 _MODES = {"given": 0, "absmax": 1, "mse": 2}
 _MAX_CHUNK = 256
@@ -92,15 +100,19 @@ _MAX_GRID_Y = 65535  # CUDA's limit of grid axis 1
 # group's chunk (each holds CHUNK / 4 contiguous weights), 1 warp, 1024 columns (8 groups of 128) a
 # program. The MSE search (compute-bound) takes 2 threads a chunk: each thread's per-trial group work
 # (reciprocal, refit, float64 errors) is spread over 64 weights (bench/results/int4-mse-h200-2026-12-02-c.md).
-_LANES = {"given": 4, "absmax": 4, "mse": 2}
-_WARPS = {"given": 1, "absmax": 1, "mse": 1}
-_COLUMNS = {"given": 1024, "absmax": 1024, "mse": 2048}
-# fp32 "mse" and fp16 "mse" of groups above one chunk (lanes, warps): more registers a weight, 2 threads a chunk would
-# spill. fp16 groups of one chunk sum integers as bf16 does and take its launch: 41.9-44.4% of clone against 36.9-38.3%
-# (bench/results/int4-mse-fp16-h200-2026-12-03-t.md)
-_MSE_WIDE_LAUNCH = (4, 2)
-# "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32
+# (lanes, warps, columns a program) by rule
+_LAUNCH = {"given": (4, 1, 1024), "absmax": (4, 1, 1024), "mse": (2, 1, 2048)}
+# "mse" on fp32 and fp16 groups above one chunk (float sums): more registers a weight, 2 threads a chunk would
+# spill. fp16 groups of one chunk sum integers as bf16 does and take its launch: 41.9-44.4% of clone against
+# 36.9-38.3% (bench/results/int4-mse-fp16-h200-2026-12-03-t.md). fp32 groups of one chunk (integer sums in halves)
+# take 4 threads a group and a group a thread's quarter (1 warp, 8 groups of 128): 37-39% of clone where 2 warps
+# of 16 groups ran 30% and 2 threads a group spill (bench/results/int4-mse-fp32-h200-2026-12-03-u.md)
+_MSE_WIDE_LAUNCH = (4, 2, 2048)
+_MSE_FP32_LAUNCH = (4, 1, 1024)
+# "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32 (the integer sums' splits
+# _jit.WHOLE, HALVED, HALVES)
 _CODES = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
+FIXED_POINT_BITS = {torch.bfloat16: 12, torch.float16: 15, torch.float32: 29}  # their fixed points (module docstring)
 MIN_RATIO = 0.5  # the smallest "mse" trial ratio whose float32 sums are exact (module docstring)
 _MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: fma(a, inv, _MAGIC) - _MAGIC = rint(a * inv) for |a * inv| < 2**22
 _SEARCH_LO = tl.constexpr(SEARCH_RANGE[0])
@@ -245,38 +257,72 @@ def _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT: tl.constexp
 
 
 @triton.jit
-def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.constexpr, N_RATIOS: tl.constexpr,
-               NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr, PAIRS: tl.constexpr,
-               QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
-    """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
-    scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). bf16
-    and fp16 groups of one chunk sum integers (module docstring): the fixed-point weights once, then each trial,
-    the trials unrolled (no branch in them: bf16 50.1-52.6% of clone on an H200 against 47.8-50.5% as a loop).
-    The float trials (fp32, fp16 groups of several chunks) stay a loop: unrolled, float fp16 ran 16% and fp32 7%
-    slower (bench/results/int4-mse-h200-2026-12-03-s.md)."""
-    INT_SUMS: tl.constexpr = CODES < 2 and NCHUNK == 1  # 16-bit weights in one chunk: integer sums (module docstring)
-    HALVE: tl.constexpr = CODES == 1  # fp16: 17-bit fixed point, halved
-    absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
+def _group_trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, fixed, up, down, INT_SUMS: tl.constexpr,
+                      NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr, PAIRS: tl.constexpr,
+                      QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """``(A, B)`` of trial scales ``s`` [BN, BG]: integer sums (``INT_SUMS``: ``xe``, ``xo``, ``fixed``, ``up``,
+    ``down`` from ``_jit.fixed_point_tile``), else ``_trial_sums``."""
+    if INT_SUMS:
+        sa, sb = scale_trial_sums(xe, xo, s, up, fixed, down, CODES, PTX)
+    else:
+        sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
+    return sa, sb
+
+
+@triton.jit
+def _trial(xe, xo, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, t, eps, fixed, up, down, best_s, best_d,
+           refit_s, refit_d, INT_SUMS: tl.constexpr, DT: tl.constexpr, NCHUNK: tl.constexpr, CHUNK: tl.constexpr,
+           CODES: tl.constexpr, PAIRS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """Trial ``t`` of ``_search``: its scale, sums, and the best trial and refit so far (``_keep_best``)."""
+    s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
+    sa, sb = _group_trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, fixed, up, down, INT_SUMS, NCHUNK, CHUNK,
+                               CODES, PAIRS, QMIN, QMAX, PTX)
+    return _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT, PTX)
+
+
+@triton.jit
+def _search(xe, xo, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, eps, fixed, up, down, INT_SUMS: tl.constexpr,
+            DT: tl.constexpr, N_RATIOS: tl.constexpr, NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr,
+            PAIRS: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """``_mse_scale``'s trials and refits by integer sums (``INT_SUMS``; unrolled: no branch in them, bf16 50.1-52.6%
+    of clone on an H200 against 47.8-50.5% as a loop) or float sums (a loop: unrolled, float fp16 ran 16% and fp32 7%
+    slower; bench/results/int4-mse-h200-2026-12-03-s.md) -> the better of the best trial and the best refit."""
     best_s = absmax
     best_d = tl.full(amax.shape, float("inf"), tl.float64)
     refit_s = absmax
     refit_d = tl.full(amax.shape, float("inf"), tl.float64)
     if INT_SUMS:
-        up, down = fixed_point_scales(amax, 12 + 3 * HALVE)
-        fixed = fixed_pairs(xe, xo, up[:, :, None, None], HALVE, PTX)
         for t in tl.static_range(N_RATIOS):
-            s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
-            sa, sb = trial_code_sums(xe, xo, short_reciprocal(s, PTX)[:, :, None, None], fixed, down, HALVE, PTX)
-            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT, PTX)
+            best_s, best_d, refit_s, refit_d = _trial(
+                xe, xo, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, t, eps, fixed, up, down, best_s, best_d,
+                refit_s, refit_d, INT_SUMS, DT, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX, PTX)
     else:
         for t in range(N_RATIOS):
-            s = _trial_scale(amax, absmax, mult_ptr, t, eps, DT, PTX)
-            sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
-            best_s, best_d, refit_s, refit_d = _keep_best(s, sa, sb, best_s, best_d, refit_s, refit_d, eps, DT, PTX)
+            best_s, best_d, refit_s, refit_d = _trial(
+                xe, xo, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, t, eps, fixed, up, down, best_s, best_d,
+                refit_s, refit_d, INT_SUMS, DT, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX, PTX)
     if CODES == 2:  # float32: the refit's own error decides
-        sa, sb = _trial_sums(xe, xo, w_ptrs, mask4, stride_wk, refit_s, amax, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX)
+        sa, sb = _group_trial_sums(xe, xo, w_ptrs, mask4, stride_wk, refit_s, amax, fixed, up, down, INT_SUMS, NCHUNK,
+                                   CHUNK, CODES, PAIRS, QMIN, QMAX, PTX)
         refit_d = _sq_error_change(refit_s, sa, sb)
-    s = tl.where(refit_d < best_d, refit_s, best_s)
+    return tl.where(refit_d < best_d, refit_s, best_s)
+
+
+@triton.jit
+def _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT: tl.constexpr, N_RATIOS: tl.constexpr,
+               NCHUNK: tl.constexpr, CHUNK: tl.constexpr, CODES: tl.constexpr, BITS: tl.constexpr, PAIRS: tl.constexpr,
+               QMIN: tl.constexpr, QMAX: tl.constexpr, PTX: tl.constexpr):
+    """The ``"mse"`` scales [BN, BG] of ``hlwq_reference.numpy.int4.mse_scale``: ratio trials (0: the absmax
+    scale) and their refits, the best of each kept by exact float64 errors (``D`` and ``F`` there). Groups of one
+    chunk sum integers (module docstring): the fixed-point weights once, then each trial."""
+    absmax = int4_absmax_scale_cvt(amax, eps, DT, PTX)
+    if NCHUNK == 1:
+        xs_e, xs_o, fixed, up, down = fixed_point_tile(xe, xo, amax, BITS, CODES, PTX)
+        s = _search(xs_e, xs_o, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, eps, fixed, up, down, True, DT,
+                    N_RATIOS, NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX, PTX)
+    else:
+        s = _search(xe, xo, w_ptrs, mask4, stride_wk, amax, absmax, mult_ptr, eps, 0, 0, 0, False, DT, N_RATIOS,
+                    NCHUNK, CHUNK, CODES, PAIRS, QMIN, QMAX, PTX)
     return tl.where((absmax >= _SEARCH_LO) & (absmax <= _SEARCH_HI), s, absmax)
 
 
@@ -294,7 +340,7 @@ def _pair_words(ye, yo, CLAMP: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.conste
 def _int4_quantize_pack_kernel(
     w_ptr, scale_ptr, packed_ptr, mult_ptr, N, NG, K8, stride_wn, stride_wk, eps,
     G: tl.constexpr, CHUNK: tl.constexpr, SEGS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    MODE: tl.constexpr, N_RATIOS: tl.constexpr, CODES: tl.constexpr,
+    MODE: tl.constexpr, N_RATIOS: tl.constexpr, CODES: tl.constexpr, BITS: tl.constexpr,
     QMIN: tl.constexpr, QMAX: tl.constexpr, PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
     NCHUNK: tl.constexpr = G // CHUNK
@@ -324,7 +370,7 @@ def _int4_quantize_pack_kernel(
     else:
         xe, xo = _even_odd(x, PAIRS)
         s = _mse_scale(xe, xo, w_ptrs, mask4, stride_wk, amax, mult_ptr, eps, DT, N_RATIOS, NCHUNK, CHUNK, CODES,
-                       PAIRS, QMIN, QMAX, PTX)
+                       BITS, PAIRS, QMIN, QMAX, PTX)
     if MODE != 0:
         tl.store(scale_ptr + s_offs, s.to(DT), mask=mask2)
 
@@ -371,6 +417,15 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
 def _one_chunk(group_size: int) -> bool:
     """Whether ``group_tiles`` holds a group in one chunk (a power of two up to ``_MAX_CHUNK``)."""
     return group_size & (group_size - 1) == 0 and group_size <= _MAX_CHUNK
+
+
+def _default_launch(rule: str, dtype: torch.dtype, group_size: int) -> tuple[int, int, int]:
+    """(lanes, warps, columns a program) of ``rule`` on weights of ``dtype`` (see ``_LAUNCH``)."""
+    if rule != "mse" or dtype == torch.bfloat16:
+        return _LAUNCH[rule]
+    if not _one_chunk(group_size):
+        return _MSE_WIDE_LAUNCH
+    return _MSE_FP32_LAUNCH if dtype == torch.float32 else _LAUNCH[rule]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -441,11 +496,10 @@ def int4_quantize_pack(
         if _PREPARED.run(key, w, scale, packed):
             return packed, scale
     mult = device_multipliers(w.device, ratios)
-    # fp32 "mse" and fp16 groups the trials do not sum in integers (more than one chunk) take the wide launch
-    wide = rule == "mse" and (w.dtype == torch.float32 or (w.dtype == torch.float16 and not _one_chunk(group_size)))
-    num_warps = num_warps or (_MSE_WIDE_LAUNCH[1] if wide else _WARPS[rule])
-    lanes = lanes or (_MSE_WIDE_LAUNCH[0] if wide else _LANES[rule])
-    block_g = block_g or _fit_block_g(n_groups, max(1, _COLUMNS[rule] // group_size))
+    default_lanes, default_warps, columns = _default_launch(rule, w.dtype, group_size)
+    num_warps = num_warps or default_warps
+    lanes = lanes or default_lanes
+    block_g = block_g or _fit_block_g(n_groups, max(1, columns // group_size))
     chunk, segs, block_g, block_n = group_tiles(n, n_groups, group_size, w.element_size(), num_warps, lanes, reps,
                                                 block_g)
     options = {"maxnreg": max_registers} if max_registers and w.is_cuda else {}
@@ -457,7 +511,7 @@ def int4_quantize_pack(
         prepared = launch(
             _int4_quantize_pack_kernel, (cdiv(n_groups, block_g), cdiv(r1 - r0, block_n), 1), w.device, *part, *tail,
             G=group_size, CHUNK=chunk, SEGS=segs, BLOCK_N=block_n, BLOCK_G=block_g, MODE=_MODES[rule],
-            N_RATIOS=mult.numel(), CODES=_CODES[w.dtype], QMIN=QMIN, QMAX=QMAX,
+            N_RATIOS=mult.numel(), CODES=_CODES[w.dtype], BITS=FIXED_POINT_BITS[w.dtype], QMIN=QMIN, QMAX=QMAX,
             PAIRS=bf16_pairs(w), PTX=packed_int16_ptx(w), num_warps=num_warps, **options,
         )
     if len(slabs) == 1:
