@@ -463,8 +463,8 @@ def _int4_asym_clip_kernel(
     if not HAS_LAM:
         n0 += G
     keep = tl.load(const_ptr + N_CLIP)  # 1 - MARGIN: a trial must be lower by MARGIN, relatively
+    amax = tl.maximum(hi, -lo)
     if NCHUNK == 1 and not HAS_LAM and DT == tl.bfloat16:  # integer sums (above) where the tile allows them
-        amax = tl.maximum(hi, -lo)
         up, down = fixed_point_scales(amax, _FIX_BITS)  # (2**(14 - E), 2**(E - 14))
         rscale = (up, down)
         # the tile times 2**(14 - E) from here on (the fixed point, the float passes: _clip_pass; the stored codes)
@@ -486,7 +486,6 @@ def _int4_asym_clip_kernel(
                 CHUNK, G, N_CLIP, HAS_LAM, DT, False, PTX)
     else:
         xs = x
-        amax = tl.maximum(hi, -lo)
         rscale = (tl.full(lo.shape, 1.0, tl.float32), tl.full(lo.shape, 1.0, tl.float32))
         best_e, best_s, best_z, d1, d2, u1 = _clip_trials(
             xs, lam, w_ptrs, l_ptrs, mask4, lmask, stride_wk, lo, hi, eps, keep, const_ptr, (xs,), rscale, NCHUNK,

@@ -394,6 +394,16 @@ def _int4_quantize_pack_kernel(
         tl.store(p_ptrs + c * (CHUNK // 8), words, mask=mask4)
 
 
+def _chunk(group_size: int) -> int:
+    """The chunk ``group_tiles`` reads a group in: its largest power-of-two divisor, at most ``_MAX_CHUNK``."""
+    return min(group_size & -group_size, _MAX_CHUNK)
+
+
+def _one_chunk(group_size: int) -> bool:
+    """Whether ``group_tiles`` holds a group in one chunk."""
+    return _chunk(group_size) == group_size
+
+
 @functools.lru_cache(maxsize=4096)  # pure; a launch's host time is a few µs less
 def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warps: int, lanes: int,
                 reps: int = 1, block_g: int | None = None, min_rows: int = 1) -> tuple[int, int, int, int]:
@@ -401,7 +411,7 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
     group, cut into ``SEGS`` segments of ``lanes`` 16-byte vectors (the threads that share a group's
     chunk), and ``reps`` (row, group) pairs a thread, i.e. ``num_warps * 32 / lanes * reps`` pairs a
     program (``BLOCK_G`` groups of ``BLOCK_N`` rows, ``BLOCK_N >= min_rows``)."""
-    chunk = min(group_size & -group_size, _MAX_CHUNK)
+    chunk = _chunk(group_size)
     vec = max(1, 16 // elem_size)
     width = min(chunk, max(8, lanes * vec))
     pairs = num_warps * 32 * vec // width * reps
@@ -412,11 +422,6 @@ def group_tiles(n: int, n_groups: int, group_size: int, elem_size: int, num_warp
     block_g = min(block_g, next_power_of_2(n_groups))
     block_n = max(min_rows, pairs // block_g)
     return chunk, chunk // width, block_g, min(block_n, max(min_rows, next_power_of_2(n)))
-
-
-def _one_chunk(group_size: int) -> bool:
-    """Whether ``group_tiles`` holds a group in one chunk (a power of two up to ``_MAX_CHUNK``)."""
-    return group_size & (group_size - 1) == 0 and group_size <= _MAX_CHUNK
 
 
 def _default_launch(rule: str, dtype: torch.dtype, group_size: int) -> tuple[int, int, int]:
