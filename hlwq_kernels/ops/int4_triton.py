@@ -105,8 +105,8 @@ _LAUNCH = {"given": (4, 1, 1024), "absmax": (4, 1, 1024), "mse": (2, 1, 2048)}
 # "mse" on fp32 and fp16 groups above one chunk (float sums): more registers a weight, 2 threads a chunk would
 # spill. fp16 groups of one chunk sum integers as bf16 does and take its launch: 41.9-44.4% of clone against
 # 36.9-38.3% (bench/results/int4-mse-fp16-h200-2026-12-03-t.md). fp32 groups of one chunk (integer sums in halves)
-# take 4 threads a group and a group a thread's quarter (1 warp, 8 groups of 128): 37-39% of clone where 2 warps
-# of 16 groups ran 30% and 2 threads a group spill (bench/results/int4-mse-fp32-h200-2026-12-03-u.md)
+# take 4 threads a group and a group a thread's quarter (1 warp, 8 groups of 128): 38-39.5% of clone where 2 warps
+# of 16 groups ran 30% and 2 threads a group 34-36% (bench/results/int4-mse-fp32-h200-2026-12-03-u.md)
 _MSE_WIDE_LAUNCH = (4, 2, 2048)
 _MSE_FP32_LAUNCH = (4, 1, 1024)
 # "mse" trial codes and sums by weight dtype (module docstring): 0 bf16, 1 fp16, 2 fp32 (the integer sums' splits
