@@ -356,7 +356,7 @@ def int4_absmax_scale_cvt(amax, eps, DTYPE: tl.constexpr, CVT: tl.constexpr):
 # A trial's code of a weight ``w`` is ``q = clamp(rint(w / s), QMIN, QMAX)``; the float32 ``y + 1.5 * 2**23 - QMIN``
 # of an integer-valued ``y`` holds the biased code ``u = y - QMIN`` (|u| < 2**15) in its low 16 bits, two's
 # complement (``scale_trial_sums``: ``y`` the exact quotient rounded, or one fused multiply-add by ``1 / s``).
-# Weights enter as fixed-point integers ``f = rint(w * 2**(BITS - E))`` (``fixed_point_scales``), two a word
+# Weights enter as fixed-point integers ``f = rint(w * 2**(BITS - E))`` (``fixed_point_tile``), two a word
 # (``fixed_pairs``), split by the weight's dtype (``SPLIT``):
 # - ``WHOLE`` (bf16, BITS = 12): 16-bit ``f``;
 # - ``HALVED`` (fp16, BITS = 15): 17-bit ``f`` as ``f >> 1`` and its low bit ``f & 1``, kept as bytes;
