@@ -15,7 +15,7 @@ from hlwq_kernels.ops._jit import (
     div_exact, fixed_point_tile, scale_trial_sums, short_reciprocal,
 )
 from hlwq_kernels.ops._triton import launch, tl, triton
-from hlwq_kernels.ops.int4_triton import FIXED_POINT_BITS, MIN_RATIO, int4_quantize_pack, packed_int16_ptx
+from hlwq_kernels.ops.int4_triton import _CODES, FIXED_POINT_BITS, MIN_RATIO, int4_quantize_pack, packed_int16_ptx
 from tests.helpers import kernel_devices, to_numpy
 from tests.ops.test_int4 import DTYPES, half_integer_ties, weights
 
@@ -203,9 +203,6 @@ def _trial_sums_kernel(w_ptr, s_ptr, a_ptr, b_ptr, NT: tl.constexpr, G: tl.const
         tl.store(b_ptr + g * NT + t + tl.zeros([1, 1], tl.int32), b)
 
 
-_SPLITS = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
-
-
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize(("dtype", "g"), [(torch.bfloat16, 8), (torch.bfloat16, 128), (torch.bfloat16, 256),
                                         (torch.float16, 8), (torch.float16, 256), (torch.float32, 8),
@@ -243,7 +240,7 @@ def test_integer_trial_sums_are_exact(device: str, dtype: torch.dtype, g: int, t
     b = torch.empty(s.shape, dtype=torch.float32, device=device)
     wd = w.to(device)
     launch(_trial_sums_kernel, (wn.shape[0],), wd.device, wd, torch.from_numpy(s).to(device), a, b,
-           NT=s.shape[1], G=g, SPLIT=_SPLITS[dtype], BITS=FIXED_POINT_BITS[dtype],
+           NT=s.shape[1], G=g, SPLIT=_CODES[dtype], BITS=FIXED_POINT_BITS[dtype],
            PTX=packed_int16_ptx(wd) and not twins)
     assert np.array_equal(a.cpu().numpy()[in_range], a_ref[in_range])
     assert np.array_equal(b.cpu().numpy().astype(np.float64)[in_range], b_ref[in_range])
