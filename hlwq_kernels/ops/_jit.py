@@ -378,12 +378,18 @@ HALVES = tl.constexpr(2)
 
 
 @triton.jit
-def fixed_point_scales(amax, BITS: tl.constexpr):
-    """``(2**(BITS - E), 2**(E - BITS))`` (float32) of per-group ``amax >= 0`` whose binade is ``2**E``
-    (``2**E <= amax < 2**(E + 1)``); the exponent field is clamped to [BITS + 1, 255] so that both are normal
-    powers of two whatever ``amax`` (zero, subnormal, infinite: values the searches discard)."""
-    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, BITS + 1), 255)
-    return ((254 - e + BITS) << 23).to(tl.float32, bitcast=True), ((e - BITS) << 23).to(tl.float32, bitcast=True)
+def fixed_point_scales(amax, BITS: tl.constexpr, WIDE: tl.constexpr):
+    """``(2**(BITS - E), 2**(E - BITS))`` of per-group ``amax >= 0`` whose binade is ``2**E``
+    (``2**E <= amax < 2**(E + 1)``), both float32: the exponent field is clamped to [BITS + 1, 255] so that both
+    are normal powers of two whatever ``amax`` (zero, subnormal, infinite: values the searches discard). ``WIDE``
+    (fp32's ``BITS = 29``, whose searched binades reach ``2**(BITS - 127)``): clamped to [BITS, 255] instead,
+    ``2**(E - BITS)`` a float64 (below float32's normal range there)."""
+    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, BITS + 1 - WIDE), 255)
+    if WIDE:
+        down = ((e - BITS + 896).to(tl.int64) << 52).to(tl.float64, bitcast=True)  # 896 = 1023 - 127
+    else:
+        down = ((e - BITS) << 23).to(tl.float32, bitcast=True)
+    return ((254 - e + BITS) << 23).to(tl.float32, bitcast=True), down
 
 
 @triton.jit
@@ -546,22 +552,13 @@ def trial_code_sums(be, bo, fixed, down, SPLIT: tl.constexpr, PTX: tl.constexpr)
 
 
 @triton.jit
-def _code_bits(y):
-    """float32 ``|y| < 2**14`` -> bits holding ``rint(y) - QMIN`` in the low 16 bits (``code_byte_sums``' codes)."""
-    return (y + _PAIR_MAGIC).to(tl.int32, bitcast=True)
-
-
-@triton.jit
 def fixed_point_tile(xe, xo, amax, BITS: tl.constexpr, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """float32 weights of the even and odd columns ``[A, B, C, D]`` and their groups' ``amax`` ``[A, B]`` ->
     ``(xe, xo, fixed, up, down)`` for ``scale_trial_sums``: ``up``, ``down = fixed_point_scales(amax, BITS)`` (for
-    ``HALVES`` ``_wide_fixed_point_scales``, ``down`` in float64), the tile's fixed point
+    ``HALVES`` the wide ones, ``down`` in float64), the tile's fixed point
     ``fixed = fixed_pairs(xe, xo, up, SPLIT, PTX)`` and the weights, times ``up`` for ``HALVES`` (the scale in which
     its trials divide)."""
-    if SPLIT == HALVES:
-        up, down = _wide_fixed_point_scales(amax, BITS)
-    else:
-        up, down = fixed_point_scales(amax, BITS)
+    up, down = fixed_point_scales(amax, BITS, SPLIT == HALVES)
     up4 = up[:, :, None, None]
     fixed = fixed_pairs(xe, xo, up4, SPLIT, PTX)
     if SPLIT == HALVES:
@@ -571,22 +568,13 @@ def fixed_point_tile(xe, xo, amax, BITS: tl.constexpr, SPLIT: tl.constexpr, PTX:
 
 
 @triton.jit
-def _wide_fixed_point_scales(amax, BITS: tl.constexpr):
-    """``fixed_point_scales`` for binades ``2**E >= 2**(BITS - 127)`` (every fp32 group the "mse" search keeps,
-    ``BITS = 29``): ``2**(BITS - E)`` as float32, ``2**(E - BITS)`` as float64 (below float32's normal range)."""
-    e = tl.minimum(tl.maximum((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF, BITS), 255)
-    down = ((e - BITS + 896).to(tl.int64) << 52).to(tl.float64, bitcast=True)  # 896 = 1023 - 127
-    return ((254 - e + BITS) << 23).to(tl.float32, bitcast=True), down
-
-
-@triton.jit
 def scale_trial_sums(xe, xo, s, up, fixed, down, SPLIT: tl.constexpr, PTX: tl.constexpr):
     """``trial_code_sums`` of per-group trial scales ``s`` ``[A, B]`` for a ``fixed_point_tile``'s weights ``xe``,
     ``xo``, ``fixed``, ``up``, ``down`` (``|x / s| <= 30``): the codes ``rint(x / s)``
     - for ``HALVES`` (fp32: the stored codes) of the correctly rounded float32 quotient, divided in the fixed point's
       scale: ``(x up) / (s up)`` is ``x / s`` (powers of two, exact wherever a code can be non-zero) and
       ``div_exact`` is correctly rounded for it without a branch (``s up >= 2**(BITS - 5)``, ``|x / s| <= 30``:
-      ``quotient_is_exact``), given ``2**E >= 2**(BITS - 127)`` (``_wide_fixed_point_scales`` does not clamp);
+      ``quotient_is_exact``), given ``2**E >= 2**(BITS - 127)`` (``fixed_point_scales(WIDE)`` does not clamp);
     - else of the exact product ``x * float32(1 / s)``, one fused multiply-add (``short_reciprocal``: ``s`` of at most
       15 significant bits)."""
     if SPLIT == HALVES:

@@ -465,7 +465,7 @@ def _int4_asym_clip_kernel(
     keep = tl.load(const_ptr + N_CLIP)  # 1 - MARGIN: a trial must be lower by MARGIN, relatively
     amax = tl.maximum(hi, -lo)
     if NCHUNK == 1 and not HAS_LAM and DT == tl.bfloat16:  # integer sums (above) where the tile allows them
-        up, down = fixed_point_scales(amax, _FIX_BITS)  # (2**(14 - E), 2**(E - 14))
+        up, down = fixed_point_scales(amax, _FIX_BITS, False)  # (2**(14 - E), 2**(E - 14))
         rscale = (up, down)
         # the tile times 2**(14 - E) from here on (the fixed point, the float passes: _clip_pass; the stored codes)
         xs = x * up[:, :, None, None]
