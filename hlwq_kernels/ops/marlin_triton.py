@@ -12,6 +12,8 @@ The same program also writes the transposed, permuted scales of its 64 rows for 
 groups (``SPB`` groups per k-block): ``out[gi, 64 nt + p] = scale[64 nt + src(p), gi]`` with
 ``src(p) = p // 8 + 8 (p % 8)`` for grouped scales, and per run of 32
 ``src = 2 i + (0, 1, 8, 9, 16, 17, 24, 25)[m]`` (``p = 8 i + m``) when one group spans K.
+Their load is issued first, beside the words' load: after the words' store, the compiler may not move
+it ahead (the pointers might alias), and each program would wait for a second memory round trip.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ def _marlin_repack_kernel(
     kb = tl.program_id(0)
     kt0 = kb * BK
     nt = tl.program_id(1)
+
+    # scales of this program's groups, 64 columns of the [NG, N] output (loaded now, stored last)
+    p = tl.arange(0, 64)
+    if PER_CHANNEL:
+        m = p % 8
+        src = (p // 32) * 32 + 2 * ((p % 32) // 8) + (m % 2) + 8 * (m // 2)
+    else:
+        src = p // 8 + 8 * (p % 8)
+    gi = kb * SPB + tl.arange(0, SPB)
+    gmask = (gi < NG)[:, None]
+    s = tl.load(scale_ptr + (nt * 64 + src).to(tl.int64)[None, :] * NG + gi[:, None], mask=gmask)
+
     rows = nt * 64 + tl.arange(0, 64)
     kw = 2 * kt0 + tl.arange(0, 2 * BK)
     x = tl.load(
@@ -57,22 +71,11 @@ def _marlin_repack_kernel(
     kt = kt0 + tl.arange(0, BK)
     cols = nt * 128 + tl.arange(0, 128)
     tl.store(out_ptr + kt.to(tl.int64)[:, None] * N2 + cols[None, :], words, mask=(kt < KT)[:, None])
-
-    # scales: this program's groups, 64 columns of the [NG, N] output
-    p = tl.arange(0, 64)
-    if PER_CHANNEL:
-        m = p % 8
-        src = (p // 32) * 32 + 2 * ((p % 32) // 8) + (m % 2) + 8 * (m // 2)
-    else:
-        src = p // 8 + 8 * (p % 8)
-    gi = kb * SPB + tl.arange(0, SPB)
-    gmask = (gi < NG)[:, None]
-    s = tl.load(scale_ptr + (nt * 64 + src).to(tl.int64)[None, :] * NG + gi[:, None], mask=gmask)
     tl.store(sout_ptr + gi.to(tl.int64)[:, None] * N + (nt * 64 + p)[None, :], s, mask=gmask)
 
 
 def marlin_repack(
-    packed: torch.Tensor, scale: torch.Tensor, group_size: int, block_k: int = 32, num_warps: int = 4
+    packed: torch.Tensor, scale: torch.Tensor, group_size: int, block_k: int = 16, num_warps: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Marlin ``(qweight [K/16, 2N], scales [K/g, N])`` from compressed-tensors words [N, K/8] and
     scales [N, K/g] (N % 64 == 0, K % 16 == 0; inputs assumed validated by ``hlwq_kernels.ops.marlin``)."""
