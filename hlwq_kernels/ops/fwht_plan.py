@@ -153,6 +153,13 @@ _POW2_TABLE_16BIT[11] = Pow2Config(4, 32, 1, 0)
 # float16 rows of 2^14: the bf16 launch's register cap costs fp16 (its conversions to fp32 take more
 # registers) 58% of clone; a persistent launch without prefetch runs at 90%
 # (bench/results/fwht-anchors-h200-2026-12-02-e.md)
+# Short rows (2^7 .. 2^10, 16-bit rows also 2^12): one or two warps a program (many small programs) instead of
+# four; in one process fp32 97.9-99.1% -> 100.3-100.9% of clone, bf16 95.2-101.3% -> 99.3-103.0%, fp16
+# 95.1-101.2% -> 98.6-102.5%, 16-bit 2^12 95.4-96.1% -> 96.1-97.5%, with signs too
+# (bench/results/fwht-short-h200-2026-12-03-v.md)
+_POW2_TABLE_16BIT.update({7: Pow2Config(1, 32, 1, 0), 8: Pow2Config(1, 32, 1, 0), 9: Pow2Config(1, 32, 1, 0),
+                          10: Pow2Config(1, 16, 1, 0), 12: Pow2Config(2, 16, 1, 0)})
+_POW2_TABLE_FP32 = {m: Pow2Config(1, 16, 1, 0) for m in range(7, 11)}
 _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
@@ -353,7 +360,7 @@ def kernel_plan(
     if m > MAX_POW2_BITS:
         return None
     if k == 1 and not isinstance(config, SplitConfig):
-        table = _POW2_TABLE_FP16 if fp16 else _POW2_TABLE_16BIT if elem_size <= 2 else {}
+        table = _POW2_TABLE_FP16 if fp16 else _POW2_TABLE_16BIT if elem_size <= 2 else _POW2_TABLE_FP32
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None:
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
