@@ -145,19 +145,19 @@ _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16
 # (bench/results/fwht-h200-2026-12-02.md: 2^14 83.9% -> 90.8% of clone, 2^15 61.9% -> 73.1%)
 # 2^15 reads its rows as int32 words (bench/results/fwht-pow2-h200-2026-12-02-c.md: 73.2% -> 88.5%;
 # the same at 2^14 measured 89.3-89.7% against 90.8% without)
-_POW2_TABLE_16BIT = {14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
-# float16 rows of 2^14: the bf16 launch's register cap costs fp16 (its conversions to fp32 take more
-# registers) 58% of clone; a persistent launch without prefetch runs at 90%
-# (bench/results/fwht-anchors-h200-2026-12-02-e.md)
 # Short rows (2^7 .. 2^10, 16-bit rows also 2^11 and 2^12): one or two warps a program (many small programs)
 # instead of four; in one process fp32 97.9-99.1% -> 100.3-100.9% of clone, bf16 95.2-101.3% -> 99.3-103.0%,
 # fp16 95.1-101.2% -> 98.6-102.5%, 16-bit 2^12 95.4-96.1% -> 96.1-97.5%, with signs too; 16-bit 2^11 (two rows
 # of 64 values a thread; it had four warps of 32 values since some machines ran four warps of 64 at 81-84%,
 # bench/results/fwht-dense-h200-2026-12-02-j.md) 95.8-98.0% -> 100.1-101.6% on two machines
 # (bench/results/fwht-short-h200-2026-12-03-v.md)
-_POW2_TABLE_16BIT.update({7: Pow2Config(1, 32, 1, 0), 8: Pow2Config(1, 32, 1, 0), 9: Pow2Config(1, 32, 1, 0),
-                          10: Pow2Config(1, 16, 1, 0), 11: Pow2Config(2, 64, 1, 0), 12: Pow2Config(2, 16, 1, 0)})
+_POW2_TABLE_16BIT = {7: Pow2Config(1, 32, 1, 0), 8: Pow2Config(1, 32, 1, 0), 9: Pow2Config(1, 32, 1, 0),
+                     10: Pow2Config(1, 16, 1, 0), 11: Pow2Config(2, 64, 1, 0), 12: Pow2Config(2, 16, 1, 0),
+                     14: Pow2Config(8, 64, 1, 2, True, 128), 15: Pow2Config(8, 64, 1, 1, True, 0, True)}
 _POW2_TABLE_FP32 = {m: Pow2Config(1, 16, 1, 0) for m in range(7, 11)}
+# float16 rows of 2^14: the bf16 launch's register cap costs fp16 (its conversions to fp32 take more
+# registers) 58% of clone; a persistent launch without prefetch runs at 90%
+# (bench/results/fwht-anchors-h200-2026-12-02-e.md)
 _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
