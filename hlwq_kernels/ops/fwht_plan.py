@@ -180,6 +180,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # fp32 4864, 8960, 9728, 13824: two fp16 pieces of each row, scaled by a power of two, instead of three
 # bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
 # bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
+# fp32 17408, 18432 (as 72 * 256), 27648: the plain launch (rows re-read from L2 for each chunk of H_K's output
+# rows) with contraction chunks of 16 and output chunks of 32: 36.1 -> 38.9-39.3%, 37.6 -> 41.8%, 34.1 -> 36.9-37.0%
+# in two processes on two machines (bench/results/fwht-dense-h200-2026-12-03-w.md);
 # _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
 # flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory; fp32
 # 8960: the stages-3 launch spills with the sign bits, 24.5% of clone against 51.3% for rows ahead in registers,
@@ -205,6 +208,9 @@ _DENSE_TABLE_SIZES = {
     (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
+    (4, 17408): DenseConfig(4, 16, 1, 0, 16, 32),
+    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 1, 0, 16, 32)),
+    (4, 27648): DenseConfig(4, 16, 1, 0, 16, 32),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
