@@ -9,10 +9,10 @@ the same bytes in the same process is the ceiling (``pct_clone``); relative erro
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import multiprocessing
 import subprocess
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterable
@@ -97,15 +97,71 @@ def roofline_row(op: str, shape: tuple[int, ...], dtype: torch.dtype | str, gbps
     }
 
 
-def run_parallel(fn: Callable, tasks: Iterable, jobs: int) -> list:
-    """``fn(task)`` for every task in ``jobs`` spawned processes (for example to compile Triton
-    kernels into the shared on-disk cache before timing in one process)."""
+_STARTING = object()  # the task of a run_parallel worker before its first answer
+
+
+def _serve(fn: Callable, conn: Connection) -> None:
+    """A ``run_parallel`` worker: say it is ready, then run ``fn`` on each task received on ``conn`` and answer when
+    it is done."""
+    conn.send(True)
+    while (task := conn.recv()) is not None:
+        fn(task)
+        conn.send(True)
+
+
+def _start_worker(ctx: multiprocessing.context.BaseContext, fn: Callable) -> tuple:
+    here, there = ctx.Pipe()
+    worker = ctx.Process(target=_serve, args=(fn, there), daemon=True)
+    worker.start()
+    there.close()
+    return worker, here
+
+
+def run_parallel(fn: Callable, tasks: Iterable, jobs: int, timeout: float | None = None) -> list:
+    """``fn(task)`` (a module-level function; its results are dropped) for every task in ``jobs`` spawned worker
+    processes, for example to compile Triton kernels into the shared on-disk cache before timing in one process.
+    Returns the tasks that did not finish: those still running ``timeout`` seconds after they reached a ready
+    worker (which is killed and replaced, so one compile that never ends costs ``timeout``, not the whole run) and
+    those whose worker died. With ``jobs <= 1`` the tasks run in this process, without a time limit."""
     tasks = list(tasks)
-    if jobs <= 1 or len(tasks) <= 1:
-        return [fn(t) for t in tasks]
+    if jobs <= 1:
+        for task in tasks:
+            fn(task)
+        return []
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        return list(pool.map(fn, tasks))
+    workers = [_start_worker(ctx, fn) for _ in range(min(jobs, len(tasks)))]
+    running = {i: (_STARTING, 0.0) for i in range(len(workers))}  # worker index -> (task, start time)
+    unfinished = []
+    while tasks or running:
+        for i in range(len(workers)):
+            worker, conn = workers[i]
+            if i in running:
+                task, start = running.pop(i)
+                try:
+                    done = conn.poll() and conn.recv()
+                except EOFError:  # the worker died
+                    done = False
+                if not done:
+                    late = task is not _STARTING and timeout is not None and time.monotonic() - start > timeout
+                    if worker.is_alive() and not late:
+                        running[i] = (task, start)
+                    elif task is _STARTING:
+                        raise RuntimeError(f"a worker process did not start (exit code {worker.exitcode})")
+                    else:
+                        worker.kill()
+                        worker.join()
+                        unfinished.append(task)
+                        workers[i] = _start_worker(ctx, fn)
+                        running[i] = (_STARTING, 0.0)
+                    continue
+            if tasks:
+                conn.send(tasks[0])
+                running[i] = (tasks.pop(0), time.monotonic())
+        time.sleep(0.01)
+    for worker, conn in workers:
+        conn.send(None)
+        worker.join()
+    return unfinished
 
 
 _SMI_FIELDS = "uuid,driver_version,clocks.max.sm,clocks.max.mem,power.limit,pci.bus_id"

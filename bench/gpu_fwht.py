@@ -259,6 +259,9 @@ def main() -> None:
     parser.add_argument("--split-bits", default="", help="comma-separated a: the sweep also runs swept powers of two "
                                                          "through the dense kernel with H_{2^a} on the tensor cores")
     parser.add_argument("--jobs", type=int, default=1, help="processes that compile the kernels first")
+    parser.add_argument("--compile-timeout", type=float, default=120.0,
+                        help="seconds one configuration may take to compile (with --jobs > 1); one that takes "
+                             "longer is reported as failed and not timed")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     parser.add_argument("--dense-configs", default=None,
                         help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
@@ -288,10 +291,17 @@ def main() -> None:
             cands = sweep_configs(b, torch.empty(0, dtype=dt).element_size(), args.sweep_limit, split_bits)
         plans[(n, dt, v)] = [None] + (cands if sweep else [])
     tasks = [(n, str(dt).removeprefix("torch."), v, c) for (n, dt, v), cfgs in plans.items() for c in cfgs]
-    run_parallel(_compile_task, tasks, args.jobs)
     library, best, swept_rows = [], {}, []
+    for n, dt_name, v, c in run_parallel(_compile_task, tasks, args.jobs, args.compile_timeout):
+        dt = getattr(torch, dt_name)
+        plans[(n, dt, v)].remove(c)
+        row = {"n": n, "dtype": dt, "variant": v, "config": c,
+               "error": f"did not compile within {args.compile_timeout:g} s (--compile-timeout)"}
+        print(row, flush=True)
+        (library if c is None else swept_rows).append(row)
     # the library's table first, then the sweep's candidates
-    runs = [(case, [None]) for case in plans] + [(case, cfgs[1:]) for case, cfgs in plans.items() if cfgs[1:]]
+    runs = [(case, [None]) for case, cfgs in plans.items() if None in cfgs]
+    runs += [(case, swept) for case, cfgs in plans.items() if (swept := [c for c in cfgs if c is not None])]
     for (n, dt, v), cfgs in runs:
         for r in measure(n, dt, cfgs, v, args.rep_ms):
             print({k: r.get(k) for k in ("n", "dtype", "variant", "config", "gbps", "clone", "err", "error")}, flush=True)
