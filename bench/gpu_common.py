@@ -111,7 +111,7 @@ def _serve(fn: Callable, conn: Connection) -> None:
 
 def _start_worker(ctx: multiprocessing.context.BaseContext, fn: Callable) -> tuple:
     here, there = ctx.Pipe()
-    worker = ctx.Process(target=_serve, args=(fn, there), daemon=True)
+    worker = ctx.Process(target=_serve, args=(fn, there))  # not a daemon: its work may start processes of its own
     worker.start()
     there.close()
     return worker, here
@@ -132,35 +132,41 @@ def run_parallel(fn: Callable, tasks: Iterable, jobs: int, timeout: float | None
     workers = [_start_worker(ctx, fn) for _ in range(min(jobs, len(tasks)))]
     running = {i: (_STARTING, 0.0) for i in range(len(workers))}  # worker index -> (task, start time)
     unfinished = []
-    while tasks or running:
-        for i in range(len(workers)):
-            worker, conn = workers[i]
-            if i in running:
-                task, start = running.pop(i)
-                try:
-                    done = conn.poll() and conn.recv()
-                except EOFError:  # the worker died
-                    done = False
-                if not done:
-                    late = task is not _STARTING and timeout is not None and time.monotonic() - start > timeout
-                    if worker.is_alive() and not late:
-                        running[i] = (task, start)
-                    elif task is _STARTING:
-                        raise RuntimeError(f"a worker process did not start (exit code {worker.exitcode})")
-                    else:
-                        worker.kill()
-                        worker.join()
-                        unfinished.append(task)
-                        workers[i] = _start_worker(ctx, fn)
-                        running[i] = (_STARTING, 0.0)
-                    continue
-            if tasks:
-                conn.send(tasks[0])
-                running[i] = (tasks.pop(0), time.monotonic())
-        time.sleep(0.01)
-    for worker, conn in workers:
-        conn.send(None)
-        worker.join()
+    try:
+        while tasks or running:
+            for i in range(len(workers)):
+                worker, conn = workers[i]
+                if i in running:
+                    task, start = running.pop(i)
+                    try:
+                        done = conn.poll() and conn.recv()
+                    except EOFError:  # the worker died
+                        done = False
+                    if not done:
+                        late = task is not _STARTING and timeout is not None and time.monotonic() - start > timeout
+                        if worker.is_alive() and not late:
+                            running[i] = (task, start)
+                        elif task is _STARTING:
+                            raise RuntimeError(f"a worker process did not start (exit code {worker.exitcode})")
+                        else:
+                            worker.kill()
+                            worker.join()
+                            unfinished.append(task)
+                            workers[i] = _start_worker(ctx, fn)
+                            running[i] = (_STARTING, 0.0)
+                        continue
+                if tasks:
+                    conn.send(tasks[0])
+                    running[i] = (tasks.pop(0), time.monotonic())
+            time.sleep(0.01)
+        for worker, conn in workers:
+            conn.send(None)
+            worker.join()
+    finally:  # on an error (or an interrupt) no worker is left behind
+        for worker, _ in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
     return unfinished
 
 

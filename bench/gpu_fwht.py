@@ -296,7 +296,7 @@ def main() -> None:
         dt = getattr(torch, dt_name)
         plans[(n, dt, v)].remove(c)
         row = {"n": n, "dtype": dt, "variant": v, "config": c,
-               "error": f"did not compile within {args.compile_timeout:g} s (--compile-timeout)"}
+               "error": f"its compile did not finish: over --compile-timeout ({args.compile_timeout:g} s), or its process died"}
         print(row, flush=True)
         (library if c is None else swept_rows).append(row)
     # the library's table first, then the sweep's candidates
