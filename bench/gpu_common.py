@@ -110,11 +110,20 @@ def _serve(fn: Callable, conn: Connection) -> None:
 
 
 def _start_worker(ctx: multiprocessing.context.BaseContext, fn: Callable) -> tuple:
+    """A started ``_serve`` process and this side of its pipe."""
     here, there = ctx.Pipe()
     worker = ctx.Process(target=_serve, args=(fn, there))  # not a daemon: its work may start processes of its own
     worker.start()
     there.close()
     return worker, here
+
+
+def _answered(conn: Connection) -> bool:
+    """Whether the worker at the other end of ``conn`` has answered (False while busy, or dead without answering)."""
+    try:
+        return conn.poll() and conn.recv()
+    except EOFError:
+        return False
 
 
 def run_parallel(fn: Callable, tasks: Iterable, jobs: int, timeout: float | None = None) -> list:
@@ -134,27 +143,21 @@ def run_parallel(fn: Callable, tasks: Iterable, jobs: int, timeout: float | None
     unfinished = []
     try:
         while tasks or running:
-            for i in range(len(workers)):
-                worker, conn = workers[i]
-                if i in running:
-                    task, start = running.pop(i)
-                    try:
-                        done = conn.poll() and conn.recv()
-                    except EOFError:  # the worker died
-                        done = False
-                    if not done:
-                        late = task is not _STARTING and timeout is not None and time.monotonic() - start > timeout
-                        if worker.is_alive() and not late:
-                            running[i] = (task, start)
-                        elif task is _STARTING:
-                            raise RuntimeError(f"a worker process did not start (exit code {worker.exitcode})")
-                        else:
-                            worker.kill()
-                            worker.join()
-                            unfinished.append(task)
-                            workers[i] = _start_worker(ctx, fn)
-                            running[i] = (_STARTING, 0.0)
+            for i, (worker, conn) in enumerate(workers):
+                if i in running and not _answered(conn):
+                    task, start = running[i]
+                    late = task is not _STARTING and timeout is not None and time.monotonic() - start > timeout
+                    if worker.is_alive() and not late:
                         continue
+                    if task is _STARTING:
+                        raise RuntimeError(f"a worker process did not start (exit code {worker.exitcode})")
+                    worker.kill()
+                    worker.join()
+                    unfinished.append(task)
+                    workers[i] = _start_worker(ctx, fn)
+                    running[i] = (_STARTING, 0.0)
+                    continue
+                running.pop(i, None)
                 if tasks:
                     conn.send(tasks[0])
                     running[i] = (tasks.pop(0), time.monotonic())
