@@ -115,7 +115,8 @@ class Pow2Config(NamedTuple):
 class DenseConfig(NamedTuple):
     num_warps: int
     elems_per_thread: int
-    stages: int  # > 1 with prefetch: rows loaded ahead by the loop's pipeline (shared memory), not into registers
+    stages: int  # > 1 with prefetch: rows loaded ahead by the loop's pipeline (shared memory), not into registers;
+    # without prefetch: the depth of the contraction loop's software pipeline
     programs_per_sm: int
     ki: int  # contraction chunk of H_K
     ko: int  # output chunk of H_K (rows of H_K per tile)
@@ -159,7 +160,7 @@ _POW2_TABLE_FP32 = {m: Pow2Config(1, 16, 1, 0) for m in range(7, 11)}
 # registers) 58% of clone; a persistent launch without prefetch runs at 90%
 # (bench/results/fwht-anchors-h200-2026-12-02-e.md)
 _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
-_DENSE_TABLE = {2: DenseConfig(4, 64, 1, 0, 64, 128), 4: DenseConfig(4, 64, 1, 0, 32, 128)}  # by element size
+_DENSE_TABLE = {2: DenseConfig(4, 64, 3, 0, 64, 128), 4: DenseConfig(4, 64, 3, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
 # 69.7% -> 79.8% of clone, 4864 46.7% -> 68.8%, 9728 52.2% -> 66.0%, 13824 68.9% -> 72.2%, 14336
@@ -183,6 +184,10 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # fp32 17408, 18432 (as 72 * 256), 27648: the plain launch (rows re-read from L2 for each chunk of H_K's output
 # rows) with contraction chunks of 16 and output chunks of 32: 36.1 -> 38.9-39.3%, 37.6 -> 41.8%, 34.1 -> 36.9-37.0%
 # in two processes on two machines (bench/results/fwht-dense-h200-2026-12-03-w.md);
+# 16-bit 11008 (344 * 32) and 29568 (924 * 32): the plain launch with four rows a tile (K padded to 384 and 1024
+# is too large to keep H_K in a program) and deeper contraction pipelines, 5 stages of 32 and 3 of 64: with the
+# rows loaded as the product's operand (_dense_operand) 38.7-40.8% -> 44.6-47.4% and 18.4-18.7% -> 23.3-24.7% of
+# clone, 30.9-31.1% and 14.7% before that change (bench/results/fwht-dense-h200-2026-12-03-x.md);
 # _DENSE_TABLE_SIGNS: with signs= (bf16 28672: the split launch spills with the sign bits held; fp32 28672: the
 # flip goes through registers, so the pipelined rows need their own buffers: 322 KiB of shared memory; fp32
 # 8960: the stages-3 launch spills with the sign bits, 24.5% of clone against 51.3% for rows ahead in registers,
@@ -195,6 +200,7 @@ _DENSE_TABLE_SIZES = {
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
     (2, 8960): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, True),
     (2, 9728): DenseConfig(4, 16, 1, 3, 0, 0, True, 160, True),
+    (2, 11008): DenseConfig(4, 128, 5, 0, 32, 128),
     (2, 13824): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
     (2, 14336): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True)),
     (2, 17408): SplitConfig(1, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
@@ -202,15 +208,16 @@ _DENSE_TABLE_SIZES = {
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 28672): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True)),
+    (2, 29568): DenseConfig(4, 128, 3, 0, 64, 128),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
     (4, 4864): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
-    (4, 17408): DenseConfig(4, 16, 1, 0, 16, 32),
-    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 1, 0, 16, 32)),
-    (4, 27648): DenseConfig(4, 16, 1, 0, 16, 32),
+    (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32),
+    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 3, 0, 16, 32)),
+    (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),

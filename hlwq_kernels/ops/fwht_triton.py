@@ -286,6 +286,32 @@ def _dense_signs(s_ptr, k0, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr, 
 
 
 @triton.jit
+def _dense_operand(x_ptr, rb, k0, rows, stride_xr, stride_xc, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
+                   BM: tl.constexpr):
+    """K indices k0 .. k0 + KI of row block ``rb`` as the product's operand [KI, BM * P] (column r * P + c:
+    row r, element c; zeros past K and rows). Loaded in this shape, the software pipeline's asynchronous
+    copy in shared memory is what the MMA reads; loaded as [KI, BM, P] and reshaped, the chunk went from that
+    copy through registers into a second one."""
+    col = tl.arange(0, BM * P)[None, :]
+    row = rb * BM + col // P
+    ki = k0 + tl.arange(0, KI)[:, None]
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + (ki * P + col % P) * stride_xc,
+                   mask=(row < rows) & (ki < K), other=0.0)
+
+
+@triton.jit
+def _dense_operand_signs(s_ptr, rb, k0, sign_blocks, K: tl.constexpr, P: tl.constexpr, KI: tl.constexpr,
+                         BM: tl.constexpr, SIGN_ROWS: tl.constexpr):
+    """Sign bits of the elements of ``_dense_operand`` (SIGN_ROWS: each row's block of them)."""
+    col = tl.arange(0, BM * P)[None, :]
+    ki = k0 + tl.arange(0, KI)[:, None]
+    at = s_ptr + ki * P + col % P
+    if SIGN_ROWS:
+        at += ((rb * BM + col // P) % sign_blocks) * (K * P)
+    return tl.load(at, mask=ki < K, other=0)
+
+
+@triton.jit
 def _dense_h(h_ptr, k0, i0, KO: tl.constexpr, KI: tl.constexpr, WIDTH: tl.constexpr):
     """Block [k0 : k0 + KO, i0 : i0 + KI] of the padded H_K (row-major, WIDTH columns)."""
     return tl.load(h_ptr + (k0 + tl.arange(0, KO))[:, None] * WIDTH + (i0 + tl.arange(0, KI))[None, :])
@@ -439,17 +465,15 @@ def _fwht_dense_kernel(
             rb = tile // k_chunks
             ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
-            sign_row = s_ptr
-            if SIGN_ROWS:
-                sign_row += (row % sign_blocks) * (K * P)
             acc = tl.zeros((KO, BM * P), dtype=tl.float32)
-            for step in range(KI_STEPS):
-                v = _dense_rows(x_ptr, rb, step * KI, rows, stride_xr, stride_xc, K, P, KI, BM)
+            for step in tl.range(0, KI_STEPS, num_stages=STAGES):
+                v = _dense_operand(x_ptr, rb, step * KI, rows, stride_xr, stride_xc, K, P, KI, BM)
                 h = _dense_h(h_ptr, ko0, step * KI, KO, KI, WIDTH)
                 if HAS_SIGNS:
                     if inverse == 0:
-                        v = _flip_signs(v, _dense_signs(sign_row, step * KI, K, P, KI, BM))
-                acc = _dot_pieces(h, tl.reshape(v, (KI, BM * P)), acc, PIECES)
+                        v = _flip_signs(v, _dense_operand_signs(s_ptr, rb, step * KI, sign_blocks, K, P, KI, BM,
+                                                                SIGN_ROWS))
+                acc = _dot_pieces(h, v, acc, PIECES)
             _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P, KO,
                          BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None)
 
