@@ -355,6 +355,8 @@ def _fwht_dense_kernel(
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
+    Without PREFETCH a tile's contraction is a loop over chunks of KI K-indices, software-pipelined
+    STAGES deep, each chunk loaded as the product's operand (``_dense_operand``).
     PREFETCH (one chunk each way, KO = KI): H_K is loaded once and each persistent program loads
     its next row block into registers before transforming the current one (STAGES = 1), or leaves
     the rows ahead to the loop's software pipeline (STAGES > 1: asynchronous copies into shared
