@@ -463,7 +463,7 @@ def _fwht_dense_kernel(
                 _dense_store(acc_b, y_ptr, s_ptr, row, rows, ko0 + KO + tl.arange(0, KB), sign_blocks, inverse,
                              scale, K, P, KB, BM, BITS_B, STEPS_B, NUM_STEPS_B, HAS_SIGNS, SIGN_ROWS, signs_b, unscale)
     else:
-        for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
+        for tile in tl.range(tl.program_id(0), num_tiles, step_tiles):
             rb = tile // k_chunks
             ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
