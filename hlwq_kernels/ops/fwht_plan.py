@@ -127,6 +127,7 @@ class DenseConfig(NamedTuple):
     ko_split: int = 1  # 1 or 2 (prefetch only, K not split): H_K's output rows in this many chunks, one product each
     fp16_pieces: bool = False  # prefetch only, fp32 rows: two float16 pieces of each row scaled by a power of two
     rows_first: bool = False  # prefetch only: the product as rows.T @ H_K.T, the rows the MMA's operand in registers
+    tf32_pieces: bool = False  # fp32 rows: two tf32 pieces, x truncated to tf32 and the rest rounded to it
 
 
 class SplitConfig(NamedTuple):
@@ -178,9 +179,12 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
 # fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
 # (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
-# fp32 4864, 8960, 9728, 13824: two fp16 pieces of each row, scaled by a power of two, instead of three
+# fp32 8960, 9728, 13824 (4864 until tf32_pieces, below): two fp16 pieces of each row, scaled by a power of two, instead of three
 # bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
 # bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
+# fp32 4864, 14336, 17408, 27648: two tf32 pieces (tf32_pieces, the rows and H_K in fp32; 4864 with the rows the
+# MMA's first operand): 77.0 -> 81.2%, 73.3 -> 80.6%, 41.2 -> 43.7%, 38.4 -> 42.0% in one process; the other fp32
+# sizes ran slower so (bench/results/fwht-tf32-h200-2026-12-03-y.md);
 # fp32 17408, 18432 (as 72 * 256), 27648: the plain launch (rows re-read from L2 for each chunk of H_K's output
 # rows) with contraction chunks of 16 and output chunks of 32: 36.1 -> 38.9-39.3%, 37.6 -> 41.8%, 34.1 -> 36.9-37.0%
 # in two processes on two machines (bench/results/fwht-dense-h200-2026-12-03-w.md);
@@ -210,14 +214,14 @@ _DENSE_TABLE_SIZES = {
     (2, 28672): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True)),
     (2, 29568): DenseConfig(4, 128, 3, 0, 64, 128),
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
-    (4, 4864): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
+    (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
-    (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True),
-    (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32),
+    (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True, tf32_pieces=True),
+    (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
     (4, 18432): SplitConfig(1, DenseConfig(4, 16, 3, 0, 16, 32)),
-    (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32),
+    (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
@@ -246,6 +250,7 @@ class KernelPlan(NamedTuple):
     max_regs: int = 0
     words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
     fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
+    tf32_pieces: bool = False  # dense kernel, fp32 rows: two tf32 pieces
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -355,7 +360,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
             ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
     k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
-                      cfg.prefetch, cfg.max_regs, fp16_pieces=cfg.fp16_pieces and cfg.prefetch)
+                      cfg.prefetch, cfg.max_regs, fp16_pieces=cfg.fp16_pieces and cfg.prefetch,
+                      tf32_pieces=cfg.tf32_pieces and not cfg.fp16_pieces)
 
 
 @functools.lru_cache(maxsize=512)

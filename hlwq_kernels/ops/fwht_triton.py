@@ -17,7 +17,8 @@ intermediate in fp32 and one rounding at the store.
   row viewed as K x 2^m (padded to a power of two), bf16/fp16 inputs as they are (the products are
   exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), or (a prefetching
   launch with ``fp16_pieces``) each row scaled by a power of two into fp16's range and split into two
-  fp16 pieces, each chunk of the contraction summed on its own. Orders K above 128 are cut into
+  fp16 pieces, or (``tf32_pieces``) split into two tf32 pieces multiplied by H_K in fp32, each chunk of the
+  contraction summed on its own. Orders K above 128 are cut into
   chunks of output rows (one program each, the input re-read from L2) and of the contraction (a
   loop); a prefetching launch
   may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128),
@@ -227,19 +228,15 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr, ROWS_FIRST: tl.constexpr = Fals
     bf16 hi + mid + lo, sums this chunk on its own and adds it to acc with a round-to-nearest fp32
     add (the tensor cores truncate while accumulating: over long contractions that bias adds up);
     2 does the same with fp16 hi + lo of an fp32 x that ``_row_scale`` brought into fp16's range
-    (22 of its 24 bits); 0 (the interpreter, which has no bf16 dot) multiplies in fp32. ROWS_FIRST: the
-    transposed product (see ``_product``), acc [columns, rows of H_K]."""
+    (22 of its 24 bits); 4 with tf32 hi + lo (h in fp32): hi is x truncated to tf32's 11 significant
+    bits, lo the exact rest rounded to 11 (half away from zero), so the pieces hold all of x but the
+    rest's last 2 bits, with fp32's exponent range; 0 (the interpreter, which has no bf16 dot)
+    multiplies in fp32. ROWS_FIRST: the transposed product (see ``_product``), acc [columns, rows of H_K]."""
     if PIECES == 0:
         acc = _product(h.to(tl.float32), x.to(tl.float32), acc, ROWS_FIRST)
     elif PIECES == 1:
         acc = _product(h, x, acc, ROWS_FIRST)
-    elif PIECES == 2:
-        hi = x.to(tl.float16)
-        lo = (x - hi.to(tl.float32)).to(tl.float16)
-        part = _product(h, lo, tl.zeros_like(acc), ROWS_FIRST)
-        part = _product(h, hi, part, ROWS_FIRST)
-        acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
-    else:
+    elif PIECES == 3:
         x = x.to(tl.float32)
         hi = x.to(tl.bfloat16)
         rest = x - hi.to(tl.float32)
@@ -247,6 +244,18 @@ def _dot_pieces(h, x, acc, PIECES: tl.constexpr, ROWS_FIRST: tl.constexpr = Fals
         lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
         part = _product(h, lo, tl.zeros_like(acc), ROWS_FIRST)
         part = _product(h, mid, part, ROWS_FIRST)
+        part = _product(h, hi, part, ROWS_FIRST)
+        acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
+    else:
+        if PIECES == 2:
+            hi = x.to(tl.float16)
+            lo = (x - hi.to(tl.float32)).to(tl.float16)
+        else:
+            x = x.to(tl.float32)
+            hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+            lo = ((x - hi).to(tl.int32, bitcast=True) + 4096) & -8192
+            lo = lo.to(tl.float32, bitcast=True)
+        part = _product(h, lo, tl.zeros_like(acc), ROWS_FIRST)
         part = _product(h, hi, part, ROWS_FIRST)
         acc = tl.fma(part, 1.0, acc)  # not folded into the dot's accumulator
     return acc
@@ -540,6 +549,8 @@ def _launch_plan(
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
         pieces, h_dtype = 2, torch.float16
+    elif x2.dtype == torch.float32 and plan.tf32_pieces:  # the interpreter too (its dot multiplies in fp32)
+        pieces, h_dtype = 4, torch.float32
     elif not x2.is_cuda:
         pieces, h_dtype = 0, torch.float32
     elif x2.dtype == torch.float32:

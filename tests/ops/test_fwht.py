@@ -207,6 +207,33 @@ def test_fp32_rows_as_two_fp16_pieces(n: int, config, device: str) -> None:
     assert torch.equal(y_inf[keep], y[keep])
 
 
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, config", [
+    (28 * 8, DenseConfig(1, 16, 1, 2, 0, 0, True, tf32_pieces=True)),  # rows ahead in registers
+    (12 * 16, DenseConfig(1, 16, 2, 2, 0, 0, True, tf32_pieces=True)),  # rows ahead by the loop's pipeline
+    (36 * 8, DenseConfig(1, 16, 2, 2, 0, 0, True, 0, True, rows_first=True, tf32_pieces=True)),  # 32 + 16, rows first
+    (68 * 4, DenseConfig(1, 16, 3, 0, 16, 32, tf32_pieces=True)),  # the plain launch: chunks of H_K both ways
+], ids=str)
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the infinity, in the interpreter
+def test_fp32_rows_as_two_tf32_pieces(n: int, config, device: str) -> None:
+    """``tf32_pieces``: fp32 rows multiplied as tf32 hi + rest: within the fp32 bound per row, for rows from 1e-30
+    to 1e30 in one launch (tf32 has fp32's exponent range: nothing is scaled); a row holding an infinity comes out
+    non-finite and no other row changes."""
+    assert kernel_plan(n, 4, config).tf32_pieces
+    x = _random((9, n), torch.float32, seed=n, device=device, row_decades=2.0)
+    x *= torch.tensor([1e-30, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e30, 1.0], device=device)[:, None]
+    _check_launch(x, config, random_signs(n, 9, device=device))
+    y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
+    ref = fwht_ref(x.double().cpu().numpy())
+    for i in range(x.shape[0]):
+        assert rel_err(y[i], ref[i]) < 2.5e-7, f"row {i} (magnitude {x[i].abs().max().item():.1e})"
+    x[4, 3] = float("inf")
+    y_inf = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
+    assert not torch.isfinite(y_inf[4]).any()
+    keep = torch.arange(x.shape[0], device=device) != 4
+    assert torch.equal(y_inf[keep], y[keep])
+
+
 def test_output_split_needs_chunks_of_a_dot() -> None:
     with pytest.raises(ValueError, match="ko_split"):
         kernel_plan(12 * 16, 2, DenseConfig(1, 16, 1, 1, 0, 0, True, ko_split=2))  # 16 rows: halves of 8
