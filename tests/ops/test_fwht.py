@@ -179,6 +179,24 @@ def test_output_rows_in_two_products(n: int, dtype: torch.dtype, config, device:
     _check_launch(_random((11, n), dtype, seed=n, device=device), config, random_signs(n, 8, device=device))
 
 
+def _check_rows_of_many_magnitudes(n: int, config, magnitudes: list[float], device: str) -> None:
+    """fp32 rows scaled by ``magnitudes`` (one row each, row 4 at 1e3), in one launch of ``config``: forward and
+    inverse, with and without signs; each row within the fp32 bound on its own; an infinity in row 4 makes that
+    row non-finite and leaves the others' bits unchanged."""
+    x = _random((len(magnitudes), n), torch.float32, seed=n, device=device, row_decades=2.0)
+    x *= torch.tensor(magnitudes, device=device)[:, None]
+    _check_launch(x, config, random_signs(n, 9, device=device))
+    y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
+    ref = fwht_ref(x.double().cpu().numpy())
+    for i in range(x.shape[0]):
+        assert rel_err(y[i], ref[i]) < 2.5e-7, f"row {i} (magnitude {x[i].abs().max().item():.1e})"
+    x[4, 3] = float("inf")
+    y_inf = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
+    assert not torch.isfinite(y_inf[4]).any()
+    keep = torch.arange(x.shape[0], device=device) != 4
+    assert torch.equal(y_inf[keep], y[keep])
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, config", [
     (28 * 8, DenseConfig(1, 16, 1, 2, 0, 0, True, fp16_pieces=True)),  # rows ahead in registers
@@ -193,18 +211,7 @@ def test_fp32_rows_as_two_fp16_pieces(n: int, config, device: str) -> None:
     fp16 pieces: within the fp32 bound per row, for rows from 1e-35 to 1e35 in one launch; a row holding
     an infinity comes out non-finite and no other row changes."""
     assert kernel_plan(n, 4, config).fp16_pieces
-    x = _random((9, n), torch.float32, seed=n, device=device, row_decades=2.0)
-    x *= torch.tensor([1e-32, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e36, 1.0], device=device)[:, None]
-    _check_launch(x, config, random_signs(n, 9, device=device))
-    y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
-    ref = fwht_ref(x.double().cpu().numpy())
-    for i in range(x.shape[0]):
-        assert rel_err(y[i], ref[i]) < 2.5e-7, f"row {i} (magnitude {x[i].abs().max().item():.1e})"
-    x[4, 3] = float("inf")
-    y_inf = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
-    assert not torch.isfinite(y_inf[4]).any()
-    keep = torch.arange(x.shape[0], device=device) != 4
-    assert torch.equal(y_inf[keep], y[keep])
+    _check_rows_of_many_magnitudes(n, config, [1e-32, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e36, 1.0], device)
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -220,18 +227,7 @@ def test_fp32_rows_as_two_tf32_pieces(n: int, config, device: str) -> None:
     to 1e30 in one launch (tf32 has fp32's exponent range: nothing is scaled); a row holding an infinity comes out
     non-finite and no other row changes."""
     assert kernel_plan(n, 4, config).tf32_pieces
-    x = _random((9, n), torch.float32, seed=n, device=device, row_decades=2.0)
-    x *= torch.tensor([1e-30, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e30, 1.0], device=device)[:, None]
-    _check_launch(x, config, random_signs(n, 9, device=device))
-    y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
-    ref = fwht_ref(x.double().cpu().numpy())
-    for i in range(x.shape[0]):
-        assert rel_err(y[i], ref[i]) < 2.5e-7, f"row {i} (magnitude {x[i].abs().max().item():.1e})"
-    x[4, 3] = float("inf")
-    y_inf = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), None, config)
-    assert not torch.isfinite(y_inf[4]).any()
-    keep = torch.arange(x.shape[0], device=device) != 4
-    assert torch.equal(y_inf[keep], y[keep])
+    _check_rows_of_many_magnitudes(n, config, [1e-30, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e30, 1.0], device)
 
 
 def test_output_split_needs_chunks_of_a_dot() -> None:
