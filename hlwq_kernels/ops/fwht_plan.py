@@ -179,12 +179,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
 # fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
 # (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
-# fp32 8960, 9728, 13824 (4864 until tf32_pieces, below): two fp16 pieces of each row, scaled by a power of two, instead of three
+# fp32 8960, 13824 (4864 and 9728 until tf32_pieces, below): two fp16 pieces of each row, scaled by a power of two, instead of three
 # bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
 # bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
-# fp32 4864, 14336, 17408, 27648: two tf32 pieces (tf32_pieces, the rows and H_K in fp32; 4864 with the rows the
-# MMA's first operand): 77.0 -> 81.2%, 73.3 -> 80.6%, 41.2 -> 43.7%, 38.4 -> 42.0% in one process; the other fp32
-# sizes ran slower so (bench/results/fwht-tf32-h200-2026-12-03-y.md);
+# fp32 4864, 9728, 14336, 17408, 18432, 27648: two tf32 pieces (tf32_pieces, the rows and H_K in fp32; 4864 and 9728
+# with K split and the rows the MMA's first operand, 18432 with 4 pipeline stages): 77.0 -> 81.2%, 50.1 -> 67.6%,
+# 73.3 -> 80.6%, 41.2 -> 43.7%, 44.7 -> 47.0%, 38.4 -> 42.0% in one process per size; the other fp32 sizes ran
+# slower so (bench/results/fwht-tf32-h200-2026-12-03-y.md);
 # fp32 17408, 18432 (as 72 * 256), 27648: the plain launch (rows re-read from L2 for each chunk of H_K's output
 # rows) with contraction chunks of 16 and output chunks of 32: 36.1 -> 38.9-39.3%, 37.6 -> 41.8%, 34.1 -> 36.9-37.0%
 # in two processes on two machines (bench/results/fwht-dense-h200-2026-12-03-w.md);
@@ -216,11 +217,11 @@ _DENSE_TABLE_SIZES = {
     (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
     (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
-    (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
+    (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, rows_first=True, tf32_pieces=True),
     (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
     (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True, tf32_pieces=True),
     (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
-    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 3, 0, 16, 32)),
+    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 4, 0, 16, 32, tf32_pieces=True)),
     (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
     (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
 }
