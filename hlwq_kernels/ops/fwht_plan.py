@@ -127,7 +127,7 @@ class DenseConfig(NamedTuple):
     ko_split: int = 1  # 1 or 2 (prefetch only, K not split): H_K's output rows in this many chunks, one product each
     fp16_pieces: bool = False  # prefetch only, fp32 rows: two float16 pieces of each row scaled by a power of two
     rows_first: bool = False  # prefetch only: the product as rows.T @ H_K.T, the rows the MMA's operand in registers
-    tf32_pieces: bool = False  # fp32 rows: two tf32 pieces, x truncated to tf32 and the rest rounded to it
+    tf32_pieces: bool = False  # fp32 rows: two tf32 pieces, x truncated to tf32, the rest rounded to it (H_K in fp32)
 
 
 class SplitConfig(NamedTuple):
@@ -179,8 +179,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 72% -> 84%, 17408 as 136*128 63% -> 78%, 18432 as 144*128 58% -> 83%, 28672 as 112*256 53% -> 56%);
 # fp32 28672: H_K's output rows in two products (ko_split), rows ahead by the loop's pipeline
 # (bench/results/fwht-dense-h200-2026-12-02-f.md: 37.8% -> 50.7%);
-# fp32 8960, 13824 (4864 and 9728 until tf32_pieces, below): two fp16 pieces of each row, scaled by a power of two, instead of three
-# bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
+# fp32 8960, 13824 (4864 and 9728 until tf32_pieces, below): two fp16 pieces of each row, scaled by a power of two,
+# instead of three bf16 ones (fp16_pieces: a third fewer products and piece buffers, so 8960-13824 pipeline at stages 3;
 # bench/results/fwht-dense-h200-2026-12-02-j.md: 66.9 -> 74.6%, 46.9 -> 59.1%, 41.7 -> 51.8%, 45.7 -> 66.6%);
 # fp32 4864, 9728, 14336, 17408, 18432, 27648: two tf32 pieces (tf32_pieces, the rows and H_K in fp32; 4864 and 9728
 # with K split and the rows the MMA's first operand, 18432 with 4 pipeline stages): 77.0 -> 81.2%, 50.1 -> 67.6%,
@@ -331,6 +331,8 @@ def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int,
 def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     # fp32 inputs hold two or three 16-bit pieces of each input chunk: smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
+    if cfg.fp16_pieces and cfg.tf32_pieces:
+        raise ValueError("a dense launch takes fp16_pieces or tf32_pieces, not both")
     head, tail = _dense_split(k, cfg)
     if cfg.prefetch and head > _MAX_PREFETCH_K:
         raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} pads above {_MAX_PREFETCH_K}")
@@ -362,7 +364,7 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
     k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs, fp16_pieces=cfg.fp16_pieces and cfg.prefetch,
-                      tf32_pieces=cfg.tf32_pieces and not cfg.fp16_pieces)
+                      tf32_pieces=cfg.tf32_pieces)
 
 
 @functools.lru_cache(maxsize=512)

@@ -230,6 +230,11 @@ def test_fp32_rows_as_two_tf32_pieces(n: int, config, device: str) -> None:
     _check_rows_of_many_magnitudes(n, config, [1e-30, 1e-20, 1e-5, 1.0, 1e3, 7e4, 1e20, 1e30, 1.0], device)
 
 
+def test_one_piece_form_per_launch() -> None:
+    with pytest.raises(ValueError, match="fp16_pieces or tf32_pieces"):
+        kernel_plan(28 * 8, 4, DenseConfig(1, 16, 1, 2, 0, 0, True, fp16_pieces=True, tf32_pieces=True))
+
+
 def test_output_split_needs_chunks_of_a_dot() -> None:
     with pytest.raises(ValueError, match="ko_split"):
         kernel_plan(12 * 16, 2, DenseConfig(1, 16, 1, 1, 0, 0, True, ko_split=2))  # 16 rows: halves of 8
