@@ -329,7 +329,7 @@ def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int,
 
 @functools.lru_cache(maxsize=256)
 def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
-    # fp32 inputs hold two or three 16-bit pieces of each input chunk: smaller tiles and chunks
+    # fp32 inputs hold two or three pieces of each input chunk (16-bit, or tf32 in 32 bits): smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     if cfg.fp16_pieces and cfg.tf32_pieces:
         raise ValueError("a dense launch takes fp16_pieces or tf32_pieces, not both")

@@ -18,11 +18,10 @@ intermediate in fp32 and one rounding at the store.
   exact), fp32 inputs split into three bf16 pieces (hi + mid + lo holds all 24 bits), or (a prefetching
   launch with ``fp16_pieces``) each row scaled by a power of two into fp16's range and split into two
   fp16 pieces, or (``tf32_pieces``) split into two tf32 pieces multiplied by H_K in fp32, each chunk of the
-  contraction summed on its own. Orders K above 128 are cut into
-  chunks of output rows (one program each, the input re-read from L2) and of the contraction (a
-  loop); a prefetching launch
-  may instead split K into a power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128),
-  and either holds the next row block in registers or leaves it to the loop's software pipeline.
+  contraction summed on its own. Orders K above 128 are cut into chunks of output rows (one program each,
+  the input re-read from L2) and of the contraction (a loop); a prefetching launch may instead split K into a
+  power-of-two head and a padded tail (76 = 64 + 16: 80 rows, not 128), and either holds the next row block
+  in registers or leaves it to the loop's software pipeline.
   The power-of-two butterflies then start in the MMA accumulator layout and end in the store layout.
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
