@@ -79,6 +79,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
            f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
+           f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
 
 
@@ -130,6 +131,12 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
                      (8, 32, 1, 3, 0, 0, True), (16, 32, 1, 1, 0, 0, True), (8, 64, 3, 2, 32, 128),
                      (4, 64, 3, 2, 64, 128)]
 
+# H_K in registers (K * 2^m with K <= 128; the launches the planner cannot take for a size are skipped): warps, a
+# persistent grid prefetching the next row into registers or into L2
+_REGISTER_CANDIDATES = [(2, 64, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0), (8, 64, 1, 1, True),
+                        (4, 64, 1, 2, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True),
+                        (16, 64, 1, 1, False, 0, False, True)]
+
 # dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
 _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]
 
@@ -143,7 +150,7 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
         cands = [Pow2Config(*c) for c in _POW2_CANDIDATES[p >= 1 << 14]]
         splits = [SplitConfig(a, DenseConfig(*c)) for a in split_bits for c in _SPLIT_CANDIDATES]
     else:
-        cands, splits = [DenseConfig(*c) for c in _DENSE_CANDIDATES], []
+        cands, splits = [Pow2Config(*c) for c in _REGISTER_CANDIDATES] + [DenseConfig(*c) for c in _DENSE_CANDIDATES], []
     seen = {kernel_plan(n, elem_size)}
 
     def distinct(configs: list) -> list:
@@ -162,9 +169,12 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
     return distinct(cands)[:limit] + distinct(splits)
 
 
-def _given_config(fields: list) -> DenseConfig | SplitConfig:
-    """A --dense-configs entry: DenseConfig fields, or [k_bits, [DenseConfig fields]] for a SplitConfig."""
+def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig:
+    """A --dense-configs entry: DenseConfig fields, [k_bits, [DenseConfig fields]] for a SplitConfig, or
+    ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers)."""
     if len(fields) == 2 and isinstance(fields[1], list):
+        if fields[0] == "pow2":
+            return Pow2Config(*fields[1])
         return SplitConfig(fields[0], DenseConfig(*fields[1]))
     return DenseConfig(*fields)
 

@@ -13,13 +13,14 @@ import functools
 from typing import NamedTuple
 
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
-from hlwq_kernels.ops.hadamard import hadamard_factors
+from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix
 
-__all__ = ["kernel_plan", "generic_config", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
 _MIN_WGMMA = 64  # rows of an MMA output that Hopper's warpgroup MMA takes (fewer: mma.sync)
+_MAX_REGISTER_K_BITS = 7  # H_K in registers (Pow2Config for a K * 2^m size): K <= 128
 
 Bit = tuple[str, int]  # ("r", i): bit i of the tile's row; ("k", i): of the K index; ("c", i): of the column
 
@@ -110,6 +111,7 @@ class Pow2Config(NamedTuple):
     prefetch: bool = False  # each persistent program loads its next tile into registers first
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
+    l2_ahead: bool = False  # persistent programs: the next tile's rows prefetched into L2 (one bulk request)
 
 
 class DenseConfig(NamedTuple):
@@ -200,6 +202,11 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # (rows_first), so that the flipped rows go to the tensor cores without a copy through shared memory and nothing
 # spills: 48.3% -> 63.0% and 47.5% -> 72-73% of clone; 17408, 18432, 18944 the same with the rows ahead in
 # registers: 44.6 -> 49.6%, 47.7 -> 52.9%, 43.8 -> 50.1%, bench/results/fwht-signs-h200-2026-12-02-m.md)
+# Pow2Config entries: H_K in registers on the CUDA cores, then the butterflies (K <= 128; one row a tile; a persistent
+# grid either loads its next row into registers or has it prefetched into L2), where that measured faster than the
+# tensor-core launches in one process (bench/results/fwht-registers-h200-2026-12-04-a.md): fp32 3584 90.0 -> 99.9%,
+# 14336 79.9 -> 86.2%, 18432 47.3 -> 73.2%, 28672 50.7 -> 76.9%, bf16 28672 56.0 -> 59.8%; with signs= fp32 14336
+# 55.7 -> 93.9%, 18432 29.9 -> 64.6%, 28672 23.8 -> 79.2%, bf16 28672 35.0 -> 57.1%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -212,26 +219,27 @@ _DENSE_TABLE_SIZES = {
     (2, 18432): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
-    (2, 28672): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, False, True)),
+    (2, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
     (2, 29568): DenseConfig(4, 128, 3, 0, 64, 128),
-    (4, 3584): DenseConfig(4, 16, 1, 4, 0, 0, True, 0, False, True),
+    (4, 3584): Pow2Config(2, 64, 1, 0),
     (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, rows_first=True, tf32_pieces=True),
     (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
-    (4, 14336): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, False, True, tf32_pieces=True),
+    (4, 14336): Pow2Config(8, 64, 1, 1, True),
     (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
-    (4, 18432): SplitConfig(1, DenseConfig(4, 16, 4, 0, 16, 32, tf32_pieces=True)),
+    (4, 18432): Pow2Config(16, 64, 1, 1, l2_ahead=True),
     (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
-    (4, 28672): DenseConfig(16, 16, 2, 1, 0, 0, True, 0, False, False, 2),
+    (4, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): DenseConfig(16, 16, 1, 1, 0, 0, True),
+_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
                       (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
-                      (4, 14336): DenseConfig(16, 16, 1, 1, 0, 0, True), (4, 28672): _DENSE_TABLE[4],
+                      (4, 14336): Pow2Config(4, 64, 1, 0), (4, 18432): Pow2Config(8, 64, 1, 1, l2_ahead=True),
+                      (4, 28672): Pow2Config(8, 64, 1, 0),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
@@ -250,6 +258,7 @@ class KernelPlan(NamedTuple):
     prefetch: bool = False
     max_regs: int = 0
     words: bool = False  # power-of-two kernel: 16-bit rows read as int32 words when their alignment allows
+    l2_ahead: bool = False  # power-of-two kernel: the next tile prefetched into L2 where the rows allow (CUDA)
     fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
     tf32_pieces: bool = False  # dense kernel, fp32 rows: two tf32 pieces
 
@@ -264,20 +273,37 @@ def _encode(bits: list[Bit]) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPlan:
     """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
     columns (then rows), warps on rows, then on high columns; registers on the rest. The store
     layout differs from it only in which of those high bits are on warps and which in registers:
     the high bits the load layout puts on warps and a middle round cannot take are held in
-    registers by the store layout and transformed in a final round there."""
-    v = min(_vec_bits(elem_size), m)
+    registers by the store layout and transformed in a final round there.
+
+    ``k > 1`` (a size k * 2^m, 4 <= k <= 64 a multiple of 4): the row is padded to a power of two,
+    its K index as the top column bits, which the load layout holds in registers, so that H_K runs
+    there on the CUDA cores (``_hadamard_in_registers``) before the butterflies of the 2^m columns.
+    The tile is one row: the lanes and warps take only columns of 2^m (at least 32 * num_warps of them,
+    ``elems_per_thread`` is not used), and 16-bit rows are read 4 elements an access (not 8), so that a
+    thread holds 4 * K (padded) values."""
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
-    tile_bits = max(threads_bits + v, (cfg.elems_per_thread.bit_length() - 1) + threads_bits)
-    b = max(0, tile_bits - m)
+    kb = (k - 1).bit_length()
+    if k > 1:
+        if k % 4 or kb > _MAX_REGISTER_K_BITS or cfg.words:
+            raise ValueError(f"H_{k} in registers needs K a multiple of 4 up to {1 << _MAX_REGISTER_K_BITS}"
+                             " and no words")
+        if m < threads_bits:
+            raise ValueError(f"H_{k} in registers needs 2^m >= 32 * num_warps columns, got 2^{m} for {cfg.num_warps}")
+        v = min(2, m - threads_bits)
+    else:
+        v = min(_vec_bits(elem_size), m)
+    mp = m + kb  # column bits of the (padded) row
+    tile_bits = max(threads_bits + v, (cfg.elems_per_thread.bit_length() - 1) + threads_bits) if k == 1 else mp
+    b = max(0, tile_bits - mp)
     slots = tile_bits - threads_bits  # register bits per thread
-    cols, rows = _bits("c", m)[::-1], _bits("r", b)[::-1]
-    c_bits = min(m, v + 5)
+    cols, rows = _bits("c", mp)[::-1], _bits("r", b)[::-1]
+    c_bits = min(mp, v + 5)
     lanes = (cols[v:c_bits] + rows)[:5]
     high = [r for r in rows if r not in lanes] + cols[c_bits:]  # on warps or in registers
     load_warps, load_regs = high[:w], high[w:]
@@ -286,20 +312,47 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config) -> KernelPlan:
     store_high = [bit for bit in high if bit not in final] + final
     store_warps, store_regs = store_high[:w], store_high[w:]
     extra_lanes = lanes[c_bits - v:]
+    if k > 1:  # 2^v columns a pointer row, the lanes' columns in the first pointer dimension (see the docstring)
+        c_bits, extra_lanes = v, lanes
     load_dims, store_dims = (extra_lanes + load_warps, load_regs), (extra_lanes + store_warps, store_regs)
     natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
     out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:c_bits][::-1]
     first = (cols[:v] + load_regs, load_warps, lanes)
     last = (cols[:v] + store_regs, store_warps, lanes)
-    steps, conversions = _butterfly_plan(natural, cols, w, first, last, out_order)
-    meta = (("N", 1 << m), ("BM", 1 << b), ("C", 1 << c_bits),
+    steps, conversions = _butterfly_plan(natural, cols[:m], w, first, last, out_order)
+    meta = (("N", k << m), ("BM", 1 << b), ("C", 1 << c_bits),
             ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
             ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
             ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
             ("STORE1", _encode(store_dims[1])), ("STORE1_BITS", len(store_dims[1])),
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
+    perms = ()
+    if k > 1:
+        kbits = cols[m:][::-1]  # the K index, most significant first
+        if any(bit not in load_regs for bit in kbits):
+            raise ValueError(f"H_{k} in registers: the K index does not fit the registers of {cfg}")
+        k_last = [bit for bit in natural if bit not in kbits] + kbits
+        k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _hadamard_in_registers returns it
+        perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
+    meta += (("K", k), ("KB", kb), ("K_PERMS", perms))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
-                      cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1)
+                      cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
+                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words)
+
+
+@functools.lru_cache(maxsize=64)
+def hadamard_codes(k: int, inverse: bool) -> tuple[int, ...]:
+    """H_K (H_K.T for the inverse) as ``_hadamard_in_registers`` takes it: per output r and group g of four
+    inputs, ``8 * (H[r, 4g] < 0) + q`` with bit i - 1 of q set where ``H[r, 4g + i]`` differs from ``H[r, 4g]``
+    (entry ``r * (k // 4) + g``)."""
+    h = hadamard_matrix(k)
+    h = h.T if inverse else h
+    codes = []
+    for r in range(k):
+        for g in range(0, k, 4):
+            q = sum(1 << (i - 1) for i in (1, 2, 3) if h[r, g + i] != h[r, g])
+            codes.append(8 * int(h[r, g] < 0) + q)
+    return tuple(codes)
 
 
 def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:
@@ -384,6 +437,8 @@ def kernel_plan(
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None:
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
+    if isinstance(config, Pow2Config):  # H_K in registers, then the butterflies
+        return _pow2_plan(m, elem_size, config, k)
     if isinstance(config, SplitConfig):
         low = 4 if k == 1 else 1  # K = 1: at least H_16 on the tensor cores (the smallest dot)
         if not low <= config.k_bits < m:

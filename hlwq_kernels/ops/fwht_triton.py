@@ -40,7 +40,7 @@ from hlwq_kernels.ops._triton import (
     OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
 )
 from hlwq_kernels.ops.fwht_plan import (
-    MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, generic_config, kernel_plan,
+    MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, generic_config, hadamard_codes, kernel_plan,
 )
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 
@@ -121,14 +121,86 @@ def _flip_signs(v, bits):
 
 
 @triton.jit
-def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr, CLAMP: tl.constexpr):
+def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr, CLAMP: tl.constexpr,
+               COLS: tl.constexpr = 0):
     """Rows past the end read as zeros, or (CLAMP) as copies of the last row: no mask, so no
-    registers zeroed before the loads (their results are not stored)."""
+    registers zeroed before the loads (their results are not stored). COLS > 0: columns from COLS on
+    (a padded row) read as zeros."""
     row = tile * BM + load_row
     if CLAMP:
         row = tl.minimum(row, rows - 1)
         return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc)
-    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < rows, other=0.0)
+    mask = row < rows
+    if COLS > 0:
+        mask = mask & (load_col < COLS)
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=mask, other=0.0)
+
+
+@triton.jit
+def _take(v, IDX: tl.constexpr, NB: tl.constexpr):
+    """v at index IDX of its last NB size-2 dimensions (bit 0 of IDX on the last one): NB splits."""
+    for j in tl.static_range(NB):
+        lo, hi = tl.split(v)
+        if (IDX >> j) & 1:
+            v = hi
+        else:
+            v = lo
+    return v
+
+
+@triton.jit
+def _negated(t, NEG: tl.constexpr):
+    """-t if NEG else t (a negation the compiler folds into the add that takes it)."""
+    if NEG:
+        t = -t
+    return t
+
+
+@triton.jit
+def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
+    """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on
+    are not read), on the CUDA cores: returns the outputs with those dimensions in the opposite order (k_0 first),
+    zeros from K on. Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +- x_4g+3`` (14 adds, shared
+    by every output), then each output adds one of them per group with its sign (``CODES``, see
+    ``fwht_plan.hadamard_codes``): K / 4 - 1 adds an output instead of K - 1."""
+    NG: tl.constexpr = K // 4
+    even, odd = tl.split(v)  # k_0
+    x0, x2 = tl.split(even)  # k_1: the group's inputs 0 and 2, then 1 and 3
+    x1, x3 = tl.split(odd)
+    s = x0 + x1
+    d = x0 - x1
+    half = (s + x2, d + x2, s - x2, d - x2)  # bit 0 of the index: x1 subtracted, bit 1: x2
+    sums = (half[0] + x3, half[1] + x3, half[2] + x3, half[3] + x3,
+            half[0] - x3, half[1] - x3, half[2] - x3, half[3] - x3)  # bit 2: x3
+    terms = ()
+    for g in tl.static_range(NG):
+        for q in tl.static_range(8):
+            terms = terms + (_take(sums[q], g, KB - 2),)
+    outs = ()
+    for r in tl.static_range(1 << KB):
+        if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
+            acc = _negated(terms[CODES[r * NG] % 8], CODES[r * NG] >= 8)
+            for g in tl.static_range(1, NG):
+                acc = acc + _negated(terms[g * 8 + CODES[r * NG + g] % 8], CODES[r * NG + g] >= 8)
+        else:
+            acc = tl.zeros_like(terms[0])
+        outs = outs + (acc,)
+    for level in tl.static_range(KB):
+        pairs = ()
+        for j in tl.static_range((1 << KB) >> (level + 1)):
+            pairs = pairs + (tl.join(outs[2 * j], outs[2 * j + 1]),)
+        outs = pairs
+    return outs[0]
+
+
+@triton.jit
+def _prefetch_l2(ptr, nbytes):
+    """Ask for ``nbytes`` (a multiple of 16) at ``ptr`` (16-byte aligned) to be brought into L2: one bulk
+    prefetch (``cp.async.bulk.prefetch.L2``, sm_90), issued by the program's thread 0; nothing waits for it."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr.to(tl.int64, bitcast=True), nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -150,7 +222,9 @@ def _fwht_pow2_kernel(
     LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr = False,
+    SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
+    K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr,
+    L2_AHEAD: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
@@ -161,36 +235,45 @@ def _fwht_pow2_kernel(
     with PREFETCH): the input and its sign bits are read as int32 words of two elements (strides in
     words), so that a prefetched tile takes one register per pair instead of one per element; the
     read past the last tile is skipped by a branch instead of a mask (no registers zeroed first)
-    and the scale is folded into the last butterfly."""
+    and the scale is folded into the last butterfly. K > 1: rows of N = K * 2^m, the tile a row padded to a
+    power of two whose top KB column bits (the K index) the load layout holds in registers; H_K (K_CODES) runs
+    there on the tile permuted by K_PERMS[0] (those bits last), then K_PERMS[1] restores the order for the
+    butterflies."""
     per: tl.constexpr = 2 if WORDS else 1
+    COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
     if PREFETCH:  # the grid has at most num_tiles programs
-        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS)
+        ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
+        if L2_AHEAD:  # contiguous rows, 16-byte aligned: the next tile's bytes on their way to L2
+            if tile + step < num_tiles:
+                _prefetch_l2(x_ptr + (tile + step) * BM * stride_xr, BM * N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8))
         if PREFETCH:
             v = ahead
             if WORDS:
                 if tile + step < num_tiles:  # a branch, not a mask: no tile past the end is read
                     ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
             else:
-                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
+                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         else:
-            v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False)
+            v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         if HAS_SIGNS:
             if inverse == 0:
                 sign_at = s_in + load_col
                 if SIGN_ROWS:
                     sign_at += ((tile * BM + load_row) % sign_blocks) * (N // per)
-                v = _flip_signs(v, tl.load(sign_at))
+                v = _flip_signs(v, tl.load(sign_at, mask=load_col < N // per, other=0) if COLS > 0 else tl.load(sign_at))
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
         fold = WORDS and NUM_STEPS > 0
-        v = butterflies(tl.reshape(v.to(tl.float32), BITS), STEPS, NUM_STEPS,
-                        (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
+        v = tl.reshape(v.to(tl.float32), BITS)
+        if K > 1:
+            v = tl.permute(_hadamard_in_registers(tl.permute(v, K_PERMS[0]), K, KB, K_CODES), K_PERMS[1])
+        v = butterflies(v, STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
         if not fold:
             v = v * scale
         v = v.to(y_ptr.dtype.element_ty)
@@ -200,8 +283,11 @@ def _fwht_pow2_kernel(
                 sign_at = s_ptr + store_col
                 if SIGN_ROWS:
                     sign_at += (row % sign_blocks) * N
-                v = _flip_signs(v, tl.load(sign_at))
-        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=row < rows)
+                v = _flip_signs(v, tl.load(sign_at, mask=store_col < N, other=0) if COLS > 0 else tl.load(sign_at))
+        mask = row < rows
+        if COLS > 0:
+            mask = mask & (store_col < N)
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=mask)
 
 
 @triton.jit
@@ -511,6 +597,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
+@functools.lru_cache(maxsize=16)
+def _bulk_prefetch(device: torch.device) -> bool:
+    """Whether ``device`` has the bulk L2 prefetch of ``_prefetch_l2`` (CUDA, sm_90 or newer)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> PreparedLaunch | None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
     options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
@@ -544,7 +636,11 @@ def _launch_plan(
         if words:
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words)
+        k = dict(plan.meta)["K"]  # > 1: H_K in registers, its entries constexprs (per direction)
+        l2_ahead = (plan.l2_ahead and _bulk_prefetch(x2.device) and stride_c == 1
+                    and not (x2.data_ptr() | stride_r * x2.element_size()) & 15)
+        launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=hadamard_codes(k, inverse) if k > 1 else 0,
+                           L2_AHEAD=l2_ahead)
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
         pieces, h_dtype = 2, torch.float16

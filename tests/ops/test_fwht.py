@@ -152,6 +152,65 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
         assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse, signs=s))
 
 
+# H_K in registers (a Pow2Config for a K * 2^m size): K = 12, 20, 28 padded to 16, 32, 32 and 36 to 64; one and
+# two warps, a persistent grid prefetching its next row (into registers, or into L2 on CUDA), the loop's pipeline
+# loading rows ahead
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config", [
+    (12 * 32, torch.float32, Pow2Config(1, 16, 1, 0)),
+    (20 * 64, torch.bfloat16, Pow2Config(2, 16, 1, 0)),
+    (28 * 64, torch.float16, Pow2Config(1, 16, 1, 2, True)),
+    (36 * 32, torch.float32, Pow2Config(1, 16, 1, 0)),
+    (28 * 128, torch.bfloat16, Pow2Config(2, 16, 2, 1)),
+    (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True)),
+], ids=str)
+def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
+    """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
+    forward and inverse (H_K.T), with one set of signs and with a set per block of a row; padded columns are
+    neither read nor written (the output is poisoned first, the input's neighbours are NaN)."""
+    k, _ = hadamard_factors(n)
+    plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
+    assert plan.kernel == "pow2" and dict(plan.meta)["K"] == k
+    x = _random((3, n), dtype, seed=n, device=device)
+    _check_launch(x, config, random_signs(n, n, device=device))
+    wide = torch.full((6, n + 8), float("nan"), dtype=dtype, device=device)
+    wide[:, 4:-4] = _random((6, n), dtype, seed=n + 1, device=device)
+    x2 = wide[:, 4:-4]  # rows with a stride past their length and NaN on either side
+    signs = random_signs(2 * n, n + 2, device=device)
+    for inverse in (False, True):
+        torch.full((2 * x2.numel() + 1024,), float("nan"), device=device)
+        y = fwht_rows_triton(x2.reshape(3, 2 * n) if x2.is_contiguous() else x2.contiguous().view(3, 2 * n), n,
+                             inverse, 1 / math.sqrt(n), sign_bit_mask(signs, x2.element_size()), config)
+        ref = fwht_ref(x2.double().cpu().numpy().reshape(3, 2 * n), inverse=inverse, block_size=n,
+                       signs=signs.double().cpu().numpy())
+        assert torch.isfinite(y).all(), "unwritten or non-finite output"
+        assert_close(y, ref)
+        y_strided = fwht_rows_triton(x2, n, inverse, 1 / math.sqrt(n), None, config)
+        assert_close(y_strided, fwht_ref(x2.double().cpu().numpy(), inverse=inverse))
+
+
+def test_hadamard_codes_rebuild_the_matrix() -> None:
+    """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T."""
+    for k in (12, 20, 28, 36, 44, 52, 60):
+        h = hadamard_matrix(k)
+        for inverse, want in ((False, h), (True, h.T)):
+            codes = np.array(fwht_plan.hadamard_codes(k, inverse)).reshape(k, k // 4)
+            first = np.where(codes >= 8, -1, 1)
+            rebuilt = np.repeat(first, 4, axis=1)
+            for i in (1, 2, 3):
+                rebuilt[:, i::4] *= np.where((codes % 8) >> (i - 1) & 1, -1, 1)
+            assert np.array_equal(rebuilt, want), (k, inverse)
+
+
+def test_hadamard_in_registers_bounds() -> None:
+    with pytest.raises(ValueError, match="up to 128"):
+        kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
+    with pytest.raises(ValueError, match="no words"):
+        kernel_plan(28 * 1024, 2, Pow2Config(8, 64, 1, 1, True, 0, True))
+    with pytest.raises(ValueError, match="32 \\* num_warps columns"):
+        kernel_plan(28 * 64, 4, Pow2Config(4, 64, 1, 0))
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, dtype, config", [
     (28 * 16, torch.bfloat16, SplitConfig(2, DenseConfig(2, 16, 3, 1, 0, 0, True, 0, False, True))),  # 112 * 4
