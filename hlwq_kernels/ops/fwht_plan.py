@@ -205,8 +205,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # Pow2Config entries: H_K in registers on the CUDA cores, then the butterflies (K <= 128; one row a tile; a persistent
 # grid either loads its next row into registers or has it prefetched into L2), where that measured faster than the
 # tensor-core launches in one process (bench/results/fwht-registers-h200-2026-12-04-a.md): fp32 3584 90.0 -> 99.9%,
-# 14336 79.9 -> 86.2%, 18432 47.3 -> 73.2%, 28672 50.7 -> 76.9%, bf16 28672 56.0 -> 59.8%; with signs= fp32 14336
-# 55.7 -> 93.9%, 18432 29.9 -> 64.6%, 28672 23.8 -> 79.2%, bf16 28672 35.0 -> 57.1%
+# 9728 67.5 -> 79.3%, 13824 64.7 -> 67.3%, 14336 79.9 -> 86.2%, 17408 43.6 -> 62.3%, 18432 47.3 -> 73.2%,
+# 27648 41.9 -> 60.0%, 28672 50.7 -> 76.9%, bf16 28672 56.0 -> 59.8%; with signs= fp32 14336 55.7 -> 93.9%,
+# 18432 29.9 -> 64.6%, 28672 23.8 -> 79.2%, bf16 28672 35.0 -> 57.1% (fp32 4864 ran slower so: 75.0% against 81.7%)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -224,12 +225,12 @@ _DENSE_TABLE_SIZES = {
     (4, 3584): Pow2Config(2, 64, 1, 0),
     (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
-    (4, 9728): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, rows_first=True, tf32_pieces=True),
-    (4, 13824): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, False, True, fp16_pieces=True),
+    (4, 9728): Pow2Config(4, 64, 1, 2, l2_ahead=True),
+    (4, 13824): Pow2Config(4, 64, 1, 0),
     (4, 14336): Pow2Config(8, 64, 1, 1, True),
-    (4, 17408): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
+    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True),
     (4, 18432): Pow2Config(16, 64, 1, 1, l2_ahead=True),
-    (4, 27648): DenseConfig(4, 16, 3, 0, 16, 32, tf32_pieces=True),
+    (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
     (4, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
