@@ -104,6 +104,9 @@ def _mma_layout(m_bits: list[Bit], n_bits: list[Bit], w: int) -> Layout:
 
 
 class Pow2Config(NamedTuple):
+    """A launch of the power-of-two kernel; given for a size K * 2^m (K <= 128), the same kernel with H_K applied
+    in registers first (``_pow2_plan``), one row a tile, ``elems_per_thread`` unused."""
+
     num_warps: int
     elems_per_thread: int
     stages: int  # 1: one tile per program; > 1: persistent programs prefetching `stages - 1` tiles
@@ -111,7 +114,7 @@ class Pow2Config(NamedTuple):
     prefetch: bool = False  # each persistent program loads its next tile into registers first
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
-    l2_ahead: bool = False  # persistent programs: the next tile's rows prefetched into L2 (one bulk request)
+    l2_ahead: bool = False  # persistent programs of one-row tiles: the next row prefetched into L2 (one bulk request)
 
 
 class DenseConfig(NamedTuple):
@@ -338,7 +341,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPla
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
-                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words)
+                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0)
 
 
 @functools.lru_cache(maxsize=64)

@@ -249,9 +249,9 @@ def _fwht_pow2_kernel(
     if PREFETCH:  # the grid has at most num_tiles programs
         ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
-        if L2_AHEAD:  # contiguous rows, 16-byte aligned: the next tile's bytes on their way to L2
+        if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
             if tile + step < num_tiles:
-                _prefetch_l2(x_ptr + (tile + step) * BM * stride_xr, BM * N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8))
+                _prefetch_l2(x_ptr + (tile + step) * stride_xr, N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8))
         if PREFETCH:
             v = ahead
             if WORDS:
