@@ -284,12 +284,12 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPla
     the high bits the load layout puts on warps and a middle round cannot take are held in
     registers by the store layout and transformed in a final round there.
 
-    ``k > 1`` (a size k * 2^m, 4 <= k <= 64 a multiple of 4): the row is padded to a power of two,
+    ``k > 1`` (a size k * 2^m, k <= 128 a multiple of 4): the row is padded to a power of two,
     its K index as the top column bits, which the load layout holds in registers, so that H_K runs
     there on the CUDA cores (``_hadamard_in_registers``) before the butterflies of the 2^m columns.
     The tile is one row: the lanes and warps take only columns of 2^m (at least 32 * num_warps of them,
-    ``elems_per_thread`` is not used), and 16-bit rows are read 4 elements an access (not 8), so that a
-    thread holds 4 * K (padded) values."""
+    ``elems_per_thread`` is not used; then the K index is never on warps), and 16-bit rows are read 4 elements an
+    access (not 8), so that a thread holds at most 4 * K (padded) values."""
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
     kb = (k - 1).bit_length()
@@ -332,9 +332,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPla
             ("BITS", (2,) * len(natural)), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1))
     perms = ()
     if k > 1:
-        kbits = cols[m:][::-1]  # the K index, most significant first
-        if any(bit not in load_regs for bit in kbits):
-            raise ValueError(f"H_{k} in registers: the K index does not fit the registers of {cfg}")
+        kbits = cols[m:][::-1]  # the K index, most significant first (in load_regs: v <= m - 5 - w)
         k_last = [bit for bit in natural if bit not in kbits] + kbits
         k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _hadamard_in_registers returns it
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
