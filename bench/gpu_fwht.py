@@ -33,7 +33,7 @@ from gpu_common import (
 )
 from hlwq_kernels import fwht, hadamard_factors, random_signs
 from hlwq_kernels.ops import fwht as fwht_module, fwht_triton
-from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops.fwht_plan import DenseConfig, PaleyConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
@@ -51,7 +51,9 @@ def _input(n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.randn(TOTAL // n, n, device="cuda", generator=gen).to(dtype)
 
 
-def _call(x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | SplitConfig | None) -> Callable[[], torch.Tensor]:
+def _call(
+    x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | SplitConfig | PaleyConfig | None
+) -> Callable[[], torch.Tensor]:
     n = x.shape[1]
     b = 128 if "block128" in variant else n
     signs = random_signs(n, 1, device="cuda") if "signs" in variant else None
@@ -80,7 +82,8 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
            f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
            f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
-           f"conversions={plan.conversions}" + (f" ({tuple(cfg)})" if config else "")
+           f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
+           f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'dense', cfg))})" if config else "")
 
 
 _CLONE: dict[tuple[int, torch.dtype], float] = {}
@@ -169,12 +172,15 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
     return distinct(cands)[:limit] + distinct(splits)
 
 
-def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig:
-    """A --dense-configs entry: DenseConfig fields, [k_bits, [DenseConfig fields]] for a SplitConfig, or
-    ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers)."""
+def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | PaleyConfig:
+    """A --dense-configs entry: DenseConfig fields, [k_bits, [DenseConfig fields]] for a SplitConfig,
+    ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers) or ["paley", [DenseConfig fields]]
+    (for a K of the Paley II form: its core on the tensor cores)."""
     if len(fields) == 2 and isinstance(fields[1], list):
         if fields[0] == "pow2":
             return Pow2Config(*fields[1])
+        if fields[0] == "paley":
+            return PaleyConfig(DenseConfig(*fields[1]))
         return SplitConfig(fields[0], DenseConfig(*fields[1]))
     return DenseConfig(*fields)
 
@@ -276,7 +282,9 @@ def main() -> None:
     parser.add_argument("--dense-configs", default=None,
                         help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
                              "(e.g. pruned by registers and spills from an sm_90 compile on a CPU); an entry "
-                             "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product); "
+                             "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product), "
+                             '["pow2", [Pow2Config fields]] H_K in registers, ["paley", [DenseConfig fields]] a '
+                             "PaleyConfig (a Paley II core on the tensor cores); "
                              'a key "n:dtype:variant" (e.g. "8960:bfloat16:signs") holds the candidates of that '
                              "variant alone")
     args = parser.parse_args()

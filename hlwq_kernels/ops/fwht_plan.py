@@ -13,9 +13,10 @@ import functools
 from typing import NamedTuple
 
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
-from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix
+from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix, paley2_core
 
-__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "Pow2Config", "DenseConfig", "SplitConfig", "KernelPlan", "MAX_POW2_BITS"]
+__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "Pow2Config", "DenseConfig", "SplitConfig", "PaleyConfig",
+           "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
 _MIN_DOT = 16  # smallest tl.dot dimension
@@ -145,6 +146,13 @@ class SplitConfig(NamedTuple):
     dense: DenseConfig
 
 
+class PaleyConfig(NamedTuple):
+    """A size K * 2^m whose H_K has the Paley II form (``hadamard.paley2_core``: K = 36, 76, 148, 924, ...) run
+    by the plain dense kernel as its core C (order K / 2) on the tensor cores and 2^(m + 1) butterflies: half
+    the products of H_K (``_fwht_dense_kernel``'s PALEY). ``dense`` must not prefetch."""
+    dense: DenseConfig
+
+
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
 _POW2_TABLE = {m: Pow2Config(4, 32 if m <= 10 else 64, 1, 0) for m in range(0, 14)}
 _POW2_TABLE.update({14: Pow2Config(8, 64, 1, 0), 15: Pow2Config(8, 64, 1, 0), 16: Pow2Config(16, 128, 1, 0)})
@@ -210,7 +218,11 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # tensor-core launches in one process (bench/results/fwht-registers-h200-2026-12-04-a.md): fp32 3584 90.0 -> 99.9%,
 # 9728 67.5 -> 79.3%, 13824 64.7 -> 67.3%, 14336 79.9 -> 86.2%, 17408 43.6 -> 62.3%, 18432 47.3 -> 73.2%,
 # 27648 41.9 -> 60.0%, 28672 50.7 -> 76.9%, bf16 28672 56.0 -> 59.8%; with signs= fp32 14336 55.7 -> 93.9%,
-# 18432 29.9 -> 64.6%, 28672 23.8 -> 79.2%, bf16 28672 35.0 -> 57.1% (fp32 4864 ran slower so: 75.0% against 81.7%)
+# 18432 29.9 -> 64.6%, 28672 23.8 -> 79.2%, bf16 28672 35.0 -> 57.1% (fp32 4864 ran slower so: 75.0% against 81.7%);
+# PaleyConfig entries: H_K of the Paley II form as its core C of half the order on the tensor cores, in the plain launch
+# (bench/results/fwht-paley-h200-2026-12-04-b.md): bf16 29568 24.8 -> 31.7%, fp32 29568 11.1 -> 18.7-19.0%, fp32 18944
+# 31.0 -> 38.4% (tf32 pieces), with signs= bf16 29568 14.1 -> 20.3%, fp32 29568 8.7 -> 16.6%; fp32 18944 with signs= keeps
+# the plain launch (26.7% against 16.3-19.4% as Paley); the prefetching launches ran 20-45 points slower as Paley
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -224,10 +236,12 @@ _DENSE_TABLE_SIZES = {
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
     (2, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
-    (2, 29568): DenseConfig(4, 128, 3, 0, 64, 128),
+    (2, 29568): PaleyConfig(DenseConfig(4, 128, 5, 0, 32, 128)),
     (4, 3584): Pow2Config(2, 64, 1, 0),
     (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
+    (4, 18944): PaleyConfig(DenseConfig(4, 64, 5, 0, 16, 64, tf32_pieces=True)),
+    (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
     (4, 9728): Pow2Config(4, 64, 1, 2, l2_ahead=True),
     (4, 13824): Pow2Config(4, 64, 1, 0),
     (4, 14336): Pow2Config(8, 64, 1, 1, True),
@@ -244,7 +258,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0), (4, 18432): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 28672): Pow2Config(8, 64, 1, 0),
-                      (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True)}
+                      (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
+                      (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -383,11 +398,14 @@ def _dense_chunk_plan(k_bits: int, b: int, m: int, w: int, elem_size: int,
 
 
 @functools.lru_cache(maxsize=256)
-def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
+def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig, paley: bool = False) -> KernelPlan:
+    """The dense kernel's plan for H_K ⊗ H_{2^m} (``paley``: K the order of a Paley II core, see ``PaleyConfig``)."""
     # fp32 inputs hold two or three pieces of each input chunk (16-bit, or tf32 in 32 bits): smaller tiles and chunks
     per_thread = _MAX_PER_THREAD if elem_size <= 2 else _MAX_PER_THREAD // 2
     if cfg.fp16_pieces and cfg.tf32_pieces:
         raise ValueError("a dense launch takes fp16_pieces or tf32_pieces, not both")
+    if paley and cfg.prefetch:
+        raise ValueError("a Paley launch runs the plain dense kernel: its DenseConfig needs prefetch=False")
     head, tail = _dense_split(k, cfg)
     if cfg.prefetch and head > _MAX_PREFETCH_K:
         raise ValueError(f"a prefetching dense launch holds H_K in registers: K={k} pads above {_MAX_PREFETCH_K}")
@@ -415,7 +433,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
             ("BM", 1 << b), ("BITS", bits), ("STEPS", steps), ("NUM_STEPS", len(steps) - 1), ("KB", tail),
             ("BITS_B", bits_b), ("STEPS_B", steps_b), ("NUM_STEPS_B", max(0, len(steps_b) - 1)),
             ("HOIST", cfg.hoist and cfg.prefetch), ("KO_SPLIT", ko_split), ("ROWS_FIRST", rows_first),
-            ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps))  # see _fwht_dense_kernel
+            ("UNCHAINED", bool(tail) and _MIN_WGMMA <= ko < 16 * num_warps),  # see _fwht_dense_kernel
+            ("PALEY", paley))
     k_chunks = 1 if tail else -(-k // (ko * ko_split))
     return KernelPlan("dense", meta, num_warps, 1 << b, k_chunks, cfg.stages, cfg.programs_per_sm, rounds,
                       cfg.prefetch, cfg.max_regs, fp16_pieces=cfg.fp16_pieces and cfg.prefetch,
@@ -424,8 +443,8 @@ def _dense_plan(k: int, m: int, elem_size: int, cfg: DenseConfig) -> KernelPlan:
 
 @functools.lru_cache(maxsize=512)
 def kernel_plan(
-    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | None = None, signs: bool = False,
-    fp16: bool = False,
+    n: int, elem_size: int, config: Pow2Config | DenseConfig | SplitConfig | PaleyConfig | None = None,
+    signs: bool = False, fp16: bool = False,
 ) -> KernelPlan | None:
     """The launch plan for rows of length n (elements of ``elem_size`` bytes, ``fp16``: float16 ones;
     ``signs``: with a sign vector), or None when the kernels cannot take n (its power-of-two factor
@@ -441,6 +460,10 @@ def kernel_plan(
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))
     if isinstance(config, Pow2Config):  # H_K in registers, then the butterflies
         return _pow2_plan(m, elem_size, config, k)
+    if isinstance(config, PaleyConfig):
+        if paley2_core(k) is None:
+            raise ValueError(f"a Paley launch needs H_K of the Paley II form; K={k} of n={n} is not")
+        return _dense_plan(k // 2, m + 1, elem_size, config.dense, paley=True)
     if isinstance(config, SplitConfig):
         low = 4 if k == 1 else 1  # K = 1: at least H_16 on the tensor cores (the smallest dot)
         if not low <= config.k_bits < m:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from hlwq_kernels.ops._jit import pow2_scale
@@ -40,9 +41,10 @@ from hlwq_kernels.ops._triton import (
     OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
 )
 from hlwq_kernels.ops.fwht_plan import (
-    MAX_POW2_BITS, DenseConfig, KernelPlan, Pow2Config, SplitConfig, generic_config, hadamard_codes, kernel_plan,
+    MAX_POW2_BITS, DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, generic_config, hadamard_codes,
+    kernel_plan,
 )
-from hlwq_kernels.ops.hadamard import hadamard_tensor
+from hlwq_kernels.ops.hadamard import hadamard_tensor, paley2_core
 
 __all__ = ["fwht_rows_triton", "prepared_launch", "sign_bit_mask", "butterflies"]
 
@@ -130,10 +132,25 @@ def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: 
     if CLAMP:
         row = tl.minimum(row, rows - 1)
         return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc)
-    mask = row < rows
+    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc,
+                   mask=_in_row(row < rows, load_col, COLS), other=0.0)
+
+
+@triton.jit
+def _in_row(mask, col, COLS: tl.constexpr):
+    """``mask``, and where COLS > 0 (a padded row) ``col < COLS``: columns from COLS on are neither read
+    nor written."""
     if COLS > 0:
-        mask = mask & (load_col < COLS)
-    return tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=mask, other=0.0)
+        mask = mask & (col < COLS)
+    return mask
+
+
+@triton.jit
+def _load_signs(ptrs, col, COLS: tl.constexpr):
+    """Sign bits at ``ptrs`` (columns ``col``); those of columns from COLS on (COLS > 0) read as 0."""
+    if COLS > 0:
+        return tl.load(ptrs, mask=col < COLS, other=0)
+    return tl.load(ptrs)
 
 
 @triton.jit
@@ -266,7 +283,7 @@ def _fwht_pow2_kernel(
                 sign_at = s_in + load_col
                 if SIGN_ROWS:
                     sign_at += ((tile * BM + load_row) % sign_blocks) * (N // per)
-                v = _flip_signs(v, tl.load(sign_at, mask=load_col < N // per, other=0) if COLS > 0 else tl.load(sign_at))
+                v = _flip_signs(v, _load_signs(sign_at, load_col, COLS // per))
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
         fold = WORDS and NUM_STEPS > 0
@@ -283,11 +300,8 @@ def _fwht_pow2_kernel(
                 sign_at = s_ptr + store_col
                 if SIGN_ROWS:
                     sign_at += (row % sign_blocks) * N
-                v = _flip_signs(v, tl.load(sign_at, mask=store_col < N, other=0) if COLS > 0 else tl.load(sign_at))
-        mask = row < rows
-        if COLS > 0:
-            mask = mask & (store_col < N)
-        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=mask)
+                v = _flip_signs(v, _load_signs(sign_at, store_col, COLS))
+        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=_in_row(row < rows, store_col, COLS))
 
 
 @triton.jit
@@ -406,6 +420,29 @@ def _dense_operand_signs(s_ptr, rb, k0, sign_blocks, K: tl.constexpr, P: tl.cons
 
 
 @triton.jit
+def _paley_start(x_ptr, s_ptr, rb, ko0, rows, stride_xr, stride_xc, sign_blocks, inverse, K: tl.constexpr,
+                 P: tl.constexpr, KO: tl.constexpr, BM: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr):
+    """The accumulator a PALEY tile starts from, [KO, BM * P] in float32: ``(I ⊗ [[0, 1], [-1, 0]]) x`` on the
+    output K indices ko0 .. ko0 + KO, the pair of a K index of H_2K being the two halves j of its P columns
+    (half j takes half 1 - j of the input, negated for j = 1), with the forward transform's signs. Read as
+    [KO, BM, 2, P / 2] so that each half stays contiguous."""
+    HALF: tl.constexpr = P // 2
+    row = rb * BM + tl.arange(0, BM)[None, :, None, None]
+    ki = ko0 + tl.arange(0, KO)[:, None, None, None]
+    j = tl.arange(0, 2)[None, None, :, None]
+    src = ki * P + (1 - j) * HALF + tl.arange(0, HALF)[None, None, None, :]
+    v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + src * stride_xc, mask=(row < rows) & (ki < K), other=0.0)
+    if HAS_SIGNS:
+        if inverse == 0:
+            at = s_ptr + src
+            if SIGN_ROWS:
+                at += (row % sign_blocks) * (K * P)
+            v = _flip_signs(v, tl.load(at, mask=ki < K, other=0))
+    v = v.to(tl.float32)
+    return tl.reshape(tl.where(j == 0, v, -v), (KO, BM * P))
+
+
+@triton.jit
 def _dense_h(h_ptr, k0, i0, KO: tl.constexpr, KI: tl.constexpr, WIDTH: tl.constexpr):
     """Block [k0 : k0 + KO, i0 : i0 + KI] of the padded H_K (row-major, WIDTH columns)."""
     return tl.load(h_ptr + (k0 + tl.arange(0, KO))[:, None] * WIDTH + (i0 + tl.arange(0, KI))[None, :])
@@ -414,17 +451,28 @@ def _dense_h(h_ptr, k0, i0, KO: tl.constexpr, KI: tl.constexpr, WIDTH: tl.conste
 @triton.jit
 def _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, K: tl.constexpr, P: tl.constexpr,
                  KO: tl.constexpr, BM: tl.constexpr, BITS: tl.constexpr, STEPS: tl.constexpr,
-                 NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, out_signs, unscale=None):
+                 NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, out_signs, unscale=None,
+                 PALEY: tl.constexpr = False):
     """Butterflies of the power-of-two factor on acc [KO, BM * P] (output K indices ko, rows row),
     scale, one rounding, the inverse's signs (``out_signs``: hoisted sign bits, or None to load
     them here), store. ``unscale`` ([1, BM, 1] powers of two, or None) undoes ``_row_scale`` after
-    ``scale``: exact, so the store's rounding stays the only one."""
+    ``scale``: exact, so the store's rounding stays the only one. PALEY: the butterfly on the top column
+    bit is the pair step H_2 of ``hadamard.paley2_core``; ``[[1, -1], [-1, -1]] w`` is its output with the
+    halves swapped and the new upper half negated, which the store does."""
     v = butterflies(tl.reshape(acc, BITS), STEPS, NUM_STEPS, (KO, BM, P)) * scale
     if unscale is not None:
         v = v * unscale
-    v = v.to(y_ptr.dtype.element_ty)
     ko3 = ko[:, None, None]
     out_col = ko3 * P + tl.arange(0, P)[None, None, :]
+    if PALEY:  # as [KO, BM, 2, P / 2]: half j goes to half 1 - j, negated for j = 0
+        HALF: tl.constexpr = P // 2
+        j = tl.arange(0, 2)[None, None, :, None]
+        v = tl.reshape(v, (KO, BM, 2, HALF))
+        v = tl.where(j == 0, -v, v)
+        ko3 = ko[:, None, None, None]
+        row = row[:, :, :, None]
+        out_col = ko3 * P + (1 - j) * HALF + tl.arange(0, HALF)[None, None, None, :]
+    v = v.to(y_ptr.dtype.element_ty)
     if HAS_SIGNS:
         if inverse != 0:
             if out_signs is None:
@@ -445,7 +493,7 @@ def _fwht_dense_kernel(
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
     NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr, KO_SPLIT: tl.constexpr,
-    ROWS_FIRST: tl.constexpr,
+    ROWS_FIRST: tl.constexpr, PALEY: tl.constexpr,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -469,7 +517,10 @@ def _fwht_dense_kernel(
     half of the row block. ROWS_FIRST (PREFETCH) computes the product as rows.T @ H_K.T, so that the row
     block, flipped or split into pieces in registers, is the MMA operand Hopper reads from registers
     rather than one stored to shared memory first; the accumulator is transposed back (a relabeling)
-    before the butterflies."""
+    before the butterflies. PALEY (without PREFETCH): the matrix is the Paley II core C of an H_{2K}
+    (``hadamard.paley2_core``), a row is K x P with each K index of H_{2K} the two halves of P columns, and a
+    tile's accumulator starts from ``_paley_start`` instead of zeros: ``H_{2K} x`` is then the butterflies'
+    output, relabeled at the store (``_dense_store``), with half the products of H_{2K}."""
     step_tiles = tl.num_programs(0)
     WIDTH: tl.constexpr = KI * KI_STEPS + KB
     if PREFETCH:
@@ -561,7 +612,11 @@ def _fwht_dense_kernel(
             rb = tile // k_chunks
             ko0 = (tile % k_chunks) * KO
             row = rb * BM + tl.arange(0, BM)[None, :, None]
-            acc = tl.zeros((KO, BM * P), dtype=tl.float32)
+            if PALEY:
+                acc = _paley_start(x_ptr, s_ptr, rb, ko0, rows, stride_xr, stride_xc, sign_blocks, inverse, K, P, KO,
+                                   BM, HAS_SIGNS, SIGN_ROWS)
+            else:
+                acc = tl.zeros((KO, BM * P), dtype=tl.float32)
             for step in tl.range(0, KI_STEPS, num_stages=STAGES):
                 v = _dense_operand(x_ptr, rb, step * KI, rows, stride_xr, stride_xc, K, P, KI, BM)
                 h = _dense_h(h_ptr, ko0, step * KI, KO, KI, WIDTH)
@@ -571,7 +626,7 @@ def _fwht_dense_kernel(
                                                                 SIGN_ROWS))
                 acc = _dot_pieces(h, v, acc, PIECES)
             _dense_store(acc, y_ptr, s_ptr, row, rows, ko0 + tl.arange(0, KO), sign_blocks, inverse, scale, K, P, KO,
-                         BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None)
+                         BM, BITS, STEPS, NUM_STEPS, HAS_SIGNS, SIGN_ROWS, None, None, PALEY)
 
 
 _SIGN_BIT_DTYPES = {2: torch.int16, 4: torch.int32}
@@ -584,10 +639,16 @@ def sign_bit_mask(signs: torch.Tensor, elem_size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """H_K (H_K.T for the inverse) zero-padded to [rows, cols], on the device (built once)."""
+def _dense_matrix(k: int, rows: int, cols: int, inverse: bool, dtype: torch.dtype, device: torch.device,
+                  paley: bool = False) -> torch.Tensor:
+    """H_K (H_K.T for the inverse; ``paley``: the Paley II core C of H_2K, C.T) zero-padded to [rows, cols], on the
+    device (built once)."""
     h = torch.zeros(rows, cols, dtype=dtype)
-    h[:k, :k] = hadamard_tensor(k, transpose=inverse)
+    if paley:
+        core = torch.from_numpy(paley2_core(2 * k).astype(np.float32))
+        h[:k, :k] = core.T if inverse else core
+    else:
+        h[:k, :k] = hadamard_tensor(k, transpose=inverse)
     return h.to(device)
 
 
@@ -654,7 +715,8 @@ def _launch_plan(
         pieces, h_dtype = 1, x2.dtype
     meta = dict(plan.meta)
     h_rows = meta["KO"] * meta["KO_SPLIT"] * plan.k_chunks + meta["KB"]
-    h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device)
+    h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device,
+                      meta["PALEY"])
     runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                stride_c, scale)
     launch_meta = dict(extra, PIECES=pieces, PREFETCH=plan.prefetch)
@@ -682,7 +744,7 @@ def prepared_launch(
 
 def fwht_rows_triton(
     x2: torch.Tensor, b: int, inverse: bool, scale: float, sign_bits: torch.Tensor | None,
-    config: Pow2Config | DenseConfig | SplitConfig | None = None,
+    config: Pow2Config | DenseConfig | SplitConfig | PaleyConfig | None = None,
 ) -> torch.Tensor:
     """Transform (times ``scale``) of each length-b block of the rows of x2 [R, n] (any strides).
 

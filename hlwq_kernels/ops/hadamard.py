@@ -19,6 +19,7 @@ from hlwq_reference.numpy.hadamard import (
 
 __all__ = [
     "hadamard_matrix", "hadamard_factors", "is_hadamard_size", "random_signs", "hadamard_tensor", "pow2_split",
+    "paley2_core",
 ]
 
 
@@ -28,6 +29,26 @@ def _cached_tensor(n: int, transpose: bool, pad: int, dtype: torch.dtype, device
     h_n = hadamard_matrix(n)
     h[:n, :n] = h_n.T if transpose else h_n
     return torch.from_numpy(h).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def paley2_core(k: int) -> np.ndarray | None:
+    """The order-k/2 core C (int8 entries 0, ±1) of the project's H_K when it has the Paley II form
+    ``H_K = C ⊗ [[1, -1], [-1, -1]] + I ⊗ [[1, 1], [1, -1]]`` (K = 36, 76, 148, 924, ...), else None.
+
+    Then ``H_K x = (I ⊗ [[1, -1], [-1, -1]]) (w)`` with ``w = (C ⊗ I_2) x + (I ⊗ [[0, 1], [-1, 0]]) x``: a
+    product with C (half the order) and a 2-point step per pair, which the kernels run as one more
+    butterfly (``fwht_plan.PaleyConfig``)."""
+    if k < 4 or k % 4 or not is_hadamard_size(k) or hadamard_factors(k)[0] != k:
+        return None
+    h = hadamard_matrix(k).astype(np.int64)
+    core = h[0::2, 0::2] - np.eye(k // 2, dtype=np.int64)
+    rebuilt = np.kron(core, [[1, -1], [-1, -1]]) + np.kron(np.eye(k // 2, dtype=np.int64), [[1, 1], [1, -1]])
+    if not np.array_equal(rebuilt, h):
+        return None
+    core = core.astype(np.int8)
+    core.setflags(write=False)
+    return core
 
 
 def hadamard_tensor(

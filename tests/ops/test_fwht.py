@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, strategies as st
 
 from hlwq_kernels import fwht, hadamard_factors, hadamard_matrix, random_signs
-from hlwq_kernels.ops import fwht as fwht_module, fwht_plan, fwht_triton
+from hlwq_kernels.ops import fwht as fwht_module, fwht_plan, fwht_triton, hadamard as hadamard_module
 from hlwq_kernels.ops._triton import OutOfResources, PreparedCalls
-from hlwq_kernels.ops.fwht_plan import DenseConfig, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops.fwht_plan import DenseConfig, PaleyConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
 from hlwq_reference.numpy import fwht as fwht_ref
 from tests.helpers import assert_close, kernel_devices, random_weight, rel_err
@@ -222,6 +222,38 @@ def test_split_moves_power_of_two_bits_into_the_dense_product(n: int, dtype: tor
     k, _ = hadamard_factors(n)
     assert dict(kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config).meta)["K"] == k << config.k_bits
     _check_launch(_random((9, n), dtype, seed=n, device=device), config, random_signs(n, 7, device=device))
+
+
+# H_K of the Paley II form (K = 36, 76, 148) as its core C of order K / 2 and one more butterfly: C padded to 32, 64
+# and 128 in contraction chunks of 16 and 32, one to four rows a tile, fp32 as bf16 pieces (CUDA) or tf32 pieces
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config", [
+    (36 * 16, torch.float32, PaleyConfig(DenseConfig(1, 16, 1, 0, 16, 16))),
+    (76 * 8, torch.bfloat16, PaleyConfig(DenseConfig(2, 16, 2, 0, 16, 32))),
+    (148 * 4, torch.float16, PaleyConfig(DenseConfig(2, 64, 3, 0, 32, 64))),
+    (36 * 32, torch.float32, PaleyConfig(DenseConfig(2, 32, 3, 0, 16, 32, tf32_pieces=True))),
+], ids=str)
+def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, device: str) -> None:
+    """``PaleyConfig``: the transform from the Paley II core C (half the order of H_K) is the same transform; signs
+    per block of rows too."""
+    k, _ = hadamard_factors(n)
+    plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
+    assert dict(plan.meta)["K"] == k // 2 and dict(plan.meta)["PALEY"]
+    x = _random((7, n), dtype, seed=n, device=device)
+    _check_launch(x, config, random_signs(n, 11, device=device))
+    per_row = torch.stack([random_signs(n, 20 + i, device=device) for i in range(7)])
+    y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), sign_bit_mask(per_row.reshape(-1), x.element_size()), config)
+    ref = np.stack([fwht_ref(x[i].double().cpu().numpy(), signs=per_row[i].double().cpu().numpy()) for i in range(7)])
+    assert_close(y, ref)
+
+
+def test_paley_core_only_where_h_k_has_that_form() -> None:
+    assert hadamard_module.paley2_core(28) is None and hadamard_module.paley2_core(344) is None  # Paley I
+    assert hadamard_module.paley2_core(924).shape == (462, 462)
+    with pytest.raises(ValueError, match="Paley II form; K=28"):
+        kernel_plan(28 * 64, 2, PaleyConfig(DenseConfig(4, 64, 3, 0, 16, 32)))
+    with pytest.raises(ValueError, match="prefetch=False"):
+        kernel_plan(36 * 64, 2, PaleyConfig(DenseConfig(4, 64, 1, 1, 0, 0, True)))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
