@@ -83,7 +83,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
            f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
            f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
-           f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'dense', cfg))})" if config else "")
+           f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 
 _CLONE: dict[tuple[int, torch.dtype], float] = {}
@@ -174,13 +174,13 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
 
 def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | PaleyConfig:
     """A --dense-configs entry: DenseConfig fields, [k_bits, [DenseConfig fields]] for a SplitConfig,
-    ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers) or ["paley", [DenseConfig fields]]
-    (for a K of the Paley II form: its core on the tensor cores)."""
+    ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers) or ["paley", entry] (for a K of the Paley
+    II form: its core, on the tensor cores for DenseConfig fields, in registers for ["pow2", [...]])."""
     if len(fields) == 2 and isinstance(fields[1], list):
         if fields[0] == "pow2":
             return Pow2Config(*fields[1])
         if fields[0] == "paley":
-            return PaleyConfig(DenseConfig(*fields[1]))
+            return PaleyConfig(_given_config(fields[1]))
         return SplitConfig(fields[0], DenseConfig(*fields[1]))
     return DenseConfig(*fields)
 
@@ -283,8 +283,8 @@ def main() -> None:
                         help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
                              "(e.g. pruned by registers and spills from an sm_90 compile on a CPU); an entry "
                              "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product), "
-                             '["pow2", [Pow2Config fields]] H_K in registers, ["paley", [DenseConfig fields]] a '
-                             "PaleyConfig (a Paley II core on the tensor cores); "
+                             '["pow2", [Pow2Config fields]] H_K in registers, ["paley", <one of those>] a '
+                             "PaleyConfig (the Paley II core of H_K); "
                              'a key "n:dtype:variant" (e.g. "8960:bfloat16:signs") holds the candidates of that '
                              "variant alone")
     args = parser.parse_args()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy as np
+
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix, paley2_core
 
@@ -148,9 +150,10 @@ class SplitConfig(NamedTuple):
 
 class PaleyConfig(NamedTuple):
     """A size K * 2^m whose H_K has the Paley II form (``hadamard.paley2_core``: K = 36, 76, 148, 924, ...) run
-    by the plain dense kernel as its core C (order K / 2) on the tensor cores and 2^(m + 1) butterflies: half
-    the products of H_K (``_fwht_dense_kernel``'s PALEY). ``dense`` must not prefetch."""
-    dense: DenseConfig
+    through its core C of order K / 2: ``launch`` a (non-prefetching) DenseConfig, C on the tensor cores and
+    2^(m + 1) butterflies (``_fwht_dense_kernel``'s PALEY), or a Pow2Config (K <= 128), C + I in registers
+    (``_fwht_pow2_kernel``'s PALEY); half the products or adds of H_K."""
+    launch: DenseConfig | Pow2Config
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
@@ -222,7 +225,10 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # PaleyConfig entries: H_K of the Paley II form as its core C of half the order on the tensor cores, in the plain launch
 # (bench/results/fwht-paley-h200-2026-12-04-b.md): bf16 29568 24.8 -> 31.7%, fp32 29568 11.1 -> 18.7-19.0%, fp32 18944
 # 31.0 -> 38.4% (tf32 pieces), with signs= bf16 29568 14.1 -> 20.3%, fp32 29568 8.7 -> 16.6%; fp32 18944 with signs= keeps
-# the plain launch (26.7% against 16.3-19.4% as Paley); the prefetching launches ran 20-45 points slower as Paley
+# the plain launch (26.7% against 16.3-19.4% as Paley); the prefetching launches ran 20-45 points slower as Paley;
+# fp32 9728 with H_K in registers through its Paley core, C + I (K / 8 + 2 adds an element instead of K / 4 + 2.5):
+# 78.6 -> 83.1%, with signs= 66.6 -> 70.9%, fp32 18432 with signs= 62.1 -> 64.5% (plain 72.5 -> 72.9%: not taken; fp32
+# 4864 79.0% against its tf32 launch's 81.0%; bf16 29.7-52.1%, far below the tensor-core launches)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -242,7 +248,7 @@ _DENSE_TABLE_SIZES = {
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 18944): PaleyConfig(DenseConfig(4, 64, 5, 0, 16, 64, tf32_pieces=True)),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
-    (4, 9728): Pow2Config(4, 64, 1, 2, l2_ahead=True),
+    (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
     (4, 13824): Pow2Config(4, 64, 1, 0),
     (4, 14336): Pow2Config(8, 64, 1, 1, True),
     (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True),
@@ -256,7 +262,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
-                      (4, 14336): Pow2Config(4, 64, 1, 0), (4, 18432): Pow2Config(8, 64, 1, 1, l2_ahead=True),
+                      (4, 14336): Pow2Config(4, 64, 1, 0),
+                      (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 0),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
@@ -292,7 +299,7 @@ def _encode(bits: list[Bit]) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPlan:
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool = False) -> KernelPlan:
     """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
     columns (then rows), warps on rows, then on high columns; registers on the rest. The store
     layout differs from it only in which of those high bits are on warps and which in registers:
@@ -304,7 +311,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPla
     there on the CUDA cores (``_hadamard_in_registers``) before the butterflies of the 2^m columns.
     The tile is one row: the lanes and warps take only columns of 2^m (at least 32 * num_warps of them,
     ``elems_per_thread`` is not used; then the K index is never on warps), and 16-bit rows are read 4 elements an
-    access (not 8), so that a thread holds at most 4 * K (padded) values."""
+    access (not 8), so that a thread holds at most 4 * K (padded) values. ``paley``: H_K through its Paley II core
+    (``PaleyConfig``)."""
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
     kb = (k - 1).bit_length()
@@ -351,23 +359,27 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1) -> KernelPla
         k_last = [bit for bit in natural if bit not in kbits] + kbits
         k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _hadamard_in_registers returns it
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
-    meta += (("K", k), ("KB", kb), ("K_PERMS", perms))
+    meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
                       l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0)
 
 
 @functools.lru_cache(maxsize=64)
-def hadamard_codes(k: int, inverse: bool) -> tuple[int, ...]:
-    """H_K (H_K.T for the inverse) as ``_hadamard_in_registers`` takes it: per output r and group g of four
-    inputs, ``8 * (H[r, 4g] < 0) + q`` with bit i - 1 of q set where ``H[r, 4g + i]`` differs from ``H[r, 4g]``
-    (entry ``r * (k // 4) + g``)."""
-    h = hadamard_matrix(k)
+def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...]:
+    """H_K (H_K.T for the inverse) as ``_register_products`` takes it, or (``paley``) the ±1 matrix C + I of
+    H_K's Paley II core C (order k / 2; ``hadamard.paley2_core``): per output r and group g of four inputs,
+    ``8 * (M[r, 4g] < 0) + q`` with bit i - 1 of q set where ``M[r, 4g + i]`` differs from ``M[r, 4g]``, then for
+    an order of 2 mod 4 one pair group the same way (entry ``r * groups + g``)."""
+    if paley:
+        h = paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
+    else:
+        h = hadamard_matrix(k)
     h = h.T if inverse else h
     codes = []
-    for r in range(k):
-        for g in range(0, k, 4):
-            q = sum(1 << (i - 1) for i in (1, 2, 3) if h[r, g + i] != h[r, g])
+    for r in range(h.shape[0]):
+        for g in range(0, h.shape[0], 4):
+            q = sum(1 << (i - 1) for i in (1, 2, 3) if g + i < h.shape[0] and h[r, g + i] != h[r, g])
             codes.append(8 * int(h[r, g] < 0) + q)
     return tuple(codes)
 
@@ -463,7 +475,9 @@ def kernel_plan(
     if isinstance(config, PaleyConfig):
         if paley2_core(k) is None:
             raise ValueError(f"a Paley launch needs H_K of the Paley II form; K={k} of n={n} is not")
-        return _dense_plan(k // 2, m + 1, elem_size, config.dense, paley=True)
+        if isinstance(config.launch, Pow2Config):
+            return _pow2_plan(m, elem_size, config.launch, k, paley=True)
+        return _dense_plan(k // 2, m + 1, elem_size, config.launch, paley=True)
     if isinstance(config, SplitConfig):
         low = 4 if k == 1 else 1  # K = 1: at least H_16 on the tensor cores (the smallest dot)
         if not low <= config.k_bits < m:

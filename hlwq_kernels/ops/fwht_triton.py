@@ -174,13 +174,14 @@ def _negated(t, NEG: tl.constexpr):
 
 
 @triton.jit
-def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
-    """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on
-    are not read), on the CUDA cores: returns the outputs with those dimensions in the opposite order (k_0 first),
-    zeros from K on. Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +- x_4g+3`` (14 adds, shared
-    by every output), then each output adds one of them per group with its sign (``CODES``, see
-    ``fwht_plan.hadamard_codes``): K / 4 - 1 adds an output instead of K - 1."""
+def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
+    """M v along the last KB size-2 dimensions of v (the index k of M's K columns, k_0 last, padded to 2^KB; entries
+    from K on are not read) for a ±1 matrix M (``CODES``, see ``fwht_plan.hadamard_codes``), on the CUDA cores: a
+    tuple of the 2^KB outputs (zeros from K on). Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +-
+    x_4g+3`` (14 adds, shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each
+    output adds one of them per group with its sign: K / 4 - 1 adds an output instead of K - 1."""
     NG: tl.constexpr = K // 4
+    NT: tl.constexpr = (K + 3) // 4  # groups with the pair
     even, odd = tl.split(v)  # k_0
     x0, x2 = tl.split(even)  # k_1: the group's inputs 0 and 2, then 1 and 3
     x1, x3 = tl.split(odd)
@@ -193,21 +194,50 @@ def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.const
     for g in tl.static_range(NG):
         for q in tl.static_range(8):
             terms = terms + (_take(sums[q], g, KB - 2),)
+    if NT > NG:  # the pair x_4g +- x_4g+1 (codes 0 and 1)
+        terms = terms + (_take(s, NG, KB - 2), _take(d, NG, KB - 2))
     outs = ()
     for r in tl.static_range(1 << KB):
         if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
-            acc = _negated(terms[CODES[r * NG] % 8], CODES[r * NG] >= 8)
-            for g in tl.static_range(1, NG):
-                acc = acc + _negated(terms[g * 8 + CODES[r * NG + g] % 8], CODES[r * NG + g] >= 8)
+            acc = _negated(terms[CODES[r * NT] % 8], CODES[r * NT] >= 8)
+            for g in tl.static_range(1, NT):
+                acc = acc + _negated(terms[g * 8 + CODES[r * NT + g] % 8], CODES[r * NT + g] >= 8)
         else:
             acc = tl.zeros_like(terms[0])
         outs = outs + (acc,)
+    return outs
+
+
+@triton.jit
+def _joined(outs, KB: tl.constexpr):
+    """The 2^KB tensors ``outs`` (index r) joined into the last KB size-2 dimensions, r_0 first."""
     for level in tl.static_range(KB):
         pairs = ()
         for j in tl.static_range((1 << KB) >> (level + 1)):
             pairs = pairs + (tl.join(outs[2 * j], outs[2 * j + 1]),)
         outs = pairs
     return outs[0]
+
+
+@triton.jit
+def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr):
+    """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on are
+    not read): returns the outputs with those dimensions in the opposite order (k_0 first), zeros from K on.
+    ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
+    (``hadamard.paley2_core``): with the pair (x_0, x_1) the halves k_0 = 0, 1 and u_j = (C + I) x_j (order K / 2),
+    ``H_K x = (C ⊗ A + I ⊗ B) x`` is ``u_0 - u_1 + 2 x_1`` at k_0 = 0 and ``2 x_0 - u_0 - u_1`` at k_0 = 1:
+    K / 8 + 2 adds an output."""
+    if PALEY:
+        x0, x1 = tl.split(v)
+        u0 = _register_products(x0, K // 2, KB - 1, CODES)
+        u1 = _register_products(x1, K // 2, KB - 1, CODES)
+        outs = ()
+        for i in tl.static_range(1 << (KB - 1)):
+            outs = outs + (tl.fma(_take(x1, i, KB - 1), 2.0, u0[i] - u1[i]),
+                           tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
+    else:
+        outs = _register_products(v, K, KB, CODES)
+    return _joined(outs, KB)
 
 
 @triton.jit
@@ -240,7 +270,7 @@ def _fwht_pow2_kernel(
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
     SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
-    K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr,
+    K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
     L2_AHEAD: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
@@ -255,7 +285,7 @@ def _fwht_pow2_kernel(
     and the scale is folded into the last butterfly. K > 1: rows of N = K * 2^m, the tile a row padded to a
     power of two whose top KB column bits (the K index) the load layout holds in registers; H_K (K_CODES) runs
     there on the tile permuted by K_PERMS[0] (those bits last), then K_PERMS[1] restores the order for the
-    butterflies."""
+    butterflies; PALEY: H_K through its Paley II core (``_hadamard_in_registers``)."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
@@ -289,7 +319,7 @@ def _fwht_pow2_kernel(
         fold = WORDS and NUM_STEPS > 0
         v = tl.reshape(v.to(tl.float32), BITS)
         if K > 1:
-            v = tl.permute(_hadamard_in_registers(tl.permute(v, K_PERMS[0]), K, KB, K_CODES), K_PERMS[1])
+            v = tl.permute(_hadamard_in_registers(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY), K_PERMS[1])
         v = butterflies(v, STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
         if not fold:
             v = v * scale
@@ -700,7 +730,8 @@ def _launch_plan(
         k = dict(plan.meta)["K"]  # > 1: H_K in registers, its entries constexprs (per direction)
         l2_ahead = (plan.l2_ahead and _bulk_prefetch(x2.device) and stride_c == 1
                     and not (x2.data_ptr() | stride_r * x2.element_size()) & 15)
-        launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=hadamard_codes(k, inverse) if k > 1 else 0,
+        codes = hadamard_codes(k, inverse, dict(plan.meta)["PALEY"]) if k > 1 else 0
+        launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=l2_ahead)
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled

@@ -189,17 +189,26 @@ def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) 
         assert_close(y_strided, fwht_ref(x2.double().cpu().numpy(), inverse=inverse))
 
 
+def _decoded(codes: tuple, order: int) -> np.ndarray:
+    """The ±1 matrix of ``hadamard_codes`` (groups of four columns, then a pair where the order is 2 mod 4)."""
+    codes = np.array(codes).reshape(order, -1)
+    rebuilt = np.repeat(np.where(codes >= 8, -1, 1), 4, axis=1)[:, :order]
+    for i in (1, 2, 3):
+        rebuilt[:, i::4] *= np.where((codes[:, : len(range(i, order, 4))] % 8) >> (i - 1) & 1, -1, 1)
+    return rebuilt
+
+
 def test_hadamard_codes_rebuild_the_matrix() -> None:
-    """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T."""
+    """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T, and of C + I
+    and its transpose for H_K's Paley II core C."""
     for k in (12, 20, 28, 36, 44, 52, 60):
         h = hadamard_matrix(k)
         for inverse, want in ((False, h), (True, h.T)):
-            codes = np.array(fwht_plan.hadamard_codes(k, inverse)).reshape(k, k // 4)
-            first = np.where(codes >= 8, -1, 1)
-            rebuilt = np.repeat(first, 4, axis=1)
-            for i in (1, 2, 3):
-                rebuilt[:, i::4] *= np.where((codes % 8) >> (i - 1) & 1, -1, 1)
-            assert np.array_equal(rebuilt, want), (k, inverse)
+            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse), k), want), (k, inverse)
+    for k in (36, 52, 76, 100, 124):
+        c = hadamard_module.paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
+        for inverse, want in ((False, c), (True, c.T)):
+            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse, True), k // 2), want), (k, inverse)
 
 
 def test_hadamard_in_registers_bounds() -> None:
@@ -245,6 +254,20 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), sign_bit_mask(per_row.reshape(-1), x.element_size()), config)
     ref = np.stack([fwht_ref(x[i].double().cpu().numpy(), signs=per_row[i].double().cpu().numpy()) for i in range(7)])
     assert_close(y, ref)
+
+
+# H_K of the Paley II form in registers through C + I (K / 2 = 18, 38, 26: a pair group after the groups of four):
+# one and two warps, a persistent grid prefetching its next row, with and without signs, forward and inverse
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config", [
+    (36 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0))),
+    (76 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 0))),
+    (52 * 64, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, True))),
+], ids=str)
+def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
+    plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
+    assert plan.kernel == "pow2" and dict(plan.meta)["PALEY"]
+    _check_launch(_random((5, n), dtype, seed=n, device=device), config, random_signs(n, 12, device=device))
 
 
 def test_paley_core_only_where_h_k_has_that_form() -> None:
