@@ -35,6 +35,7 @@ from hlwq_kernels import fwht, hadamard_factors, random_signs
 from hlwq_kernels.ops import fwht as fwht_module, fwht_triton
 from hlwq_kernels.ops.fwht_plan import DenseConfig, PaleyConfig, Pow2Config, SplitConfig, kernel_plan
 from hlwq_kernels.ops.fwht_triton import fwht_rows_triton, sign_bit_mask
+from hlwq_kernels.ops.hadamard import paley2_core
 
 POW2 = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 LLM = [3584, 4864, 8960, 9728, 11008, 13824, 14336, 17408, 18432, 18944, 27648, 28672, 29568]
@@ -147,13 +148,16 @@ _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]
 def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int, ...] = ()) -> list:
     """Alternative launch configurations worth timing for rows of length n (distinct plans only,
     16 to 128 fp32 values per thread, at most ``limit``), then for a power of two its splits with
-    2^a (a in ``split_bits``) on the tensor cores."""
+    2^a (a in ``split_bits``) on the tensor cores, and for an H_K of the Paley II form the launches through
+    its core (``PaleyConfig``: the register candidates and the dense ones that do not prefetch)."""
     k, p = hadamard_factors(n)
     if k == 1:
         cands = [Pow2Config(*c) for c in _POW2_CANDIDATES[p >= 1 << 14]]
-        splits = [SplitConfig(a, DenseConfig(*c)) for a in split_bits for c in _SPLIT_CANDIDATES]
+        extra = [SplitConfig(a, DenseConfig(*c)) for a in split_bits for c in _SPLIT_CANDIDATES]
     else:
-        cands, splits = [Pow2Config(*c) for c in _REGISTER_CANDIDATES] + [DenseConfig(*c) for c in _DENSE_CANDIDATES], []
+        cands = [Pow2Config(*c) for c in _REGISTER_CANDIDATES] + [DenseConfig(*c) for c in _DENSE_CANDIDATES]
+        paley = paley2_core(k) is not None
+        extra = [PaleyConfig(c) for c in cands if paley and (isinstance(c, Pow2Config) or not c.prefetch)]
     seen = {kernel_plan(n, elem_size)}
 
     def distinct(configs: list) -> list:
@@ -169,7 +173,7 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
                 out.append(cfg)
         return out
 
-    return distinct(cands)[:limit] + distinct(splits)
+    return distinct(cands)[:limit] + distinct(extra)
 
 
 def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | PaleyConfig:
