@@ -226,7 +226,7 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # (bench/results/fwht-paley-h200-2026-12-04-b.md): bf16 29568 24.8 -> 31.7%, fp32 29568 11.1 -> 18.7-19.0%, fp32 18944
 # 31.0 -> 38.4% (tf32 pieces), with signs= bf16 29568 14.1 -> 20.3%, fp32 29568 8.7 -> 16.6%; fp32 18944 with signs= keeps
 # the plain launch (26.7% against 16.3-19.4% as Paley); the prefetching launches ran 20-45 points slower as Paley;
-# fp32 9728 with H_K in registers through its Paley core, C + I (K / 8 + 2 adds an element instead of K / 4 + 2.5):
+# fp32 9728 with H_K in registers through its Paley core, C + I (about K / 8 + 5 adds an element instead of K / 4 + 2.5):
 # 78.6 -> 83.1%, with signs= 66.6 -> 70.9%, fp32 18432 with signs= 62.1 -> 64.5% (plain 72.5 -> 72.9%: not taken; fp32
 # 4864 79.0% against its tf32 launch's 81.0%; bf16 29.7-52.1%, far below the tensor-core launches)
 _DENSE_TABLE_SIZES = {

@@ -226,7 +226,7 @@ def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.const
     ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
     (``hadamard.paley2_core``): with the pair (x_0, x_1) the halves k_0 = 0, 1 and u_j = (C + I) x_j (order K / 2),
     ``H_K x = (C ⊗ A + I ⊗ B) x`` is ``u_0 - u_1 + 2 x_1`` at k_0 = 0 and ``2 x_0 - u_0 - u_1`` at k_0 = 1:
-    K / 8 + 2 adds an output."""
+    K / 8 + 1.5 adds an output besides the shared sums (K / 4 - 1 for H_K)."""
     if PALEY:
         x0, x1 = tl.split(v)
         u0 = _register_products(x0, K // 2, KB - 1, CODES)
