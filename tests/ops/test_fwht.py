@@ -244,7 +244,7 @@ def test_split_moves_power_of_two_bits_into_the_dense_product(n: int, dtype: tor
 ], ids=str)
 def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, device: str) -> None:
     """``PaleyConfig``: the transform from the Paley II core C (half the order of H_K) is the same transform; signs
-    per block of rows too."""
+    per block of rows too; rows a stride past their length (NaN neighbours) and columns a stride apart."""
     k, _ = hadamard_factors(n)
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
     assert dict(plan.meta)["K"] == k // 2 and dict(plan.meta)["PALEY"]
@@ -254,6 +254,12 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), sign_bit_mask(per_row.reshape(-1), x.element_size()), config)
     ref = np.stack([fwht_ref(x[i].double().cpu().numpy(), signs=per_row[i].double().cpu().numpy()) for i in range(7)])
     assert_close(y, ref)
+    wide = torch.full((5, n + 8), float("nan"), dtype=dtype, device=device)
+    wide[:, 4:-4] = _random((5, n), dtype, seed=n + 1, device=device)
+    for strided in (wide[:, 4:-4], x.t().contiguous().t()):
+        for inverse in (False, True):
+            y = fwht_rows_triton(strided, n, inverse, 1 / math.sqrt(n), None, config)
+            assert_close(y, fwht_ref(strided.double().cpu().numpy(), inverse=inverse))
 
 
 # H_K of the Paley II form in registers through C + I (K / 2 = 18, 38, 26: a pair group after the groups of four):
@@ -265,9 +271,15 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (52 * 64, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, True))),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
+    """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
     assert plan.kernel == "pow2" and dict(plan.meta)["PALEY"]
     _check_launch(_random((5, n), dtype, seed=n, device=device), config, random_signs(n, 12, device=device))
+    wide = torch.full((4, n + 8), float("nan"), dtype=dtype, device=device)
+    wide[:, 4:-4] = _random((4, n), dtype, seed=n + 1, device=device)
+    for inverse in (False, True):
+        y = fwht_rows_triton(wide[:, 4:-4], n, inverse, 1 / math.sqrt(n), None, config)
+        assert_close(y, fwht_ref(wide[:, 4:-4].double().cpu().numpy(), inverse=inverse))
 
 
 def test_paley_core_only_where_h_k_has_that_form() -> None:
