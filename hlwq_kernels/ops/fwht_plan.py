@@ -118,6 +118,7 @@ class Pow2Config(NamedTuple):
     max_regs: int = 0  # registers per thread the compiler may use (0: its own choice)
     words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
     l2_ahead: bool = False  # persistent programs of one-row tiles: the next row prefetched into L2 (one bulk request)
+    split: bool = False  # K * 2^m sizes: the outputs of H_K in a power-of-two head and tail, each with its butterflies
 
 
 class DenseConfig(NamedTuple):
@@ -228,7 +229,11 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # the plain launch (26.7% against 16.3-19.4% as Paley); the prefetching launches ran 20-45 points slower as Paley;
 # fp32 9728 with H_K in registers through its Paley core, C + I (about K / 8 + 5 adds an element instead of K / 4 + 2.5):
 # 78.6 -> 83.1%, with signs= 66.6 -> 70.9%, fp32 18432 with signs= 62.1 -> 64.5% (plain 72.5 -> 72.9%: not taken; fp32
-# 4864 79.0% against its tf32 launch's 81.0%; bf16 29.7-52.1%, far below the tensor-core launches)
+# 4864 79.0% against its tf32 launch's 81.0%; bf16 29.7-52.1%, far below the tensor-core launches);
+# Pow2Config(split=True): H_K's outputs in a power-of-two head and tail, so that the K indices K pads to are not
+# transformed (bench/results/fwht-paley-h200-2026-12-04-b.md, part 3): fp32 4864 (Paley core) 79.7 -> 85.6%, 17408
+# 62.6 -> 68.6%, 18432 (Paley core) 72.2 -> 77.0%, with signs= 18432 63.3 -> 84.2%, 9728 71.1 -> 80.2% (9728 plain
+# 83.3% against 80.2% split: not taken)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -244,13 +249,13 @@ _DENSE_TABLE_SIZES = {
     (2, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
     (2, 29568): PaleyConfig(DenseConfig(4, 128, 5, 0, 32, 128)),
     (4, 3584): Pow2Config(2, 64, 1, 0),
-    (4, 4864): DenseConfig(4, 16, 3, 2, 0, 0, True, 0, True, False, rows_first=True, tf32_pieces=True),
+    (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
     (4, 13824): Pow2Config(4, 64, 1, 0),
     (4, 14336): Pow2Config(8, 64, 1, 1, True),
-    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True),
-    (4, 18432): Pow2Config(16, 64, 1, 1, l2_ahead=True),
+    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True),
+    (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True)),
     (4, 18944): PaleyConfig(DenseConfig(4, 64, 5, 0, 16, 64, tf32_pieces=True)),
     (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
     (4, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
@@ -263,7 +268,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
-                      (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True)),
+                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True)),
+                      (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 0),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
@@ -308,7 +314,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
 
     ``k > 1`` (a size k * 2^m, k <= 128 a multiple of 4): the row is padded to a power of two,
     its K index as the top column bits, which the load layout holds in registers, so that H_K runs
-    there on the CUDA cores (``_hadamard_in_registers``) before the butterflies of the 2^m columns.
+    there on the CUDA cores (``_hadamard_outputs``) before the butterflies of the 2^m columns.
     The tile is one row: the lanes and warps take only columns of 2^m (at least 32 * num_warps of them,
     ``elems_per_thread`` is not used; then the K index is never on warps), and 16-bit rows are read 4 elements an
     access (not 8), so that a thread holds at most 4 * K (padded) values. ``paley``: H_K through its Paley II core
@@ -357,12 +363,37 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     if k > 1:
         kbits = cols[m:][::-1]  # the K index, most significant first (in load_regs: v <= m - 5 - w)
         k_last = [bit for bit in natural if bit not in kbits] + kbits
-        k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _hadamard_in_registers returns it
+        k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _joined returns them
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley))
+    head, tail = _register_split(k) if cfg.split else (0, 0)
+    t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE0": (), "STORE0_BITS": 0, "STORE1": (), "STORE1_BITS": 0}
+    h_bits = 0
+    if tail:  # the head's butterflies and store replace the tile's, the tail's follow (``_fwht_pow2_kernel``)
+        whole = cfg._replace(split=False)
+        h_meta, t_meta = dict(_pow2_plan(m, elem_size, whole, head).meta), dict(_pow2_plan(m, elem_size, whole, tail).meta)
+        meta = tuple((name, h_meta[name] if name in _PART_FIELDS else value) for name, value in meta)
+        meta = tuple((name, (perms[0], h_meta["K_PERMS"][1], t_meta["K_PERMS"][1]) if name == "K_PERMS" else value)
+                     for name, value in meta)
+        h_bits = h_meta["KB"]
+    meta += (("K_HEAD", head), ("K_HEAD_BITS", h_bits), ("T_BITS", t_meta["KB"]),
+             *((f"T_{name}", t_meta[name]) for name in _PART_FIELDS))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
                       l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0)
+
+
+# the fields of a power-of-two plan that describe its butterflies and store (a part of a split K, _pow2_plan)
+_PART_FIELDS = ("STEPS", "NUM_STEPS", "STORE0", "STORE0_BITS", "STORE1", "STORE1_BITS")
+
+
+def _register_split(k: int) -> tuple[int, int]:
+    """(head, tail) of H_K's outputs in registers: the largest power of two below K and the rest padded to a power
+    of two (at least 4), where that pads less than K to a power of two (68 = 64 + 4, 36 = 32 + 4, 76 = 64 + 16);
+    else (0, 0)."""
+    head = next_power_of_2(k) // 2
+    tail = max(4, next_power_of_2(k - head))
+    return (head, tail) if head + tail < next_power_of_2(k) else (0, 0)
 
 
 @functools.lru_cache(maxsize=64)

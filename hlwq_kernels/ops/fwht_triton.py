@@ -220,9 +220,9 @@ def _joined(outs, KB: tl.constexpr):
 
 
 @triton.jit
-def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr):
+def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr):
     """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on are
-    not read): returns the outputs with those dimensions in the opposite order (k_0 first), zeros from K on.
+    not read): a tuple of the 2^KB outputs (zeros from K on; ``_joined`` puts them back with k_0 first).
     ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
     (``hadamard.paley2_core``): with the pair (x_0, x_1) the halves k_0 = 0, 1 and u_j = (C + I) x_j (order K / 2),
     ``H_K x = (C ⊗ A + I ⊗ B) x`` is ``u_0 - u_1 + 2 x_1`` at k_0 = 0 and ``2 x_0 - u_0 - u_1`` at k_0 = 1:
@@ -237,7 +237,37 @@ def _hadamard_in_registers(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.const
                            tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
     else:
         outs = _register_products(v, K, KB, CODES)
-    return _joined(outs, KB)
+    return outs
+
+
+@triton.jit
+def _part(outs, START: tl.constexpr, COUNT: tl.constexpr):
+    """``outs[START : START + COUNT]``."""
+    part = ()
+    for r in tl.static_range(COUNT):
+        part = part + (outs[START + r],)
+    return part
+
+
+@triton.jit
+def _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N: tl.constexpr,
+                BM: tl.constexpr, C: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
+                STORE0_BITS: tl.constexpr, STORE1_BITS: tl.constexpr, HAS_SIGNS: tl.constexpr,
+                SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, FOLD: tl.constexpr):
+    """The butterflies of a tile (or of a part of its K index), the scale (folded into the last butterfly when
+    FOLD), one rounding, the inverse's signs, and the store at (store_row, store_col)."""
+    v = butterflies(v, STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, FOLD)
+    if not FOLD:
+        v = v * scale
+    v = v.to(y_ptr.dtype.element_ty)
+    row = tile * BM + store_row
+    if HAS_SIGNS:
+        if inverse != 0:
+            sign_at = s_ptr + store_col
+            if SIGN_ROWS:
+                sign_at += (row % sign_blocks) * N
+            v = _flip_signs(v, _load_signs(sign_at, store_col, COLS))
+    tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=_in_row(row < rows, store_col, COLS))
 
 
 @triton.jit
@@ -271,7 +301,9 @@ def _fwht_pow2_kernel(
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
     SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
     K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
-    L2_AHEAD: tl.constexpr,
+    K_HEAD: tl.constexpr, K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
+    T_NUM_STEPS: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
+    T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
@@ -285,11 +317,17 @@ def _fwht_pow2_kernel(
     and the scale is folded into the last butterfly. K > 1: rows of N = K * 2^m, the tile a row padded to a
     power of two whose top KB column bits (the K index) the load layout holds in registers; H_K (K_CODES) runs
     there on the tile permuted by K_PERMS[0] (those bits last), then K_PERMS[1] restores the order for the
-    butterflies; PALEY: H_K through its Paley II core (``_hadamard_in_registers``)."""
+    butterflies; PALEY: H_K through its Paley II core (``_hadamard_outputs``). K_HEAD > 0 (``fwht_plan._pow2_plan``,
+    a split K): the outputs of H_K as a head of K_HEAD = 2^K_HEAD_BITS (the plan's butterflies and store,
+    K_PERMS[1]) and a tail of 2^T_BITS from K_HEAD on (its own, the T_* constexprs and K_PERMS[2]), so that padded K
+    indices past the tail are not transformed."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
+    if K_HEAD > 0:  # the tail's columns start at its first K index, the head's size
+        tail_row, tail_col = _tile_offsets(T_STORE0, T_STORE0_BITS, T_STORE1, T_STORE1_BITS, C)
+        tail_col += K_HEAD * (N // K)
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
@@ -316,22 +354,20 @@ def _fwht_pow2_kernel(
                 v = _flip_signs(v, _load_signs(sign_at, load_col, COLS // per))
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
-        fold = WORDS and NUM_STEPS > 0
+        fold: tl.constexpr = WORDS and NUM_STEPS > 0
         v = tl.reshape(v.to(tl.float32), BITS)
         if K > 1:
-            v = tl.permute(_hadamard_in_registers(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY), K_PERMS[1])
-        v = butterflies(v, STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, fold)
-        if not fold:
-            v = v * scale
-        v = v.to(y_ptr.dtype.element_ty)
-        row = tile * BM + store_row
-        if HAS_SIGNS:
-            if inverse != 0:
-                sign_at = s_ptr + store_col
-                if SIGN_ROWS:
-                    sign_at += (row % sign_blocks) * N
-                v = _flip_signs(v, _load_signs(sign_at, store_col, COLS))
-        tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=_in_row(row < rows, store_col, COLS))
+            outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY)
+            if K_HEAD > 0:
+                vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
+                _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
+                            tail_col, N, BM, C, T_STEPS, T_NUM_STEPS, T_STORE0_BITS, T_STORE1_BITS, HAS_SIGNS,
+                            SIGN_ROWS, COLS, False)
+                v = tl.permute(_joined(_part(outs, 0, K_HEAD), K_HEAD_BITS), K_PERMS[1])
+            else:
+                v = tl.permute(_joined(outs, KB), K_PERMS[1])
+        _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N, BM, C, STEPS,
+                    NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold)
 
 
 @triton.jit

@@ -154,7 +154,8 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
 
 # H_K in registers (a Pow2Config for a K * 2^m size): K = 12, 20, 28 padded to 16, 32, 32 and 36 to 64; one and
 # two warps, a persistent grid prefetching its next row (into registers, or into L2 on CUDA), the loop's pipeline
-# loading rows ahead
+# loading rows ahead; its outputs split into a head and a tail (12 = 8 + 4, 20 = 16 + 4, 36 = 32 + 4, 44 = 32 + 12
+# padded to 16)
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, dtype, config", [
     (12 * 32, torch.float32, Pow2Config(1, 16, 1, 0)),
@@ -163,6 +164,10 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (36 * 32, torch.float32, Pow2Config(1, 16, 1, 0)),
     (28 * 128, torch.bfloat16, Pow2Config(2, 16, 2, 1)),
     (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True)),
+    (12 * 64, torch.float32, Pow2Config(1, 16, 1, 0, split=True)),
+    (20 * 64, torch.bfloat16, Pow2Config(2, 16, 1, 2, True, split=True)),
+    (36 * 32, torch.float16, Pow2Config(1, 16, 1, 0, split=True)),
+    (44 * 64, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -209,6 +214,12 @@ def test_hadamard_codes_rebuild_the_matrix() -> None:
         c = hadamard_module.paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
         for inverse, want in ((False, c), (True, c.T)):
             assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse, True), k // 2), want), (k, inverse)
+
+
+def test_register_split_only_where_it_pads_less() -> None:
+    meta = dict(kernel_plan(68 * 256, 4, Pow2Config(8, 64, 1, 1, split=True)).meta)
+    assert (meta["K_HEAD"], meta["K_HEAD_BITS"], meta["T_BITS"]) == (64, 6, 2)
+    assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 0, split=True)).meta)["K_HEAD"] == 0  # 64 + 64
 
 
 def test_hadamard_in_registers_bounds() -> None:
@@ -269,6 +280,7 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (36 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0))),
     (76 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 0))),
     (52 * 64, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, True))),
+    (76 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True))),  # 64 + 16
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
