@@ -232,8 +232,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 4864 79.0% against its tf32 launch's 81.0%; bf16 29.7-52.1%, far below the tensor-core launches);
 # Pow2Config(split=True): H_K's outputs in a power-of-two head and tail, so that the K indices K pads to are not
 # transformed (bench/results/fwht-paley-h200-2026-12-04-b.md, part 3): fp32 4864 (Paley core) 79.7 -> 85.6%, 17408
-# 62.6 -> 68.6%, 18432 (Paley core) 72.2 -> 77.0%, with signs= 18432 63.3 -> 84.2%, 9728 71.1 -> 80.2% (9728 plain
-# 83.3% against 80.2% split: not taken)
+# 62.6 -> 68.6%, 18432 (Paley core) 72.2 -> 77.0%, with signs= 18432 63.3 -> 84.2% (its plain entry), 9728 71.1 ->
+# 80.2% (9728 plain 83.3% against 80.2% split: not taken)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -269,7 +269,6 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True)),
-                      (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 0),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
