@@ -371,9 +371,9 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     if tail:  # the head's butterflies and store replace the tile's, the tail's follow (``_fwht_pow2_kernel``)
         whole = cfg._replace(split=False)
         h_meta, t_meta = dict(_pow2_plan(m, elem_size, whole, head).meta), dict(_pow2_plan(m, elem_size, whole, tail).meta)
-        meta = tuple((name, h_meta[name] if name in _PART_FIELDS else value) for name, value in meta)
-        meta = tuple((name, (perms[0], h_meta["K_PERMS"][1], t_meta["K_PERMS"][1]) if name == "K_PERMS" else value)
-                     for name, value in meta)
+        head_fields = {name: h_meta[name] for name in _PART_FIELDS}
+        head_fields["K_PERMS"] = (perms[0], h_meta["K_PERMS"][1], t_meta["K_PERMS"][1])
+        meta = tuple((name, head_fields.get(name, value)) for name, value in meta)
         h_bits = h_meta["KB"]
     meta += (("K_HEAD", head), ("K_HEAD_BITS", h_bits), ("T_BITS", t_meta["KB"]),
              *((f"T_{name}", t_meta[name]) for name in _PART_FIELDS))

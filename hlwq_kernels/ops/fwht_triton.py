@@ -763,10 +763,10 @@ def _launch_plan(
         if words:
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
-        k = dict(plan.meta)["K"]  # > 1: H_K in registers, its entries constexprs (per direction)
+        meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         l2_ahead = (plan.l2_ahead and _bulk_prefetch(x2.device) and stride_c == 1
                     and not (x2.data_ptr() | stride_r * x2.element_size()) & 15)
-        codes = hadamard_codes(k, inverse, dict(plan.meta)["PALEY"]) if k > 1 else 0
+        codes = hadamard_codes(meta["K"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=l2_ahead)
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime

@@ -178,9 +178,7 @@ def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) 
     assert plan.kernel == "pow2" and dict(plan.meta)["K"] == k
     x = _random((3, n), dtype, seed=n, device=device)
     _check_launch(x, config, random_signs(n, n, device=device))
-    wide = torch.full((6, n + 8), float("nan"), dtype=dtype, device=device)
-    wide[:, 4:-4] = _random((6, n), dtype, seed=n + 1, device=device)
-    x2 = wide[:, 4:-4]  # rows with a stride past their length and NaN on either side
+    x2 = _rows_between_nans(6, n, dtype, device)
     signs = random_signs(2 * n, n + 2, device=device)
     for inverse in (False, True):
         torch.full((2 * x2.numel() + 1024,), float("nan"), device=device)
@@ -190,8 +188,22 @@ def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) 
                        signs=signs.double().cpu().numpy())
         assert torch.isfinite(y).all(), "unwritten or non-finite output"
         assert_close(y, ref)
-        y_strided = fwht_rows_triton(x2, n, inverse, 1 / math.sqrt(n), None, config)
-        assert_close(y_strided, fwht_ref(x2.double().cpu().numpy(), inverse=inverse))
+    _check_strided(x2, config)
+
+
+def _rows_between_nans(rows: int, n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Random rows of n values a stride of n + 8 apart with NaN on either side (a read past a row's ends shows)."""
+    wide = torch.full((rows, n + 8), float("nan"), dtype=dtype, device=device)
+    wide[:, 4:-4] = _random((rows, n), dtype, seed=n + 1, device=device)
+    return wide[:, 4:-4]
+
+
+def _check_strided(x: torch.Tensor, config) -> None:
+    """The launch ``config`` on the rows of x as they lie (any strides), forward and inverse, against float64."""
+    n = x.shape[1]
+    for inverse in (False, True):
+        y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), None, config)
+        assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse))
 
 
 def _decoded(codes: tuple, order: int) -> np.ndarray:
@@ -265,12 +277,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     y = fwht_rows_triton(x, n, False, 1 / math.sqrt(n), sign_bit_mask(per_row.reshape(-1), x.element_size()), config)
     ref = np.stack([fwht_ref(x[i].double().cpu().numpy(), signs=per_row[i].double().cpu().numpy()) for i in range(7)])
     assert_close(y, ref)
-    wide = torch.full((5, n + 8), float("nan"), dtype=dtype, device=device)
-    wide[:, 4:-4] = _random((5, n), dtype, seed=n + 1, device=device)
-    for strided in (wide[:, 4:-4], x.t().contiguous().t()):
-        for inverse in (False, True):
-            y = fwht_rows_triton(strided, n, inverse, 1 / math.sqrt(n), None, config)
-            assert_close(y, fwht_ref(strided.double().cpu().numpy(), inverse=inverse))
+    for strided in (_rows_between_nans(5, n, dtype, device), x.t().contiguous().t()):
+        _check_strided(strided, config)
 
 
 # H_K of the Paley II form in registers through C + I (K / 2 = 18, 38, 26: a pair group after the groups of four):
@@ -287,11 +295,7 @@ def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config)
     assert plan.kernel == "pow2" and dict(plan.meta)["PALEY"]
     _check_launch(_random((5, n), dtype, seed=n, device=device), config, random_signs(n, 12, device=device))
-    wide = torch.full((4, n + 8), float("nan"), dtype=dtype, device=device)
-    wide[:, 4:-4] = _random((4, n), dtype, seed=n + 1, device=device)
-    for inverse in (False, True):
-        y = fwht_rows_triton(wide[:, 4:-4], n, inverse, 1 / math.sqrt(n), None, config)
-        assert_close(y, fwht_ref(wide[:, 4:-4].double().cpu().numpy(), inverse=inverse))
+    _check_strided(_rows_between_nans(4, n, dtype, device), config)
 
 
 def test_paley_core_only_where_h_k_has_that_form() -> None:
