@@ -84,6 +84,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
            f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
            f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
+           f"{'load_last ' if dict(plan.meta).get('LOAD_LAST') else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 
@@ -136,10 +137,11 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
                      (4, 64, 3, 2, 64, 128)]
 
 # H_K in registers (K * 2^m with K <= 128; the launches the planner cannot take for a size are skipped): warps, a
-# persistent grid prefetching the next row into registers or into L2
+# persistent grid prefetching the next row into registers or into L2, and loading it after the store (load_last)
 _REGISTER_CANDIDATES = [(2, 64, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0), (8, 64, 1, 1, True),
                         (4, 64, 1, 2, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True),
-                        (16, 64, 1, 1, False, 0, False, True)]
+                        (16, 64, 1, 1, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True, False, True),
+                        (4, 64, 1, 2, False, 0, False, True, False, True)]
 
 # dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
 _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]

@@ -119,6 +119,7 @@ class Pow2Config(NamedTuple):
     words: bool = False  # with prefetch, 16-bit rows read as int32 words (see _fwht_pow2_kernel's WORDS)
     l2_ahead: bool = False  # persistent programs of one-row tiles: the next row prefetched into L2 (one bulk request)
     split: bool = False  # K * 2^m sizes: the outputs of H_K in a power-of-two head and tail, each with its butterflies
+    load_last: bool = False  # persistent, no prefetch: the next row loaded after this one's store, under a branch
 
 
 class DenseConfig(NamedTuple):
@@ -233,7 +234,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # Pow2Config(split=True): H_K's outputs in a power-of-two head and tail, so that the K indices K pads to are not
 # transformed (bench/results/fwht-paley-h200-2026-12-04-b.md, part 3): fp32 4864 (Paley core) 79.7 -> 85.6%, 17408
 # 62.6 -> 68.6%, 18432 (Paley core) 72.2 -> 77.0%, with signs= 18432 63.3 -> 84.2% (its plain entry), 9728 71.1 ->
-# 80.2% (9728 plain 83.3% against 80.2% split: not taken)
+# 80.2% (9728 plain 83.3% against 80.2% split: not taken);
+# Pow2Config(load_last=True): each persistent program loads its next row after storing the current one, so that the
+# row's loads are issued together instead of in waves between the arithmetic (bench/results/fwht-load-last-h200-2026-12-04-e.md,
+# two processes on two machines): fp32 14336 86.4-86.6 -> 92.0-92.9%, 18432 76.6-77.4 -> 91.8-92.0%, 28672 75.8-77.0
+# -> 85.5-86.2% (8 warps instead of 16), bf16 28672 59.4-59.5 -> 60.4-60.7%; with signs= fp32 9728 79.6-80.2 ->
+# 81.0-81.1%, 28672 79.5 -> 81.4%, 18432 84.2 -> 84.7% (its plain entry); 4864, 9728, 13824, 17408 and 27648 ran
+# as fast or slower so
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -246,19 +253,19 @@ _DENSE_TABLE_SIZES = {
     (2, 18432): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
-    (2, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
+    (2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (2, 29568): PaleyConfig(DenseConfig(4, 128, 5, 0, 32, 128)),
     (4, 3584): Pow2Config(2, 64, 1, 0),
     (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
     (4, 13824): Pow2Config(4, 64, 1, 0),
-    (4, 14336): Pow2Config(8, 64, 1, 1, True),
+    (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True),
-    (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True)),
+    (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
     (4, 18944): PaleyConfig(DenseConfig(4, 64, 5, 0, 16, 64, tf32_pieces=True)),
     (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
-    (4, 28672): Pow2Config(16, 64, 1, 1, l2_ahead=True),
+    (4, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
@@ -268,8 +275,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
-                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True)),
-                      (4, 28672): Pow2Config(8, 64, 1, 0),
+                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True)),
+                      (4, 28672): Pow2Config(8, 64, 1, 1, load_last=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
@@ -364,7 +371,9 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         k_last = [bit for bit in natural if bit not in kbits] + kbits
         k_out = [bit for bit in natural if bit not in kbits] + kbits[::-1]  # as _joined returns them
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
-    meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley))
+    if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
+        raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
+    meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE0": (), "STORE0_BITS": 0, "STORE1": (), "STORE1_BITS": 0}
     h_bits = 0

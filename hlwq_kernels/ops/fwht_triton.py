@@ -303,7 +303,7 @@ def _fwht_pow2_kernel(
     K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
     K_HEAD: tl.constexpr, K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
     T_NUM_STEPS: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
-    T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr,
+    T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
@@ -314,7 +314,10 @@ def _fwht_pow2_kernel(
     with PREFETCH): the input and its sign bits are read as int32 words of two elements (strides in
     words), so that a prefetched tile takes one register per pair instead of one per element; the
     read past the last tile is skipped by a branch instead of a mask (no registers zeroed first)
-    and the scale is folded into the last butterfly. K > 1: rows of N = K * 2^m, the tile a row padded to a
+    and the scale is folded into the last butterfly. LOAD_LAST (a persistent grid without PREFETCH): each program
+    loads its next tile after storing the current one, under the loop's branch, so that the tile's loads are
+    issued together; in the loop's arithmetic block ptxas would issue them in waves, reusing the first loads'
+    registers (sm_90 SASS). K > 1: rows of N = K * 2^m, the tile a row padded to a
     power of two whose top KB column bits (the K index) the load layout holds in registers; H_K (K_CODES) runs
     there on the tile permuted by K_PERMS[0] (those bits last), then K_PERMS[1] restores the order for the
     butterflies; PALEY: H_K through its Paley II core (``_hadamard_outputs``). K_HEAD > 0 (``fwht_plan._pow2_plan``,
@@ -331,7 +334,7 @@ def _fwht_pow2_kernel(
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
-    if PREFETCH:  # the grid has at most num_tiles programs
+    if PREFETCH or LOAD_LAST:  # the grid has at most num_tiles programs
         ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
@@ -344,6 +347,8 @@ def _fwht_pow2_kernel(
                     ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, True)
             else:
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
+        elif LOAD_LAST:
+            v = ahead
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         if HAS_SIGNS:
@@ -368,6 +373,9 @@ def _fwht_pow2_kernel(
                 v = tl.permute(_joined(outs, KB), K_PERMS[1])
         _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N, BM, C, STEPS,
                     NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold)
+        if LOAD_LAST:  # in a block of their own: ptxas issues them together, not in waves between the arithmetic
+            if tile + step < num_tiles:
+                ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
 
 
 @triton.jit

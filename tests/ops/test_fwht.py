@@ -89,7 +89,7 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 
 
 # launch configurations off the default table: persistent grids (several tiles per program, the
-# last one partial), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
+# last one partial; the next tile loaded after the store), register prefetch (of 16-bit inputs also read as int32 words), a register cap, the
 # cp.async pipeline, a power of two through the dense kernel (Sylvester H_16 / H_32 on the tensor cores),
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
 # as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
@@ -97,6 +97,7 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # operand (rows_first)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
+           Pow2Config(2, 16, 1, 2, load_last=True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
@@ -153,8 +154,8 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
 
 
 # H_K in registers (a Pow2Config for a K * 2^m size): K = 12, 20, 28 padded to 16, 32, 32 and 36 to 64; one and
-# two warps, a persistent grid prefetching its next row (into registers, or into L2 on CUDA), the loop's pipeline
-# loading rows ahead; its outputs split into a head and a tail (12 = 8 + 4, 20 = 16 + 4, 36 = 32 + 4, 44 = 32 + 12
+# two warps, a persistent grid prefetching its next row (into registers, or into L2 on CUDA) or loading it after
+# its store, the loop's pipeline loading rows ahead; its outputs split into a head and a tail (12 = 8 + 4, 20 = 16 + 4, 36 = 32 + 4, 44 = 32 + 12
 # padded to 16)
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, dtype, config", [
@@ -168,6 +169,9 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (20 * 64, torch.bfloat16, Pow2Config(2, 16, 1, 2, True, split=True)),
     (36 * 32, torch.float16, Pow2Config(1, 16, 1, 0, split=True)),
     (44 * 64, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True)),
+    (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True, load_last=True)),
+    (28 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 3, load_last=True)),
+    (44 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, load_last=True)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -241,6 +245,10 @@ def test_hadamard_in_registers_bounds() -> None:
         kernel_plan(28 * 1024, 2, Pow2Config(8, 64, 1, 1, True, 0, True))
     with pytest.raises(ValueError, match="32 \\* num_warps columns"):
         kernel_plan(28 * 64, 4, Pow2Config(4, 64, 1, 0))
+    with pytest.raises(ValueError, match="load_last needs a persistent grid"):
+        kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, load_last=True))
+    with pytest.raises(ValueError, match="load_last needs a persistent grid"):
+        kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, True, load_last=True))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -289,6 +297,7 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (76 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 0))),
     (52 * 64, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, True))),
     (76 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True))),  # 64 + 16
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True, load_last=True))),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
