@@ -85,6 +85,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
            f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
            f"{'load_last ' if dict(plan.meta).get('LOAD_LAST') else ''}" \
+           f"{'pair apart ' if dict(plan.meta).get('PAIR_APART') else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 
@@ -151,7 +152,8 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
     """Alternative launch configurations worth timing for rows of length n (distinct plans only,
     16 to 128 fp32 values per thread, at most ``limit``), then for a power of two its splits with
     2^a (a in ``split_bits``) on the tensor cores, and for an H_K of the Paley II form the launches through
-    its core (``PaleyConfig``: the register candidates and the dense ones that do not prefetch)."""
+    its core (``PaleyConfig``: the register candidates, also with the pair bit apart, and the dense ones that do not
+    prefetch)."""
     k, p = hadamard_factors(n)
     if k == 1:
         cands = [Pow2Config(*c) for c in _POW2_CANDIDATES[p >= 1 << 14]]
@@ -160,6 +162,7 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
         cands = [Pow2Config(*c) for c in _REGISTER_CANDIDATES] + [DenseConfig(*c) for c in _DENSE_CANDIDATES]
         paley = paley2_core(k) is not None
         extra = [PaleyConfig(c) for c in cands if paley and (isinstance(c, Pow2Config) or not c.prefetch)]
+        extra += [PaleyConfig(c, pair_apart=True) for c in cands if paley and isinstance(c, Pow2Config)]
     seen = {kernel_plan(n, elem_size)}
 
     def distinct(configs: list) -> list:
@@ -181,12 +184,15 @@ def sweep_configs(n: int, elem_size: int, limit: int = 10, split_bits: tuple[int
 def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | PaleyConfig:
     """A --dense-configs entry: DenseConfig fields, [k_bits, [DenseConfig fields]] for a SplitConfig,
     ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers) or ["paley", entry] (for a K of the Paley
-    II form: its core, on the tensor cores for DenseConfig fields, in registers for ["pow2", [...]])."""
+    II form: its core, on the tensor cores for DenseConfig fields, in registers for ["pow2", [...]]; ["paley",
+    ["pow2", [...]], true]: with the pair bit apart, ``PaleyConfig.pair_apart``)."""
     if len(fields) == 2 and isinstance(fields[1], list):
         if fields[0] == "pow2":
             return Pow2Config(*fields[1])
         if fields[0] == "paley":
             return PaleyConfig(_given_config(fields[1]))
+    if len(fields) == 3 and fields[0] == "paley":
+        return PaleyConfig(_given_config(fields[1]), pair_apart=fields[2])
         return SplitConfig(fields[0], DenseConfig(*fields[1]))
     return DenseConfig(*fields)
 

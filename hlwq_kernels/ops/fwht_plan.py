@@ -154,8 +154,11 @@ class PaleyConfig(NamedTuple):
     """A size K * 2^m whose H_K has the Paley II form (``hadamard.paley2_core``: K = 36, 76, 148, 924, ...) run
     through its core C of order K / 2: ``launch`` a (non-prefetching) DenseConfig, C on the tensor cores and
     2^(m + 1) butterflies (``_fwht_dense_kernel``'s PALEY), or a Pow2Config (K <= 128), C + I in registers
-    (``_fwht_pow2_kernel``'s PALEY); half the products or adds of H_K."""
+    (``_fwht_pow2_kernel``'s PALEY); half the products or adds of H_K. ``pair_apart`` (a Pow2Config, K <= 256): the
+    pair bit of the K index is not held in registers: C + I runs on the K / 2 indices a thread holds, and the pair
+    is one more butterfly (``_fwht_pow2_kernel``'s PAIR_APART), so a thread holds half the values."""
     launch: DenseConfig | Pow2Config
+    pair_apart: bool = False
 
 
 # Launch table (measured on an H200, bench/results/fwht-h200-2026-12-01.md): by log2(row length).
@@ -240,7 +243,12 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # two processes on two machines): fp32 14336 86.4-86.6 -> 92.0-92.9%, 18432 76.6-77.4 -> 91.8-92.0%, 28672 75.8-77.0
 # -> 85.5-86.2% (8 warps instead of 16), bf16 28672 59.4-59.5 -> 60.4-60.7%; with signs= fp32 9728 79.6-80.2 ->
 # 81.0-81.1%, 28672 79.5 -> 81.4%, 18432 84.2 -> 84.7% (its plain entry); 4864, 9728, 13824, 17408 and 27648 ran
-# as fast or slower so
+# as fast or slower so;
+# PaleyConfig(..., pair_apart=True): the Paley core in registers with the pair bit off the registers, so that a thread
+# holds K / 2 values (bench/results/fwht-load-last-h200-2026-12-04-e.md, part 2): fp32 18944 (its first registers
+# launch: K = 148 is above 128) 38.3 -> 61.2%, 4864 84.9 -> 89.5%; 9728 ran level (81.8 against 82.3%) and 18432 at
+# 35% against 92%; with signs= 4864 keeps the pair in registers (84.5% against 78.1-78.4%) and 18944 its dense
+# launch (26.6% against 22.5-27.0%)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -256,14 +264,14 @@ _DENSE_TABLE_SIZES = {
     (2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (2, 29568): PaleyConfig(DenseConfig(4, 128, 5, 0, 32, 128)),
     (4, 3584): Pow2Config(2, 64, 1, 0),
-    (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
+    (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
     (4, 13824): Pow2Config(4, 64, 1, 0),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
-    (4, 18944): PaleyConfig(DenseConfig(4, 64, 5, 0, 16, 64, tf32_pieces=True)),
+    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True), pair_apart=True),
     (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
     (4, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
@@ -278,7 +286,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 1, load_last=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128)}
+                      (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128),
+                      (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True))}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -311,7 +320,8 @@ def _encode(bits: list[Bit]) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool = False) -> KernelPlan:
+def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool = False,
+               pair_apart: bool = False) -> KernelPlan:
     """Load layout: the lowest 2^v columns per thread (one 16-byte access), lanes on the next
     columns (then rows), warps on rows, then on high columns; registers on the rest. The store
     layout differs from it only in which of those high bits are on warps and which in registers:
@@ -324,12 +334,13 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     The tile is one row: the lanes and warps take only columns of 2^m (at least 32 * num_warps of them,
     ``elems_per_thread`` is not used; then the K index is never on warps), and 16-bit rows are read 4 elements an
     access (not 8), so that a thread holds at most 4 * K (padded) values. ``paley``: H_K through its Paley II core
-    (``PaleyConfig``)."""
+    (``PaleyConfig``); ``pair_apart``: k and m are those of the core's order K / 2 (2 mod 4) and of the pair bit
+    joined to the 2^m columns as their top bit."""
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
     kb = (k - 1).bit_length()
     if k > 1:
-        if k % 4 or kb > _MAX_REGISTER_K_BITS or cfg.words:
+        if k % (2 if pair_apart else 4) or kb > _MAX_REGISTER_K_BITS or cfg.words:
             raise ValueError(f"H_{k} in registers needs K a multiple of 4 up to {1 << _MAX_REGISTER_K_BITS}"
                              " and no words")
         if m < threads_bits:
@@ -373,7 +384,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
         raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
-    meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("LOAD_LAST", cfg.load_last))
+    meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
+             ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE0": (), "STORE0_BITS": 0, "STORE1": (), "STORE1_BITS": 0}
     h_bits = 0
@@ -514,8 +526,12 @@ def kernel_plan(
     if isinstance(config, PaleyConfig):
         if paley2_core(k) is None:
             raise ValueError(f"a Paley launch needs H_K of the Paley II form; K={k} of n={n} is not")
+        if isinstance(config.launch, Pow2Config) and config.pair_apart:
+            return _pow2_plan(m + 1, elem_size, config.launch, k // 2, paley=True, pair_apart=True)
         if isinstance(config.launch, Pow2Config):
             return _pow2_plan(m, elem_size, config.launch, k, paley=True)
+        if config.pair_apart:
+            raise ValueError("pair_apart is a form of the registers launch (a Pow2Config), not of a DenseConfig")
         return _dense_plan(k // 2, m + 1, elem_size, config.launch, paley=True)
     if isinstance(config, SplitConfig):
         low = 4 if k == 1 else 1  # K = 1: at least H_16 on the tensor cores (the smallest dot)

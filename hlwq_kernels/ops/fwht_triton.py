@@ -241,6 +241,23 @@ def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr,
 
 
 @triton.jit
+def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
+    """``(C ⊗ I_2 + I ⊗ [[0, 1], [-1, 0]]) x`` for H_2K's Paley II core C (order K) along the last KB size-2
+    dimensions of v (a K index of C, padded to 2^KB), where the tile holds one element x_j of each pair and ``pair``
+    the other one, negated for j = 1: ``(C + I) x_j - x_j + pair`` with ``_register_products`` (codes of C + I), a
+    tuple of the 2^KB outputs (zeros from K on). The butterfly on the pair bit and ``_store_rows``' relabeling
+    (PAIR_HALF) finish H_2K."""
+    u = _register_products(v, K, KB, CODES)
+    outs = ()
+    for a in tl.static_range(1 << KB):
+        if a < K:
+            outs = outs + ((u[a] - _take(v, a, KB)) + _take(pair, a, KB),)
+        else:
+            outs = outs + (u[a],)
+    return outs
+
+
+@triton.jit
 def _part(outs, START: tl.constexpr, COUNT: tl.constexpr):
     """``outs[START : START + COUNT]``."""
     part = ()
@@ -253,12 +270,17 @@ def _part(outs, START: tl.constexpr, COUNT: tl.constexpr):
 def _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N: tl.constexpr,
                 BM: tl.constexpr, C: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr,
                 STORE0_BITS: tl.constexpr, STORE1_BITS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, FOLD: tl.constexpr):
+                SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, FOLD: tl.constexpr, PAIR_HALF: tl.constexpr = 0):
     """The butterflies of a tile (or of a part of its K index), the scale (folded into the last butterfly when
-    FOLD), one rounding, the inverse's signs, and the store at (store_row, store_col)."""
+    FOLD), one rounding, the inverse's signs, and the store at (store_row, store_col). PAIR_HALF > 0 (a Paley II
+    core with the pair bit among the columns, PAIR_HALF apart): the butterfly's outputs (w_0 + w_1, w_0 - w_1) of a
+    pair are stored as (w_0 - w_1, -(w_0 + w_1)), ``[[1, -1], [-1, -1]] w``."""
     v = butterflies(v, STEPS, NUM_STEPS, (1 << STORE0_BITS, 1 << STORE1_BITS, C), scale, FOLD)
     if not FOLD:
         v = v * scale
+    if PAIR_HALF > 0:
+        v = tl.where((store_col & PAIR_HALF) == 0, -v, v)
+        store_col = store_col ^ PAIR_HALF
     v = v.to(y_ptr.dtype.element_ty)
     row = tile * BM + store_row
     if HAS_SIGNS:
@@ -303,7 +325,7 @@ def _fwht_pow2_kernel(
     K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
     K_HEAD: tl.constexpr, K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
     T_NUM_STEPS: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
-    T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr,
+    T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
@@ -323,9 +345,12 @@ def _fwht_pow2_kernel(
     butterflies; PALEY: H_K through its Paley II core (``_hadamard_outputs``). K_HEAD > 0 (``fwht_plan._pow2_plan``,
     a split K): the outputs of H_K as a head of K_HEAD = 2^K_HEAD_BITS (the plan's butterflies and store,
     K_PERMS[1]) and a tail of 2^T_BITS from K_HEAD on (its own, the T_* constexprs and K_PERMS[2]), so that padded K
-    indices past the tail are not transformed."""
+    indices past the tail are not transformed. PAIR_APART (with PALEY): K is the order of the core C of an H_2K, the
+    pair bit of H_2K's K index the top bit of the 2^m columns (``_paley_pair_outputs``); each element's pair is
+    read at the column PAIR_HALF = 2^(m - 1) away, and ``_store_rows`` relabels the pair's outputs."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
+    PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
     if K_HEAD > 0:  # the tail's columns start at its first K index, the head's size
@@ -357,22 +382,35 @@ def _fwht_pow2_kernel(
                 if SIGN_ROWS:
                     sign_at += ((tile * BM + load_row) % sign_blocks) * (N // per)
                 v = _flip_signs(v, _load_signs(sign_at, load_col, COLS // per))
+        if PAIR_APART:  # the other element of each pair, negated for the pair's second one (read from L1 / L2)
+            pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col ^ PAIR_HALF, BM, False, COLS)
+            if HAS_SIGNS:
+                if inverse == 0:
+                    pair_signs = s_in + (load_col ^ PAIR_HALF)
+                    if SIGN_ROWS:
+                        pair_signs += ((tile * BM + load_row) % sign_blocks) * N
+                    pair = _flip_signs(pair, _load_signs(pair_signs, load_col, COLS))
+            pair = pair.to(tl.float32)
+            pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
         fold: tl.constexpr = WORDS and NUM_STEPS > 0
         v = tl.reshape(v.to(tl.float32), BITS)
         if K > 1:
-            outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY)
+            if PAIR_APART:
+                outs = _paley_pair_outputs(tl.permute(v, K_PERMS[0]), tl.permute(pair, K_PERMS[0]), K, KB, K_CODES)
+            else:
+                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY)
             if K_HEAD > 0:
                 vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
                 _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
                             tail_col, N, BM, C, T_STEPS, T_NUM_STEPS, T_STORE0_BITS, T_STORE1_BITS, HAS_SIGNS,
-                            SIGN_ROWS, COLS, False)
+                            SIGN_ROWS, COLS, False, PAIR_HALF)
                 v = tl.permute(_joined(_part(outs, 0, K_HEAD), K_HEAD_BITS), K_PERMS[1])
             else:
                 v = tl.permute(_joined(outs, KB), K_PERMS[1])
         _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N, BM, C, STEPS,
-                    NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold)
+                    NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold, PAIR_HALF)
         if LOAD_LAST:  # in a block of their own: ptxas issues them together, not in waves between the arithmetic
             if tile + step < num_tiles:
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
@@ -774,7 +812,7 @@ def _launch_plan(
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         l2_ahead = (plan.l2_ahead and _bulk_prefetch(x2.device) and stride_c == 1
                     and not (x2.data_ptr() | stride_r * x2.element_size()) & 15)
-        codes = hadamard_codes(meta["K"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
+        codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=l2_ahead)
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime

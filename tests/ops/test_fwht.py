@@ -290,7 +290,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
 
 
 # H_K of the Paley II form in registers through C + I (K / 2 = 18, 38, 26: a pair group after the groups of four):
-# one and two warps, a persistent grid prefetching its next row, with and without signs, forward and inverse
+# one and two warps, a persistent grid prefetching its next row, with and without signs, forward and inverse; the
+# pair bit in registers or apart (then K = 148, whose core's 74 indices fit a thread)
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, dtype, config", [
     (36 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0))),
@@ -298,6 +299,9 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (52 * 64, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, True))),
     (76 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True))),  # 64 + 16
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True, load_last=True))),
+    (36 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0), pair_apart=True)),  # C + I of order 18
+    (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True, load_last=True), True)),
+    (148 * 16, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, split=True), pair_apart=True)),  # 74 = 64 + 10
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
@@ -314,6 +318,10 @@ def test_paley_core_only_where_h_k_has_that_form() -> None:
         kernel_plan(28 * 64, 2, PaleyConfig(DenseConfig(4, 64, 3, 0, 16, 32)))
     with pytest.raises(ValueError, match="prefetch=False"):
         kernel_plan(36 * 64, 2, PaleyConfig(DenseConfig(4, 64, 1, 1, 0, 0, True)))
+    with pytest.raises(ValueError, match="pair_apart is a form of the registers launch"):
+        kernel_plan(36 * 64, 2, PaleyConfig(DenseConfig(4, 64, 3, 0, 16, 32), pair_apart=True))
+    meta = dict(kernel_plan(148 * 128, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True), pair_apart=True)).meta)
+    assert (meta["K"], meta["PAIR_APART"], meta["K_HEAD"], meta["T_BITS"]) == (74, True, 64, 4)  # 74 = 64 + 16
 
 
 @pytest.mark.parametrize("device", kernel_devices())
