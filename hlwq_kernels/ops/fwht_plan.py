@@ -341,8 +341,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     kb = (k - 1).bit_length()
     if k > 1:
         if k % (2 if pair_apart else 4) or kb > _MAX_REGISTER_K_BITS or cfg.words:
-            raise ValueError(f"H_{k} in registers needs K a multiple of 4 up to {1 << _MAX_REGISTER_K_BITS}"
-                             " and no words")
+            raise ValueError(f"H_{k} in registers needs K a multiple of 4 (2 for a Paley core with the pair apart) up to"
+                             f" {1 << _MAX_REGISTER_K_BITS} and no words")
         if m < threads_bits:
             raise ValueError(f"H_{k} in registers needs 2^m >= 32 * num_warps columns, got 2^{m} for {cfg.num_warps}")
         v = min(2, m - threads_bits)

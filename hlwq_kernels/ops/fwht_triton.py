@@ -154,6 +154,20 @@ def _load_signs(ptrs, col, COLS: tl.constexpr):
 
 
 @triton.jit
+def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, ROW_WORDS: tl.constexpr, HAS_SIGNS: tl.constexpr,
+                 SIGN_ROWS: tl.constexpr, COLS: tl.constexpr):
+    """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits at
+    ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of ROW_WORDS; the inverse flips at the store."""
+    if HAS_SIGNS:
+        if inverse == 0:
+            at = s_ptr + col
+            if SIGN_ROWS:
+                at += (row % sign_blocks) * ROW_WORDS
+            v = _flip_signs(v, _load_signs(at, col, COLS))
+    return v
+
+
+@triton.jit
 def _take(v, IDX: tl.constexpr, NB: tl.constexpr):
     """v at index IDX of its last NB size-2 dimensions (bit 0 of IDX on the last one): NB splits."""
     for j in tl.static_range(NB):
@@ -376,20 +390,12 @@ def _fwht_pow2_kernel(
             v = ahead
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        if HAS_SIGNS:
-            if inverse == 0:
-                sign_at = s_in + load_col
-                if SIGN_ROWS:
-                    sign_at += ((tile * BM + load_row) % sign_blocks) * (N // per)
-                v = _flip_signs(v, _load_signs(sign_at, load_col, COLS // per))
+        row = tile * BM + load_row
+        v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS, COLS // per)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (read from L1 / L2)
-            pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col ^ PAIR_HALF, BM, False, COLS)
-            if HAS_SIGNS:
-                if inverse == 0:
-                    pair_signs = s_in + (load_col ^ PAIR_HALF)
-                    if SIGN_ROWS:
-                        pair_signs += ((tile * BM + load_row) % sign_blocks) * N
-                    pair = _flip_signs(pair, _load_signs(pair_signs, load_col, COLS))
+            pair_col = load_col ^ PAIR_HALF
+            pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
+            pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, N, HAS_SIGNS, SIGN_ROWS, COLS)
             pair = pair.to(tl.float32)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if WORDS:
