@@ -248,7 +248,9 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # holds K / 2 values (bench/results/fwht-load-last-h200-2026-12-04-e.md, part 2): fp32 18944 (its first registers
 # launch: K = 148 is above 128) 38.3 -> 61.2%, 4864 84.9 -> 89.5%; 9728 ran level (81.8 against 82.3%) and 18432 at
 # 35% against 92%; with signs= 4864 keeps the pair in registers (84.5% against 78.1-78.4%) and 18944 its dense
-# launch (26.6% against 22.5-27.0%)
+# launch (26.6% against 22.5-27.0%); bf16 18432 with signs= runs the fp32 entry's registers launch, the flip free as
+# the row is loaded: 52.8 -> 60.8% in one process (part 4; the registers form ran slower with signs= at the other bf16
+# sizes)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -280,7 +282,7 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
                       (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
-                      (2, 18432): SplitConfig(2, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
+                      (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True)),
