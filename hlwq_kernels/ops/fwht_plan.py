@@ -242,8 +242,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # row's loads are issued together instead of in waves between the arithmetic (bench/results/fwht-load-last-h200-2026-12-04-e.md,
 # two processes on two machines): fp32 14336 86.4-86.6 -> 92.0-92.9%, 18432 76.6-77.4 -> 91.8-92.0%, 28672 75.8-77.0
 # -> 85.5-86.2% (8 warps instead of 16), bf16 28672 59.4-59.5 -> 60.4-60.7%; with signs= fp32 9728 79.6-80.2 ->
-# 81.0-81.1%, 28672 79.5 -> 81.4%, 18432 84.2 -> 84.7% (its plain entry); 4864, 9728, 13824, 17408 and 27648 ran
-# as fast or slower so;
+# 81.0-81.1%, 28672 79.5 -> 81.4%, 18432 84.2 -> 84.7% (its plain entry), 27648 38.2 -> 42.8%; 4864, 9728, 13824,
+# 17408 and 27648 ran as fast or slower so without signs=;
 # PaleyConfig(..., pair_apart=True): the Paley core in registers with the pair bit off the registers, so that a thread
 # holds K / 2 values (bench/results/fwht-load-last-h200-2026-12-04-e.md, part 2): fp32 18944 (its first registers
 # launch: K = 148 is above 128) 38.3 -> 61.2%, 4864 84.9 -> 89.5%; 9728 ran level (81.8 against 82.3%) and 18432 at
@@ -289,7 +289,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 28672): Pow2Config(8, 64, 1, 1, load_last=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128),
-                      (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True))}
+                      (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
+                      (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
