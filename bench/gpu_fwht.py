@@ -186,13 +186,11 @@ def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | Pale
     ["pow2", [Pow2Config fields]] (for a K * 2^m size: H_K in registers) or ["paley", entry] (for a K of the Paley
     II form: its core, on the tensor cores for DenseConfig fields, in registers for ["pow2", [...]]; ["paley",
     ["pow2", [...]], true]: with the pair bit apart, ``PaleyConfig.pair_apart``)."""
+    if fields[0] == "paley":
+        return PaleyConfig(_given_config(fields[1]), *fields[2:])
     if len(fields) == 2 and isinstance(fields[1], list):
         if fields[0] == "pow2":
             return Pow2Config(*fields[1])
-        if fields[0] == "paley":
-            return PaleyConfig(_given_config(fields[1]))
-    if len(fields) == 3 and fields[0] == "paley":
-        return PaleyConfig(_given_config(fields[1]), pair_apart=fields[2])
         return SplitConfig(fields[0], DenseConfig(*fields[1]))
     return DenseConfig(*fields)
 
