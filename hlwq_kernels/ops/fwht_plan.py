@@ -430,10 +430,11 @@ def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...
     else:
         h = hadamard_matrix(k)
     h = h.T if inverse else h
+    order = h.shape[0]
     codes = []
-    for r in range(h.shape[0]):
-        for g in range(0, h.shape[0], 4):
-            q = sum(1 << (i - 1) for i in (1, 2, 3) if g + i < h.shape[0] and h[r, g + i] != h[r, g])
+    for r in range(order):
+        for g in range(0, order, 4):
+            q = sum(1 << (i - 1) for i in (1, 2, 3) if g + i < order and h[r, g + i] != h[r, g])
             codes.append(8 * int(h[r, g] < 0) + q)
     return tuple(codes)
 
@@ -529,9 +530,9 @@ def kernel_plan(
     if isinstance(config, PaleyConfig):
         if paley2_core(k) is None:
             raise ValueError(f"a Paley launch needs H_K of the Paley II form; K={k} of n={n} is not")
-        if isinstance(config.launch, Pow2Config) and config.pair_apart:
-            return _pow2_plan(m + 1, elem_size, config.launch, k // 2, paley=True, pair_apart=True)
         if isinstance(config.launch, Pow2Config):
+            if config.pair_apart:  # the core's K / 2 indices in registers, the pair bit above the 2^m columns
+                return _pow2_plan(m + 1, elem_size, config.launch, k // 2, paley=True, pair_apart=True)
             return _pow2_plan(m, elem_size, config.launch, k, paley=True)
         if config.pair_apart:
             raise ValueError("pair_apart is a form of the registers launch (a Pow2Config), not of a DenseConfig")
