@@ -399,7 +399,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         head_fields["K_PERMS"] = (perms[0], h_meta["K_PERMS"][1], t_meta["K_PERMS"][1])
         meta = tuple((name, head_fields.get(name, value)) for name, value in meta)
         h_bits = h_meta["KB"]
-    meta += (("K_HEAD", head), ("K_HEAD_BITS", h_bits), ("T_BITS", t_meta["KB"]),
+    meta += (("K_HEAD_BITS", h_bits), ("T_BITS", t_meta["KB"]),
              *((f"T_{name}", t_meta[name]) for name in _PART_FIELDS))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,

@@ -123,6 +123,15 @@ def _flip_signs(v, bits):
 
 
 @triton.jit
+def _sign_rows(s_ptr, row, sign_blocks, ROW_LEN, SIGN_ROWS: tl.constexpr):
+    """Where the sign bits of rows ``row`` start: ``s_ptr`` (one vector for every row), or (SIGN_ROWS) its vector
+    ``row % sign_blocks``, ROW_LEN elements apart."""
+    if SIGN_ROWS:
+        s_ptr += (row % sign_blocks) * ROW_LEN
+    return s_ptr
+
+
+@triton.jit
 def _load_tile(x_ptr, tile, rows, stride_xr, stride_xc, load_row, load_col, BM: tl.constexpr, CLAMP: tl.constexpr,
                COLS: tl.constexpr = 0):
     """Rows past the end read as zeros, or (CLAMP) as copies of the last row: no mask, so no
@@ -160,10 +169,7 @@ def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, ROW_WORDS: tl.constex
     ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of ROW_WORDS; the inverse flips at the store."""
     if HAS_SIGNS:
         if inverse == 0:
-            at = s_ptr + col
-            if SIGN_ROWS:
-                at += (row % sign_blocks) * ROW_WORDS
-            v = _flip_signs(v, _load_signs(at, col, COLS))
+            v = _flip_signs(v, _load_signs(_sign_rows(s_ptr, row, sign_blocks, ROW_WORDS, SIGN_ROWS) + col, col, COLS))
     return v
 
 
@@ -299,10 +305,8 @@ def _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_
     row = tile * BM + store_row
     if HAS_SIGNS:
         if inverse != 0:
-            sign_at = s_ptr + store_col
-            if SIGN_ROWS:
-                sign_at += (row % sign_blocks) * N
-            v = _flip_signs(v, _load_signs(sign_at, store_col, COLS))
+            v = _flip_signs(v, _load_signs(_sign_rows(s_ptr, row, sign_blocks, N, SIGN_ROWS) + store_col, store_col,
+                                           COLS))
     tl.store(y_ptr + row.to(tl.int64) * N + store_col, v, mask=_in_row(row < rows, store_col, COLS))
 
 
@@ -337,7 +341,7 @@ def _fwht_pow2_kernel(
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
     SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
     K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
-    K_HEAD: tl.constexpr, K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
+    K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
     T_NUM_STEPS: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
 ):
@@ -356,7 +360,7 @@ def _fwht_pow2_kernel(
     registers (sm_90 SASS). K > 1: rows of N = K * 2^m, the tile a row padded to a
     power of two whose top KB column bits (the K index) the load layout holds in registers; H_K (K_CODES) runs
     there on the tile permuted by K_PERMS[0] (those bits last), then K_PERMS[1] restores the order for the
-    butterflies; PALEY: H_K through its Paley II core (``_hadamard_outputs``). K_HEAD > 0 (``fwht_plan._pow2_plan``,
+    butterflies; PALEY: H_K through its Paley II core (``_hadamard_outputs``). T_BITS > 0 (``fwht_plan._pow2_plan``,
     a split K): the outputs of H_K as a head of K_HEAD = 2^K_HEAD_BITS (the plan's butterflies and store,
     K_PERMS[1]) and a tail of 2^T_BITS from K_HEAD on (its own, the T_* constexprs and K_PERMS[2]), so that padded K
     indices past the tail are not transformed. PAIR_APART (with PALEY): K is the order of the core C of an H_2K, the
@@ -365,6 +369,7 @@ def _fwht_pow2_kernel(
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
+    K_HEAD: tl.constexpr = (1 << K_HEAD_BITS) if T_BITS > 0 else 0
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
     store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
     if K_HEAD > 0:  # the tail's columns start at its first K index, the head's size
@@ -531,10 +536,8 @@ def _dense_operand_signs(s_ptr, rb, k0, sign_blocks, K: tl.constexpr, P: tl.cons
     """Sign bits of the elements of ``_dense_operand`` (SIGN_ROWS: each row's block of them)."""
     col = tl.arange(0, BM * P)[None, :]
     ki = k0 + tl.arange(0, KI)[:, None]
-    at = s_ptr + ki * P + col % P
-    if SIGN_ROWS:
-        at += ((rb * BM + col // P) % sign_blocks) * (K * P)
-    return tl.load(at, mask=ki < K, other=0)
+    at = _sign_rows(s_ptr, rb * BM + col // P, sign_blocks, K * P, SIGN_ROWS)
+    return tl.load(at + ki * P + col % P, mask=ki < K, other=0)
 
 
 @triton.jit
@@ -552,10 +555,8 @@ def _paley_start(x_ptr, s_ptr, rb, ko0, rows, stride_xr, stride_xc, sign_blocks,
     v = tl.load(x_ptr + row.to(tl.int64) * stride_xr + src * stride_xc, mask=(row < rows) & (ki < K), other=0.0)
     if HAS_SIGNS:
         if inverse == 0:
-            at = s_ptr + src
-            if SIGN_ROWS:
-                at += (row % sign_blocks) * (K * P)
-            v = _flip_signs(v, tl.load(at, mask=ki < K, other=0))
+            at = _sign_rows(s_ptr, row, sign_blocks, K * P, SIGN_ROWS)
+            v = _flip_signs(v, tl.load(at + src, mask=ki < K, other=0))
     v = v.to(tl.float32)
     return tl.reshape(tl.where(j == 0, v, -v), (KO, BM * P))
 
@@ -594,9 +595,7 @@ def _dense_store(acc, y_ptr, s_ptr, row, rows, ko, sign_blocks, inverse, scale, 
     if HAS_SIGNS:
         if inverse != 0:
             if out_signs is None:
-                sign_row = s_ptr
-                if SIGN_ROWS:
-                    sign_row += (row % sign_blocks) * (K * P)
+                sign_row = _sign_rows(s_ptr, row, sign_blocks, K * P, SIGN_ROWS)
                 v = _flip_signs(v, tl.load(sign_row + out_col, mask=ko3 < K, other=0))
             else:
                 v = _flip_signs(v, out_signs)
@@ -681,7 +680,7 @@ def _fwht_dense_kernel(
             if HAS_SIGNS:
                 if inverse == 0:
                     if SIGN_ROWS:
-                        sign_row = s_ptr + (row % sign_blocks) * (K * P)
+                        sign_row = _sign_rows(s_ptr, row, sign_blocks, K * P, SIGN_ROWS)
                         v = _flip_signs(v, _dense_signs(sign_row, 0, K, P, KI, BM))
                         if KB > 0:
                             vb = _flip_signs(vb, _dense_signs(sign_row, KI, K, P, KB, BM))

@@ -234,8 +234,8 @@ def test_hadamard_codes_rebuild_the_matrix() -> None:
 
 def test_register_split_only_where_it_pads_less() -> None:
     meta = dict(kernel_plan(68 * 256, 4, Pow2Config(8, 64, 1, 1, split=True)).meta)
-    assert (meta["K_HEAD"], meta["K_HEAD_BITS"], meta["T_BITS"]) == (64, 6, 2)
-    assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 0, split=True)).meta)["K_HEAD"] == 0  # 64 + 64
+    assert (meta["K_HEAD_BITS"], meta["T_BITS"]) == (6, 2)
+    assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 0, split=True)).meta)["T_BITS"] == 0  # 64 + 64
 
 
 def test_hadamard_in_registers_bounds() -> None:
@@ -321,7 +321,7 @@ def test_paley_core_only_where_h_k_has_that_form() -> None:
     with pytest.raises(ValueError, match="pair_apart is a form of the registers launch"):
         kernel_plan(36 * 64, 2, PaleyConfig(DenseConfig(4, 64, 3, 0, 16, 32), pair_apart=True))
     meta = dict(kernel_plan(148 * 128, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True), pair_apart=True)).meta)
-    assert (meta["K"], meta["PAIR_APART"], meta["K_HEAD"], meta["T_BITS"]) == (74, True, 64, 4)  # 74 = 64 + 16
+    assert (meta["K"], meta["PAIR_APART"], meta["K_HEAD_BITS"], meta["T_BITS"]) == (74, True, 6, 4)  # 74 = 64 + 16
 
 
 @pytest.mark.parametrize("device", kernel_devices())
