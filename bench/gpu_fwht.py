@@ -86,6 +86,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
            f"{'load_last ' if dict(plan.meta).get('LOAD_LAST') else ''}" \
            f"{'pair apart ' if dict(plan.meta).get('PAIR_APART') else ''}" \
+           f"{'wide store ' if dict(plan.meta).get('STORE_C', 1) > dict(plan.meta).get('C', 1) else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 
@@ -138,11 +139,14 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
                      (4, 64, 3, 2, 64, 128)]
 
 # H_K in registers (K * 2^m with K <= 128; the launches the planner cannot take for a size are skipped): warps, a
-# persistent grid prefetching the next row into registers or into L2, and loading it after the store (load_last)
+# persistent grid prefetching the next row into registers or into L2, loading it after the store (load_last), and
+# storing 16 bytes an access (wide_store)
 _REGISTER_CANDIDATES = [(2, 64, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0), (8, 64, 1, 1, True),
                         (4, 64, 1, 2, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True),
                         (16, 64, 1, 1, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True, False, True),
-                        (4, 64, 1, 2, False, 0, False, True, False, True)]
+                        (4, 64, 1, 2, False, 0, False, True, False, True),
+                        (4, 64, 1, 0, False, 0, False, False, False, False, True),
+                        (8, 64, 1, 1, False, 0, False, True, False, False, True)]
 
 # dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
 _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]

@@ -120,6 +120,7 @@ class Pow2Config(NamedTuple):
     l2_ahead: bool = False  # persistent programs of one-row tiles: the next row prefetched into L2 (one bulk request)
     split: bool = False  # K * 2^m sizes: the outputs of H_K in a power-of-two head and tail, each with its butterflies
     load_last: bool = False  # persistent, no prefetch: the next row loaded after this one's store, under a branch
+    wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
 
 
 class DenseConfig(NamedTuple):
@@ -250,7 +251,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 35% against 92%; with signs= 4864 keeps the pair in registers (84.5% against 78.1-78.4%) and 18944 its dense
 # launch (26.6% against 22.5-27.0%); bf16 18432 with signs= runs the fp32 entry's registers launch, the flip free as
 # the row is loaded: 52.8 -> 60.8% in one process (part 4; the registers form ran slower with signs= at the other bf16
-# sizes)
+# sizes);
+# Pow2Config(wide_store=True): the registers form stores 16 bytes an access (Nsight Compute on fp32 17408: the local
+# and global memory queue full at 1.01 cycles an issued instruction, 0.20 with it; bench/results/
+# fwht-wide-store-h200-2026-12-04-h.md, three processes): fp32 13824 66.5-66.6 -> 75.1-75.9%, 17408 68.8-69.0 ->
+# 70.5-71.3%, with signs= 17408 (its plain entry) 63.3 -> 73.1-73.4%, 27648 42.1-42.8 -> 44.5-45.8%; 3584, 14336 and
+# 18432 ran level (-1.2 to +0.5 points), 9728 and 27648 1.6-5.8 points slower, and with the pair apart (4864, 18944)
+# at 12-13%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -269,9 +276,9 @@ _DENSE_TABLE_SIZES = {
     (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
-    (4, 13824): Pow2Config(4, 64, 1, 0),
+    (4, 13824): Pow2Config(4, 64, 1, 0, wide_store=True),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
-    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True),
+    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, wide_store=True),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
     (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True), pair_apart=True),
     (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
@@ -290,7 +297,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128),
                       (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
-                      (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True)}
+                      (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True, wide_store=True),
+                      (4, 13824): Pow2Config(4, 64, 1, 0)}  # with signs=, the wide store ran slower: 49.2 against 53.9%
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -338,7 +346,10 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     ``elems_per_thread`` is not used; then the K index is never on warps), and 16-bit rows are read 4 elements an
     access (not 8), so that a thread holds at most 4 * K (padded) values. ``paley``: H_K through its Paley II core
     (``PaleyConfig``); ``pair_apart``: k and m are those of the core's order K / 2 (2 mod 4) and of the pair bit
-    joined to the 2^m columns as their top bit."""
+    joined to the 2^m columns as their top bit. ``wide_store`` (k > 1): the store layout is the power-of-two rows'
+    (16 bytes of consecutive columns a thread, lanes on the next columns; its own ``STORE_C``) where 2^m leaves room
+    for it, so that a thread stores 16 bytes an access instead of one element (the load keeps the K index in
+    registers, one element an access)."""
     w = cfg.num_warps.bit_length() - 1
     threads_bits = 5 + w
     kb = (k - 1).bit_length()
@@ -365,15 +376,25 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     store_high = [bit for bit in high if bit not in final] + final
     store_warps, store_regs = store_high[:w], store_high[w:]
     extra_lanes = lanes[c_bits - v:]
+    store_c_bits, store_lanes, sv = c_bits, lanes, v
     if k > 1:  # 2^v columns a pointer row, the lanes' columns in the first pointer dimension (see the docstring)
         c_bits, extra_lanes = v, lanes
-    load_dims, store_dims = (extra_lanes + load_warps, load_regs), (extra_lanes + store_warps, store_regs)
+        store_c_bits, sv = c_bits, v
+        wide = _vec_bits(elem_size)
+        if cfg.wide_store and v < wide and m >= wide + 5 and slots >= wide:
+            # the store as the power-of-two rows': 16-byte accesses, lanes on the next columns
+            sv, store_c_bits = wide, wide + 5
+            store_lanes = cols[sv:store_c_bits]
+            rest = cols[store_c_bits:m] + cols[m:]  # the column bits first: in registers where they fit
+            store_regs, store_warps = rest[:slots - sv], rest[slots - sv:]
+    load_dims = (extra_lanes + load_warps, load_regs)
+    store_dims = (extra_lanes + store_warps if store_c_bits == c_bits else store_warps, store_regs)
     natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
-    out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:c_bits][::-1]
+    out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:store_c_bits][::-1]
     first = (cols[:v] + load_regs, load_warps, lanes)
-    last = (cols[:v] + store_regs, store_warps, lanes)
+    last = (cols[:sv] + store_regs, store_warps, store_lanes)
     steps, conversions = _butterfly_plan(natural, cols[:m], w, first, last, out_order)
-    meta = (("N", k << m), ("BM", 1 << b), ("C", 1 << c_bits),
+    meta = (("N", k << m), ("BM", 1 << b), ("C", 1 << c_bits), ("STORE_C", 1 << store_c_bits),
             ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
             ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
             ("STORE0", _encode(store_dims[0])), ("STORE0_BITS", len(store_dims[0])),
@@ -390,7 +411,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)
-    t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE0": (), "STORE0_BITS": 0, "STORE1": (), "STORE1_BITS": 0}
+    t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE_C": 1, "STORE0": (), "STORE0_BITS": 0, "STORE1": (),
+              "STORE1_BITS": 0}
     h_bits = 0
     if tail:  # the head's butterflies and store replace the tile's, the tail's follow (``_fwht_pow2_kernel``)
         whole = cfg._replace(split=False)
@@ -407,7 +429,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
 
 
 # the fields of a power-of-two plan that describe its butterflies and store (a part of a split K, _pow2_plan)
-_PART_FIELDS = ("STEPS", "NUM_STEPS", "STORE0", "STORE0_BITS", "STORE1", "STORE1_BITS")
+_PART_FIELDS = ("STEPS", "NUM_STEPS", "STORE_C", "STORE0", "STORE0_BITS", "STORE1", "STORE1_BITS")
 
 
 def _register_split(k: int) -> tuple[int, int]:

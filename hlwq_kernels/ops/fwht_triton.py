@@ -335,19 +335,19 @@ def _unpack_words(w, DTYPE: tl.constexpr):
 @triton.jit(do_not_specialize=_RUNTIME[:2] + _RUNTIME[3:])
 def _fwht_pow2_kernel(
     x_ptr, y_ptr, s_ptr, rows, num_tiles, sign_blocks, inverse, stride_xr, stride_xc, scale,
-    N: tl.constexpr, BM: tl.constexpr, C: tl.constexpr,
+    N: tl.constexpr, BM: tl.constexpr, C: tl.constexpr, STORE_C: tl.constexpr,
     LOAD0: tl.constexpr, LOAD0_BITS: tl.constexpr, LOAD1: tl.constexpr, LOAD1_BITS: tl.constexpr,
     STORE0: tl.constexpr, STORE0_BITS: tl.constexpr, STORE1: tl.constexpr, STORE1_BITS: tl.constexpr,
     BITS: tl.constexpr, STEPS: tl.constexpr, NUM_STEPS: tl.constexpr, HAS_SIGNS: tl.constexpr,
     SIGN_ROWS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
     K: tl.constexpr, KB: tl.constexpr, K_PERMS: tl.constexpr, K_CODES: tl.constexpr, PALEY: tl.constexpr,
-    K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr,
-    T_NUM_STEPS: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
+    K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr, T_NUM_STEPS: tl.constexpr,
+    T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
-    [D0, D1, C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*), so
-    that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
+    [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
+    so that the load and store layouts hold the bits the plan wants in registers. The sign bits of row
     i (s_ptr: integers of the element width) start at s_ptr + (i % sign_blocks) * N when SIGN_ROWS,
     else at s_ptr. PREFETCH: each program loads its next tile into registers before transforming
     the current one (a persistent grid whose loads overlap its arithmetic). WORDS (16-bit elements,
@@ -371,9 +371,9 @@ def _fwht_pow2_kernel(
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
     K_HEAD: tl.constexpr = (1 << K_HEAD_BITS) if T_BITS > 0 else 0
     load_row, load_col = _tile_offsets(LOAD0, LOAD0_BITS, LOAD1, LOAD1_BITS, C, per)
-    store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, C)
+    store_row, store_col = _tile_offsets(STORE0, STORE0_BITS, STORE1, STORE1_BITS, STORE_C)
     if K_HEAD > 0:  # the tail's columns start at its first K index, the head's size
-        tail_row, tail_col = _tile_offsets(T_STORE0, T_STORE0_BITS, T_STORE1, T_STORE1_BITS, C)
+        tail_row, tail_col = _tile_offsets(T_STORE0, T_STORE0_BITS, T_STORE1, T_STORE1_BITS, T_STORE_C)
         tail_col += K_HEAD * (N // K)
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
@@ -415,13 +415,13 @@ def _fwht_pow2_kernel(
             if K_HEAD > 0:
                 vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
                 _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
-                            tail_col, N, BM, C, T_STEPS, T_NUM_STEPS, T_STORE0_BITS, T_STORE1_BITS, HAS_SIGNS,
+                            tail_col, N, BM, T_STORE_C, T_STEPS, T_NUM_STEPS, T_STORE0_BITS, T_STORE1_BITS, HAS_SIGNS,
                             SIGN_ROWS, COLS, False, PAIR_HALF)
                 v = tl.permute(_joined(_part(outs, 0, K_HEAD), K_HEAD_BITS), K_PERMS[1])
             else:
                 v = tl.permute(_joined(outs, KB), K_PERMS[1])
-        _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N, BM, C, STEPS,
-                    NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold, PAIR_HALF)
+        _store_rows(v, y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, store_row, store_col, N, BM, STORE_C,
+                    STEPS, NUM_STEPS, STORE0_BITS, STORE1_BITS, HAS_SIGNS, SIGN_ROWS, COLS, fold, PAIR_HALF)
         if LOAD_LAST:  # in a block of their own: ptxas issues them together, not in waves between the arithmetic
             if tile + step < num_tiles:
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)

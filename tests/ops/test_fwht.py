@@ -172,6 +172,10 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True, load_last=True)),
     (28 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 3, load_last=True)),
     (44 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, load_last=True)),
+    (20 * 128, torch.float32, Pow2Config(2, 16, 1, 2, l2_ahead=True, wide_store=True)),
+    (28 * 256, torch.bfloat16, Pow2Config(4, 16, 1, 0, wide_store=True)),
+    (12 * 256, torch.float16, Pow2Config(4, 16, 1, 1, split=True, load_last=True, wide_store=True)),
+    (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -238,6 +242,17 @@ def test_register_split_only_where_it_pads_less() -> None:
     assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 0, split=True)).meta)["T_BITS"] == 0  # 64 + 64
 
 
+def test_wide_store_plan() -> None:
+    """``wide_store``: the registers form's store (head and tail) takes 16 bytes an access where 2^m leaves the lanes
+    room for it; the load keeps the K index in registers."""
+    meta = dict(kernel_plan(68 * 256, 4, Pow2Config(8, 64, 1, 1, split=True, wide_store=True)).meta)
+    assert (meta["C"], meta["STORE_C"], meta["T_STORE_C"]) == (1, 128, 128)
+    meta = dict(kernel_plan(68 * 256, 4, Pow2Config(8, 64, 1, 1, split=True)).meta)
+    assert (meta["C"], meta["STORE_C"], meta["T_STORE_C"]) == (1, 1, 1)
+    assert dict(kernel_plan(28 * 1024, 2, Pow2Config(8, 64, 1, 1, wide_store=True)).meta)["STORE_C"] == 256
+    assert dict(kernel_plan(28 * 64, 4, Pow2Config(1, 64, 1, 0, wide_store=True)).meta)["STORE_C"] == 2  # as loaded
+
+
 def test_hadamard_in_registers_bounds() -> None:
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
@@ -302,6 +317,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (36 * 32, torch.float32, PaleyConfig(Pow2Config(1, 16, 1, 0), pair_apart=True)),  # C + I of order 18
     (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 2, l2_ahead=True, split=True, load_last=True), True)),
     (148 * 16, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, split=True), pair_apart=True)),  # 74 = 64 + 10
+    (36 * 128, torch.float32, PaleyConfig(Pow2Config(4, 16, 1, 1, split=True, load_last=True, wide_store=True))),
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, wide_store=True), pair_apart=True)),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
