@@ -177,18 +177,38 @@ def tensor_key(t: torch.Tensor) -> tuple:
     return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15
 
 
+def _reserve_shared(compiled: Any, extra: int) -> None:
+    """Launch ``compiled`` (not loaded yet) with ``extra`` bytes of dynamic shared memory after Triton's own, which
+    the kernel addresses from the end (``%dynamic_smem_size``); Triton's part is rounded up to 128 bytes."""
+    if getattr(compiled, "extra_shared", 0) == extra:  # the same kernel from Triton's cache, reserved already
+        return
+    if compiled.module is not None or getattr(compiled, "extra_shared", 0):
+        raise RuntimeError(f"{compiled.name} was loaded with other shared memory than {extra} more bytes")
+    total = -(-compiled.metadata.shared // 128) * 128 + extra
+    compiled.metadata = compiled.metadata._replace(shared=total)
+    compiled.packed_metadata = compiled.packed_metadata[:2] + (total,) + compiled.packed_metadata[3:]
+    compiled.extra_shared = extra
+
+
 def _launch_compiled(
-    kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict
+    kernel: Any, grid: tuple[int, int, int], device_index: int, args: tuple, kwargs: dict, extra_shared: int = 0,
 ) -> PreparedLaunch | None:
     """``kernel[grid](*args, **kwargs)`` on CUDA device ``device_index``. The compiled kernel is kept
     under everything Triton specializes on (``_specs`` of the arguments, the constexprs and launch
     options in ``kwargs``, the device) and later calls launch it directly: Triton's generic
     dispatch (binding, hashing) costs several times the launch itself. Returns the launch bound to
-    the compiled kernel (None where Triton binds default arguments itself)."""
+    the compiled kernel (None where Triton binds default arguments itself). ``extra_shared``: bytes of dynamic
+    shared memory the kernel takes beyond Triton's (``_reserve_shared``); such a kernel is compiled first and
+    launched with them, including by later ``kernel[grid]`` calls of the same specialization."""
     key = (kernel, device_index, _constexpr_key(kwargs), *_specs(args))
     hit = _COMPILED.get(key)
     if hit is None:
-        compiled = kernel[grid](*args, **kwargs)
+        if extra_shared:
+            compiled = kernel.warmup(*args, grid=grid, **kwargs)
+            _reserve_shared(compiled, extra_shared)
+            compiled[grid](*args, *(kwargs[name] for name in kernel.arg_names[len(args):]))
+        else:
+            compiled = kernel[grid](*args, **kwargs)
         names = kernel.arg_names[len(args):]
         if not all(name in kwargs for name in names):  # Triton binds the defaults: keep its dispatch
             return None
@@ -206,16 +226,17 @@ def compiled_kernels(kernel: Any) -> list[Any]:
 
 
 def launch(
-    kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, **kwargs: Any
+    kernel: Any, grid: Callable | tuple, device: torch.device, *args: Any, extra_shared: int = 0, **kwargs: Any
 ) -> PreparedLaunch | None:
     """Run ``kernel[grid](*args, **kwargs)``: compiled on CUDA (a tuple grid through the cache of
     compiled kernels), in the interpreter on CPU. On CUDA with a tuple grid, returns the launch bound
-    to the compiled kernel for calls with arguments of the same specialization (``PreparedLaunch``)."""
+    to the compiled kernel for calls with arguments of the same specialization (``PreparedLaunch``).
+    ``extra_shared``: dynamic shared memory (bytes) the CUDA kernel takes beyond Triton's (``_launch_compiled``)."""
     require_triton()
     if device.type == "cuda":
         if isinstance(grid, tuple):
             index = torch.cuda.current_device() if device.index is None else device.index
-            return _launch_compiled(kernel, (*grid, 1, 1)[:3], index, args, kwargs)
+            return _launch_compiled(kernel, (*grid, 1, 1)[:3], index, args, kwargs, extra_shared)
         kernel[grid](*args, **kwargs)
         return None
     fn = kernel if isinstance(kernel, InterpretedFunction) else InterpretedFunction(kernel.fn)

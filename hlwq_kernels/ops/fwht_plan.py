@@ -121,6 +121,7 @@ class Pow2Config(NamedTuple):
     split: bool = False  # K * 2^m sizes: the outputs of H_K in a power-of-two head and tail, each with its butterflies
     load_last: bool = False  # persistent, no prefetch: the next row loaded after this one's store, under a branch
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
+    bulk: bool = False  # persistent, fp32 one-row tiles, no Paley core: rows through shared memory (_fwht_pow2_kernel)
 
 
 class DenseConfig(NamedTuple):
@@ -257,7 +258,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # fwht-wide-store-h200-2026-12-04-h.md, three processes): fp32 13824 66.5-66.6 -> 75.1-75.9%, 17408 68.8-69.0 ->
 # 70.5-71.3%, with signs= 17408 (its plain entry) 63.3 -> 73.1-73.4%, 27648 42.1-42.8 -> 44.5-45.8%; 3584, 14336 and
 # 18432 ran level (-1.2 to +0.5 points), 9728 and 27648 1.6-5.8 points slower, and with the pair apart (4864, 18944)
-# at 12-13%
+# at 12-13%;
+# Pow2Config(bulk=True): the next two rows in shared memory, copied there by the bulk copy engine while the program
+# transforms the current one (after the wide store, Nsight Compute on 17408 has its warps waiting on the row's global
+# loads at 1.17 cycles an issued instruction; bench/results/fwht-wide-store-h200-2026-12-04-h.md, part 2): fp32 17408
+# 71.4 -> 91.3% in one process (with signs= 57.2% against 72.8%: its own entry keeps the wide store); 18432 ran level
+# (92.5 against 92.2%), 14336 slower (89.9 against 92.7%), 13824 (one program of 4 warps an SM, the buffers do not fit
+# two) at 45% against 75%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -278,7 +285,7 @@ _DENSE_TABLE_SIZES = {
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
     (4, 13824): Pow2Config(4, 64, 1, 0, wide_store=True),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
-    (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, wide_store=True),
+    (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=True),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
     (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True), pair_apart=True),
     (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
@@ -298,7 +305,8 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128),
                       (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
                       (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True, wide_store=True),
-                      (4, 13824): Pow2Config(4, 64, 1, 0)}  # with signs=, the wide store ran slower: 49.2 against 53.9%
+                      (4, 13824): Pow2Config(4, 64, 1, 0),  # with signs=, the wide store ran slower: 49.2 against 53.9%
+                      (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, wide_store=True)}  # bulk: 57 < 73%
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -319,6 +327,7 @@ class KernelPlan(NamedTuple):
     l2_ahead: bool = False  # power-of-two kernel: the next tile prefetched into L2 where the rows allow (CUDA)
     fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
     tf32_pieces: bool = False  # dense kernel, fp32 rows: two tf32 pieces
+    bulk: bool = False  # power-of-two kernel: rows copied into shared memory ahead (Pow2Config.bulk) where they allow
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -408,6 +417,9 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
         raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
+    if cfg.bulk and (cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b or elem_size != 4 or paley):
+        raise ValueError("bulk needs a persistent grid of one-row fp32 tiles without prefetch, load_last or a Paley "
+                         "core")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)
@@ -425,7 +437,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
              *((f"T_{name}", t_meta[name]) for name in _PART_FIELDS))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
-                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0)
+                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0, bulk=cfg.bulk)
 
 
 # the fields of a power-of-two plan that describe its butterflies and store (a part of a split K, _pow2_plan)

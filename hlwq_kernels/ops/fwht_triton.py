@@ -320,6 +320,59 @@ def _prefetch_l2(ptr, nbytes):
         "=r,l,r", [ptr.to(tl.int64, bitcast=True), nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
+_T0 = "{ .reg .pred p; .reg .b32 t; .reg .b64 st; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "  # p: thread 0
+_BULK_INIT_ASM = tl.constexpr(_T0 + "@p mbarrier.init.shared::cta.b64 [$1], 1; "
+                                    "@p fence.mbarrier_init.release.cluster; mov.u32 $0, 0; }")
+_BULK_COPY_ASM = tl.constexpr(_T0 + "@p fence.proxy.async.shared::cta; "
+                                    "@p mbarrier.arrive.expect_tx.shared::cta.b64 st, [$2], $4; "
+                                    "@p cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes "
+                                    "[$1], [$3], $4, [$2]; mov.u32 $0, 0; }")
+
+
+@triton.jit
+def _row_buffers(nbytes):
+    """Shared address of the last ``nbytes`` of the program's dynamic shared memory (``launch(extra_shared=)``)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .u32 s; mov.u32 s, %dynamic_smem_size; mov.u32 $0, global_smem; add.u32 $0, $0, s; "
+        "sub.u32 $0, $0, $1; }", "=r,r", [nbytes], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _bulk_init(bar):
+    """Thread 0 initializes the mbarrier at shared address ``bar`` for one arrival a phase (then a CTA barrier)."""
+    tl.inline_asm_elementwise(_BULK_INIT_ASM, "=r,r", [bar], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _bulk_copy(dst, bar, src, nbytes):
+    """Thread 0 has ``nbytes`` (a multiple of 16) at global ``src`` copied to shared ``dst`` (both 16-byte aligned)
+    by the bulk copy engine (``cp.async.bulk``, sm_90), which completes the mbarrier ``bar``'s phase when they are
+    there; the proxy fence orders the program's earlier reads of ``dst`` before the copy's writes."""
+    tl.inline_asm_elementwise(_BULK_COPY_ASM, "=r,r,r,l,r", [dst, bar, src.to(tl.int64, bitcast=True), nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _bulk_wait(bar, phase):
+    """Wait until the mbarrier ``bar`` has completed phase ``phase`` (0 or 1); returns 0, a value for the reads of
+    the copied bytes to depend on, so that they are not moved above the wait."""
+    done = tl.full([], 0, tl.int32)
+    while done == 0:
+        done = tl.inline_asm_elementwise(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [$1], $2; selp.u32 $0, 1, 0, p; }",
+            "=r,r,r", [bar, phase], dtype=tl.int32, is_pure=False, pack=1)
+    # a zero the compiler cannot fold (from ``done - 1`` ptxas made a warp vote that could give -1)
+    return tl.inline_asm_elementwise("mov.u32 $0, 0;", "=r,r", [done], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _shared_words(addr, after, like):
+    """The 32-bit words at shared addresses ``addr`` (read once ``after``, a zero from ``_bulk_wait``, is known), in
+    the layout of the int32 tensor ``like`` (a load's: the op takes it as an unused operand)."""
+    return tl.inline_asm_elementwise("{ .reg .u32 a; add.u32 a, $1, $2; ld.shared.b32 $0, [a]; }", "=r,r,r,r",
+                                     [addr, after, like], dtype=tl.int32, is_pure=True, pack=1)
+
+
 @triton.jit
 def _unpack_words(w, DTYPE: tl.constexpr):
     """fp32 values [..., W, 2] of the 16-bit pairs (DTYPE) in the int32 words w [..., W]."""
@@ -344,6 +397,7 @@ def _fwht_pow2_kernel(
     K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr, T_NUM_STEPS: tl.constexpr,
     T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
+    BULK: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
@@ -380,6 +434,17 @@ def _fwht_pow2_kernel(
     step = tl.num_programs(0)
     if PREFETCH or LOAD_LAST:  # the grid has at most num_tiles programs
         ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
+    if BULK:  # row buffers 0 and 1, then their mbarriers; the first two rows on their way
+        ROW_BYTES: tl.constexpr = N * 4
+        buffers = _row_buffers(tl.full([], 2 * ROW_BYTES + 16, tl.int32))
+        bars = buffers + 2 * ROW_BYTES
+        _bulk_init(bars)
+        _bulk_init(bars + 8)
+        tl.debug_barrier()
+        _bulk_copy(buffers, bars, x_ptr + tl.program_id(0).to(tl.int64) * stride_xr, ROW_BYTES)
+        if tl.program_id(0) + step < num_tiles:
+            _bulk_copy(buffers + ROW_BYTES, bars + 8, x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr,
+                       ROW_BYTES)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
             if tile + step < num_tiles:
@@ -393,6 +458,14 @@ def _fwht_pow2_kernel(
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         elif LOAD_LAST:
             v = ahead
+        elif BULK:  # row j of this program is in buffer j % 2, the (j // 2)-th row there
+            j = (tile - tl.program_id(0)) // step
+            after = _bulk_wait(bars + 8 * (j & 1), (j >> 1) & 1)
+            # a load that never reads (its rows are "below 0"), for its layout: lanes and warps on D0
+            row = tile * BM + load_row
+            like = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < 0, other=0.0)
+            w = _shared_words(buffers + (j & 1) * ROW_BYTES + load_col * 4, after, like.to(tl.int32, bitcast=True))
+            v = w.to(tl.float32, bitcast=True)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         row = tile * BM + load_row
@@ -425,6 +498,11 @@ def _fwht_pow2_kernel(
         if LOAD_LAST:  # in a block of their own: ptxas issues them together, not in waves between the arithmetic
             if tile + step < num_tiles:
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
+        if BULK:  # every thread has read this row's buffer (its stores need those reads): refill it
+            tl.debug_barrier()
+            if tile + 2 * step < num_tiles:
+                _bulk_copy(buffers + (j & 1) * ROW_BYTES, bars + 8 * (j & 1),
+                           x_ptr + (tile + 2 * step).to(tl.int64) * stride_xr, ROW_BYTES)
 
 
 @triton.jit
@@ -776,16 +854,18 @@ def _sm_count(device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _bulk_prefetch(device: torch.device) -> bool:
-    """Whether ``device`` has the bulk L2 prefetch of ``_prefetch_l2`` (CUDA, sm_90 or newer)."""
+def _sm90_bulk(device: torch.device) -> bool:
+    """Whether ``device`` has the bulk L2 prefetch of ``_prefetch_l2`` and the bulk copy of ``_bulk_copy`` (CUDA,
+    sm_90 or newer)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict) -> PreparedLaunch | None:
+def _run(kernel, programs: int, x: torch.Tensor, runtime: tuple, plan: KernelPlan, extra: dict,
+         extra_shared: int = 0) -> PreparedLaunch | None:
     """Launch ``kernel`` on ``programs`` programs with the plan's constexprs (and ``extra``)."""
     options = {"maxnreg": plan.max_regs} if plan.max_regs and x.is_cuda else {}
-    return launch(kernel, (programs,), x.device, *runtime, **dict(plan.meta, STAGES=plan.stages, **extra, **options),
-                  num_warps=plan.num_warps)
+    return launch(kernel, (programs,), x.device, *runtime, extra_shared=extra_shared,
+                  **dict(plan.meta, STAGES=plan.stages, **extra, **options), num_warps=plan.num_warps)
 
 
 def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
@@ -815,12 +895,13 @@ def _launch_plan(
             stride_r, stride_c = stride_r // 2, 1
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
-        l2_ahead = (plan.l2_ahead and _bulk_prefetch(x2.device) and stride_c == 1
-                    and not (x2.data_ptr() | stride_r * x2.element_size()) & 15)
+        rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
+        bulk = plan.bulk and rows_ok
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
-                           L2_AHEAD=l2_ahead)
-        return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta), runtime
+                           L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk)
+        extra_shared = 2 * b * x2.element_size() + 16 if bulk else 0
+        return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
         pieces, h_dtype = 2, torch.float16
     elif x2.dtype == torch.float32 and plan.tf32_pieces:  # the interpreter too (its dot multiplies in fp32)

@@ -176,6 +176,8 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (28 * 256, torch.bfloat16, Pow2Config(4, 16, 1, 0, wide_store=True)),
     (12 * 256, torch.float16, Pow2Config(4, 16, 1, 1, split=True, load_last=True, wide_store=True)),
     (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True)),
+    (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, bulk=True)),
+    (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=True)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -253,7 +255,23 @@ def test_wide_store_plan() -> None:
     assert dict(kernel_plan(28 * 64, 4, Pow2Config(1, 64, 1, 0, wide_store=True)).meta)["STORE_C"] == 2  # as loaded
 
 
+@pytest.mark.cuda
+def test_bulk_rows_cuda() -> None:
+    """``bulk``: rows through two shared-memory buffers, several rows a program (each buffer refilled and its
+    mbarrier's phase flipped several times), forward and inverse, with and without signs, as the table launches fp32
+    17408."""
+    n, config = 68 * 256, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=True)
+    rows = 5 * torch.cuda.get_device_properties(0).multi_processor_count + 7
+    _check_launch(_random((rows, n), torch.float32, seed=5, device="cuda"), config, random_signs(n, 3, device="cuda"))
+
+
 def test_hadamard_in_registers_bounds() -> None:
+    for n, size, config in ((28 * 256, 4, Pow2Config(8, 64, 1, 0, bulk=True)),
+                            (28 * 512, 2, Pow2Config(8, 64, 1, 1, bulk=True)),
+                            (28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=True, load_last=True)),
+                            (36 * 256, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=True)))):
+        with pytest.raises(ValueError, match="bulk needs a persistent grid of one-row fp32 tiles"):
+            kernel_plan(n, size, config)
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
