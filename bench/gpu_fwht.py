@@ -139,14 +139,15 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
                      (4, 64, 3, 2, 64, 128)]
 
 # H_K in registers (K * 2^m with K <= 128; the launches the planner cannot take for a size are skipped): warps, a
-# persistent grid prefetching the next row into registers or into L2, loading it after the store (load_last), and
-# storing 16 bytes an access (wide_store)
+# persistent grid prefetching the next row into registers or into L2, loading it after the store (load_last),
+# storing 16 bytes an access (wide_store), and fp32 rows through shared memory by the bulk copy engine (bulk)
 _REGISTER_CANDIDATES = [(2, 64, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0), (8, 64, 1, 1, True),
                         (4, 64, 1, 2, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True),
                         (16, 64, 1, 1, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True, False, True),
                         (4, 64, 1, 2, False, 0, False, True, False, True),
                         (4, 64, 1, 0, False, 0, False, False, False, False, True),
-                        (8, 64, 1, 1, False, 0, False, True, False, False, True)]
+                        (8, 64, 1, 1, False, 0, False, True, False, False, True),
+                        (8, 64, 1, 1, False, 0, False, False, True, False, True, True)]
 
 # dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
 _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]

@@ -203,13 +203,16 @@ def _launch_compiled(
     key = (kernel, device_index, _constexpr_key(kwargs), *_specs(args))
     hit = _COMPILED.get(key)
     if hit is None:
-        if extra_shared:
+        names = kernel.arg_names[len(args):]
+        if extra_shared:  # launched by hand, so every argument after ``args`` must be given
+            missing = [name for name in names if name not in kwargs]
+            if missing:
+                raise TypeError(f"{kernel.fn.__name__} with extra shared memory needs {', '.join(missing)} given")
             compiled = kernel.warmup(*args, grid=grid, **kwargs)
             _reserve_shared(compiled, extra_shared)
-            compiled[grid](*args, *(kwargs[name] for name in kernel.arg_names[len(args):]))
+            compiled[grid](*args, *(kwargs[name] for name in names))
         else:
             compiled = kernel[grid](*args, **kwargs)
-        names = kernel.arg_names[len(args):]
         if not all(name in kwargs for name in names):  # Triton binds the defaults: keep its dispatch
             return None
         hit = _COMPILED[key] = PreparedLaunch(compiled, grid, device_index, tuple(kwargs[name] for name in names))
