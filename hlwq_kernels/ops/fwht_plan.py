@@ -417,9 +417,10 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
         raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
-    if cfg.bulk and (cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b or elem_size != 4 or paley):
-        raise ValueError("bulk needs a persistent grid of one-row fp32 tiles without prefetch, load_last or a Paley "
-                         "core")
+    if cfg.bulk and (k == 1 or cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b or elem_size != 4
+                     or paley):
+        raise ValueError("bulk needs a K * 2^m size on a persistent grid of one-row fp32 tiles without prefetch, "
+                         "load_last or a Paley core")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)

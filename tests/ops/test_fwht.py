@@ -269,8 +269,9 @@ def test_hadamard_in_registers_bounds() -> None:
     for n, size, config in ((28 * 256, 4, Pow2Config(8, 64, 1, 0, bulk=True)),
                             (28 * 512, 2, Pow2Config(8, 64, 1, 1, bulk=True)),
                             (28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=True, load_last=True)),
-                            (36 * 256, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=True)))):
-        with pytest.raises(ValueError, match="bulk needs a persistent grid of one-row fp32 tiles"):
+                            (36 * 256, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=True))),
+                            (1 << 14, 4, Pow2Config(8, 64, 1, 1, bulk=True))):
+        with pytest.raises(ValueError, match="bulk needs a K \\* 2\\^m size on a persistent grid"):
             kernel_plan(n, size, config)
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
