@@ -385,19 +385,18 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     store_high = [bit for bit in high if bit not in final] + final
     store_warps, store_regs = store_high[:w], store_high[w:]
     extra_lanes = lanes[c_bits - v:]
-    store_c_bits, store_lanes, sv = c_bits, lanes, v
     if k > 1:  # 2^v columns a pointer row, the lanes' columns in the first pointer dimension (see the docstring)
         c_bits, extra_lanes = v, lanes
-        store_c_bits, sv = c_bits, v
-        wide = _vec_bits(elem_size)
-        if cfg.wide_store and v < wide and m >= wide + 5 and slots >= wide:
-            # the store as the power-of-two rows': 16-byte accesses, lanes on the next columns
-            sv, store_c_bits = wide, wide + 5
-            store_lanes = cols[sv:store_c_bits]
-            rest = cols[store_c_bits:m] + cols[m:]  # the column bits first: in registers where they fit
-            store_regs, store_warps = rest[:slots - sv], rest[slots - sv:]
+    store_c_bits, store_lanes, store_extra, sv = c_bits, lanes, extra_lanes, v
+    wide = _vec_bits(elem_size)
+    if k > 1 and cfg.wide_store and v < wide and m >= wide + 5 and slots >= wide:
+        # the store as the power-of-two rows': 16-byte accesses, lanes on the next columns
+        sv, store_c_bits, store_extra = wide, wide + 5, []
+        store_lanes = cols[sv:store_c_bits]
+        rest = cols[store_c_bits:m] + cols[m:]  # the column bits first: in registers where they fit
+        store_regs, store_warps = rest[:slots - sv], rest[slots - sv:]
     load_dims = (extra_lanes + load_warps, load_regs)
-    store_dims = (extra_lanes + store_warps if store_c_bits == c_bits else store_warps, store_regs)
+    store_dims = (store_extra + store_warps, store_regs)
     natural = load_dims[0][::-1] + load_dims[1][::-1] + cols[:c_bits][::-1]
     out_order = store_dims[0][::-1] + store_dims[1][::-1] + cols[:store_c_bits][::-1]
     first = (cols[:v] + load_regs, load_warps, lanes)

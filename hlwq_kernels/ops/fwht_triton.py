@@ -451,6 +451,7 @@ def _fwht_pow2_kernel(
             _bulk_copy(buffers + ROW_BYTES, bars + 8, x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr,
                        ROW_BYTES)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
+        row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
             if tile + step < num_tiles:
                 _prefetch_l2(x_ptr + (tile + step) * stride_xr, N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8))
@@ -466,14 +467,12 @@ def _fwht_pow2_kernel(
         elif BULK:  # row j of this program is in buffer j % 2, the (j // 2)-th row there
             j = (tile - tl.program_id(0)) // step
             after = _bulk_wait(bars + 8 * (j & 1), (j >> 1) & 1)
-            # a load that never reads (its rows are "below 0"), for its layout: lanes and warps on D0
-            row = tile * BM + load_row
-            like = tl.load(x_ptr + row.to(tl.int64) * stride_xr + load_col * stride_xc, mask=row < 0, other=0.0)
+            # a load that never reads (of 0 rows), for its layout: lanes and warps on D0
+            like = _load_tile(x_ptr, tile, 0, stride_xr, stride_xc, load_row, load_col, BM, False)
             w = _shared_words(buffers + (j & 1) * ROW_BYTES + load_col * 4, after, like.to(tl.int32, bitcast=True))
             v = w.to(tl.float32, bitcast=True)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        row = tile * BM + load_row
         v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS, COLS // per)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (read from L1 / L2)
             pair_col = load_col ^ PAIR_HALF
