@@ -87,6 +87,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'load_last ' if dict(plan.meta).get('LOAD_LAST') else ''}" \
            f"{'pair apart ' if dict(plan.meta).get('PAIR_APART') else ''}" \
            f"{'wide store ' if dict(plan.meta).get('STORE_C', 1) > dict(plan.meta).get('C', 1) else ''}" \
+           f"{f'bulk={plan.bulk} ' if plan.bulk else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 
@@ -140,14 +141,17 @@ _DENSE_CANDIDATES = [(4, 64, 1, 3, 0, 0, True), (8, 64, 1, 1, 0, 0, True), (4, 6
 
 # H_K in registers (K * 2^m with K <= 128; the launches the planner cannot take for a size are skipped): warps, a
 # persistent grid prefetching the next row into registers or into L2, loading it after the store (load_last),
-# storing 16 bytes an access (wide_store), and fp32 rows through shared memory by the bulk copy engine (bulk)
+# storing 16 bytes an access (wide_store), and rows through one or two shared-memory buffers filled by the bulk copy
+# engine (bulk)
 _REGISTER_CANDIDATES = [(2, 64, 1, 0), (4, 64, 1, 0), (8, 64, 1, 0), (16, 64, 1, 0), (8, 64, 1, 1, True),
                         (4, 64, 1, 2, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True),
                         (16, 64, 1, 1, False, 0, False, True), (8, 64, 1, 1, False, 0, False, True, False, True),
                         (4, 64, 1, 2, False, 0, False, True, False, True),
                         (4, 64, 1, 0, False, 0, False, False, False, False, True),
                         (8, 64, 1, 1, False, 0, False, True, False, False, True),
-                        (8, 64, 1, 1, False, 0, False, False, True, False, True, True)]
+                        (8, 64, 1, 1, False, 0, False, False, True, False, True, 2),
+                        (8, 64, 1, 1, False, 0, False, False, False, False, True, 1),
+                        (4, 64, 1, 2, False, 0, False, False, False, False, False, 1)]
 
 # dense launches of a power-of-two size split as H_{2^a} (tensor cores) times butterflies (--split-bits a)
 _SPLIT_CANDIDATES = [(8, 64, 1, 1, 0, 0, True), (16, 64, 1, 1, 0, 0, True, 128)]

@@ -121,7 +121,7 @@ class Pow2Config(NamedTuple):
     split: bool = False  # K * 2^m sizes: the outputs of H_K in a power-of-two head and tail, each with its butterflies
     load_last: bool = False  # persistent, no prefetch: the next row loaded after this one's store, under a branch
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
-    bulk: bool = False  # persistent, fp32 one-row tiles, no Paley core: rows through shared memory (_fwht_pow2_kernel)
+    bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
 
 
 class DenseConfig(NamedTuple):
@@ -259,12 +259,18 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 70.5-71.3%, with signs= 17408 (its plain entry) 63.3 -> 73.1-73.4%, 27648 42.1-42.8 -> 44.5-45.8%; 3584, 14336 and
 # 18432 ran level (-1.2 to +0.5 points), 9728 and 27648 1.6-5.8 points slower, and with the pair apart (4864, 18944)
 # at 12-13%;
-# Pow2Config(bulk=True): the next two rows in shared memory, copied there by the bulk copy engine while the program
+# Pow2Config(bulk=2): the next two rows in shared memory, copied there by the bulk copy engine while the program
 # transforms the current one (after the wide store, Nsight Compute on 17408 has its warps waiting on the row's global
 # loads at 1.17 cycles an issued instruction; bench/results/fwht-wide-store-h200-2026-12-04-h.md, part 2): fp32 17408
-# 71.4 -> 91.3% in one process (with signs= 57.2% against 72.8%: its own entry keeps the wide store); 18432 ran level
-# (92.5 against 92.2%), 14336 slower (89.9 against 92.7%), 13824 (one program of 4 warps an SM, the buffers do not fit
-# two) at 45% against 75%
+# 71.4 -> 91.3% in one process; 18432 ran level (92.5 against 92.2%), 14336 slower (89.9 against 92.7%), 13824 (one
+# program of 4 warps an SM, the buffers do not fit two) at 45% against 75%;
+# Pow2Config(bulk=1): one buffer, refilled once the row is in registers, for rows that do not fit twice, and bulk
+# with a Paley core, its padded columns read as zeros and its pair apart read from the buffer
+# (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, two processes): fp32 18944 60.0 -> 80.9-81.3% (bulk=2), 9728
+# 82.2 -> 87.6-87.9%, 28672 85.5 -> 89.5-90.1%, 4864 89.1 -> 91.9-92.2%, 27648 59.7 -> 65.8-66.2%, bf16 28672 59.7
+# -> 65.4-65.5% (bulk=2), 68.4% with 16 warps; with signs= fp32 27648 43.2 -> 54.5%, 17408 73.0 -> 74.5%, 13824
+# 53.0 -> 56.1%, 9728 80.6 -> 82.0%, 18944 26.8 -> 31.7%; bf16 rows through the registers form ran slower than the
+# dense kernel at 9728, 13824, 14336, 17408, 18432, 18944 and 27648 (22.9-72.4% against 60.2-81.7%), fp32 18432 level
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -277,19 +283,19 @@ _DENSE_TABLE_SIZES = {
     (2, 18432): SplitConfig(2, DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True)),
     (2, 18944): DenseConfig(8, 16, 3, 1, 0, 0, True, 0, True, True),
     (2, 27648): DenseConfig(8, 64, 1, 1, 0, 0, True, 0, False, True),
-    (2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
+    (2, 28672): Pow2Config(16, 64, 1, 1, bulk=2),
     (2, 29568): PaleyConfig(DenseConfig(4, 128, 5, 0, 32, 128)),
     (4, 3584): Pow2Config(2, 64, 1, 0),
-    (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True), pair_apart=True),
+    (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
-    (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True)),
+    (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=1)),
     (4, 13824): Pow2Config(4, 64, 1, 0, wide_store=True),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
-    (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=True),
+    (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
-    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True), pair_apart=True),
-    (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True),
-    (4, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
+    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
+    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1),
+    (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
@@ -299,14 +305,14 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
-                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, l2_ahead=True, split=True, load_last=True)),
+                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1)),
                       (4, 28672): Pow2Config(8, 64, 1, 1, load_last=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): DenseConfig(4, 64, 3, 0, 32, 128),
+                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
                       (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
-                      (4, 27648): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True, wide_store=True),
-                      (4, 13824): Pow2Config(4, 64, 1, 0),  # with signs=, the wide store ran slower: 49.2 against 53.9%
-                      (4, 17408): Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, wide_store=True)}  # bulk: 57 < 73%
+                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1),
+                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1),
+                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -327,7 +333,7 @@ class KernelPlan(NamedTuple):
     l2_ahead: bool = False  # power-of-two kernel: the next tile prefetched into L2 where the rows allow (CUDA)
     fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
     tf32_pieces: bool = False  # dense kernel, fp32 rows: two tf32 pieces
-    bulk: bool = False  # power-of-two kernel: rows copied into shared memory ahead (Pow2Config.bulk) where they allow
+    bulk: int = 0  # power-of-two kernel: row buffers in shared memory (Pow2Config.bulk) where the rows allow
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -416,10 +422,11 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
         raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
-    if cfg.bulk and (k == 1 or cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b or elem_size != 4
-                     or paley):
-        raise ValueError("bulk needs a K * 2^m size on a persistent grid of one-row fp32 tiles without prefetch, "
-                         "load_last or a Paley core")
+    if cfg.bulk not in (0, 1, 2):
+        raise ValueError(f"bulk is the number of row buffers, 0, 1 or 2, got {cfg.bulk!r}")
+    if cfg.bulk and (k == 1 or cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b):
+        raise ValueError("bulk needs a K * 2^m size on a persistent grid of one-row tiles without prefetch or "
+                         "load_last")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)

@@ -370,12 +370,46 @@ def _bulk_wait(bar, phase):
     return tl.inline_asm_elementwise("mov.u32 $0, 0;", "=r,r", [done], dtype=tl.int32, is_pure=False, pack=1)
 
 
+@triton.constexpr_function
+def _shared_read_asm(size, count):
+    """PTX of one ``ld.shared`` of ``count`` consecutive values of ``size`` bytes (at most 16 bytes in all), for
+    ``inline_asm_elementwise`` with ``pack=count``: its operands are the values (as 32-bit words when there are
+    several; Triton packs narrower ones in pairs), then ``count`` addresses, ``count`` zeros ``after`` and the
+    layout's ``like`` (as the values)."""
+    words = size * count // 4
+    if words == 0:  # one 16-bit value
+        return "{ .reg .u32 a; add.u32 a, $1, $2; ld.shared.b16 $0, [a]; }"
+    vector = "" if words == 1 else f".v{words}"
+    values = ", ".join(f"${i}" for i in range(words))
+    return f"{{ .reg .u32 a; add.u32 a, ${words}, ${words + count}; ld.shared{vector}.b32 {{{values}}}, [a]; }}"
+
+
+@triton.constexpr_function
+def _shared_read_constraints(size, count):
+    """Constraints of ``_shared_read_asm(size, count)``."""
+    words = size * count // 4
+    value = ["h"] if words == 0 else ["r"] * words
+    return ",".join([f"={c}" for c in value] + ["r"] * (2 * count) + value)
+
+
 @triton.jit
-def _shared_words(addr, after, like):
-    """The 32-bit words at shared addresses ``addr`` (read once ``after``, a zero from ``_bulk_wait``, is known), in
-    the layout of the int32 tensor ``like`` (a load's: the op takes it as an unused operand)."""
-    return tl.inline_asm_elementwise("{ .reg .u32 a; add.u32 a, $1, $2; ld.shared.b32 $0, [a]; }", "=r,r,r,r",
-                                     [addr, after, like], dtype=tl.int32, is_pure=True, pack=1)
+def _buffer_tile(row_at, col, after, like, COLS: tl.constexpr, ORDERED: tl.constexpr):
+    """The values at columns ``col`` of a row in shared memory from address ``row_at`` (read once ``after``, a zero
+    from ``_bulk_wait``, is known), in the layout of the load ``like`` (an unused operand of the reads) and of its
+    element type. A thread's consecutive columns are read 16 bytes at a time. COLS > 0 (a padded row): columns from
+    COLS on read as zeros. ORDERED: the reads are kept before the program's next barrier (the buffer is refilled
+    after it)."""
+    size: tl.constexpr = like.dtype.primitive_bitwidth // 8
+    count: tl.constexpr = min(col.shape[2], 16 // size)
+    words = like.to(tl.int32 if size == 4 else tl.int16, bitcast=True)
+    at = tl.where(col < COLS, col, 0) if COLS > 0 else col  # padded columns read column 0
+    v = tl.inline_asm_elementwise(_shared_read_asm(size, count), _shared_read_constraints(size, count),
+                                  [row_at + at * size, after, words], dtype=words.dtype, is_pure=not ORDERED,
+                                  pack=count)
+    v = v.to(like.dtype, bitcast=True)
+    if COLS > 0:
+        v = tl.where(col < COLS, v, 0.0)
+    return v
 
 
 @triton.jit
@@ -439,17 +473,18 @@ def _fwht_pow2_kernel(
     step = tl.num_programs(0)
     if PREFETCH or LOAD_LAST:  # the grid has at most num_tiles programs
         ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
-    if BULK:  # row buffers 0 and 1, then their mbarriers; the first two rows on their way
-        ROW_BYTES: tl.constexpr = N * 4
-        buffers = _row_buffers(tl.full([], 2 * ROW_BYTES + 16, tl.int32))
-        bars = buffers + 2 * ROW_BYTES
-        _bulk_init(bars)
-        _bulk_init(bars + 8)
+    if BULK > 0:  # BULK row buffers, then their mbarriers; the program's first BULK rows on their way
+        ROW_BYTES: tl.constexpr = N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8)
+        buffers = _row_buffers(tl.full([], BULK * ROW_BYTES + 16, tl.int32))
+        bars = buffers + BULK * ROW_BYTES
+        for buffer in tl.static_range(BULK):
+            _bulk_init(bars + 8 * buffer)
         tl.debug_barrier()
         _bulk_copy(buffers, bars, x_ptr + tl.program_id(0).to(tl.int64) * stride_xr, ROW_BYTES)
-        if tl.program_id(0) + step < num_tiles:
-            _bulk_copy(buffers + ROW_BYTES, bars + 8, x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr,
-                       ROW_BYTES)
+        if BULK == 2:
+            if tl.program_id(0) + step < num_tiles:
+                _bulk_copy(buffers + ROW_BYTES, bars + 8,
+                           x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr, ROW_BYTES)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
@@ -464,22 +499,29 @@ def _fwht_pow2_kernel(
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         elif LOAD_LAST:
             v = ahead
-        elif BULK:  # row j of this program is in buffer j % 2, the (j // 2)-th row there
+        elif BULK > 0:  # row j of this program is in buffer j % BULK, the (j // BULK)-th row there
             j = (tile - tl.program_id(0)) // step
-            after = _bulk_wait(bars + 8 * (j & 1), (j >> 1) & 1)
+            slot = j & (BULK - 1)
+            after = _bulk_wait(bars + 8 * slot, (j >> (BULK - 1)) & 1)
             # a load that never reads (of 0 rows), for its layout: lanes and warps on D0
             like = _load_tile(x_ptr, tile, 0, stride_xr, stride_xc, load_row, load_col, BM, False)
-            w = _shared_words(buffers + (j & 1) * ROW_BYTES + load_col * 4, after, like.to(tl.int32, bitcast=True))
-            v = w.to(tl.float32, bitcast=True)
+            v = _buffer_tile(buffers + slot * ROW_BYTES, load_col, after, like, COLS, BULK == 1)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS, COLS // per)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (read from L1 / L2)
             pair_col = load_col ^ PAIR_HALF
-            pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
+            if BULK > 0:
+                pair = _buffer_tile(buffers + slot * ROW_BYTES, pair_col, after, like, COLS, BULK == 1)
+            else:
+                pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
             pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, N, HAS_SIGNS, SIGN_ROWS, COLS)
             pair = pair.to(tl.float32)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
+        if BULK == 1:  # every thread has read the row from the buffer: refill it with the program's next row
+            tl.debug_barrier()
+            if tile + step < num_tiles:
+                _bulk_copy(buffers, bars, x_ptr + (tile + step).to(tl.int64) * stride_xr, ROW_BYTES)
         if WORDS:
             v = _unpack_words(v, y_ptr.dtype.element_ty)
         fold: tl.constexpr = WORDS and NUM_STEPS > 0
@@ -502,10 +544,10 @@ def _fwht_pow2_kernel(
         if LOAD_LAST:  # in a block of their own: ptxas issues them together, not in waves between the arithmetic
             if tile + step < num_tiles:
                 ahead = _load_tile(x_in, tile + step, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        if BULK:  # every thread has read this row's buffer (its stores need those reads): refill it
+        if BULK == 2:  # every thread has read this row's buffer (its stores need those reads): refill it
             tl.debug_barrier()
             if tile + 2 * step < num_tiles:
-                _bulk_copy(buffers + (j & 1) * ROW_BYTES, bars + 8 * (j & 1),
+                _bulk_copy(buffers + slot * ROW_BYTES, bars + 8 * slot,
                            x_ptr + (tile + 2 * step).to(tl.int64) * stride_xr, ROW_BYTES)
 
 
@@ -900,11 +942,11 @@ def _launch_plan(
         runtime = (x2, out, signs, x2.shape[0], num_tiles, sign_blocks, int(inverse), stride_r, stride_c, scale)
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
-        bulk = plan.bulk and rows_ok
+        bulk = plan.bulk if rows_ok else 0
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk)
-        extra_shared = 2 * b * x2.element_size() + 16 if bulk else 0
+        extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
         pieces, h_dtype = 2, torch.float16

@@ -176,8 +176,11 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (28 * 256, torch.bfloat16, Pow2Config(4, 16, 1, 0, wide_store=True)),
     (12 * 256, torch.float16, Pow2Config(4, 16, 1, 1, split=True, load_last=True, wide_store=True)),
     (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True)),
-    (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, bulk=True)),
-    (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=True)),
+    (20 * 256, torch.float32, Pow2Config(2, 16, 1, 2, bulk=2)),
+    (44 * 128, torch.float32, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=2)),
+    (28 * 256, torch.float32, Pow2Config(4, 16, 1, 2, bulk=1)),
+    (20 * 512, torch.bfloat16, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=2)),
+    (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -256,23 +259,31 @@ def test_wide_store_plan() -> None:
 
 
 @pytest.mark.cuda
-def test_bulk_rows_cuda() -> None:
-    """``bulk``: rows through two shared-memory buffers, several rows a program (each buffer refilled and its
-    mbarrier's phase flipped several times), forward and inverse, with and without signs, as the table launches fp32
-    17408."""
-    n, config = 68 * 256, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=True)
+@pytest.mark.parametrize("n, dtype, config", [
+    (68 * 256, torch.float32, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2)),
+    (27 * 1024, torch.float32, Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1)),
+    (68 * 256, torch.bfloat16, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2)),
+    (7 * 4096, torch.float16, Pow2Config(8, 64, 1, 1, bulk=1)),
+    (76 * 128, torch.float32, PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=2))),
+    (148 * 128, torch.float32, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=1), pair_apart=True)),
+], ids=str)
+def test_bulk_rows_cuda(n: int, dtype: torch.dtype, config) -> None:
+    """``bulk``: rows through one or two shared-memory buffers, several rows a program (each buffer refilled and its
+    mbarrier's phase flipped several times), forward and inverse, with and without signs; 16-bit rows, a Paley core
+    (whose padded columns read as zeros) and its pair read from the buffer (``pair_apart``)."""
     rows = 5 * torch.cuda.get_device_properties(0).multi_processor_count + 7
-    _check_launch(_random((rows, n), torch.float32, seed=5, device="cuda"), config, random_signs(n, 3, device="cuda"))
+    _check_launch(_random((rows, n), dtype, seed=5, device="cuda"), config, random_signs(n, 3, device="cuda"))
 
 
 def test_hadamard_in_registers_bounds() -> None:
-    for n, size, config in ((28 * 256, 4, Pow2Config(8, 64, 1, 0, bulk=True)),
-                            (28 * 512, 2, Pow2Config(8, 64, 1, 1, bulk=True)),
-                            (28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=True, load_last=True)),
-                            (36 * 256, 4, PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=True))),
-                            (1 << 14, 4, Pow2Config(8, 64, 1, 1, bulk=True))):
+    for n, size, config in ((28 * 256, 4, Pow2Config(8, 64, 1, 0, bulk=1)),
+                            (28 * 512, 2, Pow2Config(8, 64, 1, 1, True, bulk=2)),
+                            (28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=1, load_last=True)),
+                            (1 << 14, 4, Pow2Config(8, 64, 1, 1, bulk=1))):
         with pytest.raises(ValueError, match="bulk needs a K \\* 2\\^m size on a persistent grid"):
             kernel_plan(n, size, config)
+    with pytest.raises(ValueError, match="bulk is the number of row buffers, 0, 1 or 2, got 3"):
+        kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=3))
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
@@ -338,6 +349,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (148 * 16, torch.float16, PaleyConfig(Pow2Config(1, 16, 1, 2, split=True), pair_apart=True)),  # 74 = 64 + 10
     (36 * 128, torch.float32, PaleyConfig(Pow2Config(4, 16, 1, 1, split=True, load_last=True, wide_store=True))),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, wide_store=True), pair_apart=True)),
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, bulk=2))),
+    (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
