@@ -265,12 +265,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 71.4 -> 91.3% in one process; 18432 ran level (92.5 against 92.2%), 14336 slower (89.9 against 92.7%), 13824 (one
 # program of 4 warps an SM, the buffers do not fit two) at 45% against 75%;
 # Pow2Config(bulk=1): one buffer, refilled once the row is in registers, for rows that do not fit twice, and bulk with
-# a Paley core, its padded columns read as zeros and its pair apart read from the buffer (bench/results/fwht-bulk-
-# one-h200-2026-12-04-i.md, two processes): fp32 18944 60.0 -> 80.9-81.3% (bulk=2), 9728 82.2 -> 87.6-87.9%, 28672
-# 85.5 -> 89.5-90.1%, 4864 89.1 -> 91.9-92.2%, 27648 59.7 -> 65.8-66.2%, bf16 28672 59.7 -> 65.4-65.5% (bulk=2), 71.8%
-# with 16 warps and one buffer; with signs= fp32 27648 43.2 -> 54.5%, 17408 73.0 -> 74.5%, 13824 53.0 -> 56.1%, 9728
-# 80.6 -> 82.0%, 18944 26.8 -> 31.7%; bf16 rows through the registers form ran slower than the dense kernel at 9728,
-# 13824, 14336, 17408, 18432, 18944 and 27648 (22.9-72.4% against 60.2-81.7%), fp32 18432 level
+# a Paley core, its padded columns read as zeros and its pair apart read from the buffer
+# (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, two processes): fp32 18944 60.0 -> 80.9-81.3% (bulk=2), 9728 82.2
+# -> 87.6-87.9%, 28672 85.5 -> 89.5-90.1%, 4864 89.1 -> 91.9-92.2%, 27648 59.7 -> 65.8-66.2%, bf16 28672 59.7 ->
+# 65.4-65.5% (bulk=2), 71.8% with 16 warps and one buffer; with signs= fp32 27648 43.2 -> 54.5%, 17408 73.0 -> 74.5%,
+# 13824 53.0 -> 56.1%, 9728 80.6 -> 82.0%, 18944 26.8 -> 31.7%; bf16 rows through the registers form ran slower than
+# the dense kernel at 9728, 13824, 14336, 17408, 18432, 18944 and 27648 (22.9-72.4% against 60.2-81.7%), fp32 18432
+# level
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),

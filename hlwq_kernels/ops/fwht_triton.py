@@ -26,8 +26,8 @@ intermediate in fp32 and one rounding at the store.
 
 * fp32 rows with K <= 128 may run H_K in registers instead (``Pow2Config`` for a K * 2^m size): the sums of each
   group of four inputs are shared by every output, on the CUDA cores, before the butterflies; a persistent program
-  can have its next rows prefetched into L2, or (``bulk``, sm_90) copied into shared memory by the bulk copy engine
-  while it transforms the current row.
+  can have its next rows prefetched into L2, or (``bulk``, sm_90) copied into one or two row buffers in shared memory
+  by the bulk copy engine while it transforms the current row (also 16-bit rows, where the table finds it faster).
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
 ``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
@@ -458,7 +458,11 @@ def _fwht_pow2_kernel(
     K_PERMS[1]) and a tail of 2^T_BITS from K_HEAD on (its own, the T_* constexprs and K_PERMS[2]), so that padded K
     indices past the tail are not transformed. PAIR_APART (with PALEY): K is the order of the core C of an H_2K, the
     pair bit of H_2K's K index the top bit of the 2^m columns (``_paley_pair_outputs``); each element's pair is
-    read at the column PAIR_HALF = 2^(m - 1) away, and ``_store_rows`` relabels the pair's outputs."""
+    read at the column PAIR_HALF = 2^(m - 1) away, and ``_store_rows`` relabels the pair's outputs. BULK > 0 (a
+    persistent grid of one-row tiles, rows contiguous and 16-byte aligned, sm_90): the program's rows come through
+    BULK buffers at the end of its dynamic shared memory, each filled by the bulk copy engine (one mbarrier a buffer)
+    while the program works on the row before; one buffer is refilled once the row is in registers, two once the row
+    is stored. The rows (and pairs) are read from there in the layout of the loads they replace."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
