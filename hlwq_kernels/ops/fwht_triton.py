@@ -379,9 +379,9 @@ def _shared_read_asm(size, count):
     words = size * count // 4
     if words == 0:  # one 16-bit value
         return "{ .reg .u32 a; add.u32 a, $1, $2; ld.shared.b16 $0, [a]; }"
+    values = "$0" if words == 1 else f"{{{', '.join(f'${i}' for i in range(words))}}}"
     vector = "" if words == 1 else f".v{words}"
-    values = ", ".join(f"${i}" for i in range(words))
-    return f"{{ .reg .u32 a; add.u32 a, ${words}, ${words + count}; ld.shared{vector}.b32 {{{values}}}, [a]; }}"
+    return f"{{ .reg .u32 a; add.u32 a, ${words}, ${words + count}; ld.shared{vector}.b32 {values}, [a]; }}"
 
 
 @triton.constexpr_function

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -273,6 +274,25 @@ def test_bulk_rows_cuda(n: int, dtype: torch.dtype, config) -> None:
     (whose padded columns read as zeros) and its pair read from the buffer (``pair_apart``)."""
     rows = 5 * torch.cuda.get_device_properties(0).multi_processor_count + 7
     _check_launch(_random((rows, n), dtype, seed=5, device="cuda"), config, random_signs(n, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("size, count", [(4, 1), (4, 2), (4, 4), (2, 1), (2, 2), (2, 4), (2, 8)])
+def test_shared_read_asm(size: int, count: int) -> None:
+    """The rows' reads from shared memory (``_buffer_tile``; the interpreter takes the plain loads): one ``ld.shared``
+    of ``count`` values of ``size`` bytes into the asm's outputs (Triton packs 16-bit values in pairs into 32-bit
+    registers), from the first address plus the first zero, with one constraint per operand of ``pack=count``."""
+    asm = fwht_triton._shared_read_asm(size, count)
+    constraints = fwht_triton._shared_read_constraints(size, count).split(",")
+    outputs = [c for c in constraints if c.startswith("=")]
+    words = max(size * count // 4, 1)
+    assert len(outputs) == words and len(constraints) == 2 * words + 2 * count
+    assert outputs == (["=h"] if size * count == 2 else ["=r"] * words)
+    address, zero = re.search(r"add\.u32 a, \$(\d+), \$(\d+);", asm).groups()
+    assert (int(address), int(zero)) == (words, words + count)  # the first address, the first zero
+    load = re.search(r"ld\.shared(\.v\d)?\.b(\d+) (.*), \[a\];", asm)
+    assert int(load.group(2)) * (int(load.group(1)[2:]) if load.group(1) else 1) == 8 * size * count
+    assert re.findall(r"\$(\d+)", load.group(3)) == [str(i) for i in range(words)]
+    assert max(int(i) for i in re.findall(r"\$(\d+)", asm)) < len(constraints)
 
 
 def test_hadamard_in_registers_bounds() -> None:
