@@ -513,7 +513,7 @@ def _fwht_pow2_kernel(
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS, COLS // per)
-        if PAIR_APART:  # the other element of each pair, negated for the pair's second one (read from L1 / L2)
+        if PAIR_APART:  # the other element of each pair, negated for the pair's second one (L1 / L2 or the buffer)
             pair_col = load_col ^ PAIR_HALF
             if BULK > 0:
                 pair = _buffer_tile(buffers + slot * ROW_BYTES, pair_col, after, like, COLS, BULK == 1)
