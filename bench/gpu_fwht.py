@@ -88,6 +88,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'pair apart ' if dict(plan.meta).get('PAIR_APART') else ''}" \
            f"{'wide store ' if dict(plan.meta).get('STORE_C', 1) > dict(plan.meta).get('C', 1) else ''}" \
            f"{f'bulk={plan.bulk} ' if plan.bulk else ''}" \
+           f"{'hold_signs ' if plan.hold_signs else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 

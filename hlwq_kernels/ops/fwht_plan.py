@@ -122,6 +122,7 @@ class Pow2Config(NamedTuple):
     load_last: bool = False  # persistent, no prefetch: the next row loaded after this one's store, under a branch
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
+    hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
 
 
 class DenseConfig(NamedTuple):
@@ -335,6 +336,7 @@ class KernelPlan(NamedTuple):
     fp16_pieces: bool = False  # dense kernel, fp32 rows: two float16 pieces (else three bfloat16 ones)
     tf32_pieces: bool = False  # dense kernel, fp32 rows: two tf32 pieces
     bulk: int = 0  # power-of-two kernel: row buffers in shared memory (Pow2Config.bulk) where the rows allow
+    hold_signs: bool = False  # power-of-two kernel: one sign vector held in registers (Pow2Config.hold_signs)
 
 
 def _vec_bits(elem_size: int) -> int:
@@ -428,6 +430,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     if cfg.bulk and (k == 1 or cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b):
         raise ValueError("bulk needs a K * 2^m size on a persistent grid of one-row tiles without prefetch or "
                          "load_last")
+    if cfg.hold_signs and cfg.programs_per_sm == 0:
+        raise ValueError("hold_signs needs a persistent grid (programs_per_sm > 0)")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last))
     head, tail = _register_split(k) if cfg.split else (0, 0)
@@ -445,7 +449,8 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
              *((f"T_{name}", t_meta[name]) for name in _PART_FIELDS))
     return KernelPlan("pow2", meta, cfg.num_warps, 1 << b, 1, cfg.stages, cfg.programs_per_sm, conversions,
                       cfg.prefetch, cfg.max_regs, cfg.prefetch and cfg.words and elem_size == 2 and m >= 1,
-                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0, bulk=cfg.bulk)
+                      l2_ahead=cfg.l2_ahead and cfg.programs_per_sm > 0 and not cfg.words and b == 0, bulk=cfg.bulk,
+                      hold_signs=cfg.hold_signs)
 
 
 # the fields of a power-of-two plan that describe its butterflies and store (a part of a split K, _pow2_plan)

@@ -436,7 +436,7 @@ def _fwht_pow2_kernel(
     K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr, T_NUM_STEPS: tl.constexpr,
     T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
-    BULK: tl.constexpr,
+    BULK: tl.constexpr, HOLD_SIGNS: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
@@ -462,7 +462,9 @@ def _fwht_pow2_kernel(
     persistent grid of one-row tiles, rows contiguous and 16-byte aligned, sm_90): the program's rows come through
     BULK buffers at the end of its dynamic shared memory, each filled by the bulk copy engine (one mbarrier a buffer)
     while the program works on the row before; one buffer is refilled once the row is in registers, two once the row
-    is stored. The rows (and pairs) are read from there in the layout of the loads they replace."""
+    is stored. The rows (and pairs) are read from there in the layout of the loads they replace. HOLD_SIGNS (a
+    persistent grid, one sign vector for every row): the forward transform's sign bits are loaded once a program
+    and kept in registers; the inverse loads them at each store."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
@@ -489,6 +491,10 @@ def _fwht_pow2_kernel(
             if tl.program_id(0) + step < num_tiles:
                 _bulk_copy(buffers + ROW_BYTES, bars + 8,
                            x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr, ROW_BYTES)
+    if HOLD_SIGNS:  # the forward transform's sign bits of this program's columns (and of their pairs)
+        held = _load_signs(s_in + load_col, load_col, COLS // per)
+        if PAIR_APART:
+            held_pair = _load_signs(s_in + (load_col ^ PAIR_HALF), load_col ^ PAIR_HALF, COLS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
@@ -512,14 +518,23 @@ def _fwht_pow2_kernel(
             v = _buffer_tile(buffers + slot * ROW_BYTES, load_col, after, like, COLS, BULK == 1)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS, COLS // per)
+        if HOLD_SIGNS:
+            if inverse == 0:
+                v = _flip_signs(v, held)
+        else:
+            v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS,
+                             COLS // per)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (L1 / L2 or the buffer)
             pair_col = load_col ^ PAIR_HALF
             if BULK > 0:
                 pair = _buffer_tile(buffers + slot * ROW_BYTES, pair_col, after, like, COLS, BULK == 1)
             else:
                 pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
-            pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, N, HAS_SIGNS, SIGN_ROWS, COLS)
+            if HOLD_SIGNS:
+                if inverse == 0:
+                    pair = _flip_signs(pair, held_pair)
+            else:
+                pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, N, HAS_SIGNS, SIGN_ROWS, COLS)
             pair = pair.to(tl.float32)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if BULK == 1:  # every thread has read the row from the buffer: refill it with the program's next row
@@ -949,7 +964,8 @@ def _launch_plan(
         bulk = plan.bulk if rows_ok else 0
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
-                           L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk)
+                           L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk,
+                           HOLD_SIGNS=plan.hold_signs and has_signs and sign_blocks == 1)
         extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled

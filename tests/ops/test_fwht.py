@@ -95,10 +95,11 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
 # as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
 # by the loop's pipeline (stages > 1) instead of into registers, the product with the rows as the MMA's first
-# operand (rows_first)
+# operand (rows_first), one sign vector held in registers (hold_signs)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
-           Pow2Config(2, 16, 1, 2, load_last=True),
+           Pow2Config(2, 16, 1, 2, load_last=True), Pow2Config(1, 16, 1, 2, True, 0, True, hold_signs=True),
+           Pow2Config(2, 16, 1, 3, load_last=True, hold_signs=True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
@@ -182,6 +183,7 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (28 * 256, torch.float32, Pow2Config(4, 16, 1, 2, bulk=1)),
     (20 * 512, torch.bfloat16, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=2)),
     (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
+    (68 * 64, torch.float32, Pow2Config(2, 16, 1, 2, split=True, wide_store=True, bulk=1, hold_signs=True)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -267,6 +269,7 @@ def test_wide_store_plan() -> None:
     (7 * 4096, torch.float16, Pow2Config(8, 64, 1, 1, bulk=1)),
     (76 * 128, torch.float32, PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=2))),
     (148 * 128, torch.float32, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=1), pair_apart=True)),
+    (68 * 256, torch.float32, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)),
 ], ids=str)
 def test_bulk_rows_cuda(n: int, dtype: torch.dtype, config) -> None:
     """``bulk``: rows through one or two shared-memory buffers, several rows a program (each buffer refilled and its
@@ -304,6 +307,8 @@ def test_hadamard_in_registers_bounds() -> None:
             kernel_plan(n, size, config)
     with pytest.raises(ValueError, match="bulk is the number of row buffers, 0, 1 or 2, got 3"):
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=3))
+    with pytest.raises(ValueError, match="hold_signs needs a persistent grid"):
+        kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, hold_signs=True))
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
@@ -371,6 +376,7 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, wide_store=True), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, bulk=2))),
     (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, hold_signs=True), pair_apart=True)),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
