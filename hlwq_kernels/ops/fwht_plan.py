@@ -272,7 +272,12 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 65.4-65.5% (bulk=2), 71.8% with 16 warps and one buffer; with signs= fp32 27648 43.2 -> 54.5%, 17408 73.0 -> 74.5%,
 # 13824 53.0 -> 56.1%, 9728 80.6 -> 82.0%, 18944 26.8 -> 31.7%; bf16 rows through the registers form ran slower than
 # the dense kernel at 9728, 13824, 14336, 17408, 18432, 18944 and 27648 (22.9-72.4% against 60.2-81.7%), fp32 18432
-# level
+# level;
+# Pow2Config(hold_signs=True): the forward transform's sign bits loaded once a program and kept in registers instead
+# of loaded with every row (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, sweep i5): with signs= fp32 17408 74.5 ->
+# 89.3%, bf16 18432 60.6 -> 63.4%, bf16 28672 56.6 -> 58.1%; fp32 18432 level (84.0 against 84.6%); where the held
+# bits do not fit beside the row (4864, 9728, 13824, 14336, 18944, fp32 28672) the offline sm_90 compile spilled
+# 200-880 bytes a thread, so those were not run
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -300,11 +305,12 @@ _DENSE_TABLE_SIZES = {
     (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
+_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, hold_signs=True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
                       (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
-                      (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
+                      (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True,
+                                                         hold_signs=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1)),
@@ -314,7 +320,7 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True),
                       (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
                       (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1),
                       (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1),
-                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1)}
+                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers

@@ -168,13 +168,18 @@ def _load_signs(ptrs, col, COLS: tl.constexpr):
 
 
 @triton.jit
-def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, ROW_WORDS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                 SIGN_ROWS: tl.constexpr, COLS: tl.constexpr):
-    """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits at
-    ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of ROW_WORDS; the inverse flips at the store."""
+def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, held, ROW_WORDS: tl.constexpr, HAS_SIGNS: tl.constexpr,
+                 SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, HELD: tl.constexpr):
+    """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits ``held``
+    (HELD: loaded once a program), else those at ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of
+    ROW_WORDS; the inverse flips at the store."""
     if HAS_SIGNS:
         if inverse == 0:
-            v = _flip_signs(v, _load_signs(_sign_rows(s_ptr, row, sign_blocks, ROW_WORDS, SIGN_ROWS) + col, col, COLS))
+            if HELD:
+                bits = held
+            else:
+                bits = _load_signs(_sign_rows(s_ptr, row, sign_blocks, ROW_WORDS, SIGN_ROWS) + col, col, COLS)
+            v = _flip_signs(v, bits)
     return v
 
 
@@ -491,7 +496,9 @@ def _fwht_pow2_kernel(
             if tl.program_id(0) + step < num_tiles:
                 _bulk_copy(buffers + ROW_BYTES, bars + 8,
                            x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr, ROW_BYTES)
-    if HOLD_SIGNS:  # the forward transform's sign bits of this program's columns (and of their pairs)
+    held = 0  # the forward transform's sign bits of this program's columns (and of their pairs), if HOLD_SIGNS
+    held_pair = 0
+    if HOLD_SIGNS:
         held = _load_signs(s_in + load_col, load_col, COLS // per)
         if PAIR_APART:
             held_pair = _load_signs(s_in + (load_col ^ PAIR_HALF), load_col ^ PAIR_HALF, COLS)
@@ -518,23 +525,16 @@ def _fwht_pow2_kernel(
             v = _buffer_tile(buffers + slot * ROW_BYTES, load_col, after, like, COLS, BULK == 1)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        if HOLD_SIGNS:
-            if inverse == 0:
-                v = _flip_signs(v, held)
-        else:
-            v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, N // per, HAS_SIGNS, SIGN_ROWS,
-                             COLS // per)
+        v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, held, N // per, HAS_SIGNS, SIGN_ROWS,
+                         COLS // per, HOLD_SIGNS)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (L1 / L2 or the buffer)
             pair_col = load_col ^ PAIR_HALF
             if BULK > 0:
                 pair = _buffer_tile(buffers + slot * ROW_BYTES, pair_col, after, like, COLS, BULK == 1)
             else:
                 pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
-            if HOLD_SIGNS:
-                if inverse == 0:
-                    pair = _flip_signs(pair, held_pair)
-            else:
-                pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, N, HAS_SIGNS, SIGN_ROWS, COLS)
+            pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, held_pair, N, HAS_SIGNS, SIGN_ROWS,
+                                COLS, HOLD_SIGNS)
             pair = pair.to(tl.float32)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if BULK == 1:  # every thread has read the row from the buffer: refill it with the program's next row
