@@ -275,7 +275,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # level;
 # Pow2Config(hold_signs=True): the forward transform's sign bits loaded once a program and kept in registers instead
 # of loaded with every row (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, sweep i5): with signs= fp32 17408 74.5 ->
-# 89.3%, bf16 18432 60.6 -> 63.4%, bf16 28672 56.6 -> 58.1%; fp32 18432 level (84.0 against 84.6%); where the held
+# 89.3%, bf16 18432 60.6 -> 63.4%, bf16 28672 56.6 -> 58.1% (59.1 -> 60.3% with 16 warps and one row buffer, sweep
+# i6), bf16 17408 (its dense launch 49.1%) 51.7% in registers; fp32 18432 level (84.0 against 84.6%); where the held
 # bits do not fit beside the row (4864, 9728, 13824, 14336, 18944, fp32 28672) the offline sm_90 compile spilled
 # 200-880 bytes a thread, so those were not run
 _DENSE_TABLE_SIZES = {
@@ -305,10 +306,10 @@ _DENSE_TABLE_SIZES = {
     (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(8, 64, 1, 1, l2_ahead=True, hold_signs=True),
+_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
-                      (2, 17408): SplitConfig(1, DenseConfig(8, 16, 1, 1, 0, 0, True, 0, True, True, rows_first=True)),
+                      (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True),
                       (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True,
                                                          hold_signs=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
