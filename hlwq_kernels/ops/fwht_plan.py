@@ -274,11 +274,11 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # the dense kernel at 9728, 13824, 14336, 17408, 18432, 18944 and 27648 (22.9-72.4% against 60.2-81.7%), fp32 18432
 # level;
 # Pow2Config(hold_signs=True): the forward transform's sign bits loaded once a program and kept in registers instead
-# of loaded with every row (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, sweep i5): with signs= fp32 17408 74.5 ->
-# 89.3%, bf16 18432 60.6 -> 63.4%, bf16 28672 56.6 -> 58.1% (59.1 -> 60.3% with 16 warps and one row buffer, sweep
+# of loaded with every row (bench/results/fwht-bulk-one-h200-2026-12-04-i.md, sweep i5): with signs= fp32 17408 74.5
+# -> 89.3%, bf16 18432 60.6 -> 63.4%, bf16 28672 56.6 -> 58.1% (59.1 -> 60.3% with 16 warps and one row buffer, sweep
 # i6), bf16 17408 (its dense launch 49.1%) 51.7% in registers; fp32 18432 level (84.0 against 84.6%); where the held
-# bits do not fit beside the row (4864, 9728, 13824, 14336, 18944, fp32 28672) the offline sm_90 compile spilled
-# 200-880 bytes a thread, so those were not run
+# bits do not fit beside the row (4864, 9728, 13824, 14336, 18944, fp32 27648 and 28672) the offline sm_90 compile
+# spilled 200-880 bytes a thread, so those were not run
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
