@@ -432,7 +432,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         perms = (tuple(natural.index(bit) for bit in k_last), tuple(k_out.index(bit) for bit in natural))
     if cfg.load_last and (cfg.prefetch or cfg.programs_per_sm == 0):
         raise ValueError("load_last needs a persistent grid (programs_per_sm > 0) without prefetch")
-    if cfg.bulk not in (0, 1, 2):
+    if cfg.bulk not in (0, 1, 2) or cfg.bulk is True:  # True meant two buffers before bulk became a count
         raise ValueError(f"bulk is the number of row buffers, 0, 1 or 2, got {cfg.bulk!r}")
     if cfg.bulk and (k == 1 or cfg.prefetch or cfg.load_last or cfg.programs_per_sm == 0 or b):
         raise ValueError("bulk needs a K * 2^m size on a persistent grid of one-row tiles without prefetch or "

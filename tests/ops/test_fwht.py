@@ -305,8 +305,9 @@ def test_hadamard_in_registers_bounds() -> None:
                             (1 << 14, 4, Pow2Config(8, 64, 1, 1, bulk=1))):
         with pytest.raises(ValueError, match="bulk needs a K \\* 2\\^m size on a persistent grid"):
             kernel_plan(n, size, config)
-    with pytest.raises(ValueError, match="bulk is the number of row buffers, 0, 1 or 2, got 3"):
-        kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=3))
+    for count in (3, True):
+        with pytest.raises(ValueError, match=f"bulk is the number of row buffers, 0, 1 or 2, got {count}"):
+            kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=count))
     with pytest.raises(ValueError, match="hold_signs needs a persistent grid"):
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, hold_signs=True))
     with pytest.raises(ValueError, match="up to 128"):
