@@ -482,10 +482,10 @@ def _fwht_pow2_kernel(
     x_in = x_ptr.to(tl.pointer_type(tl.int32)) if WORDS else x_ptr
     s_in = s_ptr.to(tl.pointer_type(tl.int32)) if WORDS else s_ptr
     step = tl.num_programs(0)
+    ROW_BYTES: tl.constexpr = N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8)  # one-row tiles (L2_AHEAD, BULK)
     if PREFETCH or LOAD_LAST:  # the grid has at most num_tiles programs
         ahead = _load_tile(x_in, tl.program_id(0), rows, stride_xr, stride_xc, load_row, load_col, BM, WORDS, COLS)
     if BULK > 0:  # BULK row buffers, then their mbarriers; the program's first BULK rows on their way
-        ROW_BYTES: tl.constexpr = N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8)
         buffers = _row_buffers(tl.full([], BULK * ROW_BYTES + 16, tl.int32))
         bars = buffers + BULK * ROW_BYTES
         for buffer in tl.static_range(BULK):
@@ -506,7 +506,7 @@ def _fwht_pow2_kernel(
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
             if tile + step < num_tiles:
-                _prefetch_l2(x_ptr + (tile + step) * stride_xr, N * (x_ptr.dtype.element_ty.primitive_bitwidth // 8))
+                _prefetch_l2(x_ptr + (tile + step) * stride_xr, ROW_BYTES)
         if PREFETCH:
             v = ahead
             if WORDS:
