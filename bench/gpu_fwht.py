@@ -79,6 +79,7 @@ def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
 def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config, signs, dtype == torch.float16)
     cfg = config or "table"
+    phases = 1 << dict(plan.meta).get("PHASE_BITS", 0)
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
            f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
@@ -89,6 +90,7 @@ def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
            f"{'wide store ' if dict(plan.meta).get('STORE_C', 1) > dict(plan.meta).get('C', 1) else ''}" \
            f"{f'bulk={plan.bulk} ' if plan.bulk else ''}" \
            f"{'hold_signs ' if plan.hold_signs else ''}" \
+           f"{f'phases={phases} ' if phases > 1 else ''}" \
            f"conversions={plan.conversions}" + (f" ({tuple(getattr(cfg, 'launch', cfg))})" if config else "")
 
 

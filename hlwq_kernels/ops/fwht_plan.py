@@ -123,6 +123,7 @@ class Pow2Config(NamedTuple):
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
     hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
+    phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two, _fwht_pow2_kernel)
 
 
 class DenseConfig(NamedTuple):
@@ -418,6 +419,7 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
     first = (cols[:v] + load_regs, load_warps, lanes)
     last = (cols[:sv] + store_regs, store_warps, store_lanes)
     steps, conversions = _butterfly_plan(natural, cols[:m], w, first, last, out_order)
+    reg_tail = next((i for i, bit in enumerate(natural[::-1]) if bit not in first[0]), len(natural))
     meta = (("N", k << m), ("BM", 1 << b), ("C", 1 << c_bits), ("STORE_C", 1 << store_c_bits),
             ("LOAD0", _encode(load_dims[0])), ("LOAD0_BITS", len(load_dims[0])),
             ("LOAD1", _encode(load_dims[1])), ("LOAD1_BITS", len(load_dims[1])),
@@ -439,14 +441,19 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
                          "load_last")
     if cfg.hold_signs and cfg.programs_per_sm == 0:
         raise ValueError("hold_signs needs a persistent grid (programs_per_sm > 0)")
+    phase_bits = cfg.phases.bit_length() - 1
+    group_bits = kb - 2 - (paley and not pair_apart)  # bits of the group index of the products in registers
+    if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or phase_bits > group_bits)):
+        raise ValueError(f"phases must be a power of two up to the {1 << max(group_bits, 0)} groups of four inputs of "
+                         f"H_{k} in registers, got {cfg.phases}")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
-             ("LOAD_LAST", cfg.load_last))
+             ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE_C": 1, "STORE0": (), "STORE0_BITS": 0, "STORE1": (),
               "STORE1_BITS": 0}
     h_bits = 0
     if tail:  # the head's butterflies and store replace the tile's, the tail's follow (``_fwht_pow2_kernel``)
-        whole = cfg._replace(split=False)
+        whole = cfg._replace(split=False, phases=1)  # (the parts' butterflies and stores)
         h_meta, t_meta = dict(_pow2_plan(m, elem_size, whole, head).meta), dict(_pow2_plan(m, elem_size, whole, tail).meta)
         head_fields = {name: h_meta[name] for name in _PART_FIELDS}
         head_fields["K_PERMS"] = (perms[0], h_meta["K_PERMS"][1], t_meta["K_PERMS"][1])

@@ -167,16 +167,54 @@ def _load_signs(ptrs, col, COLS: tl.constexpr):
     return tl.load(ptrs)
 
 
+@triton.constexpr_function
+def _held_word_bits(tail, width):
+    """How many of a tile's last dimensions ``_packed_signs`` packs into a word: of 32-bit elements, the ``tail``
+    (the trailing dimensions the load layout holds in registers), at most 5; 16-bit elements keep their sign bits as
+    they are loaded, two to a register (0)."""
+    return min(tail, 5) if width == 32 else 0
+
+
+@triton.jit
+def _packed_signs(bits, BITS: tl.constexpr, NB: tl.constexpr):
+    """The sign bits ``bits`` of a loaded tile of 32-bit elements (0 or the sign bit) as uint32 words that a thread
+    keeps in registers: the tile reshaped to BITS, then 2^NB elements along its last NB dimensions (in registers)
+    packed into one word, element p's bit at 31 - p."""
+    w = tl.reshape((bits.to(tl.uint32) >> 31) << 31, BITS)
+    for j in tl.static_range(NB):
+        lo, hi = tl.split(w)
+        w = lo | (hi >> (1 << j))
+    return w
+
+
+@triton.jit
+def _unpacked_signs(held, like, NB: tl.constexpr, PTX: tl.constexpr):
+    """``_packed_signs``' words ``held`` back as the sign bits of a tile shaped as ``like``: a shift and an and a
+    value, which the flip's xor takes in the same instruction. Compiled (PTX), the words pass through an opaque copy
+    first, so that the compiler unpacks them where they are used (every row) instead of hoisting the unpacked bits,
+    one register a value, out of the loop."""
+    w = held
+    if PTX:
+        w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [held], dtype=tl.uint32, is_pure=False, pack=1)
+    for j in tl.static_range(NB):
+        w = tl.join(w, w << (1 << (NB - 1 - j)))
+    return tl.reshape((w >> 31) << 31, like.shape)
+
+
 @triton.jit
 def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, held, ROW_WORDS: tl.constexpr, HAS_SIGNS: tl.constexpr,
-                 SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, HELD: tl.constexpr):
-    """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits ``held``
-    (HELD: loaded once a program), else those at ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of
-    ROW_WORDS; the inverse flips at the store."""
+                 SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, HELD: tl.constexpr, HELD_BITS: tl.constexpr = 0,
+                 PTX: tl.constexpr = False):
+    """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits
+    ``held`` (HELD: loaded once a program; HELD_BITS > 0: packed by ``_packed_signs``), else those at
+    ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of ROW_WORDS; the inverse flips at the store."""
     if HAS_SIGNS:
         if inverse == 0:
             if HELD:
-                bits = held
+                if HELD_BITS > 0:
+                    bits = _unpacked_signs(held, v, HELD_BITS, PTX)
+                else:
+                    bits = held
             else:
                 bits = _load_signs(_sign_rows(s_ptr, row, sign_blocks, ROW_WORDS, SIGN_ROWS) + col, col, COLS)
             v = _flip_signs(v, bits)
@@ -204,37 +242,53 @@ def _negated(t, NEG: tl.constexpr):
 
 
 @triton.jit
-def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
+def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
     """M v along the last KB size-2 dimensions of v (the index k of M's K columns, k_0 last, padded to 2^KB; entries
     from K on are not read) for a ±1 matrix M (``CODES``, see ``fwht_plan.hadamard_codes``), on the CUDA cores: a
     tuple of the 2^KB outputs (zeros from K on). Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +-
     x_4g+3`` (14 adds, shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each
-    output adds one of them per group with its sign: K / 4 - 1 adds an output instead of K - 1."""
-    NG: tl.constexpr = K // 4
+    output adds one of them per group with its sign: K / 4 - 1 adds an output instead of K - 1. PHASE_BITS > 0: the
+    groups in 2^PHASE_BITS phases (by the low bits of g), each phase's sums formed and added to every output before
+    the next phase's, so that only one phase's sums are live beside the outputs."""
     NT: tl.constexpr = (K + 3) // 4  # groups with the pair
+    GB: tl.constexpr = KB - 2 - PHASE_BITS  # group bits within a phase
     even, odd = tl.split(v)  # k_0
     x0, x2 = tl.split(even)  # k_1: the group's inputs 0 and 2, then 1 and 3
     x1, x3 = tl.split(odd)
-    s = x0 + x1
-    d = x0 - x1
-    half = (s + x2, d + x2, s - x2, d - x2)  # bit 0 of the index: x1 subtracted, bit 1: x2
-    sums = (half[0] + x3, half[1] + x3, half[2] + x3, half[3] + x3,
-            half[0] - x3, half[1] - x3, half[2] - x3, half[3] - x3)  # bit 2: x3
-    terms = ()
-    for g in tl.static_range(NG):
-        for q in tl.static_range(8):
-            terms = terms + (_take(sums[q], g, KB - 2),)
-    if NT > NG:  # the pair x_4g +- x_4g+1 (codes 0 and 1)
-        terms = terms + (_take(s, NG, KB - 2), _take(d, NG, KB - 2))
     outs = ()
-    for r in tl.static_range(1 << KB):
-        if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
-            acc = _negated(terms[CODES[r * NT] % 8], CODES[r * NT] >= 8)
-            for g in tl.static_range(1, NT):
-                acc = acc + _negated(terms[g * 8 + CODES[r * NT + g] % 8], CODES[r * NT + g] >= 8)
-        else:
-            acc = tl.zeros_like(terms[0])
-        outs = outs + (acc,)
+    for c in tl.static_range(1 << PHASE_BITS):
+        if c < NT:  # the phase's groups g = c + (h << PHASE_BITS)
+            y0 = _take(x0, c, PHASE_BITS)
+            y1 = _take(x1, c, PHASE_BITS)
+            y2 = _take(x2, c, PHASE_BITS)
+            y3 = _take(x3, c, PHASE_BITS)
+            s = y0 + y1
+            d = y0 - y1
+            half = (s + y2, d + y2, s - y2, d - y2)  # bit 0 of the index: x1 subtracted, bit 1: x2
+            sums = (half[0] + y3, half[1] + y3, half[2] + y3, half[3] + y3,
+                    half[0] - y3, half[1] - y3, half[2] - y3, half[3] - y3)  # bit 2: x3
+            terms = ()
+            for h in tl.static_range(1 << GB):
+                if c + (h << PHASE_BITS) < K // 4:
+                    for q in tl.static_range(8):
+                        terms = terms + (_take(sums[q], h, GB),)
+                elif c + (h << PHASE_BITS) < NT:  # the pair x_4g +- x_4g+1 (codes 0 and 1)
+                    terms = terms + (_take(s, h, GB), _take(d, h, GB))
+            new = ()
+            for r in tl.static_range(1 << KB):
+                if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
+                    if c == 0:
+                        acc = _negated(terms[CODES[r * NT] % 8], CODES[r * NT] >= 8)
+                    else:
+                        acc = outs[r] + _negated(terms[CODES[r * NT + c] % 8], CODES[r * NT + c] >= 8)
+                    for h in tl.static_range(1, 1 << GB):
+                        if c + (h << PHASE_BITS) < NT:
+                            acc = acc + _negated(terms[h * 8 + CODES[r * NT + c + (h << PHASE_BITS)] % 8],
+                                                 CODES[r * NT + c + (h << PHASE_BITS)] >= 8)
+                else:
+                    acc = tl.zeros_like(_take(x0, 0, KB - 2))
+                new = new + (acc,)
+            outs = new
     return outs
 
 
@@ -250,7 +304,8 @@ def _joined(outs, KB: tl.constexpr):
 
 
 @triton.jit
-def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr):
+def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr,
+                      PHASE_BITS: tl.constexpr = 0):
     """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on are
     not read): a tuple of the 2^KB outputs (zeros from K on; ``_joined`` puts them back with k_0 first).
     ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
@@ -259,25 +314,25 @@ def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr,
     K / 8 + 1.5 adds an output besides the shared sums (K / 4 - 1 for H_K)."""
     if PALEY:
         x0, x1 = tl.split(v)
-        u0 = _register_products(x0, K // 2, KB - 1, CODES)
-        u1 = _register_products(x1, K // 2, KB - 1, CODES)
+        u0 = _register_products(x0, K // 2, KB - 1, CODES, PHASE_BITS)
+        u1 = _register_products(x1, K // 2, KB - 1, CODES, PHASE_BITS)
         outs = ()
         for i in tl.static_range(1 << (KB - 1)):
             outs = outs + (tl.fma(_take(x1, i, KB - 1), 2.0, u0[i] - u1[i]),
                            tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
     else:
-        outs = _register_products(v, K, KB, CODES)
+        outs = _register_products(v, K, KB, CODES, PHASE_BITS)
     return outs
 
 
 @triton.jit
-def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr):
+def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
     """``(C ⊗ I_2 + I ⊗ [[0, 1], [-1, 0]]) x`` for H_2K's Paley II core C (order K) along the last KB size-2
     dimensions of v (a K index of C, padded to 2^KB), where the tile holds one element x_j of each pair and ``pair``
     the other one, negated for j = 1: ``(C + I) x_j - x_j + pair`` with ``_register_products`` (codes of C + I), a
     tuple of the 2^KB outputs (zeros from K on). The butterfly on the pair bit and ``_store_rows``' relabeling
     (PAIR_HALF) finish H_2K."""
-    u = _register_products(v, K, KB, CODES)
+    u = _register_products(v, K, KB, CODES, PHASE_BITS)
     outs = ()
     for a in tl.static_range(1 << KB):
         if a < K:
@@ -441,7 +496,8 @@ def _fwht_pow2_kernel(
     K_HEAD_BITS: tl.constexpr, T_BITS: tl.constexpr, T_STEPS: tl.constexpr, T_NUM_STEPS: tl.constexpr,
     T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
-    BULK: tl.constexpr, HOLD_SIGNS: tl.constexpr,
+    BULK: tl.constexpr, HOLD_SIGNS: tl.constexpr, REG_TAIL: tl.constexpr, PHASE_BITS: tl.constexpr,
+    PTX: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
@@ -469,7 +525,9 @@ def _fwht_pow2_kernel(
     while the program works on the row before; one buffer is refilled once the row is in registers, two once the row
     is stored. The rows (and pairs) are read from there in the layout of the loads they replace. HOLD_SIGNS (a
     persistent grid, one sign vector for every row): the forward transform's sign bits are loaded once a program
-    and kept in registers; the inverse loads them at each store."""
+    and kept in registers (32-bit elements: a bit each, packed along the tile's last REG_TAIL dimensions, which the
+    load layout holds in registers; ``_packed_signs``); the inverse loads them at each store. PHASE_BITS: H_K's
+    groups of four inputs in 2^PHASE_BITS phases (``_register_products``)."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
@@ -498,10 +556,15 @@ def _fwht_pow2_kernel(
                            x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr, ROW_BYTES)
     held = 0  # the forward transform's sign bits of this program's columns (and of their pairs), if HOLD_SIGNS
     held_pair = 0
+    HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, x_ptr.dtype.element_ty.primitive_bitwidth)
     if HOLD_SIGNS:
         held = _load_signs(s_in + load_col, load_col, COLS // per)
         if PAIR_APART:
             held_pair = _load_signs(s_in + (load_col ^ PAIR_HALF), load_col ^ PAIR_HALF, COLS)
+        if HELD_BITS > 0:
+            held = _packed_signs(held, BITS, HELD_BITS)
+            if PAIR_APART:
+                held_pair = _packed_signs(held_pair, BITS, HELD_BITS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
@@ -526,7 +589,7 @@ def _fwht_pow2_kernel(
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
         v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, held, N // per, HAS_SIGNS, SIGN_ROWS,
-                         COLS // per, HOLD_SIGNS)
+                         COLS // per, HOLD_SIGNS, HELD_BITS, PTX)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (L1 / L2 or the buffer)
             pair_col = load_col ^ PAIR_HALF
             if BULK > 0:
@@ -534,7 +597,7 @@ def _fwht_pow2_kernel(
             else:
                 pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
             pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, held_pair, N, HAS_SIGNS, SIGN_ROWS,
-                                COLS, HOLD_SIGNS)
+                                COLS, HOLD_SIGNS, HELD_BITS, PTX)
             pair = pair.to(tl.float32)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if BULK == 1:  # every thread has read the row from the buffer: refill it with the program's next row
@@ -547,9 +610,10 @@ def _fwht_pow2_kernel(
         v = tl.reshape(v.to(tl.float32), BITS)
         if K > 1:
             if PAIR_APART:
-                outs = _paley_pair_outputs(tl.permute(v, K_PERMS[0]), tl.permute(pair, K_PERMS[0]), K, KB, K_CODES)
+                outs = _paley_pair_outputs(tl.permute(v, K_PERMS[0]), tl.permute(pair, K_PERMS[0]), K, KB, K_CODES,
+                                           PHASE_BITS)
             else:
-                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY)
+                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY, PHASE_BITS)
             if K_HEAD > 0:
                 vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
                 _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
@@ -965,7 +1029,7 @@ def _launch_plan(
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk,
-                           HOLD_SIGNS=plan.hold_signs and has_signs and sign_blocks == 1)
+                           HOLD_SIGNS=plan.hold_signs and has_signs and sign_blocks == 1, PTX=x2.is_cuda)
         extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled

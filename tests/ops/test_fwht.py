@@ -184,6 +184,9 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (20 * 512, torch.bfloat16, Pow2Config(4, 16, 1, 1, split=True, wide_store=True, bulk=2)),
     (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
     (68 * 64, torch.float32, Pow2Config(2, 16, 1, 2, split=True, wide_store=True, bulk=1, hold_signs=True)),
+    (108 * 64, torch.float32, Pow2Config(2, 16, 1, 2, wide_store=True, hold_signs=True, phases=4)),
+    (108 * 32, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=32)),
+    (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -270,6 +273,9 @@ def test_wide_store_plan() -> None:
     (76 * 128, torch.float32, PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=2))),
     (148 * 128, torch.float32, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=1), pair_apart=True)),
     (68 * 256, torch.float32, Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)),
+    (108 * 256, torch.float32, Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4)),
+    (148 * 128, torch.float32, PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2, hold_signs=True, phases=2),
+                                           pair_apart=True)),
 ], ids=str)
 def test_bulk_rows_cuda(n: int, dtype: torch.dtype, config) -> None:
     """``bulk``: rows through one or two shared-memory buffers, several rows a program (each buffer refilled and its
@@ -310,6 +316,12 @@ def test_hadamard_in_registers_bounds() -> None:
             kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=count))
     with pytest.raises(ValueError, match="hold_signs needs a persistent grid"):
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, hold_signs=True))
+    for n, config in ((28 * 256, Pow2Config(8, 64, 1, 1, phases=3)), (28 * 256, Pow2Config(8, 64, 1, 1, phases=16)),
+                      (1 << 14, Pow2Config(8, 64, 1, 1, phases=2)),
+                      (76 * 128, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=32)))):  # C + I: 16 groups (10 padded)
+        with pytest.raises(ValueError, match="phases must be a power of two up to the"):
+            kernel_plan(n, 4, config)
+    assert dict(kernel_plan(76 * 128, 4, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=8))).meta)["PHASE_BITS"] == 3
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
@@ -378,6 +390,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, bulk=2))),
     (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, hold_signs=True), pair_apart=True)),
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, phases=4), pair_apart=True)),
+    (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=8))),  # C + I of order 38
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
