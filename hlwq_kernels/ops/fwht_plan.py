@@ -280,6 +280,16 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # i6), bf16 17408 (its dense launch 49.1%) 51.7% in registers; fp32 18432 level (84.0 against 84.6%); where the held
 # bits do not fit beside the row (4864, 9728, 13824, 14336, 18944, fp32 27648 and 28672) the offline sm_90 compile
 # spilled 200-880 bytes a thread, so those were not run
+# hold_signs with 32-bit rows: the bits packed, a bit an element (a shift and the flip's lop3 a value each row), so that
+# they fit beside the row (bench/results/fwht-phases-h200-2026-12-04-j.md, sweep j1): with signs= fp32 4864 83.6 ->
+# 86.8%, 9728 81.8 -> 86.0%, 28672 81.5 -> 89.6%, 13824 56.2 -> 63.8%, 27648 54.1 -> 63.1%, 18944 31.4 -> 48.4%;
+# fp32 17408 and 18432 level; 16-bit rows keep their bits as loaded, two to a register (packed, bf16 17408 ran 47.7%
+# against 51.7%);
+# Pow2Config(phases=N): H_K's groups of four in N phases, one phase's sums live beside the outputs (K = 108: no spills
+# in the offline sm_90 compile, 72 bytes a thread before; sweep j2): fp32 27648 66.3 -> 80.5%, 13824 74.7 -> 78.2% (two
+# programs an SM and one row buffer, which spilled before), 17408 91.1 -> 92.3%; with signs= 13824 63.7 -> 74.3%,
+# 27648 62.9 -> 76.3%, 18944 48.3 -> 57.1%, 4864 87.7 -> 88.9%; the other fp32 sizes level, bf16 rows in registers
+# still slower than their dense launches
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -298,12 +308,12 @@ _DENSE_TABLE_SIZES = {
     (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=1)),
-    (4, 13824): Pow2Config(4, 64, 1, 0, wide_store=True),
+    (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=4),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
-    (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2),
+    (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2, phases=4),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
     (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
-    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1),
+    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, phases=2),
     (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
@@ -315,13 +325,15 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=Tr
                                                          hold_signs=True)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (4, 14336): Pow2Config(4, 64, 1, 0),
-                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1)),
-                      (4, 28672): Pow2Config(8, 64, 1, 1, load_last=True),
+                      (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True)),
+                      (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
-                      (4, 4864): PaleyConfig(Pow2Config(2, 64, 1, 8, l2_ahead=True, split=True)),
-                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1),
-                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1),
+                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2, hold_signs=True, phases=4),
+                                              pair_apart=True),
+                      (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True, phases=2),
+                                             pair_apart=True),
+                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4),
+                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, hold_signs=True, phases=4),
                       (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
