@@ -1,6 +1,6 @@
 """Table launches of the FWHT under compute-sanitizer (memcheck), forward and inverse, with and without signs:
 
-    compute-sanitizer --tool memcheck python bench/memcheck_fwht.py 13824 27648
+    compute-sanitizer --tool memcheck python scripts/memcheck_fwht.py 13824 27648
 
 Each size runs 300 rows of float32 (and --dtypes), enough for every persistent program to take several rows."""
 
