@@ -291,7 +291,7 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 27648 62.9 -> 76.3%, 18944 48.3 -> 57.1%, 4864 87.7 -> 88.9%; the other fp32 sizes level, bf16 rows in registers
 # still slower than their dense launches; sweep j3 (against the entries before this pass in one process): 13824 75.2 ->
 # 78.0% with 2 phases (77.0-77.7% with 4), 27648 66.6 -> 80.5%, 17408 90.9 -> 91.6%, with signs= 18944 30.9 -> 65.7%
-# with one row buffer (57.6% with two), 27648 54.0 -> 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 ->
+# with one row buffer and K not split (57.6% with two and K split; sweep j4: 65.6% against 60.8% split), 27648 54.0 -> 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 ->
 # 89.5%, 9728 82.2 -> 87.8%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
@@ -331,7 +331,7 @@ _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=Tr
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=1, hold_signs=True, phases=4),
+                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True, phases=4),
                                               pair_apart=True),
                       (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True, phases=2),
                                              pair_apart=True),
