@@ -25,9 +25,11 @@ intermediate in fp32 and one rounding at the store.
   The power-of-two butterflies then start in the MMA accumulator layout and end in the store layout.
 
 * fp32 rows with K <= 128 may run H_K in registers instead (``Pow2Config`` for a K * 2^m size): the sums of each
-  group of four inputs are shared by every output, on the CUDA cores, before the butterflies; a persistent program
-  can have its next rows prefetched into L2, or (``bulk``, sm_90) copied into one or two row buffers in shared memory
-  by the bulk copy engine while it transforms the current row (also 16-bit rows, where the table finds it faster).
+  group of four inputs are shared by every output, on the CUDA cores, before the butterflies (``phases``: the groups
+  in phases, so that one phase's sums are live at a time); a persistent program can have its next rows prefetched
+  into L2, or (``bulk``, sm_90) copied into one or two row buffers in shared memory by the bulk copy engine while it
+  transforms the current row (also 16-bit rows, where the table finds it faster), and can hold its sign bits
+  (``hold_signs``; 32-bit rows a bit an element).
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
 ``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
