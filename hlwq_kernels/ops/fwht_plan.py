@@ -123,7 +123,7 @@ class Pow2Config(NamedTuple):
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
     hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
-    phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two, _fwht_pow2_kernel)
+    phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two)
 
 
 class DenseConfig(NamedTuple):
@@ -291,8 +291,8 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # 27648 62.9 -> 76.3%, 18944 48.3 -> 57.1%, 4864 87.7 -> 88.9%; the other fp32 sizes level, bf16 rows in registers
 # still slower than their dense launches; sweep j3 (against the entries before this pass in one process): 13824 75.2 ->
 # 78.0% with 2 phases (77.0-77.7% with 4), 27648 66.6 -> 80.5%, 17408 90.9 -> 91.6%, with signs= 18944 30.9 -> 65.7%
-# with one row buffer and K not split (57.6% with two and K split; sweep j4: 65.6% against 60.8% split), 27648 54.0 -> 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 ->
-# 89.5%, 9728 82.2 -> 87.8%
+# with one row buffer and K not split (57.6% with two and K split; sweep j4: 65.6% against 60.8% split), 27648 54.0 ->
+# 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 -> 89.5%, 9728 82.2 -> 87.8%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
