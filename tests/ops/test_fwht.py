@@ -185,7 +185,8 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
     (68 * 64, torch.float32, Pow2Config(2, 16, 1, 2, split=True, wide_store=True, bulk=1, hold_signs=True)),
     (108 * 64, torch.float32, Pow2Config(2, 16, 1, 2, wide_store=True, hold_signs=True, phases=4)),
-    (108 * 32, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=32)),
+    (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2)),
+    (12 * 128, torch.float32, Pow2Config(2, 16, 1, 2, phases=4)),  # a group a phase
     (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
@@ -391,7 +392,7 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, hold_signs=True), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, phases=4), pair_apart=True)),
-    (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=8))),  # C + I of order 38
+    (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=2))),  # C + I of order 38
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
