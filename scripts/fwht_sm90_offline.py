@@ -3,8 +3,10 @@
     python scripts/fwht_sm90_offline.py 27648 float32 --signs
     python scripts/fwht_sm90_offline.py 13824 float32 --config "Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=4)"
 
-The launch is the one ``fwht()`` takes on an H200: the table's entry, or ``--config``, with the bulk copies on. A
-stand-in driver reports an sm_90 target, and nothing runs. The script prints, for one program:
+The launch is the one ``fwht()`` takes on an H200: the table's entry, or ``--config``, with the bulk copies on and
+the plan's register cap. It must be a launch of the power-of-two kernel (``Pow2Config``, also through
+``PaleyConfig``): the dense kernel's operands are chosen by device, and on a CPU tensor they would not be the CUDA
+launch's. A stand-in driver reports an sm_90 target, and nothing runs. The script prints, for one program:
 
 - registers and stack bytes a thread (spills) and shared memory (Triton's, plus the row buffers);
 - whether ``programs_per_sm`` programs fit an SM (65,536 registers and 232,448 bytes of shared memory);
@@ -71,8 +73,7 @@ def _captured_launch(n: int, dtype: torch.dtype, signs: bool, config) -> tuple:
     finally:
         fwht_triton.launch, fwht_triton._sm90_bulk = saved
     kernel, args, kwargs, extra_shared = captured[-1]
-    if "PTX" in kwargs:  # the launch of a CUDA tensor
-        kwargs["PTX"] = True
+    kwargs["PTX"] = True  # as for a CUDA tensor
     return kernel, args, kwargs, extra_shared
 
 
@@ -93,8 +94,13 @@ def main() -> None:
     config = eval(args.config, {"__builtins__": {}}, names) if args.config else None  # noqa: S307 (a launch literal)
     dtype = getattr(torch, args.dtype)
     plan = kernel_plan(args.n, torch.empty(0, dtype=dtype).element_size(), config, args.signs, dtype == torch.float16)
+    if plan.kernel != "pow2":
+        parser.exit(2, f"{args.n} {args.dtype}: a launch of the dense kernel; this script compiles the power-of-two "
+                       f"kernel's launches only (see its docstring)\n")
     triton.runtime.driver.set_active(_Sm90Driver())
     kernel, launch_args, kwargs, extra_shared = _captured_launch(args.n, dtype, args.signs, config)
+    if plan.max_regs:  # the register cap the launch takes on CUDA
+        kwargs["maxnreg"] = plan.max_regs
     compiled = kernel.warmup(*launch_args, grid=(1,), **kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")

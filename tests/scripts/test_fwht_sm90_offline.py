@@ -30,3 +30,12 @@ def test_offline_compile_reports_the_launch() -> None:
     assert re.search(r"row buffers 0\)", run.stdout)
     assert re.search(r"2 program\(s\) of 64 threads an SM: .*: (fit|do not fit)", run.stdout)
     assert re.search(r"\d+ SASS instructions, sha256 [0-9a-f]{16}; most used: FADD \d+", run.stdout)
+
+
+def test_offline_compile_refuses_dense_launches() -> None:
+    """The dense kernel's operands depend on the device (a CPU tensor would compile another kernel): refused in one
+    line, before anything is compiled."""
+    run = subprocess.run([sys.executable, str(SCRIPT), "18944", "bfloat16"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 2
+    assert "18944 bfloat16: a launch of the dense kernel" in run.stderr and "Traceback" not in run.stderr
