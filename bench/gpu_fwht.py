@@ -79,15 +79,16 @@ def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
 def _describe(n: int, dtype: torch.dtype, config, signs: bool) -> str:
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config, signs, dtype == torch.float16)
     cfg = config or "table"
-    phases = 1 << dict(plan.meta).get("PHASE_BITS", 0)
+    meta = dict(plan.meta)
+    phases = 1 << meta.get("PHASE_BITS", 0)
     return f"{plan.kernel} rows/tile={plan.tile_rows} warps={plan.num_warps} stages={plan.stages} " \
            f"pps={plan.programs_per_sm} prefetch={int(plan.prefetch)} maxregs={plan.max_regs} " \
-           f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if dict(plan.meta).get('ROWS_FIRST') else ''}" \
-           f"{'H_K in registers ' if plan.kernel == 'pow2' and dict(plan.meta).get('K', 1) > 1 else ''}" \
-           f"{'Paley core ' if dict(plan.meta).get('PALEY') else ''}" \
-           f"{'load_last ' if dict(plan.meta).get('LOAD_LAST') else ''}" \
-           f"{'pair apart ' if dict(plan.meta).get('PAIR_APART') else ''}" \
-           f"{'wide store ' if dict(plan.meta).get('STORE_C', 1) > dict(plan.meta).get('C', 1) else ''}" \
+           f"{'words=1 ' if plan.words else ''}{'rows_first=1 ' if meta.get('ROWS_FIRST') else ''}" \
+           f"{'H_K in registers ' if plan.kernel == 'pow2' and meta.get('K', 1) > 1 else ''}" \
+           f"{'Paley core ' if meta.get('PALEY') else ''}" \
+           f"{'load_last ' if meta.get('LOAD_LAST') else ''}" \
+           f"{'pair apart ' if meta.get('PAIR_APART') else ''}" \
+           f"{'wide store ' if meta.get('STORE_C', 1) > meta.get('C', 1) else ''}" \
            f"{f'bulk={plan.bulk} ' if plan.bulk else ''}" \
            f"{'hold_signs ' if plan.hold_signs else ''}" \
            f"{f'phases={phases} ' if phases > 1 else ''}" \

@@ -190,6 +190,16 @@ def _packed_signs(bits, BITS: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
+def _held_signs(s_ptr, col, COLS: tl.constexpr, BITS: tl.constexpr, NB: tl.constexpr):
+    """The sign bits at ``s_ptr + col`` (columns from COLS on read as 0), loaded once for a program to hold: as they
+    are, or (NB > 0) packed by ``_packed_signs``."""
+    bits = _load_signs(s_ptr + col, col, COLS)
+    if NB > 0:
+        bits = _packed_signs(bits, BITS, NB)
+    return bits
+
+
+@triton.jit
 def _unpacked_signs(held, like, NB: tl.constexpr, PTX: tl.constexpr):
     """``_packed_signs``' words ``held`` back as the sign bits of a tile shaped as ``like``: a shift and an and a
     value, which the flip's xor takes in the same instruction. Compiled (PTX), the words pass through an opaque copy
@@ -560,13 +570,9 @@ def _fwht_pow2_kernel(
     held_pair = 0
     HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, x_ptr.dtype.element_ty.primitive_bitwidth)
     if HOLD_SIGNS:
-        held = _load_signs(s_in + load_col, load_col, COLS // per)
+        held = _held_signs(s_in, load_col, COLS // per, BITS, HELD_BITS)
         if PAIR_APART:
-            held_pair = _load_signs(s_in + (load_col ^ PAIR_HALF), load_col ^ PAIR_HALF, COLS)
-        if HELD_BITS > 0:
-            held = _packed_signs(held, BITS, HELD_BITS)
-            if PAIR_APART:
-                held_pair = _packed_signs(held_pair, BITS, HELD_BITS)
+            held_pair = _held_signs(s_in, load_col ^ PAIR_HALF, COLS, BITS, HELD_BITS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
