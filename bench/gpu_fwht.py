@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import math
+import re
 from typing import Callable
 
 import torch
@@ -43,8 +44,17 @@ QUICK = [128, 1024, 4096, 16384, 32768, 3584, 14336, 11008]
 DTYPES = (torch.bfloat16, torch.float32)
 TOTAL = 1 << 28
 CHECK_ROWS = 256
-# (n, variant) rows that check block_size= and signs= run at the speed of the plain transform
-VARIANTS = [(4096, "signs"), (4096, "block128"), (4096, "block128+signs"), (14336, "signs")]
+# (n, variant) rows that check block_size= and signs= run at the speed of the plain transform; a variant is
+# "signs", "block<b>" (block_size=b) or "block<b>+signs" (block_size=b, one sign vector of length n)
+VARIANTS = [(n, "signs") for n in POW2 + LLM] + [
+    (n, f"block{b}{signs}") for n, b in ((4096, 16), (4096, 128), (32768, 2048), (32768, 16384), (14336, 3584),
+                                         (28672, 14336)) for signs in ("", "+signs")]
+
+
+def _block(n: int, variant: str) -> int:
+    """The block size of a variant of rows of length n (n without block_size=)."""
+    found = re.search(r"block(\d+)", variant)
+    return int(found.group(1)) if found else n
 
 
 def _input(n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -56,7 +66,7 @@ def _call(
     x: torch.Tensor, variant: str, config: Pow2Config | DenseConfig | SplitConfig | PaleyConfig | None
 ) -> Callable[[], torch.Tensor]:
     n = x.shape[1]
-    b = 128 if "block128" in variant else n
+    b = _block(n, variant)
     signs = random_signs(n, 1, device="cuda") if "signs" in variant else None
     if config is not None:
         bits = None if signs is None else sign_bit_mask(signs, x.element_size())
@@ -70,7 +80,8 @@ def _call(
 
 def _reference(x: torch.Tensor, variant: str) -> torch.Tensor:
     n = x.shape[1]
-    kw: dict = {"block_size": 128} if "block128" in variant else {}
+    b = _block(n, variant)
+    kw: dict = {"block_size": b} if b != n else {}
     if "signs" in variant:
         kw["signs"] = random_signs(n, 1, device="cuda").double()
     return fwht(x[:CHECK_ROWS].double(), backend="torch", **kw)
@@ -118,7 +129,7 @@ def measure(n: int, dtype: torch.dtype, configs: list, variant: str = "", rep_ms
         except Exception as exc:  # a candidate that fails to compile or launch is reported, not fatal
             results.append({"n": n, "dtype": dtype, "variant": variant, "config": config, "error": repr(exc)[:300]})
             continue
-        b = 128 if "block128" in variant else n
+        b = _block(n, variant)
         results.append({
             "n": n, "dtype": dtype, "variant": variant, "config": config, "clone": clone, "gbps": gbps,
             "err": err, "finite": finite, "desc": _describe(b, x.dtype, config, "signs" in variant),
@@ -238,11 +249,16 @@ def host_calls() -> dict[str, Callable[[], object]]:
             "fwht(x, block_size=128)": lambda: fwht(x, block_size=128), "x.clone()": lambda: x.clone()}
 
 
-def _cases(sizes: list[int], dtypes, with_variants: bool, signs_sizes: tuple[int, ...] = ()) -> list[tuple]:
+def _cases(sizes: list[int], dtypes, with_variants: bool, signs_sizes: tuple[int, ...] = (),
+           blocks: tuple[tuple[int, int], ...] = ()) -> list[tuple]:
+    """(n, dtype, variant) cases: the plain transform at ``sizes``, VARIANTS (``with_variants``), signs= at
+    ``signs_sizes`` and, for each (n, b) of ``blocks``, block_size=b with and without signs of length n."""
     cases = [(n, dt, "") for dt in dtypes for n in sizes]
     if with_variants:
         cases += [(n, dt, v) for dt in dtypes for n, v in VARIANTS]
-    return cases + [(n, dt, "signs") for dt in dtypes for n in signs_sizes if (n, "signs") not in VARIANTS]
+    cases += [(n, dt, "signs") for dt in dtypes for n in signs_sizes if (n, "signs") not in VARIANTS]
+    extra = [(n, v) for n, b in blocks for v in (f"block{b}", f"block{b}+signs") if (n, v) not in VARIANTS]
+    return cases + [(n, dt, v) for dt in dtypes for n, v in extra]
 
 
 def roofline_rows(quick: bool = False) -> list[dict]:
@@ -261,7 +277,7 @@ def roofline_rows(quick: bool = False) -> list[dict]:
 
 
 def _target(n: int, variant: str) -> float:
-    k, _ = hadamard_factors(n if "block128" not in variant else 128)
+    k, _ = hadamard_factors(_block(n, variant))
     return 80.0 if k > 1 or n > 16384 else 90.0
 
 
@@ -292,6 +308,8 @@ def main() -> None:
                         help="comma-separated variants of VARIANTS to time too ('' for none)")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--signs-sizes", default="", help="comma-separated n: also time the signs= variant there")
+    parser.add_argument("--blocks", default="", help="comma-separated n:b: also time block_size=b on rows of n, with "
+                                                     "and without a sign vector of length n")
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--sweep-dtypes", default=None, help="dtypes the sweep covers (default: --dtypes)")
     parser.add_argument("--sweep-limit", type=int, default=10, help="candidate configurations per case at most")
@@ -322,10 +340,12 @@ def main() -> None:
     split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
     plans = {}
     signs_sizes = tuple(int(n) for n in args.signs_sizes.split(",") if n)
-    for n, dt, v in _cases(sizes, dtypes, True, signs_sizes):
-        if v and v not in args.variants.split(",") and not (v == "signs" and n in signs_sizes):
+    blocks = tuple(tuple(int(f) for f in nb.split(":")) for nb in args.blocks.split(",") if nb)
+    for n, dt, v in _cases(sizes, dtypes, True, signs_sizes, blocks):
+        asked = (v == "signs" and n in signs_sizes) or any(n == bn and v in (f"block{b}", f"block{b}+signs") for bn, b in blocks)
+        if v and v not in args.variants.split(",") and not asked:
             continue
-        b = 128 if "block128" in v else n
+        b = _block(n, v)
         sweep = n in swept and dt in sweep_dtypes
         cands = _given_candidates(given, b, dt, v)
         if cands is None:

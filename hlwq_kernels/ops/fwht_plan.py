@@ -186,6 +186,12 @@ _POW2_TABLE_FP32 = {m: Pow2Config(1, 16, 1, 0) for m in range(7, 11)}
 # registers) 58% of clone; a persistent launch without prefetch runs at 90%
 # (bench/results/fwht-anchors-h200-2026-12-02-e.md)
 _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
+# Powers of two with signs= (bfloat16 and fp32 rows, by element size and m), where the launch without signs slowed
+# down with the sign bits loaded with every row: persistent programs that hold them (fp32 a bit an element,
+# ``hold_signs``); fp32 2^15 52.1-52.2 -> 90.6-91.0% of clone, 2^14 82.9-84.2 -> 89.8-90.9%, bf16 2^14 86.6 -> 89.1%
+# (bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweeps l1 and l2)
+_POW2_TABLE_SIGNS = {(4, 15): Pow2Config(8, 64, 1, 1, hold_signs=True), (4, 14): Pow2Config(8, 64, 1, 2, hold_signs=True),
+                     (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 3, 0, 64, 128), 4: DenseConfig(4, 64, 3, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -292,7 +298,10 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # still slower than their dense launches; sweep j3 (against the entries before this pass in one process): 13824 75.2 ->
 # 78.0% with 2 phases (77.0-77.7% with 4), 27648 66.6 -> 80.5%, 17408 90.9 -> 91.6%, with signs= 18944 30.9 -> 65.7%
 # with one row buffer and K not split (57.6% with two and K split; sweep j4: 65.6% against 60.8% split), 27648 54.0 ->
-# 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 -> 89.5%, 9728 82.2 -> 87.8%
+# 75.3%, 13824 56.5 -> 74.1%, 28672 81.4 -> 89.8%, 4864 83.9 -> 89.5%, 9728 82.2 -> 87.8%;
+# bf16 3584 with signs=: H_K in registers with the sign bits held, 76.6 -> 78.8% in one process (its dense launch 95.1%
+# without signs=; the registers form ran slower with signs= at bf16 4864, 9728, 13824 and 14336: 21-61% against
+# 70-75%; bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweep l2)
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -321,6 +330,7 @@ _DENSE_TABLE_SIZES = {
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
 _DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True),
+                      (2, 3584): Pow2Config(2, 64, 1, 4, l2_ahead=True, load_last=True, hold_signs=True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
                       (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True),
@@ -598,6 +608,8 @@ def kernel_plan(
         return None
     if k == 1 and not isinstance(config, SplitConfig):
         table = _POW2_TABLE_FP16 if fp16 else _POW2_TABLE_16BIT if elem_size <= 2 else _POW2_TABLE_FP32
+        if config is None and signs and not fp16:
+            config = _POW2_TABLE_SIGNS.get((elem_size, m))
         return _pow2_plan(m, elem_size, config or table.get(m, _POW2_TABLE[m]))
     if config is None:
         config = (signs and _DENSE_TABLE_SIGNS.get((elem_size, n))) or _DENSE_TABLE_SIZES.get((elem_size, n))

@@ -335,6 +335,17 @@ def test_hadamard_in_registers_bounds() -> None:
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, True, load_last=True))
 
 
+def test_power_of_two_signs_launches_hold_the_sign_bits() -> None:
+    """Powers of two with signs= take persistent launches that hold the sign bits where those measured faster
+    (fp32 2^14 and 2^15, bf16 2^14); float16 rows and other sizes keep the launch without signs."""
+    for n, size in ((1 << 15, 4), (1 << 14, 4), (1 << 14, 2)):
+        plan = kernel_plan(n, size, signs=True)
+        assert plan.hold_signs and plan.programs_per_sm > 0 and plan != kernel_plan(n, size)
+    assert kernel_plan(1 << 14, 2, signs=True, fp16=True) == kernel_plan(1 << 14, 2, fp16=True)
+    for n, size in ((1 << 15, 2), (1 << 13, 4), (1 << 12, 2)):
+        assert kernel_plan(n, size, signs=True) == kernel_plan(n, size)
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n, dtype, config", [
     (28 * 16, torch.bfloat16, SplitConfig(2, DenseConfig(2, 16, 3, 1, 0, 0, True, 0, False, True))),  # 112 * 4
