@@ -39,6 +39,7 @@ after the first launch.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -536,7 +537,8 @@ def _fwht_pow2_kernel(
     BULK buffers at the end of its dynamic shared memory, each filled by the bulk copy engine (one mbarrier a buffer)
     while the program works on the row before; one buffer is refilled once the row is in registers, two once the row
     is stored. The rows (and pairs) are read from there in the layout of the loads they replace. HOLD_SIGNS (a
-    persistent grid, one sign vector for every row): the forward transform's sign bits are loaded once a program
+    persistent grid, one sign vector for every row, or with SIGN_ROWS one-row tiles and a multiple of sign_blocks
+    programs, so that a program's rows share one): the forward transform's sign bits are loaded once a program
     and kept in registers (32-bit elements: a bit each, packed along the tile's last REG_TAIL dimensions, which the
     load layout holds in registers; ``_packed_signs``); the inverse loads them at each store. PHASE_BITS: H_K's
     groups of four inputs in 2^PHASE_BITS phases (``_register_products``)."""
@@ -569,10 +571,11 @@ def _fwht_pow2_kernel(
     held = 0  # the forward transform's sign bits of this program's columns (and of their pairs), if HOLD_SIGNS
     held_pair = 0
     HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, x_ptr.dtype.element_ty.primitive_bitwidth)
-    if HOLD_SIGNS:
-        held = _held_signs(s_in, load_col, COLS // per, BITS, HELD_BITS)
+    if HOLD_SIGNS:  # (SIGN_ROWS: one-row tiles, a multiple of sign_blocks programs; this program's rows' vector)
+        s_held = _sign_rows(s_in, tl.program_id(0), sign_blocks, N // per, SIGN_ROWS)
+        held = _held_signs(s_held, load_col, COLS // per, BITS, HELD_BITS)
         if PAIR_APART:
-            held_pair = _held_signs(s_in, load_col ^ PAIR_HALF, COLS, BITS, HELD_BITS)
+            held_pair = _held_signs(s_held, load_col ^ PAIR_HALF, COLS, BITS, HELD_BITS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
         row = tile * BM + load_row
         if L2_AHEAD:  # one-row tiles, contiguous and 16-byte aligned: the next row's bytes on their way to L2
@@ -825,7 +828,7 @@ def _fwht_dense_kernel(
     HAS_SIGNS: tl.constexpr, SIGN_ROWS: tl.constexpr, PIECES: tl.constexpr, STAGES: tl.constexpr,
     PREFETCH: tl.constexpr, KB: tl.constexpr, BITS_B: tl.constexpr, STEPS_B: tl.constexpr,
     NUM_STEPS_B: tl.constexpr, HOIST: tl.constexpr, UNCHAINED: tl.constexpr, KO_SPLIT: tl.constexpr,
-    ROWS_FIRST: tl.constexpr, PALEY: tl.constexpr,
+    ROWS_FIRST: tl.constexpr, PALEY: tl.constexpr, HOLD_SIGN_ROWS: tl.constexpr = False,
 ):
     """Rows of length K*P: a tile is BM rows x KO output K-indices; H_K (H_K.T for the inverse,
     padded, row-major with KI*KI_STEPS + KB columns) at h_ptr. Signs as in ``_fwht_pow2_kernel``.
@@ -842,7 +845,9 @@ def _fwht_dense_kernel(
     instead of accumulating it in the MMA: Triton gives a dot whose result feeds another dot every
     warp along M (16 rows each, so half of them would repeat the same rows) and the last dot another
     layout, which would cost a conversion of the accumulator between the two. The sign bits of a
-    prefetching launch are loaded once per program (unless SIGN_ROWS). HOIST lets the compiler keep
+    prefetching launch are loaded once per program: one vector for every row, or (SIGN_ROWS with HOLD_SIGN_ROWS: a
+    grid of programs whose row blocks are BM * num_programs rows apart, a multiple of sign_blocks) the vectors of the
+    program's first row block, which all its row blocks share. HOIST lets the compiler keep
     the row and store offsets in registers across tiles (faster for some launches, spills for
     others: a table choice). KO_SPLIT = 2 (PREFETCH, KB = 0: the row block holds KI = 2 * KO K indices)
     takes H_K's output rows in two halves, one product, butterflies and store each: the accumulator holds
@@ -870,10 +875,13 @@ def _fwht_dense_kernel(
                 ahead_b = _dense_rows(x_ptr, tl.program_id(0), KI, rows, stride_xr, stride_xc, K, P, KB, BM)
         signs = None
         signs_b = None
-        if HAS_SIGNS and not SIGN_ROWS:  # the same for every row (input, and output where KI = KO): loaded once
-            signs = _dense_signs(s_ptr, 0, K, P, KI, BM)
+        if HAS_SIGNS and (not SIGN_ROWS or HOLD_SIGN_ROWS):  # the same for every row block of the program (input,
+            # and output where KI = KO): loaded once
+            held_at = _sign_rows(s_ptr, tl.program_id(0) * BM + tl.arange(0, BM)[None, :, None], sign_blocks, K * P,
+                                 SIGN_ROWS)
+            signs = _dense_signs(held_at, 0, K, P, KI, BM)
             if KB > 0:
-                signs_b = _dense_signs(s_ptr, KI, K, P, KB, BM)
+                signs_b = _dense_signs(held_at, KI, K, P, KB, BM)
         for tile in tl.range(tl.program_id(0), num_tiles, step_tiles, num_stages=STAGES):
             if HOIST:  # row and store offsets fixed across tiles: the compiler keeps them in registers
                 rb = tile
@@ -894,7 +902,7 @@ def _fwht_dense_kernel(
                     ahead_b = _dense_rows(x_ptr, rb + step_tiles, KI, rows, stride_xr, stride_xc, K, P, KB, BM)
             if HAS_SIGNS:
                 if inverse == 0:
-                    if SIGN_ROWS:
+                    if SIGN_ROWS and not HOLD_SIGN_ROWS:
                         sign_row = _sign_rows(s_ptr, row, sign_blocks, K * P, SIGN_ROWS)
                         v = _flip_signs(v, _dense_signs(sign_row, 0, K, P, KI, BM))
                         if KB > 0:
@@ -1035,9 +1043,13 @@ def _launch_plan(
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
         bulk = plan.bulk if rows_ok else 0
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
+        # held sign bits: one vector for every row, or (one-row tiles) one a block where every program's rows have
+        # the same one: a grid of a multiple of sign_blocks programs, program p taking rows p + j * programs
+        hold = plan.hold_signs and has_signs and (sign_blocks == 1 or plan.tile_rows == 1 and programs >= sign_blocks)
+        if hold:
+            programs -= programs % sign_blocks
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
-                           L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk,
-                           HOLD_SIGNS=plan.hold_signs and has_signs and sign_blocks == 1, PTX=x2.is_cuda)
+                           L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk, HOLD_SIGNS=hold, PTX=x2.is_cuda)
         extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
     if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
@@ -1056,7 +1068,13 @@ def _launch_plan(
                       meta["PALEY"])
     runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                stride_c, scale)
-    launch_meta = dict(extra, PIECES=pieces, PREFETCH=plan.prefetch)
+    # a prefetching launch holds the sign bits of its first row block when all its row blocks have the same ones: with
+    # a sign vector a block, a grid whose row blocks (tile_rows rows) are a multiple of sign_blocks rows apart
+    apart = sign_blocks // math.gcd(plan.tile_rows, sign_blocks)
+    hold_rows = sign_blocks > 1 and plan.prefetch and plan.k_chunks == 1 and programs >= apart
+    if hold_rows:
+        programs -= programs % apart
+    launch_meta = dict(extra, PIECES=pieces, PREFETCH=plan.prefetch, HOLD_SIGN_ROWS=hold_rows)
     return _run(_fwht_dense_kernel, programs, x2, runtime, plan, launch_meta), runtime
 
 

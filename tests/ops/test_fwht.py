@@ -133,6 +133,38 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
         assert_close(y, ref)
 
 
+# a sign vector a block (block_size= with signs of the whole row) held by persistent programs whose rows all share
+# theirs: one-row tiles with hold_signs (fp32 packed a bit an element, 16-bit rows read as words, a Paley core with
+# its pair apart; 4 blocks on a grid of 3 programs load theirs with every row: in the interpreter, whose grid has 3
+# programs an SM and one SM), and a prefetching dense launch (a tile of 2 rows, a row block's vectors held)
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n, dtype, config, blocks, held_on_one_sm", [
+    (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 2, True),  # 3 programs: 2 take rows
+    (1024, torch.float32, Pow2Config(1, 16, 1, 4, load_last=True, hold_signs=True), 4, True),
+    (1024, torch.bfloat16, Pow2Config(1, 16, 1, 4, True, 0, True, hold_signs=True), 2, True),
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True), pair_apart=True), 2, True),
+    (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 4, False),
+    (12 * 32, torch.bfloat16, DenseConfig(1, 32, 1, 3, 0, 0, True), 4, True),
+], ids=str)
+def test_held_signs_of_blocks(monkeypatch, n: int, dtype: torch.dtype, config, blocks: int, held_on_one_sm: bool,
+                              device: str) -> None:
+    held = held_on_one_sm or device == "cuda"  # a GPU's grid has programs for every block
+    launches = []
+    run = fwht_triton._run
+    monkeypatch.setattr(fwht_triton, "_run", lambda kernel, programs, *args: launches.append(
+        (programs, next(a for a in args if isinstance(a, dict)))) or run(kernel, programs, *args))
+    x = _random((9, blocks * n), dtype, seed=n + blocks, device=device)  # rows of `blocks` blocks of n
+    signs = random_signs(blocks * n, blocks, device=device)
+    for inverse in (False, True):
+        y = fwht_rows_triton(x, n, inverse, 1 / math.sqrt(n), sign_bit_mask(signs, x.element_size()), config)
+        ref = fwht_ref(x.double().cpu().numpy(), inverse=inverse, block_size=n, signs=signs.double().cpu().numpy())
+        assert torch.isfinite(y).all(), "unwritten or non-finite output"
+        assert_close(y, ref)
+    programs, meta = launches[0]
+    assert meta.get("HOLD_SIGNS", meta.get("HOLD_SIGN_ROWS")) == held
+    assert not held or programs * kernel_plan(n, x.element_size(), config).tile_rows % blocks == 0
+
+
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_split_head_with_fewer_rows_than_warps(dtype: torch.dtype, device: str) -> None:
