@@ -13,6 +13,8 @@ the first 256 rows (the output buffer is poisoned with NaN first). The host over
     python bench/gpu_fwht.py --sizes 32768 --dtypes bfloat16 --variants '' --sweep 32768 --split-bits 5,7
         # also powers of two through the dense kernel: Sylvester H_{2^a} on the tensor cores, a = 5 and 7
     python bench/gpu_fwht.py --sizes 4864 --variants '' --sweep 4864 --dense-configs F.json   # candidates from a file
+    python bench/gpu_fwht.py --sizes 32768 --variants '' --signs-sizes 32768 --blocks 32768:2048,32768:16384
+        # signs= and block_size=b of rows of n, with and without a sign vector of length n
 
 ``roofline_rows(quick)`` returns the same measurements as dicts for ``bench/gpu_roofline.py``.
 """
@@ -305,7 +307,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="comma-separated n: also time alternative launch configurations "
                                                     "(of the plain transform and of its signs= / block_size= variants)")
     parser.add_argument("--variants", default=",".join(sorted({v for _, v in VARIANTS})),
-                        help="comma-separated variants of VARIANTS to time too ('' for none)")
+                        help="comma-separated variants of VARIANTS to time too, at its sizes among --sizes ('' for none)")
     parser.add_argument("--sizes", default=None, help="comma-separated n (default: powers of two and LLM sizes)")
     parser.add_argument("--signs-sizes", default="", help="comma-separated n: also time the signs= variant there")
     parser.add_argument("--blocks", default="", help="comma-separated n:b: also time block_size=b on rows of n, with "
@@ -343,7 +345,7 @@ def main() -> None:
     blocks = tuple(tuple(int(f) for f in nb.split(":")) for nb in args.blocks.split(",") if nb)
     for n, dt, v in _cases(sizes, dtypes, True, signs_sizes, blocks):
         asked = (v == "signs" and n in signs_sizes) or any(n == bn and v in (f"block{b}", f"block{b}+signs") for bn, b in blocks)
-        if v and v not in args.variants.split(",") and not asked:
+        if v and (v not in args.variants.split(",") or n not in sizes) and not asked:
             continue
         b = _block(n, v)
         sweep = n in swept and dt in sweep_dtypes

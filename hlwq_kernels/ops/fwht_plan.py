@@ -189,7 +189,7 @@ _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 # Powers of two with signs= (bfloat16 and fp32 rows, by element size and m), where the launch without signs slowed
 # down with the sign bits loaded with every row: persistent programs that hold them (fp32 a bit an element,
 # ``hold_signs``); fp32 2^15 52.1-52.2 -> 90.6-91.0% of clone, 2^14 82.9-84.2 -> 89.8-90.9%, bf16 2^14 86.6 -> 89.1%
-# (bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweeps l1 and l2)
+# and 87.3 -> 89.8% (bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweeps l1, l2 and l4)
 _POW2_TABLE_SIGNS = {(4, 15): Pow2Config(8, 64, 1, 1, hold_signs=True), (4, 14): Pow2Config(8, 64, 1, 2, hold_signs=True),
                      (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 3, 0, 64, 128), 4: DenseConfig(4, 64, 3, 0, 32, 128)}  # by element size
