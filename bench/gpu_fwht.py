@@ -48,9 +48,14 @@ TOTAL = 1 << 28
 CHECK_ROWS = 256
 # (n, variant) rows that check block_size= and signs= run at the speed of the plain transform; a variant is
 # "signs", "block<b>" (block_size=b) or "block<b>+signs" (block_size=b, one sign vector of length n)
+def _block_variants(n: int, b: int) -> list[tuple[int, str]]:
+    """The (n, variant) cases of block_size=b on rows of n: without signs and with a sign vector of length n."""
+    return [(n, f"block{b}"), (n, f"block{b}+signs")]
+
+
 VARIANTS = [(n, "signs") for n in POW2 + LLM] + [
-    (n, f"block{b}{signs}") for n, b in ((4096, 16), (4096, 128), (32768, 2048), (32768, 16384), (14336, 3584),
-                                         (28672, 14336)) for signs in ("", "+signs")]
+    case for n, b in ((4096, 16), (4096, 128), (32768, 2048), (32768, 16384), (14336, 3584), (28672, 14336))
+    for case in _block_variants(n, b)]
 
 
 def _block(n: int, variant: str) -> int:
@@ -259,7 +264,7 @@ def _cases(sizes: list[int], dtypes, with_variants: bool, signs_sizes: tuple[int
     if with_variants:
         cases += [(n, dt, v) for dt in dtypes for n, v in VARIANTS]
     cases += [(n, dt, "signs") for dt in dtypes for n in signs_sizes if (n, "signs") not in VARIANTS]
-    extra = [(n, v) for n, b in blocks for v in (f"block{b}", f"block{b}+signs") if (n, v) not in VARIANTS]
+    extra = [case for n, b in blocks for case in _block_variants(n, b) if case not in VARIANTS]
     return cases + [(n, dt, v) for dt in dtypes for n, v in extra]
 
 
@@ -343,9 +348,9 @@ def main() -> None:
     plans = {}
     signs_sizes = tuple(int(n) for n in args.signs_sizes.split(",") if n)
     blocks = tuple(tuple(int(f) for f in nb.split(":")) for nb in args.blocks.split(",") if nb)
+    asked = {(n, "signs") for n in signs_sizes} | {case for n, b in blocks for case in _block_variants(n, b)}
     for n, dt, v in _cases(sizes, dtypes, True, signs_sizes, blocks):
-        asked = (v == "signs" and n in signs_sizes) or any(n == bn and v in (f"block{b}", f"block{b}+signs") for bn, b in blocks)
-        if v and (v not in args.variants.split(",") or n not in sizes) and not asked:
+        if v and (v not in args.variants.split(",") or n not in sizes) and (n, v) not in asked:
             continue
         b = _block(n, v)
         sweep = n in swept and dt in sweep_dtypes

@@ -1020,6 +1020,14 @@ def _words_ok(x2: torch.Tensor, signs: torch.Tensor) -> bool:
     return stride_c == 1 and stride_r % 2 == 0 and x2.data_ptr() % 4 == 0 and signs.data_ptr() % 4 == 0
 
 
+def _grid_sharing_signs(programs: int, sign_blocks: int, tile_rows: int) -> int:
+    """The most programs, up to ``programs``, of a persistent grid whose row blocks (``tile_rows`` rows, the grid's
+    size apart) all take the same ones of ``sign_blocks`` sign vectors, so that a program can hold those of its first
+    row block; 0 when no grid of at most ``programs`` does."""
+    apart = sign_blocks // math.gcd(tile_rows, sign_blocks)
+    return programs - programs % apart
+
+
 def _launch_plan(
     x2: torch.Tensor, out: torch.Tensor, plan: KernelPlan, b: int, inverse: bool, scale: float,
     sign_bits: torch.Tensor | None,
@@ -1043,11 +1051,12 @@ def _launch_plan(
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
         bulk = plan.bulk if rows_ok else 0
         codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
-        # held sign bits: one vector for every row, or (one-row tiles) one a block where every program's rows have
-        # the same one: a grid of a multiple of sign_blocks programs, program p taking rows p + j * programs
-        hold = plan.hold_signs and has_signs and (sign_blocks == 1 or plan.tile_rows == 1 and programs >= sign_blocks)
+        # held sign bits: one vector for every row, or (one-row tiles, program p taking rows p + j * programs) one a
+        # block where every program's rows have the same one
+        sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)
+        hold = plan.hold_signs and has_signs and sharing > 0 and (sign_blocks == 1 or plan.tile_rows == 1)
         if hold:
-            programs -= programs % sign_blocks
+            programs = sharing
         launch_meta = dict(extra, PREFETCH=plan.prefetch, WORDS=words, K_CODES=codes,
                            L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk, HOLD_SIGNS=hold, PTX=x2.is_cuda)
         extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
@@ -1068,12 +1077,12 @@ def _launch_plan(
                       meta["PALEY"])
     runtime = (x2, out, signs, h, x2.shape[0], num_tiles, plan.k_chunks, sign_blocks, int(inverse), stride_r,
                stride_c, scale)
-    # a prefetching launch holds the sign bits of its first row block when all its row blocks have the same ones: with
-    # a sign vector a block, a grid whose row blocks (tile_rows rows) are a multiple of sign_blocks rows apart
-    apart = sign_blocks // math.gcd(plan.tile_rows, sign_blocks)
-    hold_rows = sign_blocks > 1 and plan.prefetch and plan.k_chunks == 1 and programs >= apart
+    # a prefetching launch holds the sign bits of its first row block (one vector for every row, or with a sign vector
+    # a block where all its row blocks have the same ones)
+    sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)
+    hold_rows = sign_blocks > 1 and plan.prefetch and plan.k_chunks == 1 and sharing > 0
     if hold_rows:
-        programs -= programs % apart
+        programs = sharing
     launch_meta = dict(extra, PIECES=pieces, PREFETCH=plan.prefetch, HOLD_SIGN_ROWS=hold_rows)
     return _run(_fwht_dense_kernel, programs, x2, runtime, plan, launch_meta), runtime
 
