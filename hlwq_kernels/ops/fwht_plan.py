@@ -124,6 +124,8 @@ class Pow2Config(NamedTuple):
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
     hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
     phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two)
+    packed_signs: bool = False  # 16-bit rows with hold_signs: the bits packed as 32-bit rows' always are (a bit an
+    # element; rows read as words: a word's two bits side by side in the packed word's halves), not held as loaded
 
 
 class DenseConfig(NamedTuple):
@@ -466,13 +468,16 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
                          "load_last")
     if cfg.hold_signs and cfg.programs_per_sm == 0:
         raise ValueError("hold_signs needs a persistent grid (programs_per_sm > 0)")
+    if cfg.packed_signs and not cfg.hold_signs:
+        raise ValueError("packed_signs packs held sign bits: it needs hold_signs")
     phase_bits = cfg.phases.bit_length() - 1
     group_bits = kb - 2 - (paley and not pair_apart)  # bits of the group index of the products in registers
     if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or phase_bits > group_bits)):
         raise ValueError(f"phases must be a power of two up to the {1 << max(group_bits, 0)} groups of four inputs of "
                          f"H_{k} in registers, got {cfg.phases}")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
-             ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits))
+             ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits),
+             ("PACK_SIGNS", cfg.packed_signs))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE_C": 1, "STORE0": (), "STORE0_BITS": 0, "STORE1": (),
               "STORE1_BITS": 0}

@@ -95,11 +95,13 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
 # as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
 # by the loop's pipeline (stages > 1) instead of into registers, the product with the rows as the MMA's first
-# operand (rows_first), one sign vector held in registers (hold_signs)
+# operand (rows_first), one sign vector held in registers (hold_signs; 16-bit rows also packed a bit an element)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            Pow2Config(2, 16, 1, 2, load_last=True), Pow2Config(1, 16, 1, 2, True, 0, True, hold_signs=True),
            Pow2Config(2, 16, 1, 3, load_last=True, hold_signs=True),
+           Pow2Config(1, 16, 1, 2, True, 0, True, hold_signs=True, packed_signs=True),
+           Pow2Config(2, 16, 1, 3, load_last=True, hold_signs=True, packed_signs=True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
@@ -134,7 +136,8 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
 
 
 # a sign vector a block (block_size= with signs of the whole row) held by persistent programs whose rows all share
-# theirs: one-row tiles with hold_signs (fp32 packed a bit an element, 16-bit rows read as words, a Paley core with
+# theirs: one-row tiles with hold_signs (fp32 packed a bit an element, 16-bit rows read as words, as loaded and
+# packed, a Paley core with
 # its pair apart; 4 blocks on a grid of 3 programs load theirs with every row: in the interpreter, whose grid has 3
 # programs an SM and one SM), and a prefetching dense launch (a tile of 2 rows, a row block's vectors held)
 @pytest.mark.parametrize("device", kernel_devices())
@@ -142,6 +145,7 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
     (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 2, True),  # 3 programs: 2 take rows
     (1024, torch.float32, Pow2Config(1, 16, 1, 4, load_last=True, hold_signs=True), 4, True),
     (1024, torch.bfloat16, Pow2Config(1, 16, 1, 4, True, 0, True, hold_signs=True), 2, True),
+    (1024, torch.bfloat16, Pow2Config(1, 16, 1, 4, True, 0, True, hold_signs=True, packed_signs=True), 2, True),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True), pair_apart=True), 2, True),
     (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 4, False),
     (12 * 32, torch.bfloat16, DenseConfig(1, 32, 1, 3, 0, 0, True), 4, True),
@@ -217,6 +221,7 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
     (68 * 64, torch.float32, Pow2Config(2, 16, 1, 2, split=True, wide_store=True, bulk=1, hold_signs=True)),
     (108 * 64, torch.float32, Pow2Config(2, 16, 1, 2, wide_store=True, hold_signs=True, phases=4)),
+    (68 * 64, torch.bfloat16, Pow2Config(2, 16, 1, 2, split=True, bulk=1, hold_signs=True, packed_signs=True)),
     (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2)),
     (12 * 128, torch.float32, Pow2Config(2, 16, 1, 2, phases=4)),  # a group a phase
     (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2)),
@@ -349,6 +354,8 @@ def test_hadamard_in_registers_bounds() -> None:
             kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=count))
     with pytest.raises(ValueError, match="hold_signs needs a persistent grid"):
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, hold_signs=True))
+    with pytest.raises(ValueError, match="packed_signs packs held sign bits: it needs hold_signs"):
+        kernel_plan(1 << 15, 2, Pow2Config(8, 64, 1, 1, packed_signs=True))
     for n, config in ((28 * 256, Pow2Config(8, 64, 1, 1, phases=3)), (28 * 256, Pow2Config(8, 64, 1, 1, phases=16)),
                       (1 << 14, Pow2Config(8, 64, 1, 1, phases=2)),
                       (76 * 128, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=32)))):  # C + I: 16 groups (10 padded)
@@ -435,6 +442,7 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, hold_signs=True), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, phases=4), pair_apart=True)),
+    (76 * 64, torch.float16, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, packed_signs=True), pair_apart=True)),
     (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=2))),  # C + I of order 38
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
