@@ -599,7 +599,7 @@ def _fwht_pow2_kernel(
     HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, WIDTH, PACK_SIGNS, WORDS)
     FIELDS: tl.constexpr = _sign_fields(WORDS)
     # packed sign bits of 16-bit elements not read as words flip their fp32 values, after the conversion
-    AFTER: tl.constexpr = HOLD_SIGNS and PACK_SIGNS and WIDTH == 16 and not WORDS
+    AFTER: tl.constexpr = HOLD_SIGNS and HELD_BITS > 0 and WIDTH == 16 and not WORDS
     if HOLD_SIGNS:  # (SIGN_ROWS: one-row tiles, a multiple of sign_blocks programs; this program's rows' vector)
         s_held = _sign_rows(s_in, tl.program_id(0), sign_blocks, N // per, SIGN_ROWS)
         held = _held_signs(s_held, load_col, COLS // per, _word_shape(BITS, WORDS), HELD_BITS, FIELDS)
