@@ -10,7 +10,8 @@ pieces unless the launch asks for fp16 or tf32 pieces), not the interpreter's fp
 sm_90 target, and nothing runs. The script prints, for one program:
 
 - registers and stack bytes a thread (spills) and shared memory (Triton's, plus the row buffers);
-- how many programs an SM holds at once (65,536 registers, 233,472 bytes of shared memory, 2048 threads), against
+- how many programs an SM holds at once (65,536 registers, 233,472 bytes of shared memory, 2048 threads, 32
+  programs), against
   the persistent grid's ``programs_per_sm``;
 - the SASS instruction mix and a hash of the SASS, to check whether two trees compile a launch to the same code;
 - the tensor-core instructions (dense kernel: their operand types).
@@ -51,6 +52,7 @@ from gpu_fwht import LLM, POW2  # noqa: E402 (the benchmarks' sizes)
 _SM90_REGISTERS = 65536  # a thread's registers times the SM's threads
 _SM90_SHARED_PROGRAM = 232448  # bytes of shared memory one program may take (227 KiB)
 _SM90_SHARED_SM = 233472  # bytes of shared memory an SM has for its programs (228 KiB), 1 KiB of them reserved each
+_SM90_PROGRAMS = 32  # resident programs (thread blocks) an SM
 
 
 class _Sm90Driver:
@@ -113,11 +115,11 @@ class Report(NamedTuple):
 
     def resident(self) -> int:
         """Programs of this launch that an SM holds at once (registers allocated 8 a thread at a time, shared memory
-        with 1 KiB reserved a program, at most 2048 threads)."""
+        with 1 KiB reserved a program, at most 2048 threads and 32 programs)."""
         threads = 32 * self.num_warps
         by_regs = _SM90_REGISTERS // (-(-self.registers // 8) * 8 * threads)
         by_shared = _SM90_SHARED_SM // (self.shared + 1024) if self.shared <= _SM90_SHARED_PROGRAM else 0
-        return min(by_regs, by_shared, 2048 // threads)
+        return min(by_regs, by_shared, 2048 // threads, _SM90_PROGRAMS)
 
 
 def compile_launch(n: int, dtype: torch.dtype, signs: bool, config=None) -> Report:

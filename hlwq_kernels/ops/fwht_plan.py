@@ -17,7 +17,7 @@ import numpy as np
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix, paley2_core
 
-__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "Pow2Config", "DenseConfig", "SplitConfig", "PaleyConfig",
+__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "grouped_terms", "Pow2Config", "DenseConfig", "SplitConfig", "PaleyConfig",
            "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
@@ -123,9 +123,11 @@ class Pow2Config(NamedTuple):
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
     hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
-    phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two)
+    phases: int = 1  # K * 2^m sizes: H_K's groups of inputs in this many phases (a power of two)
     packed_signs: bool = False  # 16-bit rows with hold_signs: the bits packed as 32-bit rows' always are (a bit an
     # element; rows read as words: a word's two bits side by side in the packed word's halves), not held as loaded
+    group: int = 0  # K * 2^m sizes: 0, H_K's inputs in groups of four by their index bits (_quad_products); 2 to 6,
+    # in groups of this many consecutive inputs, each output adding or subtracting its terms (_grouped_products)
 
 
 class DenseConfig(NamedTuple):
@@ -470,14 +472,18 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
         raise ValueError("hold_signs needs a persistent grid (programs_per_sm > 0)")
     if cfg.packed_signs and not cfg.hold_signs:
         raise ValueError("packed_signs packs held sign bits: it needs hold_signs")
+    if cfg.group and (not 2 <= cfg.group <= 6 or k == 1):
+        raise ValueError(f"group is 0 or the inputs of H_K a group of signed sums holds, 2 to 6, for a K * 2^m size; "
+                         f"got {cfg.group} for H_{k}")
     phase_bits = cfg.phases.bit_length() - 1
-    group_bits = kb - 2 - (paley and not pair_apart)  # bits of the group index of the products in registers
-    if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or phase_bits > group_bits)):
-        raise ValueError(f"phases must be a power of two up to the {1 << max(group_bits, 0)} groups of four inputs of "
+    order = k // 2 if paley and not pair_apart else k  # of the ±1 matrix in registers
+    groups = -(-order // cfg.group) if cfg.group else 1 << max(kb - 2 - (paley and not pair_apart), 0)
+    if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or cfg.phases > groups)):
+        raise ValueError(f"phases must be a power of two up to the {groups} groups of {cfg.group or 4} inputs of "
                          f"H_{k} in registers, got {cfg.phases}")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
              ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits),
-             ("PACK_SIGNS", cfg.packed_signs))
+             ("PACK_SIGNS", cfg.packed_signs), ("GROUP", cfg.group))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE_C": 1, "STORE0": (), "STORE0_BITS": 0, "STORE1": (),
               "STORE1_BITS": 0}
@@ -511,11 +517,11 @@ def _register_split(k: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...]:
+def hadamard_codes(k: int, inverse: bool, paley: bool = False, group: int = 4) -> tuple[int, ...]:
     """H_K (H_K.T for the inverse) as ``_register_products`` takes it, or (``paley``) the ±1 matrix C + I of
-    H_K's Paley II core C (order k / 2; ``hadamard.paley2_core``): per output r and group g of four inputs,
-    ``8 * (M[r, 4g] < 0) + q`` with bit i - 1 of q set where ``M[r, 4g + i]`` differs from ``M[r, 4g]``, then for
-    an order of 2 mod 4 one pair group the same way (entry ``r * groups + g``)."""
+    H_K's Paley II core C (order k / 2; ``hadamard.paley2_core``): per output r and group g of ``group`` inputs
+    (the last one shorter where ``group`` does not divide the order), ``2^(group - 1) * (M[r, g group] < 0) + q``
+    with bit i - 1 of q set where ``M[r, g group + i]`` differs from ``M[r, g group]`` (entry ``r * groups + g``)."""
     if paley:
         h = paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
     else:
@@ -524,10 +530,29 @@ def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...
     order = h.shape[0]
     codes = []
     for r in range(order):
-        for g in range(0, order, 4):
-            q = sum(1 << (i - 1) for i in (1, 2, 3) if g + i < order and h[r, g + i] != h[r, g])
-            codes.append(8 * int(h[r, g] < 0) + q)
+        for g in range(0, order, group):
+            q = sum(1 << (i - 1) for i in range(1, group) if g + i < order and h[r, g + i] != h[r, g])
+            codes.append((1 << (group - 1)) * int(h[r, g] < 0) + q)
     return tuple(codes)
+
+
+def grouped_terms(k: int, inverse: bool, paley: bool, group: int, phases: int) -> tuple[int, ...]:
+    """``hadamard_codes(k, inverse, paley, group)`` as ``_grouped_products`` adds them: per output r, its terms phase
+    by phase (phase c: the groups g with g % phases == c, in order), each ``2 * (j * 2^(group - 1) + q) + neg`` for
+    the j-th group of its phase, q the code's sign pattern and neg its sign; phase 0's first term is a positive one
+    where the output has one (entry ``r * groups + position``)."""
+    codes = hadamard_codes(k, inverse, paley, group)
+    half = 1 << (group - 1)
+    groups = -(-(k // 2 if paley else k) // group)
+    terms = []
+    for r in range(len(codes) // groups):
+        row = codes[r * groups:(r + 1) * groups]
+        for c in range(phases):
+            phase = [2 * (j * half + row[g] % half) + (row[g] >= half) for j, g in enumerate(range(c, groups, phases))]
+            if c == 0:
+                phase.sort(key=lambda term: term % 2)  # (stable) the positive terms first
+            terms += phase
+    return tuple(terms)
 
 
 def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:

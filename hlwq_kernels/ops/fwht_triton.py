@@ -49,8 +49,8 @@ from hlwq_kernels.ops._triton import (
     OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
 )
 from hlwq_kernels.ops.fwht_plan import (
-    MAX_POW2_BITS, DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, generic_config, hadamard_codes,
-    kernel_plan,
+    MAX_POW2_BITS, DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, generic_config, grouped_terms,
+    hadamard_codes, kernel_plan,
 )
 from hlwq_kernels.ops.hadamard import hadamard_tensor, paley2_core
 
@@ -278,14 +278,101 @@ def _negated(t, NEG: tl.constexpr):
 
 
 @triton.jit
-def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
+def _elements(v, NB: tl.constexpr):
+    """The 2^NB tensors of v along its last NB size-2 dimensions, as a tuple by index (bit 0 on the last one, as
+    ``_take``): NB levels of splits."""
+    outs = (v,)
+    for level in tl.static_range(NB):
+        los = ()
+        his = ()
+        for j in tl.static_range(1 << level):
+            lo, hi = tl.split(outs[j])
+            los = los + (lo,)
+            his = his + (hi,)
+        outs = los + his
+    return outs
+
+
+@triton.jit
+def _signed_add(acc, t, NEG: tl.constexpr):
+    """``acc - t`` if NEG else ``acc + t``: one add (``acc + (-t)`` takes two, as Triton negates by ``0 - t``, which
+    the compiler keeps: it differs from the negation for t = +0)."""
+    if NEG:
+        acc = acc - t
+    else:
+        acc = acc + t
+    return acc
+
+
+@triton.jit
+def _grouped_products(xs, K: tl.constexpr, KB: tl.constexpr, TERMS: tl.constexpr, PHASES: tl.constexpr,
+                      GROUP: tl.constexpr):
+    """``_register_products`` of the inputs ``xs`` (a tuple by index) in groups of GROUP consecutive inputs: per
+    group its 2^(GROUP - 1) signed sums ``x_0 +- x_1 ... +- x_(GROUP-1)`` (2^GROUP - 2 adds, each sum the last one's
+    with one more input added or subtracted), then each output adds or subtracts one of them per group (``TERMS``,
+    ``fwht_plan.grouped_terms``: a positive one first, so that no output starts with a negation); groups g with
+    g % PHASES == c in phase c. K / GROUP + (2^GROUP - 2) / GROUP - 1 adds an output (K = 108: 26.9 for groups of
+    five, 29.5 for four)."""
+    NG: tl.constexpr = (K + GROUP - 1) // GROUP
+    M: tl.constexpr = 1 << (GROUP - 1)  # sums a group (a shorter last group's repeated up to M: never read there)
+    outs = ()
+    for c in tl.static_range(PHASES):
+        sums = ()
+        for g in tl.static_range(c, NG, PHASES):
+            part = (xs[g * GROUP],)
+            for i in tl.static_range(1, GROUP):
+                if g * GROUP + i < K:
+                    plus = ()
+                    minus = ()
+                    for j in tl.static_range(1 << (i - 1)):  # code bit i - 1: input i subtracted
+                        plus = plus + (part[j] + xs[g * GROUP + i],)
+                        minus = minus + (part[j] - xs[g * GROUP + i],)
+                    part = plus + minus
+                else:
+                    part = part + part
+            sums = sums + part
+        new = ()
+        for r in tl.static_range(1 << KB):
+            if r < K:  # the phase's terms of output r from TERMS[r * NG + #{g : g % PHASES < c}]
+                # (a term is never bound to a name: that would hold it as a tensor, not a constexpr)
+                for j in tl.static_range((NG - c + PHASES - 1) // PHASES):
+                    if j == 0 and c == 0:
+                        acc = _negated(sums[TERMS[r * NG + j] // 2], TERMS[r * NG + j] % 2 == 1)
+                    elif j == 0:
+                        acc = _signed_add(outs[r], sums[TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES)] // 2],
+                                          TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES)] % 2 == 1)
+                    else:
+                        acc = _signed_add(acc, sums[TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES) + j] // 2],
+                                          TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES) + j] % 2 == 1)
+            else:
+                acc = tl.zeros_like(xs[0])
+            new = new + (acc,)
+        outs = new
+    return outs
+
+
+@triton.jit
+def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0,
+                       GROUP: tl.constexpr = 0):
     """M v along the last KB size-2 dimensions of v (the index k of M's K columns, k_0 last, padded to 2^KB; entries
-    from K on are not read) for a ±1 matrix M (``CODES``, see ``fwht_plan.hadamard_codes``), on the CUDA cores: a
-    tuple of the 2^KB outputs (zeros from K on). Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +-
-    x_4g+3`` (14 adds, shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each
-    output adds one of them per group with its sign: K / 4 - 1 adds an output instead of K - 1. PHASE_BITS > 0: the
-    groups in 2^PHASE_BITS phases (by the low bits of g), each phase's sums formed and added to every output before
-    the next phase's, so that only one phase's sums are live beside the outputs."""
+    from K on are not read) for a ±1 matrix M on the CUDA cores: a tuple of the 2^KB outputs (zeros from K on), by
+    groups of four inputs (GROUP 0, ``_quad_products``; CODES ``fwht_plan.hadamard_codes``) or of GROUP consecutive
+    ones (``_grouped_products``; CODES ``fwht_plan.grouped_terms``); PHASE_BITS > 0: the groups in 2^PHASE_BITS
+    phases, each phase's sums formed and added to every output before the next phase's, so that only one phase's
+    sums are live beside the outputs."""
+    if GROUP == 0:
+        outs = _quad_products(v, K, KB, CODES, PHASE_BITS)
+    else:
+        outs = _grouped_products(_elements(v, KB), K, KB, CODES, 1 << PHASE_BITS, GROUP)
+    return outs
+
+
+@triton.jit
+def _quad_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr):
+    """``_register_products`` by groups of four inputs: the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +- x_4g+3`` (14 adds,
+    shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each output adds one of
+    them per group with its sign: K / 4 - 1 adds an output instead of K - 1. The group's inputs are the size-2
+    dimensions of k_0 and k_1, its index the others; phase c takes the groups g with g % 2^PHASE_BITS == c."""
     NT: tl.constexpr = (K + 3) // 4  # groups with the pair
     GB: tl.constexpr = KB - 2 - PHASE_BITS  # group bits within a phase
     even, odd = tl.split(v)  # k_0
@@ -341,7 +428,7 @@ def _joined(outs, KB: tl.constexpr):
 
 @triton.jit
 def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr,
-                      PHASE_BITS: tl.constexpr = 0):
+                      PHASE_BITS: tl.constexpr = 0, GROUP: tl.constexpr = 0):
     """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on are
     not read): a tuple of the 2^KB outputs (zeros from K on; ``_joined`` puts them back with k_0 first).
     ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
@@ -350,25 +437,26 @@ def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr,
     K / 8 + 1.5 adds an output besides the shared sums (K / 4 - 1 for H_K)."""
     if PALEY:
         x0, x1 = tl.split(v)
-        u0 = _register_products(x0, K // 2, KB - 1, CODES, PHASE_BITS)
-        u1 = _register_products(x1, K // 2, KB - 1, CODES, PHASE_BITS)
+        u0 = _register_products(x0, K // 2, KB - 1, CODES, PHASE_BITS, GROUP)
+        u1 = _register_products(x1, K // 2, KB - 1, CODES, PHASE_BITS, GROUP)
         outs = ()
         for i in tl.static_range(1 << (KB - 1)):
             outs = outs + (tl.fma(_take(x1, i, KB - 1), 2.0, u0[i] - u1[i]),
                            tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
     else:
-        outs = _register_products(v, K, KB, CODES, PHASE_BITS)
+        outs = _register_products(v, K, KB, CODES, PHASE_BITS, GROUP)
     return outs
 
 
 @triton.jit
-def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
+def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0,
+                        GROUP: tl.constexpr = 0):
     """``(C ⊗ I_2 + I ⊗ [[0, 1], [-1, 0]]) x`` for H_2K's Paley II core C (order K) along the last KB size-2
     dimensions of v (a K index of C, padded to 2^KB), where the tile holds one element x_j of each pair and ``pair``
     the other one, negated for j = 1: ``(C + I) x_j - x_j + pair`` with ``_register_products`` (codes of C + I), a
     tuple of the 2^KB outputs (zeros from K on). The butterfly on the pair bit and ``_store_rows``' relabeling
     (PAIR_HALF) finish H_2K."""
-    u = _register_products(v, K, KB, CODES, PHASE_BITS)
+    u = _register_products(v, K, KB, CODES, PHASE_BITS, GROUP)
     outs = ()
     for a in tl.static_range(1 << KB):
         if a < K:
@@ -533,7 +621,7 @@ def _fwht_pow2_kernel(
     T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
     BULK: tl.constexpr, HOLD_SIGNS: tl.constexpr, REG_TAIL: tl.constexpr, PHASE_BITS: tl.constexpr,
-    PACK_SIGNS: tl.constexpr, PTX: tl.constexpr,
+    PACK_SIGNS: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
@@ -565,8 +653,8 @@ def _fwht_pow2_kernel(
     and kept in registers (32-bit elements: a bit each, packed along the tile's last REG_TAIL dimensions, which the
     load layout holds in registers; ``_packed_signs``; 16-bit elements as loaded, or with PACK_SIGNS packed too: read as
     int32 words, both bits of a word together and flipped on the words, else a bit an element, flipped after the
-    conversion to fp32); the inverse loads them at each store. PHASE_BITS: H_K's groups of four
-    inputs in 2^PHASE_BITS phases (``_register_products``)."""
+    conversion to fp32); the inverse loads them at each store. PHASE_BITS: H_K's groups of inputs (four by their
+    index bits, or GROUP consecutive ones) in 2^PHASE_BITS phases (``_register_products``)."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
@@ -659,9 +747,9 @@ def _fwht_pow2_kernel(
         if K > 1:
             if PAIR_APART:
                 outs = _paley_pair_outputs(tl.permute(v, K_PERMS[0]), tl.permute(pair, K_PERMS[0]), K, KB, K_CODES,
-                                           PHASE_BITS)
+                                           PHASE_BITS, GROUP)
             else:
-                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY, PHASE_BITS)
+                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY, PHASE_BITS, GROUP)
             if K_HEAD > 0:
                 vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
                 _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
@@ -1087,7 +1175,12 @@ def _launch_plan(
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
         bulk = plan.bulk if rows_ok else 0
-        codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
+        codes = 0
+        if meta["K"] > 1 and meta["GROUP"] == 0:
+            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"])
+        elif meta["K"] > 1:
+            codes = grouped_terms(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"],
+                                  1 << meta["PHASE_BITS"])
         # held sign bits: one vector for every row, or (one-row tiles, program p taking rows p + j * programs) one a
         # block where every program's rows have the same one
         sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)

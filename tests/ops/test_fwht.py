@@ -225,6 +225,12 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2)),
     (12 * 128, torch.float32, Pow2Config(2, 16, 1, 2, phases=4)),  # a group a phase
     (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2)),
+    (12 * 32, torch.float32, Pow2Config(1, 16, 1, 0, group=5)),  # groups of 5, 5 and 2
+    (108 * 32, torch.float32, Pow2Config(1, 16, 1, 2, wide_store=True, hold_signs=True, phases=4, group=5)),
+    (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2, group=3)),
+    (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2, group=6)),
+    (28 * 64, torch.float32, Pow2Config(2, 16, 1, 2, group=2)),
+    (28 * 128, torch.bfloat16, Pow2Config(2, 16, 2, 1, phases=2, group=4)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -263,26 +269,58 @@ def _check_strided(x: torch.Tensor, config) -> None:
         assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse))
 
 
-def _decoded(codes: tuple, order: int) -> np.ndarray:
-    """The ±1 matrix of ``hadamard_codes`` (groups of four columns, then a pair where the order is 2 mod 4)."""
+def _decoded(codes: tuple, order: int, group: int = 4) -> np.ndarray:
+    """The ±1 matrix of ``hadamard_codes`` (groups of ``group`` columns, the last one shorter where ``group`` does
+    not divide the order)."""
+    half = 1 << (group - 1)
     codes = np.array(codes).reshape(order, -1)
-    rebuilt = np.repeat(np.where(codes >= 8, -1, 1), 4, axis=1)[:, :order]
-    for i in (1, 2, 3):
-        rebuilt[:, i::4] *= np.where((codes[:, : len(range(i, order, 4))] % 8) >> (i - 1) & 1, -1, 1)
+    rebuilt = np.repeat(np.where(codes >= half, -1, 1), group, axis=1)[:, :order]
+    for i in range(1, group):
+        rebuilt[:, i::group] *= np.where((codes[:, : len(range(i, order, group))] % half) >> (i - 1) & 1, -1, 1)
     return rebuilt
 
 
-def test_hadamard_codes_rebuild_the_matrix() -> None:
+@pytest.mark.parametrize("group", [2, 3, 4, 5, 6])
+def test_hadamard_codes_rebuild_the_matrix(group: int) -> None:
     """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T, and of C + I
-    and its transpose for H_K's Paley II core C."""
-    for k in (12, 20, 28, 36, 44, 52, 60):
+    and its transpose for H_K's Paley II core C, in groups of any size (four: the codes main's launches take)."""
+    for k in (12, 20, 28, 36, 44, 52, 60, 108):
         h = hadamard_matrix(k)
         for inverse, want in ((False, h), (True, h.T)):
-            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse), k), want), (k, inverse)
+            codes = fwht_plan.hadamard_codes(k, inverse, group=group)
+            assert np.array_equal(_decoded(codes, k, group), want), (k, inverse)
     for k in (36, 52, 76, 100, 124):
         c = hadamard_module.paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
         for inverse, want in ((False, c), (True, c.T)):
-            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse, True), k // 2), want), (k, inverse)
+            codes = fwht_plan.hadamard_codes(k, inverse, True, group)
+            assert np.array_equal(_decoded(codes, k // 2, group), want), (k, inverse)
+
+
+@pytest.mark.parametrize("group", [2, 3, 4, 5, 6])
+def test_grouped_terms_rebuild_the_matrix(group: int) -> None:
+    """``grouped_terms`` (the constexprs of ``_grouped_products``) hold every entry of H_K (and H_K.T, and of C + I
+    for a Paley II core), phase by phase, and start every output with a positive term where phase 0 has one."""
+    for k, paley in ((12, False), (28, False), (108, False), (76, True)):
+        order = k // 2 if paley else k
+        groups = -(-order // group)
+        h = hadamard_module.paley2_core(k).astype(int) + np.eye(order, dtype=int) if paley else hadamard_matrix(k)
+        for phases in (p for p in (1, 2, 4) if p <= groups):
+            for inverse, want in ((False, h), (True, h.T)):
+                terms = np.array(fwht_plan.grouped_terms(k, inverse, paley, group, phases)).reshape(order, groups)
+                rebuilt = np.zeros((order, order), dtype=int)
+                for r in range(order):
+                    at = 0
+                    for c in range(phases):
+                        for t in terms[r, at:at + len(range(c, groups, phases))]:
+                            j, q, neg = (t // 2) >> (group - 1), (t // 2) % (1 << (group - 1)), t % 2
+                            g = c + j * phases
+                            for i in range(min(group, order - g * group)):
+                                flip = neg ^ (i > 0 and (q >> (i - 1)) & 1)
+                                rebuilt[r, g * group + i] = -1 if flip else 1
+                        at += len(range(c, groups, phases))
+                    first = terms[r, : len(range(0, groups, phases))]
+                    assert first[0] % 2 == 0 or (first % 2 == 1).all(), (k, group, phases, r)
+                assert np.array_equal(rebuilt, want), (k, paley, group, phases, inverse)
 
 
 def test_register_split_only_where_it_pads_less() -> None:
@@ -362,6 +400,13 @@ def test_hadamard_in_registers_bounds() -> None:
         with pytest.raises(ValueError, match="phases must be a power of two up to the"):
             kernel_plan(n, 4, config)
     assert dict(kernel_plan(76 * 128, 4, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=8))).meta)["PHASE_BITS"] == 3
+    with pytest.raises(ValueError, match="phases must be a power of two up to the 22 groups of 5 inputs of H_108"):
+        kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 2, phases=32, group=5))
+    assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 2, phases=16, group=5)).meta)["GROUP"] == 5
+    for n, group in ((108 * 128, 7), (108 * 128, 1), (1 << 14, 5)):
+        with pytest.raises(ValueError, match=f"group is 0 or the inputs of H_K a group of signed sums holds, 2 to 6, "
+                                             f"for a K \\* 2\\^m size; got {group}"):
+            kernel_plan(n, 4, Pow2Config(4, 64, 1, 2, group=group))
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
@@ -444,6 +489,8 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, phases=4), pair_apart=True)),
     (76 * 64, torch.float16, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, packed_signs=True), pair_apart=True)),
     (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=2))),  # C + I of order 38
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, phases=2, group=5))),  # 38: groups of 5 and a 3
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, group=5), pair_apart=True)),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""

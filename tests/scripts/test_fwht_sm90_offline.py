@@ -47,7 +47,8 @@ def test_offline_compile_gives_dense_launches_the_cuda_operands() -> None:
 
 
 def test_programs_an_sm_holds() -> None:
-    """Registers are allocated 8 a thread at a time; shared memory with 1 KiB reserved a program."""
+    """Registers are allocated 8 a thread at a time; shared memory with 1 KiB reserved a program; at most 2048
+    threads and 32 programs an SM."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         offline = __import__("fwht_sm90_offline")
@@ -63,3 +64,4 @@ def test_programs_an_sm_holds() -> None:
     assert report(1, 32, 116 * 1024).resident() == 1  # 2 * (116 + 1) KiB > 228 KiB
     assert report(1, 32, 227 * 1024 + 128).resident() == 0  # above a program's 227 KiB
     assert report(16, 16, 0).resident() == 4  # 2048 threads
+    assert report(1, 32, 2048).resident() == 32  # 32 programs
