@@ -227,15 +227,15 @@ def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | Pale
 
 
 def given_candidates(paths: list[str]) -> dict[str, list]:
-    """The --dense-configs files' candidates by case key, the files merged; a key in two files is an error."""
+    """The --dense-configs files' candidates by case key, the files merged: a case in several files takes the
+    candidates of all of them, in order, each once (an empty list only keeps the sweep from generating some)."""
     given: dict[str, list] = {}
     for path in paths:
         with open(path) as f:
             entries = json.load(f)
         for key, cfgs in entries.items():
-            if key in given:
-                raise SystemExit(f"--dense-configs: {key!r} is in {path} and in an earlier file")
-            given[key] = [_given_config(c) for c in cfgs]
+            case = given.setdefault(key, [])
+            case += [c for c in map(_given_config, cfgs) if c not in case]
     return given
 
 
@@ -341,9 +341,9 @@ def main() -> None:
                              "longer is reported as failed and not timed")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     parser.add_argument("--dense-configs", default=None,
-                        help='JSON files {"n:dtype": [DenseConfig fields, ...]}, comma-separated (merged): the sweep\'s '
-                             "candidates for those cases (e.g. pruned by registers and spills from an sm_90 compile "
-                             "on a CPU); an entry "
+                        help='JSON files {"n:dtype": [DenseConfig fields, ...]}, comma-separated (a case in several '
+                             "takes the candidates of all): the sweep's candidates for those cases (e.g. pruned by "
+                             "registers and spills from an sm_90 compile on a CPU); an entry "
                              "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product), "
                              '["pow2", [Pow2Config fields]] H_K in registers, ["paley", <one of those>] a '
                              "PaleyConfig (the Paley II core of H_K); "
