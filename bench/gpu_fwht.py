@@ -226,6 +226,19 @@ def _given_config(fields: list) -> Pow2Config | DenseConfig | SplitConfig | Pale
     return DenseConfig(*fields)
 
 
+def given_candidates(paths: list[str]) -> dict[str, list]:
+    """The --dense-configs files' candidates by case key, the files merged: a case in several files takes the
+    candidates of all of them, in order, each once (an empty list only keeps the sweep from generating some)."""
+    given: dict[str, list] = {}
+    for path in paths:
+        with open(path) as f:
+            entries = json.load(f)
+        for key, cfgs in entries.items():
+            case = given.setdefault(key, [])
+            case += [c for c in map(_given_config, cfgs) if c not in case]
+    return given
+
+
 def _given_candidates(given: dict, b: int, dtype: torch.dtype, variant: str) -> list | None:
     """The --dense-configs candidates of a case: its "n:dtype:variant" entry, else its "n:dtype" one; none
     where the file has entries for other variants of n:dtype only; None where it has none for n:dtype."""
@@ -328,8 +341,9 @@ def main() -> None:
                              "longer is reported as failed and not timed")
     parser.add_argument("--rep-ms", type=float, default=20.0)
     parser.add_argument("--dense-configs", default=None,
-                        help='JSON {"n:dtype": [DenseConfig fields, ...]}: the sweep\'s candidates for those cases '
-                             "(e.g. pruned by registers and spills from an sm_90 compile on a CPU); an entry "
+                        help='JSON files {"n:dtype": [DenseConfig fields, ...]}, comma-separated (a case in several '
+                             "takes the candidates of all): the sweep's candidates for those cases (e.g. pruned by "
+                             "registers and spills from an sm_90 compile on a CPU); an entry "
                              "[k_bits, [DenseConfig fields]] is a SplitConfig (k_bits of 2^m in the dense product), "
                              '["pow2", [Pow2Config fields]] H_K in registers, ["paley", <one of those>] a '
                              "PaleyConfig (the Paley II core of H_K); "
@@ -340,10 +354,7 @@ def main() -> None:
     swept = {int(s) for s in args.sweep.split(",") if s}
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     sweep_dtypes = [getattr(torch, d) for d in (args.sweep_dtypes or args.dtypes).split(",")]
-    given = {}
-    if args.dense_configs:
-        with open(args.dense_configs) as f:
-            given = {key: [_given_config(c) for c in cfgs] for key, cfgs in json.load(f).items()}
+    given = given_candidates(args.dense_configs.split(",")) if args.dense_configs else {}
     split_bits = tuple(int(a) for a in args.split_bits.split(",") if a)
     plans = {}
     signs_sizes = tuple(int(n) for n in args.signs_sizes.split(",") if n)
