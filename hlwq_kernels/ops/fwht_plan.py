@@ -17,7 +17,7 @@ import numpy as np
 from hlwq_kernels.ops._triton import cdiv, next_power_of_2
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_matrix, paley2_core
 
-__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "grouped_terms", "Pow2Config", "DenseConfig", "SplitConfig", "PaleyConfig",
+__all__ = ["kernel_plan", "generic_config", "hadamard_codes", "Pow2Config", "DenseConfig", "SplitConfig", "PaleyConfig",
            "KernelPlan", "MAX_POW2_BITS"]
 
 MAX_POW2_BITS = 16  # the power-of-two factor 2^m of a supported size, m <= 16
@@ -534,25 +534,6 @@ def hadamard_codes(k: int, inverse: bool, paley: bool = False, group: int = 4) -
             q = sum(1 << (i - 1) for i in range(1, group) if g + i < order and h[r, g + i] != h[r, g])
             codes.append((1 << (group - 1)) * int(h[r, g] < 0) + q)
     return tuple(codes)
-
-
-def grouped_terms(k: int, inverse: bool, paley: bool, group: int, phases: int) -> tuple[int, ...]:
-    """``hadamard_codes(k, inverse, paley, group)`` as ``_grouped_products`` adds them: per output r, its terms phase
-    by phase (phase c: the groups g with g % phases == c, in order), each ``2 * (j * 2^(group - 1) + q) + neg`` for
-    the j-th group of its phase, q the code's sign pattern and neg its sign; phase 0's first term is a positive one
-    where the output has one (entry ``r * groups + position``)."""
-    codes = hadamard_codes(k, inverse, paley, group)
-    half = 1 << (group - 1)
-    groups = -(-(k // 2 if paley else k) // group)
-    terms = []
-    for r in range(len(codes) // groups):
-        row = codes[r * groups:(r + 1) * groups]
-        for c in range(phases):
-            phase = [2 * (j * half + row[g] % half) + (row[g] >= half) for j, g in enumerate(range(c, groups, phases))]
-            if c == 0:
-                phase.sort(key=lambda term: term % 2)  # (stable) the positive terms first
-            terms += phase
-    return tuple(terms)
 
 
 def _dense_split(k: int, cfg: DenseConfig) -> tuple[int, int]:

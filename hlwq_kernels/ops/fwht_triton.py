@@ -49,8 +49,8 @@ from hlwq_kernels.ops._triton import (
     OutOfResources, PreparedCalls, PreparedLaunch, launch, require_triton, tensor_key, tl, triton,
 )
 from hlwq_kernels.ops.fwht_plan import (
-    MAX_POW2_BITS, DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, generic_config, grouped_terms,
-    hadamard_codes, kernel_plan,
+    MAX_POW2_BITS, DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, generic_config, hadamard_codes,
+    kernel_plan,
 )
 from hlwq_kernels.ops.hadamard import hadamard_tensor, paley2_core
 
@@ -270,10 +270,15 @@ def _take(v, IDX: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
-def _negated(t, NEG: tl.constexpr):
-    """-t if NEG else t (a negation the compiler folds into the add that takes it)."""
+def _negated(t, NEG: tl.constexpr, FOLD: tl.constexpr = False):
+    """-t if NEG else t. FOLD: as ``t * -1.0``, which the compiler makes a negation and folds into the add or fma
+    that takes it; Triton's ``-t`` is ``0 - t``, which it keeps as an add of its own (they differ for t = +0).
+    (Main's launches, ``group`` 0, keep ``-t``.)"""
     if NEG:
-        t = -t
+        if FOLD:
+            t = t * -1.0
+        else:
+            t = -t
     return t
 
 
@@ -294,25 +299,14 @@ def _elements(v, NB: tl.constexpr):
 
 
 @triton.jit
-def _signed_add(acc, t, NEG: tl.constexpr):
-    """``acc - t`` if NEG else ``acc + t``: one add (``acc + (-t)`` takes two, as Triton negates by ``0 - t``, which
-    the compiler keeps: it differs from the negation for t = +0)."""
-    if NEG:
-        acc = acc - t
-    else:
-        acc = acc + t
-    return acc
-
-
-@triton.jit
-def _grouped_products(xs, K: tl.constexpr, KB: tl.constexpr, TERMS: tl.constexpr, PHASES: tl.constexpr,
+def _grouped_products(xs, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASES: tl.constexpr,
                       GROUP: tl.constexpr):
-    """``_register_products`` of the inputs ``xs`` (a tuple by index) in groups of GROUP consecutive inputs: per
-    group its 2^(GROUP - 1) signed sums ``x_0 +- x_1 ... +- x_(GROUP-1)`` (2^GROUP - 2 adds, each sum the last one's
-    with one more input added or subtracted), then each output adds or subtracts one of them per group (``TERMS``,
-    ``fwht_plan.grouped_terms``: a positive one first, so that no output starts with a negation); groups g with
-    g % PHASES == c in phase c. K / GROUP + (2^GROUP - 2) / GROUP - 1 adds an output (K = 108: 26.9 for groups of
-    five, 29.5 for four)."""
+    """``_register_products`` of the inputs ``xs`` (a tuple by index) in groups of GROUP consecutive inputs (the last
+    one shorter where GROUP does not divide K): per group its 2^(GROUP - 1) signed sums ``x_0 +- x_1 ... +-
+    x_(GROUP-1)`` (2^GROUP - 2 adds, each sum the last one's with one more input added or subtracted), then each
+    output adds one of them per group with its sign (negations folded into the adds); groups g with g % PHASES == c
+    in phase c. K / GROUP + (2^GROUP - 2) / GROUP - 1 adds an output (K = 108: 26.9 for groups of five, 29.5 for
+    four)."""
     NG: tl.constexpr = (K + GROUP - 1) // GROUP
     M: tl.constexpr = 1 << (GROUP - 1)  # sums a group (a shorter last group's repeated up to M: never read there)
     outs = ()
@@ -333,17 +327,13 @@ def _grouped_products(xs, K: tl.constexpr, KB: tl.constexpr, TERMS: tl.constexpr
             sums = sums + part
         new = ()
         for r in tl.static_range(1 << KB):
-            if r < K:  # the phase's terms of output r from TERMS[r * NG + #{g : g % PHASES < c}]
-                # (a term is never bound to a name: that would hold it as a tensor, not a constexpr)
-                for j in tl.static_range((NG - c + PHASES - 1) // PHASES):
-                    if j == 0 and c == 0:
-                        acc = _negated(sums[TERMS[r * NG + j] // 2], TERMS[r * NG + j] % 2 == 1)
-                    elif j == 0:
-                        acc = _signed_add(outs[r], sums[TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES)] // 2],
-                                          TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES)] % 2 == 1)
-                    else:
-                        acc = _signed_add(acc, sums[TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES) + j] // 2],
-                                          TERMS[r * NG + c * (NG // PHASES) + min(c, NG % PHASES) + j] % 2 == 1)
+            if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
+                acc = _negated(sums[CODES[r * NG + c] % M], CODES[r * NG + c] >= M, True)
+                if c > 0:
+                    acc = outs[r] + acc
+                for g in tl.static_range(c + PHASES, NG, PHASES):
+                    acc = acc + _negated(sums[(g - c) // PHASES * M + CODES[r * NG + g] % M], CODES[r * NG + g] >= M,
+                                         True)
             else:
                 acc = tl.zeros_like(xs[0])
             new = new + (acc,)
@@ -356,8 +346,8 @@ def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr
                        GROUP: tl.constexpr = 0):
     """M v along the last KB size-2 dimensions of v (the index k of M's K columns, k_0 last, padded to 2^KB; entries
     from K on are not read) for a ±1 matrix M on the CUDA cores: a tuple of the 2^KB outputs (zeros from K on), by
-    groups of four inputs (GROUP 0, ``_quad_products``; CODES ``fwht_plan.hadamard_codes``) or of GROUP consecutive
-    ones (``_grouped_products``; CODES ``fwht_plan.grouped_terms``); PHASE_BITS > 0: the groups in 2^PHASE_BITS
+    groups of four inputs (GROUP 0, ``_quad_products``) or of GROUP consecutive ones (``_grouped_products``; CODES
+    ``fwht_plan.hadamard_codes`` of either); PHASE_BITS > 0: the groups in 2^PHASE_BITS
     phases, each phase's sums formed and added to every output before the next phase's, so that only one phase's
     sums are live beside the outputs."""
     if GROUP == 0:
@@ -442,7 +432,7 @@ def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr,
         outs = ()
         for i in tl.static_range(1 << (KB - 1)):
             outs = outs + (tl.fma(_take(x1, i, KB - 1), 2.0, u0[i] - u1[i]),
-                           tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
+                           tl.fma(_take(x0, i, KB - 1), 2.0, _negated(u0[i] + u1[i], True, GROUP > 0)))
     else:
         outs = _register_products(v, K, KB, CODES, PHASE_BITS, GROUP)
     return outs
@@ -1179,8 +1169,7 @@ def _launch_plan(
         if meta["K"] > 1 and meta["GROUP"] == 0:
             codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"])
         elif meta["K"] > 1:
-            codes = grouped_terms(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"],
-                                  1 << meta["PHASE_BITS"])
+            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"])
         # held sign bits: one vector for every row, or (one-row tiles, program p taking rows p + j * programs) one a
         # block where every program's rows have the same one
         sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)

@@ -296,33 +296,6 @@ def test_hadamard_codes_rebuild_the_matrix(group: int) -> None:
             assert np.array_equal(_decoded(codes, k // 2, group), want), (k, inverse)
 
 
-@pytest.mark.parametrize("group", [2, 3, 4, 5, 6])
-def test_grouped_terms_rebuild_the_matrix(group: int) -> None:
-    """``grouped_terms`` (the constexprs of ``_grouped_products``) hold every entry of H_K (and H_K.T, and of C + I
-    for a Paley II core), phase by phase, and start every output with a positive term where phase 0 has one."""
-    for k, paley in ((12, False), (28, False), (108, False), (76, True)):
-        order = k // 2 if paley else k
-        groups = -(-order // group)
-        h = hadamard_module.paley2_core(k).astype(int) + np.eye(order, dtype=int) if paley else hadamard_matrix(k)
-        for phases in (p for p in (1, 2, 4) if p <= groups):
-            for inverse, want in ((False, h), (True, h.T)):
-                terms = np.array(fwht_plan.grouped_terms(k, inverse, paley, group, phases)).reshape(order, groups)
-                rebuilt = np.zeros((order, order), dtype=int)
-                for r in range(order):
-                    at = 0
-                    for c in range(phases):
-                        for t in terms[r, at:at + len(range(c, groups, phases))]:
-                            j, q, neg = (t // 2) >> (group - 1), (t // 2) % (1 << (group - 1)), t % 2
-                            g = c + j * phases
-                            for i in range(min(group, order - g * group)):
-                                flip = neg ^ (i > 0 and (q >> (i - 1)) & 1)
-                                rebuilt[r, g * group + i] = -1 if flip else 1
-                        at += len(range(c, groups, phases))
-                    first = terms[r, : len(range(0, groups, phases))]
-                    assert first[0] % 2 == 0 or (first % 2 == 1).all(), (k, group, phases, r)
-                assert np.array_equal(rebuilt, want), (k, paley, group, phases, inverse)
-
-
 def test_register_split_only_where_it_pads_less() -> None:
     meta = dict(kernel_plan(68 * 256, 4, Pow2Config(8, 64, 1, 1, split=True)).meta)
     assert (meta["K_HEAD_BITS"], meta["T_BITS"]) == (6, 2)
