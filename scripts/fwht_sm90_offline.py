@@ -11,8 +11,7 @@ sm_90 target, and nothing runs. The script prints, for one program:
 
 - registers and stack bytes a thread (spills) and shared memory (Triton's, plus the row buffers);
 - how many programs an SM holds at once (65,536 registers, 233,472 bytes of shared memory, 2048 threads, 32
-  programs), against
-  the persistent grid's ``programs_per_sm``;
+  programs), against the persistent grid's ``programs_per_sm``;
 - the SASS instruction mix and a hash of the SASS, to check whether two trees compile a launch to the same code;
 - the tensor-core instructions (dense kernel: their operand types).
 
@@ -53,6 +52,7 @@ _SM90_REGISTERS = 65536  # a thread's registers times the SM's threads
 _SM90_SHARED_PROGRAM = 232448  # bytes of shared memory one program may take (227 KiB)
 _SM90_SHARED_SM = 233472  # bytes of shared memory an SM has for its programs (228 KiB), 1 KiB of them reserved each
 _SM90_PROGRAMS = 32  # resident programs (thread blocks) an SM
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class _Sm90Driver:
@@ -161,9 +161,9 @@ def _print_report(n: int, dtype_name: str, signs: bool, report: Report) -> None:
     print(f"tensor-core instructions {sum(mma.values())}" + (": " + ", ".join(sorted(mma)) if mma else ""))
 
 
-def _audit(dtype_names: list[str]) -> int:
-    """One table row for every table launch of the benchmarks' sizes, with and without signs; returns how many
-    launches spill or hold fewer programs an SM than their persistent grid plans."""
+def _audit(dtype_names: list[str]) -> None:
+    """One table row for every table launch of the benchmarks' sizes, with and without signs, then how many launches
+    spill or hold fewer programs an SM than their persistent grid plans."""
     print(f"triton {triton.__version__}, sm_90: the table's launches\n")
     print("| n | dtype | signs | launch | warps | planned programs an SM | fit | registers | stack | shared |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -179,13 +179,12 @@ def _audit(dtype_names: list[str]) -> int:
                 print(f"| {n} | {dtype_name} | {'yes' if signs else ''} | `{report.launch}` | {report.num_warps} | "
                       f"{report.programs_per_sm} | {fit} | {report.registers} | {stack} | {report.shared} |", flush=True)
     print(f"\n{flagged} launch(es) spill or hold fewer programs an SM than planned (bold)")
-    return flagged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", type=int, nargs="?", help="row length")
-    parser.add_argument("dtype", nargs="?", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("dtype", nargs="?", choices=_DTYPES)
     parser.add_argument("--signs", action="store_true", help="the signs= launch (one sign vector)")
     parser.add_argument("--config", default=None,
                         help="a launch instead of the table's: Pow2Config(...), DenseConfig(...), PaleyConfig(...)")
@@ -195,7 +194,10 @@ def main() -> None:
     args = parser.parse_args()
     triton.runtime.driver.set_active(_Sm90Driver())
     if args.audit:
-        _audit(args.audit.split(","))
+        dtypes = args.audit.split(",")
+        if not set(dtypes) <= set(_DTYPES):
+            parser.error(f"--audit takes dtypes among {', '.join(_DTYPES)}, got {args.audit}")
+        _audit(dtypes)
         return
     if args.n is None or args.dtype is None:
         parser.error("give n and dtype, or --audit DTYPES")

@@ -65,3 +65,11 @@ def test_programs_an_sm_holds() -> None:
     assert report(1, 32, 227 * 1024 + 128).resident() == 0  # above a program's 227 KiB
     assert report(16, 16, 0).resident() == 4  # 2048 threads
     assert report(1, 32, 2048).resident() == 32  # 32 programs
+
+
+@pytest.mark.parametrize("args, message", [(["--audit", "bf16"], "--audit takes dtypes among float32, bfloat16, float16"),
+                                           ([], "give n and dtype, or --audit DTYPES")])
+def test_bad_arguments_get_one_line(args: list[str], message: str) -> None:
+    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
