@@ -46,13 +46,15 @@ QUICK = [128, 1024, 4096, 16384, 32768, 3584, 14336, 11008]
 DTYPES = (torch.bfloat16, torch.float32)
 TOTAL = 1 << 28
 CHECK_ROWS = 256
-# (n, variant) rows that check block_size= and signs= run at the speed of the plain transform; a variant is
-# "signs", "block<b>" (block_size=b) or "block<b>+signs" (block_size=b, one sign vector of length n)
+
+
 def _block_variants(n: int, b: int) -> list[tuple[int, str]]:
     """The (n, variant) cases of block_size=b on rows of n: without signs and with a sign vector of length n."""
     return [(n, f"block{b}"), (n, f"block{b}+signs")]
 
 
+# (n, variant) rows that check block_size= and signs= run at the speed of the plain transform; a variant is
+# "signs", "block<b>" (block_size=b) or "block<b>+signs" (block_size=b, one sign vector of length n)
 VARIANTS = [(n, "signs") for n in POW2 + LLM] + [
     case for n, b in ((4096, 16), (4096, 128), (32768, 2048), (32768, 16384), (14336, 3584), (28672, 14336))
     for case in _block_variants(n, b)]

@@ -43,7 +43,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from hlwq_kernels.ops import fwht_triton
-from hlwq_kernels.ops.fwht_plan import DenseConfig, PaleyConfig, Pow2Config, SplitConfig, kernel_plan
+from hlwq_kernels.ops.fwht_plan import DenseConfig, KernelPlan, PaleyConfig, Pow2Config, SplitConfig, kernel_plan
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 from gpu_fwht import LLM, POW2  # noqa: E402 (the benchmarks' sizes)
@@ -71,7 +71,7 @@ class _Sm90Driver:
         return torch.device("cpu")
 
 
-def _captured_launch(n: int, dtype: torch.dtype, signs: bool, config) -> tuple:
+def _captured_launch(n: int, dtype: torch.dtype, signs: bool, config, plan: KernelPlan) -> tuple:
     """The kernel, arguments and constexprs of the launch ``fwht_rows_triton`` makes on a GPU with bulk copies."""
     captured = []
 
@@ -87,11 +87,9 @@ def _captured_launch(n: int, dtype: torch.dtype, signs: bool, config) -> tuple:
     finally:
         fwht_triton.launch, fwht_triton._sm90_bulk = saved
     kernel, args, kwargs, extra_shared = captured[-1]
-    if kernel is fwht_triton._fwht_dense_kernel:
-        if kwargs["PIECES"] == 0:  # the interpreter's fp32 product: the pieces of a CUDA tensor instead
-            kwargs["PIECES"] = 3 if dtype == torch.float32 else 1
-            h_dtype = torch.bfloat16 if dtype == torch.float32 else dtype
-            args = args[:3] + (args[3].to(h_dtype),) + args[4:]
+    if kernel is fwht_triton._fwht_dense_kernel:  # the operands of a CUDA tensor, not the interpreter's
+        kwargs["PIECES"], h_dtype = fwht_triton.dense_operands(dtype, plan, cuda=True)
+        args = args[:3] + (args[3].to(h_dtype),) + args[4:]
     else:
         kwargs["PTX"] = True  # as for a CUDA tensor
     return kernel, args, kwargs, extra_shared
@@ -125,7 +123,7 @@ class Report(NamedTuple):
 def compile_launch(n: int, dtype: torch.dtype, signs: bool, config=None) -> Report:
     """Compile the launch ``fwht()`` takes for rows of ``n`` (or ``config``) for sm_90 and report what it takes."""
     plan = kernel_plan(n, torch.empty(0, dtype=dtype).element_size(), config, signs, dtype == torch.float16)
-    kernel, launch_args, kwargs, extra_shared = _captured_launch(n, dtype, signs, config)
+    kernel, launch_args, kwargs, extra_shared = _captured_launch(n, dtype, signs, config, plan)
     if plan.max_regs:  # the register cap the launch takes on CUDA
         kwargs["maxnreg"] = plan.max_regs
     compiled = kernel.warmup(*launch_args, grid=(1,), **kwargs)
@@ -156,8 +154,7 @@ def _print_report(n: int, dtype_name: str, signs: bool, report: Report) -> None:
     body = "\n".join(re.sub(r"/\*[0-9a-f]{4,}\*/|/\* 0x[0-9a-f]+ \*/", "", line).strip() for line in report.sass)
     print(f"{len(report.sass)} SASS instructions, sha256 {hashlib.sha256(body.encode()).hexdigest()[:16]}; most used:",
           ", ".join(f"{op} {count}" for op, count in mix.most_common(12)))
-    mma = collections.Counter(re.search(r"\b(H[G]?MMA\S*)", line).group(1) for line in report.sass
-                              if re.search(r"\bH[G]?MMA", line))
+    mma = collections.Counter(m.group(1) for m in (re.search(r"\b(H[G]?MMA\S*)", line) for line in report.sass) if m)
     print(f"tensor-core instructions {sum(mma.values())}" + (": " + ", ".join(sorted(mma)) if mma else ""))
 
 
@@ -172,9 +169,10 @@ def _audit(dtype_names: list[str]) -> None:
         for n in POW2 + LLM:
             for signs in (False, True):
                 report = compile_launch(n, getattr(torch, dtype_name), signs)
-                short = report.resident() < max(report.programs_per_sm, 1)
+                resident = report.resident()
+                short = resident < max(report.programs_per_sm, 1)
                 flagged += short or report.stack > 0
-                fit = f"**{report.resident()}**" if short else str(report.resident())
+                fit = f"**{resident}**" if short else str(resident)
                 stack = f"**{report.stack}**" if report.stack else "0"
                 print(f"| {n} | {dtype_name} | {'yes' if signs else ''} | `{report.launch}` | {report.num_warps} | "
                       f"{report.programs_per_sm} | {fit} | {report.registers} | {stack} | {report.shared} |", flush=True)

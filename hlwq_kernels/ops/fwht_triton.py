@@ -1143,6 +1143,18 @@ def _grid_sharing_signs(programs: int, sign_blocks: int, tile_rows: int) -> int:
     return programs - programs % apart
 
 
+def dense_operands(dtype: torch.dtype, plan: KernelPlan, cuda: bool) -> tuple[int, torch.dtype]:
+    """(PIECES, dtype of H_K) of a dense-kernel launch on rows of ``dtype`` (``_dot_pieces``), compiled on CUDA or
+    (``cuda`` False) in the interpreter, which has no bf16 dot."""
+    if dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
+        return 2, torch.float16
+    if dtype == torch.float32 and plan.tf32_pieces:  # the interpreter too (its dot multiplies in fp32)
+        return 4, torch.float32
+    if not cuda:
+        return 0, torch.float32
+    return (3, torch.bfloat16) if dtype == torch.float32 else (1, dtype)
+
+
 def _launch_plan(
     x2: torch.Tensor, out: torch.Tensor, plan: KernelPlan, b: int, inverse: bool, scale: float,
     sign_bits: torch.Tensor | None,
@@ -1180,16 +1192,7 @@ def _launch_plan(
                            L2_AHEAD=plan.l2_ahead and rows_ok and not bulk, BULK=bulk, HOLD_SIGNS=hold, PTX=x2.is_cuda)
         extra_shared = bulk * b * x2.element_size() + 16 if bulk else 0
         return _run(_fwht_pow2_kernel, programs, x2, runtime, plan, launch_meta, extra_shared), runtime
-    if x2.dtype == torch.float32 and plan.fp16_pieces:  # the interpreter runs this path as compiled
-        pieces, h_dtype = 2, torch.float16
-    elif x2.dtype == torch.float32 and plan.tf32_pieces:  # the interpreter too (its dot multiplies in fp32)
-        pieces, h_dtype = 4, torch.float32
-    elif not x2.is_cuda:
-        pieces, h_dtype = 0, torch.float32
-    elif x2.dtype == torch.float32:
-        pieces, h_dtype = 3, torch.bfloat16
-    else:
-        pieces, h_dtype = 1, x2.dtype
+    pieces, h_dtype = dense_operands(x2.dtype, plan, x2.is_cuda)
     meta = dict(plan.meta)
     h_rows = meta["KO"] * meta["KO_SPLIT"] * plan.k_chunks + meta["KB"]
     h = _dense_matrix(meta["K"], h_rows, meta["KI"] * meta["KI_STEPS"] + meta["KB"], inverse, h_dtype, x2.device,
