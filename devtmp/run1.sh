@@ -8,4 +8,3 @@ S=3584,4864,9728,13824,14336,16384,17408,18432,18944,27648,28672,32768
 (cd bench && timeout 330 python gpu_fwht.py --sizes $S --dtypes bfloat16 --variants '' --signs-sizes $S --sweep $S \
   --dense-configs candidates/fwht-packed-signs-2026-12-04-n1.json --jobs 16 --rep-ms 10 --compile-timeout 150 --out $OUT/p1.md > $OUT/p1.log 2>&1)
 tail -3 $OUT/p1.log
-timeout 90 python devtmp/order2048.py | tee $OUT/order.txt

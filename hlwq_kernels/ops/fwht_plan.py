@@ -194,8 +194,10 @@ _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 # down with the sign bits loaded with every row: persistent programs that hold them (fp32 a bit an element,
 # ``hold_signs``); fp32 2^15 52.1-52.2 -> 90.6-91.0% of clone, 2^14 82.9-84.2 -> 89.8-90.9%, bf16 2^14 86.6 -> 89.1%
 # and 87.3 -> 89.8% (bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweeps l1, l2 and l4)
+# bf16 2^15 with signs=: the held sign bits packed (packed_signs), 77.6 -> 82.5% (pass q, sweep q2)
 _POW2_TABLE_SIGNS = {(4, 15): Pow2Config(8, 64, 1, 1, hold_signs=True), (4, 14): Pow2Config(8, 64, 1, 2, hold_signs=True),
-                     (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True)}
+                     (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True),
+                     (2, 15): Pow2Config(8, 64, 1, 1, True, 0, True, hold_signs=True, packed_signs=True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 3, 0, 64, 128), 4: DenseConfig(4, 64, 3, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -306,6 +308,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # bf16 3584 with signs=: H_K in registers with the sign bits held, 76.6 -> 78.8% in one process (its dense launch 95.1%
 # without signs=; the registers form ran slower with signs= at bf16 4864, 9728, 13824 and 14336: 21-61% against
 # 70-75%; bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweep l2)
+# Pow2Config(group=G): H_K's inputs in groups of G consecutive ones, negations folded into the adds (pass q, one process
+# each, bench/results/fwht-groups-h200-2026-12-05-q.md): groups of five fp32 13824 77.3 -> 82.0%, 27648 80.1 -> 83.6%,
+# 18944 80.6 -> 86.3%, with signs= 13824 74.3 -> 79.8%, 27648 74.8 -> 80.5%, 18944 65.3 -> 68.9%; folded groups of
+# four with signs= fp32 17408 88.9 -> 92.2%, 14336 94.9 -> 96.4%, bf16 3584 78.9 -> 82.2%, 28672 59.6 -> 62.4%, 17408
+# 51.0 -> 54.8%, groups of three bf16 18432 63.4 -> 66.3%; group 0 kept where the folded form ran level or slower
+# (fp32 17408 plain 91.7 against 89.9%); with signs= bf16 4864 with the 2 programs an SM that fit (the offline sm_90
+# audit) 73.8 -> 85.3%, 27648 with stages 3 (no spills) 47.7 -> 69.5%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -324,34 +333,41 @@ _DENSE_TABLE_SIZES = {
     (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=1)),
-    (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=2),
+    (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=4, group=5),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2, phases=4),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
-    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
-    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, phases=2),
+    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2, phases=2, group=5), pair_apart=True),
+    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, phases=4, group=5),
     (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True),
-                      (2, 3584): Pow2Config(2, 64, 1, 4, l2_ahead=True, load_last=True, hold_signs=True),
+_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True, phases=2, group=4),
+                      (2, 3584): Pow2Config(2, 64, 1, 4, l2_ahead=True, load_last=True, hold_signs=True, phases=2,
+                                            group=4),
+                      (2, 4864): DenseConfig(4, 64, 1, 2, 0, 0, True, 0, True, True),
+                      (2, 27648): DenseConfig(8, 64, 3, 1, 0, 0, True, 0, False, True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
-                      (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True),
+                      (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True,
+                                             phases=4, group=4),
                       (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True,
-                                                         hold_signs=True)),
+                                                         hold_signs=True, group=3)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
-                      (4, 14336): Pow2Config(4, 64, 1, 0),
+                      (4, 14336): Pow2Config(4, 64, 1, 0, phases=2, group=4),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True, phases=4),
+                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True, group=5),
                                               pair_apart=True),
                       (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True, phases=2),
                                              pair_apart=True),
-                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4),
-                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, hold_signs=True, phases=4),
-                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)}
+                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4,
+                                             group=5),
+                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, hold_signs=True, phases=4,
+                                             group=5),
+                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True,
+                                             phases=4, group=4)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers

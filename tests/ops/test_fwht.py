@@ -394,12 +394,15 @@ def test_hadamard_in_registers_bounds() -> None:
 
 def test_power_of_two_signs_launches_hold_the_sign_bits() -> None:
     """Powers of two with signs= take persistent launches that hold the sign bits where those measured faster
-    (fp32 2^14 and 2^15, bf16 2^14); float16 rows and other sizes keep the launch without signs."""
-    for n, size in ((1 << 15, 4), (1 << 14, 4), (1 << 14, 2)):
+    (fp32 2^14 and 2^15, bf16 2^14, and bf16 2^15 with the bits packed); float16 rows and other sizes keep the launch
+    without signs."""
+    for n, size in ((1 << 15, 4), (1 << 14, 4), (1 << 14, 2), (1 << 15, 2)):
         plan = kernel_plan(n, size, signs=True)
         assert plan.hold_signs and plan.programs_per_sm > 0 and plan != kernel_plan(n, size)
-    assert kernel_plan(1 << 14, 2, signs=True, fp16=True) == kernel_plan(1 << 14, 2, fp16=True)
-    for n, size in ((1 << 15, 2), (1 << 13, 4), (1 << 12, 2)):
+    assert dict(kernel_plan(1 << 15, 2, signs=True).meta)["PACK_SIGNS"]
+    for n in (1 << 14, 1 << 15):
+        assert kernel_plan(n, 2, signs=True, fp16=True) == kernel_plan(n, 2, fp16=True)
+    for n, size in ((1 << 13, 4), (1 << 12, 2)):
         assert kernel_plan(n, size, signs=True) == kernel_plan(n, size)
 
 
