@@ -123,7 +123,11 @@ class Pow2Config(NamedTuple):
     wide_store: bool = False  # K * 2^m sizes: stored 16 bytes an access, lanes on the next columns (see _pow2_plan)
     bulk: int = 0  # persistent one-row tiles without prefetch: 1 or 2 rows ahead in shared memory (_fwht_pow2_kernel)
     hold_signs: bool = False  # persistent: the forward transform's sign bits (one vector) loaded once a program
-    phases: int = 1  # K * 2^m sizes: H_K's groups of four inputs in this many phases (a power of two)
+    phases: int = 1  # K * 2^m sizes: H_K's groups of inputs in this many phases (a power of two)
+    packed_signs: bool = False  # 16-bit rows with hold_signs: the bits packed as 32-bit rows' always are (a bit an
+    # element; rows read as words: a word's two bits side by side in the packed word's halves), not held as loaded
+    group: int = 0  # K * 2^m sizes: 0, H_K's inputs in groups of four by their index bits (_quad_products); 2 to 6,
+    # in groups of this many consecutive inputs, each output adding or subtracting its terms (_grouped_products)
 
 
 class DenseConfig(NamedTuple):
@@ -190,8 +194,10 @@ _POW2_TABLE_FP16 = {**_POW2_TABLE_16BIT, 14: Pow2Config(8, 64, 2, 2)}
 # down with the sign bits loaded with every row: persistent programs that hold them (fp32 a bit an element,
 # ``hold_signs``); fp32 2^15 52.1-52.2 -> 90.6-91.0% of clone, 2^14 82.9-84.2 -> 89.8-90.9%, bf16 2^14 86.6 -> 89.1%
 # and 87.3 -> 89.8% (bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweeps l1, l2 and l4)
+# bf16 2^15 with signs=: the held sign bits packed (packed_signs), 77.6 -> 82.5% (pass q, sweep q2)
 _POW2_TABLE_SIGNS = {(4, 15): Pow2Config(8, 64, 1, 1, hold_signs=True), (4, 14): Pow2Config(8, 64, 1, 2, hold_signs=True),
-                     (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True)}
+                     (2, 14): Pow2Config(8, 64, 1, 2, l2_ahead=True, load_last=True, hold_signs=True),
+                     (2, 15): Pow2Config(8, 64, 1, 1, True, 0, True, hold_signs=True, packed_signs=True)}
 _DENSE_TABLE = {2: DenseConfig(4, 64, 3, 0, 64, 128), 4: DenseConfig(4, 64, 3, 0, 32, 128)}  # by element size
 # 16-bit rows with K <= 128, by the elements of one padded row block (K padded to a power of two,
 # times 2^m): prefetching launches (sweep on the H200, bench/results/fwht-h200-2026-12-02.md: 3584
@@ -302,6 +308,13 @@ _DENSE_TABLE_16BIT = {4096: DenseConfig(8, 64, 1, 2, 0, 0, True, 128), 8192: Den
 # bf16 3584 with signs=: H_K in registers with the sign bits held, 76.6 -> 78.8% in one process (its dense launch 95.1%
 # without signs=; the registers form ran slower with signs= at bf16 4864, 9728, 13824 and 14336: 21-61% against
 # 70-75%; bench/results/fwht-pow2-signs-h200-2026-12-04-l.md, sweep l2)
+# Pow2Config(group=G): H_K's inputs in groups of G consecutive ones, negations folded into the adds (pass q, one process
+# each, bench/results/fwht-groups-h200-2026-12-05-q.md): groups of five fp32 13824 77.3 -> 82.0%, 27648 80.1 -> 83.6%,
+# 18944 80.6 -> 86.3%, with signs= 13824 74.3 -> 79.8%, 27648 74.8 -> 80.5%, 18944 65.3 -> 68.9%; folded groups of
+# four with signs= fp32 17408 88.9 -> 92.2%, 14336 94.9 -> 96.4%, bf16 3584 78.9 -> 82.2%, 28672 59.6 -> 62.4%, 17408
+# 51.0 -> 54.8%, groups of three bf16 18432 63.4 -> 66.3%; group 0 kept where the folded form ran level or slower
+# (fp32 17408 plain 91.7 against 89.9%); with signs= bf16 4864 with the 2 programs an SM that fit (the offline sm_90
+# audit) 73.8 -> 85.3%, 27648 with stages 3 (no spills) 47.7 -> 69.5%
 _DENSE_TABLE_SIZES = {
     (2, 3584): SplitConfig(1, DenseConfig(8, 32, 1, 3, 0, 0, True, 0, False, True)),
     (2, 4864): DenseConfig(4, 64, 1, 3, 0, 0, True, 0, True, True),
@@ -320,34 +333,41 @@ _DENSE_TABLE_SIZES = {
     (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1), pair_apart=True),
     (4, 8960): DenseConfig(4, 16, 3, 1, 0, 0, True, 0, True, True, fp16_pieces=True),
     (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, bulk=1)),
-    (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=2),
+    (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, phases=4, group=5),
     (4, 14336): Pow2Config(8, 64, 1, 1, l2_ahead=True, load_last=True),
     (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=2, phases=4),
     (4, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True)),
-    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2), pair_apart=True),
-    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, phases=2),
+    (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, split=True, bulk=2, phases=2, group=5), pair_apart=True),
+    (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, phases=4, group=5),
     (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1),
     (4, 29568): PaleyConfig(DenseConfig(4, 64, 3, 0, 64, 128)),
 }
-_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True),
-                      (2, 3584): Pow2Config(2, 64, 1, 4, l2_ahead=True, load_last=True, hold_signs=True),
+_DENSE_TABLE_SIGNS = {(2, 28672): Pow2Config(16, 64, 1, 1, bulk=1, hold_signs=True, phases=2, group=4),
+                      (2, 3584): Pow2Config(2, 64, 1, 4, l2_ahead=True, load_last=True, hold_signs=True, phases=2,
+                                            group=4),
+                      (2, 4864): DenseConfig(4, 64, 1, 2, 0, 0, True, 0, True, True),
+                      (2, 27648): DenseConfig(8, 64, 3, 1, 0, 0, True, 0, False, True),
                       (2, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
                       (2, 9728): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, False, rows_first=True),
-                      (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True),
+                      (2, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True,
+                                             phases=4, group=4),
                       (2, 18432): PaleyConfig(Pow2Config(8, 64, 1, 1, l2_ahead=True, split=True, load_last=True,
-                                                         hold_signs=True)),
+                                                         hold_signs=True, group=3)),
                       (2, 18944): DenseConfig(8, 16, 1, 2, 0, 0, True, 0, True, True, rows_first=True),
-                      (4, 14336): Pow2Config(4, 64, 1, 0),
+                      (4, 14336): Pow2Config(4, 64, 1, 0, phases=2, group=4),
                       (4, 9728): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True)),
                       (4, 28672): Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True),
                       (4, 8960): DenseConfig(4, 16, 1, 2, 0, 0, True, 0, True, True, fp16_pieces=True),
-                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True, phases=4),
+                      (4, 18944): PaleyConfig(Pow2Config(8, 64, 1, 1, bulk=1, hold_signs=True, group=5),
                                               pair_apart=True),
                       (4, 4864): PaleyConfig(Pow2Config(4, 64, 1, 2, split=True, bulk=1, hold_signs=True, phases=2),
                                              pair_apart=True),
-                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4),
-                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, hold_signs=True, phases=4),
-                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True)}
+                      (4, 27648): Pow2Config(8, 64, 1, 1, wide_store=True, bulk=1, hold_signs=True, phases=4,
+                                             group=5),
+                      (4, 13824): Pow2Config(4, 64, 1, 2, wide_store=True, bulk=1, hold_signs=True, phases=4,
+                                             group=5),
+                      (4, 17408): Pow2Config(8, 64, 1, 1, split=True, wide_store=True, bulk=1, hold_signs=True,
+                                             phases=4, group=4)}
 _MAX_PER_THREAD = 128  # fp32 values of a dense tile per thread (registers)
 _MAX_CHUNK = 8192  # elements of one input chunk of the dense kernel (shared memory)
 _MAX_PREFETCH_K = 128  # largest (padded) K, or K head when split, that a prefetching launch keeps in registers
@@ -466,13 +486,20 @@ def _pow2_plan(m: int, elem_size: int, cfg: Pow2Config, k: int = 1, paley: bool 
                          "load_last")
     if cfg.hold_signs and cfg.programs_per_sm == 0:
         raise ValueError("hold_signs needs a persistent grid (programs_per_sm > 0)")
+    if cfg.packed_signs and not cfg.hold_signs:
+        raise ValueError("packed_signs packs held sign bits: it needs hold_signs")
+    if cfg.group and (not 2 <= cfg.group <= 6 or k == 1):
+        raise ValueError(f"group is 0 or the inputs of H_K a group of signed sums holds, 2 to 6, for a K * 2^m size; "
+                         f"got {cfg.group} for H_{k}")
     phase_bits = cfg.phases.bit_length() - 1
-    group_bits = kb - 2 - (paley and not pair_apart)  # bits of the group index of the products in registers
-    if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or phase_bits > group_bits)):
-        raise ValueError(f"phases must be a power of two up to the {1 << max(group_bits, 0)} groups of four inputs of "
+    order = k // 2 if paley and not pair_apart else k  # of the ±1 matrix in registers
+    groups = -(-order // cfg.group) if cfg.group else 1 << max(kb - 2 - (paley and not pair_apart), 0)
+    if cfg.phases < 1 or cfg.phases & (cfg.phases - 1) or (cfg.phases > 1 and (k == 1 or cfg.phases > groups)):
+        raise ValueError(f"phases must be a power of two up to the {groups} groups of {cfg.group or 4} inputs of "
                          f"H_{k} in registers, got {cfg.phases}")
     meta += (("K", k), ("KB", kb), ("K_PERMS", perms), ("PALEY", paley), ("PAIR_APART", pair_apart),
-             ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits))
+             ("LOAD_LAST", cfg.load_last), ("REG_TAIL", reg_tail), ("PHASE_BITS", phase_bits),
+             ("PACK_SIGNS", cfg.packed_signs), ("GROUP", cfg.group))
     head, tail = _register_split(k) if cfg.split else (0, 0)
     t_meta = {"KB": 0, "STEPS": (), "NUM_STEPS": 0, "STORE_C": 1, "STORE0": (), "STORE0_BITS": 0, "STORE1": (),
               "STORE1_BITS": 0}
@@ -506,11 +533,11 @@ def _register_split(k: int) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...]:
+def hadamard_codes(k: int, inverse: bool, paley: bool = False, group: int = 4) -> tuple[int, ...]:
     """H_K (H_K.T for the inverse) as ``_register_products`` takes it, or (``paley``) the ±1 matrix C + I of
-    H_K's Paley II core C (order k / 2; ``hadamard.paley2_core``): per output r and group g of four inputs,
-    ``8 * (M[r, 4g] < 0) + q`` with bit i - 1 of q set where ``M[r, 4g + i]`` differs from ``M[r, 4g]``, then for
-    an order of 2 mod 4 one pair group the same way (entry ``r * groups + g``)."""
+    H_K's Paley II core C (order k / 2; ``hadamard.paley2_core``): per output r and group g of ``group`` inputs
+    (the last one shorter where ``group`` does not divide the order), ``2^(group - 1) * (M[r, g group] < 0) + q``
+    with bit i - 1 of q set where ``M[r, g group + i]`` differs from ``M[r, g group]`` (entry ``r * groups + g``)."""
     if paley:
         h = paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
     else:
@@ -519,9 +546,9 @@ def hadamard_codes(k: int, inverse: bool, paley: bool = False) -> tuple[int, ...
     order = h.shape[0]
     codes = []
     for r in range(order):
-        for g in range(0, order, 4):
-            q = sum(1 << (i - 1) for i in (1, 2, 3) if g + i < order and h[r, g + i] != h[r, g])
-            codes.append(8 * int(h[r, g] < 0) + q)
+        for g in range(0, order, group):
+            q = sum(1 << (i - 1) for i in range(1, group) if g + i < order and h[r, g + i] != h[r, g])
+            codes.append((1 << (group - 1)) * int(h[r, g] < 0) + q)
     return tuple(codes)
 
 

@@ -29,7 +29,7 @@ intermediate in fp32 and one rounding at the store.
   in phases, so that one phase's sums are live at a time); a persistent program can have its next rows prefetched
   into L2, or (``bulk``, sm_90) copied into one or two row buffers in shared memory by the bulk copy engine while it
   transforms the current row (also 16-bit rows, where the table finds it faster), and can hold its sign bits
-  (``hold_signs``; 32-bit rows a bit an element).
+  (``hold_signs``; 32-bit rows a bit an element, 16-bit rows so too with ``packed_signs``).
 
 ``fwht_rows_triton`` picks a launch configuration from a table measured on an H200 (override it with
 ``config=``, as ``bench/gpu_fwht.py --sweep`` does) and, on CUDA, calls the compiled kernel directly
@@ -171,19 +171,37 @@ def _load_signs(ptrs, col, COLS: tl.constexpr):
 
 
 @triton.constexpr_function
-def _held_word_bits(tail, width):
-    """How many of a tile's last dimensions ``_packed_signs`` packs into a word: of 32-bit elements, the ``tail``
-    (the trailing dimensions the load layout holds in registers), at most 5; 16-bit elements keep their sign bits as
-    they are loaded, two to a register (0)."""
-    return min(tail, 5) if width == 32 else 0
+def _held_word_bits(tail, width, pack, words):
+    """How many of a tile's last dimensions ``_packed_signs`` packs into a word (see there): of 32-bit elements, and
+    with ``pack`` of 16-bit ones, the ``tail`` (the trailing dimensions the load layout holds in registers), at most
+    5; with ``pack`` of 16-bit elements read as int32 words, the words' part of the tail (one bit less), at most 4;
+    else 16-bit elements keep their sign bits as they are loaded, two to a register (0)."""
+    if words and pack:
+        return min(tail - 1, 4)
+    return min(tail, 5) if width == 32 or pack else 0
+
+
+@triton.constexpr_function
+def _sign_fields(words):
+    """The bits of a packed word that hold the sign bits of one word of the tile: the sign bit of a 32-bit value,
+    or of both 16-bit halves of an int32 word (``words``)."""
+    return 0x80008000 if words else 0x80000000
+
+
+@triton.constexpr_function
+def _word_shape(bits, words):
+    """The tile's dimensions (``bits``, of its elements) as the int32 words of 16-bit pairs (``words``) hold it: the
+    lowest column bit is inside the words."""
+    return tuple(bits[:-1]) if words else bits
 
 
 @triton.jit
-def _packed_signs(bits, BITS: tl.constexpr, NB: tl.constexpr):
-    """The sign bits ``bits`` of a loaded tile of 32-bit elements (0 or the sign bit) as uint32 words that a thread
-    keeps in registers: the tile reshaped to BITS, then 2^NB elements along its last NB dimensions (in registers)
-    packed into one word, element p's bit at 31 - p."""
-    w = tl.reshape((bits.to(tl.uint32) >> 31) << 31, BITS)
+def _packed_signs(bits, SHAPE: tl.constexpr, NB: tl.constexpr, FIELDS: tl.constexpr):
+    """The sign bits ``bits`` of a loaded tile (integers of its words' width, 0 or the sign bits) as uint32 words
+    that a thread keeps in registers: the tile reshaped to SHAPE, then 2^NB of its words along its last NB dimensions
+    (in registers) packed into one, word p's FIELDS shifted right by p (a 32-bit or 16-bit value's sign bit at
+    31 - p; both of an int32 word of 16-bit pairs at 31 - p and 15 - p)."""
+    w = tl.reshape(bits.to(tl.int32).to(tl.uint32, bitcast=True) & FIELDS, SHAPE)
     for j in tl.static_range(NB):
         lo, hi = tl.split(w)
         w = lo | (hi >> (1 << j))
@@ -191,33 +209,38 @@ def _packed_signs(bits, BITS: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
-def _held_signs(s_ptr, col, COLS: tl.constexpr, BITS: tl.constexpr, NB: tl.constexpr):
+def _held_signs(s_ptr, col, COLS: tl.constexpr, SHAPE: tl.constexpr, NB: tl.constexpr,
+                FIELDS: tl.constexpr = 0x80000000):
     """The sign bits at ``s_ptr + col`` (columns from COLS on read as 0), loaded once for a program to hold: as they
     are, or (NB > 0) packed by ``_packed_signs``."""
     bits = _load_signs(s_ptr + col, col, COLS)
     if NB > 0:
-        bits = _packed_signs(bits, BITS, NB)
+        bits = _packed_signs(bits, SHAPE, NB, FIELDS)
     return bits
 
 
 @triton.jit
-def _unpacked_signs(held, like, NB: tl.constexpr, PTX: tl.constexpr):
+def _unpacked_signs(held, like, NB: tl.constexpr, FIELDS: tl.constexpr, PTX: tl.constexpr):
     """``_packed_signs``' words ``held`` back as the sign bits of a tile shaped as ``like``: a shift and an and a
-    value, which the flip's xor takes in the same instruction. Compiled (PTX), the words pass through an opaque copy
+    word, which the flip's xor takes in the same instruction. Compiled (PTX), the words pass through an opaque copy
     first, so that the compiler unpacks them where they are used (every row) instead of hoisting the unpacked bits,
-    one register a value, out of the loop."""
+    one register a word, out of the loop."""
     w = held
     if PTX:
         w = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [held], dtype=tl.uint32, is_pure=False, pack=1)
     for j in tl.static_range(NB):
         w = tl.join(w, w << (1 << (NB - 1 - j)))
-    return tl.reshape((w >> 31) << 31, like.shape)
+    if FIELDS == 0x80000000:  # (as shifts, 32-bit elements compile to the sm_90 code their launches were timed with)
+        w = (w >> 31) << 31
+    else:
+        w = w & FIELDS
+    return tl.reshape(w, like.shape)
 
 
 @triton.jit
 def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, held, ROW_WORDS: tl.constexpr, HAS_SIGNS: tl.constexpr,
                  SIGN_ROWS: tl.constexpr, COLS: tl.constexpr, HELD: tl.constexpr, HELD_BITS: tl.constexpr = 0,
-                 PTX: tl.constexpr = False):
+                 PTX: tl.constexpr = False, FIELDS: tl.constexpr = 0x80000000):
     """v (loaded at columns ``col`` of rows ``row``) with the forward transform's sign flips: the sign bits
     ``held`` (HELD: loaded once a program; HELD_BITS > 0: packed by ``_packed_signs``), else those at
     ``s_ptr + col``, or (SIGN_ROWS) in row ``row % sign_blocks`` of ROW_WORDS; the inverse flips at the store."""
@@ -225,7 +248,7 @@ def _input_signs(v, s_ptr, col, row, sign_blocks, inverse, held, ROW_WORDS: tl.c
         if inverse == 0:
             if HELD:
                 if HELD_BITS > 0:
-                    bits = _unpacked_signs(held, v, HELD_BITS, PTX)
+                    bits = _unpacked_signs(held, v, HELD_BITS, FIELDS, PTX)
                 else:
                     bits = held
             else:
@@ -247,22 +270,99 @@ def _take(v, IDX: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
-def _negated(t, NEG: tl.constexpr):
-    """-t if NEG else t (a negation the compiler folds into the add that takes it)."""
+def _negated(t, NEG: tl.constexpr, FOLD: tl.constexpr = False):
+    """-t if NEG else t. FOLD: as ``t * -1.0``, which the compiler makes a negation and folds into the add or fma
+    that takes it; Triton's ``-t`` is ``0 - t``, which it keeps as an add of its own (they differ for t = +0).
+    (Main's launches, ``group`` 0, keep ``-t``.)"""
     if NEG:
-        t = -t
+        if FOLD:
+            t = t * -1.0
+        else:
+            t = -t
     return t
 
 
 @triton.jit
-def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
+def _elements(v, NB: tl.constexpr):
+    """The 2^NB tensors of v along its last NB size-2 dimensions, as a tuple by index (bit 0 on the last one, as
+    ``_take``): NB levels of splits."""
+    outs = (v,)
+    for level in tl.static_range(NB):
+        los = ()
+        his = ()
+        for j in tl.static_range(1 << level):
+            lo, hi = tl.split(outs[j])
+            los = los + (lo,)
+            his = his + (hi,)
+        outs = los + his
+    return outs
+
+
+@triton.jit
+def _grouped_products(xs, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASES: tl.constexpr,
+                      GROUP: tl.constexpr):
+    """``_register_products`` of the inputs ``xs`` (a tuple by index) in groups of GROUP consecutive inputs (the last
+    one shorter where GROUP does not divide K): per group its 2^(GROUP - 1) signed sums ``x_0 +- x_1 ... +-
+    x_(GROUP-1)`` (2^GROUP - 2 adds, each sum the last one's with one more input added or subtracted), then each
+    output adds one of them per group with its sign (negations folded into the adds); groups g with g % PHASES == c
+    in phase c. K / GROUP + (2^GROUP - 2) / GROUP - 1 adds an output (K = 108: 26.9 for groups of five, 29.5 for
+    four)."""
+    NG: tl.constexpr = (K + GROUP - 1) // GROUP
+    M: tl.constexpr = 1 << (GROUP - 1)  # sums a group (a shorter last group's repeated up to M: never read there)
+    outs = ()
+    for c in tl.static_range(PHASES):
+        sums = ()
+        for g in tl.static_range(c, NG, PHASES):
+            part = (xs[g * GROUP],)
+            for i in tl.static_range(1, GROUP):
+                if g * GROUP + i < K:
+                    plus = ()
+                    minus = ()
+                    for j in tl.static_range(1 << (i - 1)):  # code bit i - 1: input i subtracted
+                        plus = plus + (part[j] + xs[g * GROUP + i],)
+                        minus = minus + (part[j] - xs[g * GROUP + i],)
+                    part = plus + minus
+                else:
+                    part = part + part
+            sums = sums + part
+        new = ()
+        for r in tl.static_range(1 << KB):
+            if r < K:  # (a code is never bound to a name: that would hold it as a tensor, not a constexpr)
+                acc = _negated(sums[CODES[r * NG + c] % M], CODES[r * NG + c] >= M, True)
+                if c > 0:
+                    acc = outs[r] + acc
+                for g in tl.static_range(c + PHASES, NG, PHASES):
+                    acc = acc + _negated(sums[(g - c) // PHASES * M + CODES[r * NG + g] % M], CODES[r * NG + g] >= M,
+                                         True)
+            else:
+                acc = tl.zeros_like(xs[0])
+            new = new + (acc,)
+        outs = new
+    return outs
+
+
+@triton.jit
+def _register_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0,
+                       GROUP: tl.constexpr = 0):
     """M v along the last KB size-2 dimensions of v (the index k of M's K columns, k_0 last, padded to 2^KB; entries
-    from K on are not read) for a ±1 matrix M (``CODES``, see ``fwht_plan.hadamard_codes``), on the CUDA cores: a
-    tuple of the 2^KB outputs (zeros from K on). Per group of four inputs the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +-
-    x_4g+3`` (14 adds, shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each
-    output adds one of them per group with its sign: K / 4 - 1 adds an output instead of K - 1. PHASE_BITS > 0: the
-    groups in 2^PHASE_BITS phases (by the low bits of g), each phase's sums formed and added to every output before
-    the next phase's, so that only one phase's sums are live beside the outputs."""
+    from K on are not read) for a ±1 matrix M on the CUDA cores: a tuple of the 2^KB outputs (zeros from K on), by
+    groups of four inputs (GROUP 0, ``_quad_products``) or of GROUP consecutive ones (``_grouped_products``; CODES
+    ``fwht_plan.hadamard_codes`` of either); PHASE_BITS > 0: the groups in 2^PHASE_BITS
+    phases, each phase's sums formed and added to every output before the next phase's, so that only one phase's
+    sums are live beside the outputs."""
+    if GROUP == 0:
+        outs = _quad_products(v, K, KB, CODES, PHASE_BITS)
+    else:
+        outs = _grouped_products(_elements(v, KB), K, KB, CODES, 1 << PHASE_BITS, GROUP)
+    return outs
+
+
+@triton.jit
+def _quad_products(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr):
+    """``_register_products`` by groups of four inputs: the 8 sums ``x_4g +- x_4g+1 +- x_4g+2 +- x_4g+3`` (14 adds,
+    shared by every output; for K = 2 mod 4 a last group of two, ``x_4g +- x_4g+1``), then each output adds one of
+    them per group with its sign: K / 4 - 1 adds an output instead of K - 1. The group's inputs are the size-2
+    dimensions of k_0 and k_1, its index the others; phase c takes the groups g with g % 2^PHASE_BITS == c."""
     NT: tl.constexpr = (K + 3) // 4  # groups with the pair
     GB: tl.constexpr = KB - 2 - PHASE_BITS  # group bits within a phase
     even, odd = tl.split(v)  # k_0
@@ -318,7 +418,7 @@ def _joined(outs, KB: tl.constexpr):
 
 @triton.jit
 def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PALEY: tl.constexpr,
-                      PHASE_BITS: tl.constexpr = 0):
+                      PHASE_BITS: tl.constexpr = 0, GROUP: tl.constexpr = 0):
     """H_K along the last KB size-2 dimensions of v (the K index, k_0 last, padded to 2^KB; entries from K on are
     not read): a tuple of the 2^KB outputs (zeros from K on; ``_joined`` puts them back with k_0 first).
     ``_register_products`` with H_K's codes, or (PALEY) with those of C + I for H_K's Paley II core C
@@ -327,25 +427,26 @@ def _hadamard_outputs(v, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr,
     K / 8 + 1.5 adds an output besides the shared sums (K / 4 - 1 for H_K)."""
     if PALEY:
         x0, x1 = tl.split(v)
-        u0 = _register_products(x0, K // 2, KB - 1, CODES, PHASE_BITS)
-        u1 = _register_products(x1, K // 2, KB - 1, CODES, PHASE_BITS)
+        u0 = _register_products(x0, K // 2, KB - 1, CODES, PHASE_BITS, GROUP)
+        u1 = _register_products(x1, K // 2, KB - 1, CODES, PHASE_BITS, GROUP)
         outs = ()
         for i in tl.static_range(1 << (KB - 1)):
             outs = outs + (tl.fma(_take(x1, i, KB - 1), 2.0, u0[i] - u1[i]),
-                           tl.fma(_take(x0, i, KB - 1), 2.0, -(u0[i] + u1[i])))
+                           tl.fma(_take(x0, i, KB - 1), 2.0, _negated(u0[i] + u1[i], True, GROUP > 0)))
     else:
-        outs = _register_products(v, K, KB, CODES, PHASE_BITS)
+        outs = _register_products(v, K, KB, CODES, PHASE_BITS, GROUP)
     return outs
 
 
 @triton.jit
-def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0):
+def _paley_pair_outputs(v, pair, K: tl.constexpr, KB: tl.constexpr, CODES: tl.constexpr, PHASE_BITS: tl.constexpr = 0,
+                        GROUP: tl.constexpr = 0):
     """``(C ⊗ I_2 + I ⊗ [[0, 1], [-1, 0]]) x`` for H_2K's Paley II core C (order K) along the last KB size-2
     dimensions of v (a K index of C, padded to 2^KB), where the tile holds one element x_j of each pair and ``pair``
     the other one, negated for j = 1: ``(C + I) x_j - x_j + pair`` with ``_register_products`` (codes of C + I), a
     tuple of the 2^KB outputs (zeros from K on). The butterfly on the pair bit and ``_store_rows``' relabeling
     (PAIR_HALF) finish H_2K."""
-    u = _register_products(v, K, KB, CODES, PHASE_BITS)
+    u = _register_products(v, K, KB, CODES, PHASE_BITS, GROUP)
     outs = ()
     for a in tl.static_range(1 << KB):
         if a < K:
@@ -510,7 +611,7 @@ def _fwht_pow2_kernel(
     T_STORE_C: tl.constexpr, T_STORE0: tl.constexpr, T_STORE0_BITS: tl.constexpr, T_STORE1: tl.constexpr,
     T_STORE1_BITS: tl.constexpr, L2_AHEAD: tl.constexpr, LOAD_LAST: tl.constexpr, PAIR_APART: tl.constexpr,
     BULK: tl.constexpr, HOLD_SIGNS: tl.constexpr, REG_TAIL: tl.constexpr, PHASE_BITS: tl.constexpr,
-    PTX: tl.constexpr,
+    PACK_SIGNS: tl.constexpr, GROUP: tl.constexpr, PTX: tl.constexpr,
 ):
     """Rows of length N (a power of two), BM rows per tile. The tile is loaded and stored through
     [D0, D1, C] and [D0, D1, STORE_C] pointer tensors whose dimensions D0, D1 are chosen tile bits (LOAD*, STORE*),
@@ -540,8 +641,10 @@ def _fwht_pow2_kernel(
     persistent grid, one sign vector for every row, or with SIGN_ROWS one-row tiles and a multiple of sign_blocks
     programs, so that a program's rows share one): the forward transform's sign bits are loaded once a program
     and kept in registers (32-bit elements: a bit each, packed along the tile's last REG_TAIL dimensions, which the
-    load layout holds in registers; ``_packed_signs``); the inverse loads them at each store. PHASE_BITS: H_K's
-    groups of four inputs in 2^PHASE_BITS phases (``_register_products``)."""
+    load layout holds in registers; ``_packed_signs``; 16-bit elements as loaded, or with PACK_SIGNS packed too: read as
+    int32 words, both bits of a word together and flipped on the words, else a bit an element, flipped after the
+    conversion to fp32); the inverse loads them at each store. PHASE_BITS: H_K's groups of inputs (four by their
+    index bits, or GROUP consecutive ones) in 2^PHASE_BITS phases (``_register_products``)."""
     per: tl.constexpr = 2 if WORDS else 1
     COLS: tl.constexpr = N if K > 1 else 0  # padded rows: columns from N on are neither read nor written
     PAIR_HALF: tl.constexpr = (N // K // 2) * PAIR_APART
@@ -570,10 +673,14 @@ def _fwht_pow2_kernel(
                            x_ptr + (tl.program_id(0) + step).to(tl.int64) * stride_xr, ROW_BYTES)
     held = 0  # the forward transform's sign bits of this program's columns (and of their pairs), if HOLD_SIGNS
     held_pair = 0
-    HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, x_ptr.dtype.element_ty.primitive_bitwidth)
+    WIDTH: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth
+    HELD_BITS: tl.constexpr = _held_word_bits(REG_TAIL, WIDTH, PACK_SIGNS, WORDS)
+    FIELDS: tl.constexpr = _sign_fields(WORDS)
+    # packed sign bits of 16-bit elements not read as words flip their fp32 values, after the conversion
+    AFTER: tl.constexpr = HOLD_SIGNS and HELD_BITS > 0 and WIDTH == 16 and not WORDS
     if HOLD_SIGNS:  # (SIGN_ROWS: one-row tiles, a multiple of sign_blocks programs; this program's rows' vector)
         s_held = _sign_rows(s_in, tl.program_id(0), sign_blocks, N // per, SIGN_ROWS)
-        held = _held_signs(s_held, load_col, COLS // per, BITS, HELD_BITS)
+        held = _held_signs(s_held, load_col, COLS // per, _word_shape(BITS, WORDS), HELD_BITS, FIELDS)
         if PAIR_APART:
             held_pair = _held_signs(s_held, load_col ^ PAIR_HALF, COLS, BITS, HELD_BITS)
     for tile in tl.range(tl.program_id(0), num_tiles, step, num_stages=STAGES):
@@ -599,17 +706,22 @@ def _fwht_pow2_kernel(
             v = _buffer_tile(buffers + slot * ROW_BYTES, load_col, after, like, COLS, BULK == 1)
         else:
             v = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, load_col, BM, False, COLS)
-        v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, held, N // per, HAS_SIGNS, SIGN_ROWS,
-                         COLS // per, HOLD_SIGNS, HELD_BITS, PTX)
+        if not AFTER:
+            v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, held, N // per, HAS_SIGNS, SIGN_ROWS,
+                             COLS // per, HOLD_SIGNS, HELD_BITS, PTX, FIELDS)
         if PAIR_APART:  # the other element of each pair, negated for the pair's second one (L1 / L2 or the buffer)
             pair_col = load_col ^ PAIR_HALF
             if BULK > 0:
                 pair = _buffer_tile(buffers + slot * ROW_BYTES, pair_col, after, like, COLS, BULK == 1)
             else:
                 pair = _load_tile(x_in, tile, rows, stride_xr, stride_xc, load_row, pair_col, BM, False, COLS)
-            pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, held_pair, N, HAS_SIGNS, SIGN_ROWS,
-                                COLS, HOLD_SIGNS, HELD_BITS, PTX)
+            if not AFTER:
+                pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, held_pair, N, HAS_SIGNS,
+                                    SIGN_ROWS, COLS, HOLD_SIGNS, HELD_BITS, PTX)
             pair = pair.to(tl.float32)
+            if AFTER:
+                pair = _input_signs(pair, s_in, pair_col, row, sign_blocks, inverse, held_pair, N, HAS_SIGNS,
+                                    SIGN_ROWS, COLS, HOLD_SIGNS, HELD_BITS, PTX)
             pair = tl.reshape(tl.where((load_col & PAIR_HALF) == 0, pair, -pair), BITS)
         if BULK == 1:  # every thread has read the row from the buffer: refill it with the program's next row
             tl.debug_barrier()
@@ -619,12 +731,15 @@ def _fwht_pow2_kernel(
             v = _unpack_words(v, y_ptr.dtype.element_ty)
         fold: tl.constexpr = WORDS and NUM_STEPS > 0
         v = tl.reshape(v.to(tl.float32), BITS)
+        if AFTER:
+            v = _input_signs(v, s_in, load_col, row, sign_blocks, inverse, held, N // per, HAS_SIGNS, SIGN_ROWS,
+                             COLS // per, HOLD_SIGNS, HELD_BITS, PTX)
         if K > 1:
             if PAIR_APART:
                 outs = _paley_pair_outputs(tl.permute(v, K_PERMS[0]), tl.permute(pair, K_PERMS[0]), K, KB, K_CODES,
-                                           PHASE_BITS)
+                                           PHASE_BITS, GROUP)
             else:
-                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY, PHASE_BITS)
+                outs = _hadamard_outputs(tl.permute(v, K_PERMS[0]), K, KB, K_CODES, PALEY, PHASE_BITS, GROUP)
             if K_HEAD > 0:
                 vt = _joined(_part(outs, K_HEAD, 1 << T_BITS), T_BITS)
                 _store_rows(tl.permute(vt, K_PERMS[2]), y_ptr, s_ptr, tile, rows, sign_blocks, inverse, scale, tail_row,
@@ -1062,7 +1177,11 @@ def _launch_plan(
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
         bulk = plan.bulk if rows_ok else 0
-        codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"]) if meta["K"] > 1 else 0
+        codes = 0
+        if meta["K"] > 1 and meta["GROUP"] == 0:
+            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"])
+        elif meta["K"] > 1:
+            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"])
         # held sign bits: one vector for every row, or (one-row tiles, program p taking rows p + j * programs) one a
         # block where every program's rows have the same one
         sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)

@@ -95,11 +95,13 @@ def test_property_shapes_strides_dims(backend: str, device: str, case) -> None:
 # the dense kernel's K split into a power-of-two head and a padded tail (136 = 68·2 as 64 + 16, 144 = 36·4
 # as 32 + 16) with offsets recomputed per tile or hoisted, its one-chunk launches with rows loaded ahead
 # by the loop's pipeline (stages > 1) instead of into registers, the product with the rows as the MMA's first
-# operand (rows_first), one sign vector held in registers (hold_signs)
+# operand (rows_first), one sign vector held in registers (hold_signs; 16-bit rows also packed a bit an element)
 CONFIGS = [Pow2Config(1, 16, 1, 2, True), Pow2Config(2, 16, 2, 1), Pow2Config(1, 32, 1, 1, True, 96),
            Pow2Config(1, 16, 1, 2, True, 0, True), Pow2Config(2, 16, 1, 3, True, 0, True),
            Pow2Config(2, 16, 1, 2, load_last=True), Pow2Config(1, 16, 1, 2, True, 0, True, hold_signs=True),
            Pow2Config(2, 16, 1, 3, load_last=True, hold_signs=True),
+           Pow2Config(1, 16, 1, 2, True, 0, True, hold_signs=True, packed_signs=True),
+           Pow2Config(2, 16, 1, 3, load_last=True, hold_signs=True, packed_signs=True),
            DenseConfig(1, 16, 2, 1, 16, 16), DenseConfig(1, 16, 1, 2, 16, 16, True),
            DenseConfig(1, 16, 1, 2, 0, 0, True, 0, True), DenseConfig(2, 32, 1, 1, 0, 0, True, 0, True, True),
            DenseConfig(1, 16, 2, 2, 0, 0, True), DenseConfig(2, 16, 3, 2, 0, 0, True, 0, True, True),
@@ -134,7 +136,8 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
 
 
 # a sign vector a block (block_size= with signs of the whole row) held by persistent programs whose rows all share
-# theirs: one-row tiles with hold_signs (fp32 packed a bit an element, 16-bit rows read as words, a Paley core with
+# theirs: one-row tiles with hold_signs (fp32 packed a bit an element, 16-bit rows read as words, as loaded and
+# packed, a Paley core with
 # its pair apart; 4 blocks on a grid of 3 programs load theirs with every row: in the interpreter, whose grid has 3
 # programs an SM and one SM), and a prefetching dense launch (a tile of 2 rows, a row block's vectors held)
 @pytest.mark.parametrize("device", kernel_devices())
@@ -142,6 +145,7 @@ def test_launch_configs_match_reference(n: int, dtype: torch.dtype, config, devi
     (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 2, True),  # 3 programs: 2 take rows
     (1024, torch.float32, Pow2Config(1, 16, 1, 4, load_last=True, hold_signs=True), 4, True),
     (1024, torch.bfloat16, Pow2Config(1, 16, 1, 4, True, 0, True, hold_signs=True), 2, True),
+    (1024, torch.bfloat16, Pow2Config(1, 16, 1, 4, True, 0, True, hold_signs=True, packed_signs=True), 2, True),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True), pair_apart=True), 2, True),
     (1024, torch.float32, Pow2Config(1, 16, 1, 3, hold_signs=True), 4, False),
     (12 * 32, torch.bfloat16, DenseConfig(1, 32, 1, 3, 0, 0, True), 4, True),
@@ -217,9 +221,16 @@ def _check_launch(x: torch.Tensor, config, signs: torch.Tensor) -> None:
     (12 * 256, torch.float16, Pow2Config(2, 16, 1, 2, bulk=1)),
     (68 * 64, torch.float32, Pow2Config(2, 16, 1, 2, split=True, wide_store=True, bulk=1, hold_signs=True)),
     (108 * 64, torch.float32, Pow2Config(2, 16, 1, 2, wide_store=True, hold_signs=True, phases=4)),
+    (68 * 64, torch.bfloat16, Pow2Config(2, 16, 1, 2, split=True, bulk=1, hold_signs=True, packed_signs=True)),
     (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2)),
     (12 * 128, torch.float32, Pow2Config(2, 16, 1, 2, phases=4)),  # a group a phase
     (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2)),
+    (12 * 32, torch.float32, Pow2Config(1, 16, 1, 0, group=5)),  # groups of 5, 5 and 2
+    (108 * 32, torch.float32, Pow2Config(1, 16, 1, 2, wide_store=True, hold_signs=True, phases=4, group=5)),
+    (20 * 64, torch.bfloat16, Pow2Config(1, 16, 1, 0, phases=2, group=3)),
+    (68 * 64, torch.float16, Pow2Config(2, 16, 1, 2, split=True, phases=2, group=6)),
+    (28 * 64, torch.float32, Pow2Config(2, 16, 1, 2, group=2)),
+    (28 * 128, torch.bfloat16, Pow2Config(2, 16, 2, 1, phases=2, group=4)),
 ], ids=str)
 def test_hadamard_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """The dense factor on the CUDA cores, from sums of four inputs shared by every output, then the butterflies:
@@ -258,26 +269,31 @@ def _check_strided(x: torch.Tensor, config) -> None:
         assert_close(y, fwht_ref(x.double().cpu().numpy(), inverse=inverse))
 
 
-def _decoded(codes: tuple, order: int) -> np.ndarray:
-    """The ±1 matrix of ``hadamard_codes`` (groups of four columns, then a pair where the order is 2 mod 4)."""
+def _decoded(codes: tuple, order: int, group: int = 4) -> np.ndarray:
+    """The ±1 matrix of ``hadamard_codes`` (groups of ``group`` columns, the last one shorter where ``group`` does
+    not divide the order)."""
+    half = 1 << (group - 1)
     codes = np.array(codes).reshape(order, -1)
-    rebuilt = np.repeat(np.where(codes >= 8, -1, 1), 4, axis=1)[:, :order]
-    for i in (1, 2, 3):
-        rebuilt[:, i::4] *= np.where((codes[:, : len(range(i, order, 4))] % 8) >> (i - 1) & 1, -1, 1)
+    rebuilt = np.repeat(np.where(codes >= half, -1, 1), group, axis=1)[:, :order]
+    for i in range(1, group):
+        rebuilt[:, i::group] *= np.where((codes[:, : len(range(i, order, group))] % half) >> (i - 1) & 1, -1, 1)
     return rebuilt
 
 
-def test_hadamard_codes_rebuild_the_matrix() -> None:
+@pytest.mark.parametrize("group", [2, 3, 4, 5, 6])
+def test_hadamard_codes_rebuild_the_matrix(group: int) -> None:
     """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T, and of C + I
-    and its transpose for H_K's Paley II core C."""
-    for k in (12, 20, 28, 36, 44, 52, 60):
+    and its transpose for H_K's Paley II core C, in groups of any size (four: the codes main's launches take)."""
+    for k in (12, 20, 28, 36, 44, 52, 60, 108):
         h = hadamard_matrix(k)
         for inverse, want in ((False, h), (True, h.T)):
-            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse), k), want), (k, inverse)
+            codes = fwht_plan.hadamard_codes(k, inverse, group=group)
+            assert np.array_equal(_decoded(codes, k, group), want), (k, inverse)
     for k in (36, 52, 76, 100, 124):
         c = hadamard_module.paley2_core(k).astype(int) + np.eye(k // 2, dtype=int)
         for inverse, want in ((False, c), (True, c.T)):
-            assert np.array_equal(_decoded(fwht_plan.hadamard_codes(k, inverse, True), k // 2), want), (k, inverse)
+            codes = fwht_plan.hadamard_codes(k, inverse, True, group)
+            assert np.array_equal(_decoded(codes, k // 2, group), want), (k, inverse)
 
 
 def test_register_split_only_where_it_pads_less() -> None:
@@ -349,12 +365,21 @@ def test_hadamard_in_registers_bounds() -> None:
             kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 1, bulk=count))
     with pytest.raises(ValueError, match="hold_signs needs a persistent grid"):
         kernel_plan(28 * 256, 4, Pow2Config(8, 64, 1, 0, hold_signs=True))
+    with pytest.raises(ValueError, match="packed_signs packs held sign bits: it needs hold_signs"):
+        kernel_plan(1 << 15, 2, Pow2Config(8, 64, 1, 1, packed_signs=True))
     for n, config in ((28 * 256, Pow2Config(8, 64, 1, 1, phases=3)), (28 * 256, Pow2Config(8, 64, 1, 1, phases=16)),
                       (1 << 14, Pow2Config(8, 64, 1, 1, phases=2)),
                       (76 * 128, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=32)))):  # C + I: 16 groups (10 padded)
         with pytest.raises(ValueError, match="phases must be a power of two up to the"):
             kernel_plan(n, 4, config)
     assert dict(kernel_plan(76 * 128, 4, PaleyConfig(Pow2Config(4, 64, 1, 2, phases=8))).meta)["PHASE_BITS"] == 3
+    with pytest.raises(ValueError, match="phases must be a power of two up to the 22 groups of 5 inputs of H_108"):
+        kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 2, phases=32, group=5))
+    assert dict(kernel_plan(108 * 128, 4, Pow2Config(4, 64, 1, 2, phases=16, group=5)).meta)["GROUP"] == 5
+    for n, group in ((108 * 128, 7), (108 * 128, 1), (1 << 14, 5)):
+        with pytest.raises(ValueError, match=f"group is 0 or the inputs of H_K a group of signed sums holds, 2 to 6, "
+                                             f"for a K \\* 2\\^m size; got {group}"):
+            kernel_plan(n, 4, Pow2Config(4, 64, 1, 2, group=group))
     with pytest.raises(ValueError, match="up to 128"):
         kernel_plan(140 * 64, 2, Pow2Config(2, 64, 1, 0))
     with pytest.raises(ValueError, match="no words"):
@@ -369,12 +394,15 @@ def test_hadamard_in_registers_bounds() -> None:
 
 def test_power_of_two_signs_launches_hold_the_sign_bits() -> None:
     """Powers of two with signs= take persistent launches that hold the sign bits where those measured faster
-    (fp32 2^14 and 2^15, bf16 2^14); float16 rows and other sizes keep the launch without signs."""
-    for n, size in ((1 << 15, 4), (1 << 14, 4), (1 << 14, 2)):
+    (fp32 2^14 and 2^15, bf16 2^14, and bf16 2^15 with the bits packed); float16 rows and other sizes keep the launch
+    without signs."""
+    for n, size in ((1 << 15, 4), (1 << 14, 4), (1 << 14, 2), (1 << 15, 2)):
         plan = kernel_plan(n, size, signs=True)
         assert plan.hold_signs and plan.programs_per_sm > 0 and plan != kernel_plan(n, size)
-    assert kernel_plan(1 << 14, 2, signs=True, fp16=True) == kernel_plan(1 << 14, 2, fp16=True)
-    for n, size in ((1 << 15, 2), (1 << 13, 4), (1 << 12, 2)):
+    assert dict(kernel_plan(1 << 15, 2, signs=True).meta)["PACK_SIGNS"]
+    for n in (1 << 14, 1 << 15):
+        assert kernel_plan(n, 2, signs=True, fp16=True) == kernel_plan(n, 2, fp16=True)
+    for n, size in ((1 << 13, 4), (1 << 12, 2)):
         assert kernel_plan(n, size, signs=True) == kernel_plan(n, size)
 
 
@@ -435,7 +463,10 @@ def test_paley_core_on_the_tensor_cores(n: int, dtype: torch.dtype, config, devi
     (36 * 64, torch.bfloat16, PaleyConfig(Pow2Config(2, 16, 1, 1, split=True, bulk=1), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, split=True, hold_signs=True), pair_apart=True)),
     (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, phases=4), pair_apart=True)),
+    (76 * 64, torch.float16, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, packed_signs=True), pair_apart=True)),
     (76 * 32, torch.bfloat16, PaleyConfig(Pow2Config(1, 16, 1, 0, split=True, phases=2))),  # C + I of order 38
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, phases=2, group=5))),  # 38: groups of 5 and a 3
+    (76 * 64, torch.float32, PaleyConfig(Pow2Config(2, 16, 1, 2, hold_signs=True, group=5), pair_apart=True)),
 ], ids=str)
 def test_paley_core_in_registers(n: int, dtype: torch.dtype, config, device: str) -> None:
     """H_K through C + I in registers is the same transform, for rows a stride past their length too."""
