@@ -273,7 +273,7 @@ def _take(v, IDX: tl.constexpr, NB: tl.constexpr):
 def _negated(t, NEG: tl.constexpr, FOLD: tl.constexpr = False):
     """-t if NEG else t. FOLD: as ``t * -1.0``, which the compiler makes a negation and folds into the add or fma
     that takes it; Triton's ``-t`` is ``0 - t``, which it keeps as an add of its own (they differ for t = +0).
-    (Main's launches, ``group`` 0, keep ``-t``.)"""
+    ``group`` 0 launches keep ``-t``, as their table entries were timed."""
     if NEG:
         if FOLD:
             t = t * -1.0
@@ -1177,11 +1177,9 @@ def _launch_plan(
         meta = dict(plan.meta)  # K > 1: H_K in registers, its entries constexprs (per direction)
         rows_ok = _sm90_bulk(x2.device) and stride_c == 1 and not (x2.data_ptr() | stride_r * x2.element_size()) & 15
         bulk = plan.bulk if rows_ok else 0
-        codes = 0
-        if meta["K"] > 1 and meta["GROUP"] == 0:
-            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"])
-        elif meta["K"] > 1:
-            codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"])
+        # GROUP 0 (groups of four by their index bits) takes the codes of groups of four
+        codes = hadamard_codes(meta["K"] << meta["PAIR_APART"], inverse, meta["PALEY"], meta["GROUP"] or 4) \
+            if meta["K"] > 1 else 0
         # held sign bits: one vector for every row, or (one-row tiles, program p taking rows p + j * programs) one a
         # block where every program's rows have the same one
         sharing = _grid_sharing_signs(programs, sign_blocks, plan.tile_rows)

@@ -283,7 +283,7 @@ def _decoded(codes: tuple, order: int, group: int = 4) -> np.ndarray:
 @pytest.mark.parametrize("group", [2, 3, 4, 5, 6])
 def test_hadamard_codes_rebuild_the_matrix(group: int) -> None:
     """``hadamard_codes`` (the constexprs of H_K in registers) hold every entry of H_K and of H_K.T, and of C + I
-    and its transpose for H_K's Paley II core C, in groups of any size (four: the codes main's launches take)."""
+    and its transpose for H_K's Paley II core C, in groups of any size (four: the codes ``group`` 0 launches take too)."""
     for k in (12, 20, 28, 36, 44, 52, 60, 108):
         h = hadamard_matrix(k)
         for inverse, want in ((False, h), (True, h.T)):
