@@ -59,6 +59,27 @@ def test_paley_over_extension_fields() -> None:
         np.testing.assert_array_equal(h @ h.T, k * np.eye(k, dtype=np.int64))
 
 
+@pytest.mark.parametrize("k,p,digits", [(344, 7, 3), (140, 139, 1), (28, 3, 3)])
+def test_paley_first_form_is_a_border_and_a_group_correlation(k: int, p: int, digits: int) -> None:
+    """H_K of Paley's first form (K = q + 1, q = p^digits) is ``y_0 = x_0 + sum(x')``, ``y' = x' - x_0 + Q x'``
+    with Q a circular correlation over (Z_p)^digits (element i has base-p digits, lowest first): a DFT of
+    ``digits`` axes of p points diagonalizes Q, every nonzero frequency with |eigenvalue| = sqrt(q)."""
+    q = k - 1
+    h = hadamard_order_matrix(k).astype(np.float64)
+    shape = (p,) * digits
+    core = h[1:, 1:] - np.eye(q)
+    kernel = core[:, 0].reshape(shape, order="F")  # chi(d_i - 0)
+    eig = np.fft.fftn(kernel)
+    assert abs(eig.flat[0]) < 1e-9
+    np.testing.assert_allclose(np.abs(eig).ravel()[1:], np.sqrt(q), rtol=1e-12)
+    x = np.random.default_rng(k).standard_normal((4, k))
+    rest = x[:, 1:].reshape((4, *shape), order="F")
+    axes = tuple(range(1, digits + 1))
+    qx = np.real(np.fft.ifftn(eig * np.fft.fftn(rest, axes=axes), axes=axes)).reshape(4, q, order="F")
+    y = np.concatenate([x[:, :1] + x[:, 1:].sum(1, keepdims=True), x[:, 1:] - x[:, :1] + qx], axis=1)
+    np.testing.assert_allclose(y, x @ h.T, atol=1e-9 * np.sqrt(k))
+
+
 @pytest.mark.parametrize("n", [3, 5, 7, 6, 10, 15015, 0, -4])
 def test_unsupported_sizes_raise_naming_n(n: int) -> None:
     with pytest.raises(ValueError, match=f"n={n}"):
