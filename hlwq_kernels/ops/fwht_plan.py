@@ -89,7 +89,9 @@ def _bits(kind: str, count: int) -> list[Bit]:
 def _coalesced_layout(dims: list[list[Bit]], contiguous: int, v: int, w: int) -> Layout:
     """Triton's coalesced layout for a tile with these dimensions (each a list of bits, lowest
     first), ``dims[contiguous]`` contiguous in memory and read 2^v elements per access: lanes and
-    then warps go along the contiguous dimension, then along the others in index order."""
+    then warps go along the contiguous dimension, then along the others in index order. That is Triton 3.6's rule
+    (the GPU image's); 3.7 to 3.9 take the others in reverse index order, so their layouts differ from the plans
+    (docs/fwht.md, "Launch")."""
     inner = dims[contiguous]
     v = min(v, len(inner))
     pool = inner[v:] + [b for d, bits in enumerate(dims) if d != contiguous for b in bits]
