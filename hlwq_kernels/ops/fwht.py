@@ -12,6 +12,7 @@ import weakref
 
 import torch
 
+from hlwq_kernels.ops._checks import as_int, check_tensor
 from hlwq_kernels.ops._triton import HAVE_TRITON, OutOfResources, PreparedCalls, use_triton
 from hlwq_kernels.ops.fwht_plan import kernel_plan
 from hlwq_kernels.ops.hadamard import hadamard_factors, hadamard_tensor, pow2_split
@@ -55,12 +56,14 @@ def _check_inputs(
         raise TypeError(f"fwht supports float16, bfloat16, float32 and float64 tensors, got {x.dtype}")
     if x.ndim == 0:
         raise ValueError("fwht needs at least one dimension")
+    if not -x.ndim <= as_int(dim, "dim") < x.ndim:
+        raise IndexError(f"dim={dim} is out of range for a tensor of {x.ndim} dimension(s)")
     n = x.shape[dim]
-    b = n if block_size is None else int(block_size)
+    b = n if block_size is None else as_int(block_size, "block_size")
     if b < 1 or n % b:
         raise ValueError(f"block_size={block_size} must be positive and divide the size n={n} of dim {dim}")
     hadamard_factors(b)  # raises ValueError naming n and the nearest supported sizes
-    if signs is not None and (signs.ndim != 1 or signs.shape[0] not in (n, b)):
+    if signs is not None and (check_tensor(signs, "signs").ndim != 1 or signs.shape[0] not in (n, b)):
         raise ValueError(
             f"signs must be a 1-D ±1 vector of length n={n}" + (f" or block_size={b}" if b != n else "")
             + f", got shape {tuple(signs.shape)}"
@@ -129,9 +132,9 @@ _PREPARED = PreparedCalls()
 
 def _call_key(x: torch.Tensor, dim: int, normalized: bool, inverse: bool, block_size: int | None,
               signs: torch.Tensor | None, backend: str) -> tuple | None:
-    """The key of a call in ``_PREPARED`` (None for an x that is not a plain tensor; a CPU tensor's key is never
-    there)."""
-    if type(x) is not torch.Tensor:
+    """The key of a call in ``_PREPARED`` (None for an x that is not a plain tensor or signs that are not a tensor; a
+    CPU tensor's key is never there)."""
+    if type(x) is not torch.Tensor or not (signs is None or isinstance(signs, torch.Tensor)):
         return None
     return (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() & 15, dim, normalized, inverse, block_size,
             None if signs is None else signs.shape, backend)

@@ -11,6 +11,7 @@ import functools
 import numpy as np
 import torch
 
+from hlwq_kernels.ops._checks import as_int
 from hlwq_reference.numpy.hadamard import (
     hadamard_factors,
     hadamard_matrix,
@@ -66,9 +67,12 @@ def hadamard_tensor(
 def random_signs(
     n: int, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """A reproducible ±1 vector of length n (for the randomized Hadamard transform)."""
-    gen = torch.Generator().manual_seed(seed)
-    bits = torch.randint(0, 2, (n,), generator=gen)
+    """A reproducible ±1 vector of length n (for the randomized Hadamard transform); ``dtype`` a floating-point or
+    signed integer type."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_signed or dtype.is_complex:
+        raise TypeError(f"dtype must be a floating-point or signed integer torch.dtype (±1 values), got {dtype!r}")
+    gen = torch.Generator().manual_seed(as_int(seed, "seed"))
+    bits = torch.randint(0, 2, (as_int(n, "n", 0),), generator=gen)
     return (1 - 2 * bits).to(device=device, dtype=dtype)
 
 

@@ -29,6 +29,7 @@ import dataclasses
 
 import torch
 
+from hlwq_kernels.ops._checks import as_int, check_float_dtype, check_instance, check_tensor
 from hlwq_kernels.ops._triton import use_triton
 from hlwq_kernels.ops.hadamard import hadamard_tensor
 from hlwq_kernels.ops.int4 import SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_int4_shape, quantize_int4
@@ -65,21 +66,21 @@ class HLWQCodes:
 
 
 def _check_params(bits: int, block_size: int, group_size: int, scale: str) -> None:
-    if not 1 <= bits <= 8:
+    if not 1 <= as_int(bits, "bits") <= 8:
         raise ValueError(f"bits must be in 1..8 (uint8 codes), got {bits}")
-    if block_size not in (16, 32, 64, 128, 256):
+    if as_int(block_size, "block_size") not in (16, 32, 64, 128, 256):
         raise ValueError(f"block_size must be a power of two in [16, 256], got {block_size}")
-    if group_size <= 0 or group_size % 8:
+    if as_int(group_size, "group_size") <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
     if scale not in SCALE_RULES:
         raise ValueError(f"scale must be one of {SCALE_RULES}, got {scale!r}")
 
 
 def _check_weight(w: torch.Tensor, block_size: int) -> None:
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        raise ValueError(f"HLWQ expects a 2-D weight tensor, got {getattr(w, 'shape', type(w))}")
+    if check_tensor(w, "weight").dim() != 2:
+        raise ValueError(f"HLWQ expects a 2-D weight tensor, got shape {tuple(w.shape)}")
     if w.dtype not in _WEIGHT_DTYPES:
-        raise ValueError(f"HLWQ supports {_WEIGHT_DTYPES} weights, got {w.dtype} of shape {tuple(w.shape)}")
+        raise TypeError(f"HLWQ supports {_WEIGHT_DTYPES} weights, got {w.dtype} of shape {tuple(w.shape)}")
     n, k = w.shape
     if n == 0 or k == 0:
         raise ValueError(f"empty weight of shape {tuple(w.shape)}")
@@ -95,7 +96,7 @@ def _nonfinite(w: torch.Tensor) -> ValueError:
 
 
 def _codebook(bits: int, codebook: Codebook | None) -> Codebook:
-    cb = codebook if codebook is not None else gaussian_codebook(1 << bits)
+    cb = check_instance(codebook, Codebook, "codebook") if codebook is not None else gaussian_codebook(1 << bits)
     if len(cb.levels) != 1 << bits:
         raise ValueError(f"codebook has {len(cb.levels)} levels, bits={bits} needs {1 << bits}")
     return cb
@@ -159,6 +160,8 @@ def hlwq_quantize(w: torch.Tensor, bits: int = 5, block_size: int = 128, codeboo
 
 def hlwq_dequantize(codes: HLWQCodes, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """``W'``: levels, inverse rotation, times the norms (float64 torch ops on the codes' device)."""
+    check_instance(codes, HLWQCodes, "codes")
+    check_float_dtype(dtype)
     return _dequantize_torch(codes.codes, codes.norms, codes.levels, codes.block_size, dtype)
 
 

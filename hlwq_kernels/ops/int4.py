@@ -24,11 +24,14 @@ the kernel in Triton's interpreter. The NumPy reference is ``hlwq_reference.nump
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from hlwq_kernels.ops._checks import as_int, check_float_dtype, check_instance, check_tensor
 from hlwq_kernels.ops._triton import use_triton
 
 # The format contract's constants live in the (torch-free) reference, so both sides share one copy.
@@ -44,6 +47,7 @@ __all__ = [
     "pack_int4",
     "unpack_int4",
     "check_int4_shape",
+    "check_int4_weight",
 ]
 
 _WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -65,19 +69,37 @@ def check_int4_shape(shape: tuple[int, ...], group_size: int) -> tuple[int, int]
     if len(shape) != 2:
         raise ValueError(f"INT4 group quantization needs a 2-D weight [N, K], got shape {tuple(shape)}")
     n, k = int(shape[0]), int(shape[1])
-    if group_size <= 0 or group_size % 8:
+    if as_int(group_size, "group_size") <= 0 or group_size % 8:
         raise ValueError(f"group_size={group_size} must be a positive multiple of 8 (8 nibbles per int32 word)")
     if k % group_size:
         raise ValueError(f"weight shape {(n, k)}: K={k} must be a multiple of group_size={group_size}")
     return n, k
 
 
+def check_int4_weight(q: Int4Weight, hint: str, cls: type = Int4Weight, name: str = "q") -> tuple[int, int]:
+    """Return ``(N, K)`` of an ``Int4Weight`` (or a ``cls``) or raise naming what does not match (TypeError with
+    ``hint`` for another type): int32 words ``[N, K/8]`` and floating-point scales ``[N, K/group_size]``."""
+    check_instance(q, cls, name, hint)
+    n, k = check_int4_shape(q.shape, q.group_size)
+    packed, scale = check_tensor(q.packed, f"{name}.packed"), check_tensor(q.scale, f"{name}.scale")
+    if packed.dtype != torch.int32 or tuple(packed.shape) != (n, k // 8) or not scale.dtype.is_floating_point \
+            or tuple(scale.shape) != (n, k // q.group_size):
+        raise ValueError(f"{cls.__name__} of shape {(n, k)} and group_size {q.group_size} needs int32 packed "
+                         f"{[n, k // 8]} and floating-point scale {[n, k // q.group_size]}, got {packed.dtype} "
+                         f"{list(packed.shape)} and {scale.dtype} {list(scale.shape)}")
+    return n, k
+
+
 def _check_weight(w: torch.Tensor, group_size: int) -> tuple[int, int]:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor weight, got {type(w).__name__}")
+    """Return ``(N, K)`` of a weight to quantize or raise: a non-empty 2-D bf16/fp16/fp32 tensor, K a multiple of
+    ``group_size``."""
+    check_tensor(w, "weight")
     if w.dtype not in _WEIGHT_DTYPES:
         raise TypeError(f"INT4 quantization takes bfloat16, float16 or float32 weights, got {w.dtype}")
-    return check_int4_shape(tuple(w.shape), group_size)
+    n, k = check_int4_shape(tuple(w.shape), group_size)
+    if n == 0 or k == 0:
+        raise ValueError(f"weight shape {(n, k)} is empty")
+    return n, k
 
 
 
@@ -104,6 +126,8 @@ def absmax_scale(w: torch.Tensor, group_size: int = 128, divisor: float = ABSMAX
     ``divisor`` selects another absmax rule (the original HLWQ release used ``max|w| / 7``).
     """
     n, k = _check_weight(w, group_size)
+    if isinstance(divisor, bool) or not isinstance(divisor, numbers.Real) or not 0 < divisor < math.inf:
+        raise ValueError(f"divisor must be a finite positive number, got {divisor!r}")
     amax = w.reshape(n, k // group_size, group_size).abs().amax(dim=-1).float()
     return _store(_div(amax, divisor), w.dtype).to(w.dtype)
 
@@ -156,8 +180,8 @@ def _mse_scale_torch(w: torch.Tensor, group_size: int, ratios: Sequence[float] =
 
 def int4_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """INT4 codes in [-8, 7] (int8 ``[N, K]``) of ``w`` with per-group scales ``[N, K/g]``."""
-    n, k = w.shape
-    g = k // scale.shape[1]
+    g = _check_scale(w, scale)
+    n, k = _check_weight(w, g)
     return _group_codes(w.float().reshape(n, k // g, g), scale.float()).reshape(n, k).to(torch.int8)
 
 
@@ -179,7 +203,7 @@ def _pack_nibbles(u: torch.Tensor) -> torch.Tensor:
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Pack codes in [-8, 7] ``[N, K]`` into int32 ``[N, K/8]`` (compressed-tensors layout)."""
-    if q.ndim != 2 or q.shape[1] % 8:
+    if check_tensor(q, "codes").ndim != 2 or q.shape[1] % 8:
         raise ValueError(f"pack_int4 needs codes of shape [N, K] with K a multiple of 8, got {tuple(q.shape)}")
     if q.dtype.is_floating_point or q.dtype == torch.bool:
         raise TypeError(f"pack_int4 takes integer codes, got {q.dtype}")
@@ -190,7 +214,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Inverse of ``pack_int4``: int8 codes ``[N, k]`` from int32 words ``[N, ceil(k/8)]``."""
-    if packed.dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
+    k = as_int(k, "k", 0)
+    if check_tensor(packed, "packed").dtype != torch.int32 or packed.ndim != 2 or packed.shape[1] * 8 < k:
         raise ValueError(f"unpack_int4 needs int32 words [N, >= k/8] for k={k}, got {packed.dtype} {tuple(packed.shape)}")
     x = packed.contiguous().reshape(-1).view(torch.uint8).to(torch.int16)  # one byte: two nibbles, low first
     u = ((x & 0xF) | ((x << 4) & 0xF00)).view(torch.uint8).reshape(packed.shape[0], -1)[:, :k]
@@ -198,8 +223,8 @@ def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _check_scale(w: torch.Tensor, scale: torch.Tensor) -> int:
-    if not isinstance(scale, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor of scales, got {type(scale).__name__}")
+    check_tensor(w, "weight")
+    check_tensor(scale, "scale")
     n, k = check_int4_shape(tuple(w.shape), 8)
     if scale.ndim != 2 or scale.shape[0] != n or scale.shape[1] == 0 or k % scale.shape[1]:
         raise ValueError(f"scale shape {tuple(scale.shape)} must be [N, K/group_size] for weight shape {(n, k)}")
@@ -246,7 +271,9 @@ def quantize_int4(
 
 def dequantize_int4(q: Int4Weight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``(u - 8) * scale`` computed in float32, cast to ``dtype`` (default: the scale's dtype)."""
-    n, k = check_int4_shape(q.shape, q.group_size)
+    n, k = check_int4_weight(q, "for an Int4AsymWeight use dequantize_int4_asym")
+    if dtype is not None:
+        check_float_dtype(dtype)
     codes = unpack_int4(q.packed, k).float().reshape(n, k // q.group_size, q.group_size)
     w = codes.mul_(q.scale.float().unsqueeze(-1)).reshape(n, k)
     return w.to(dtype or q.scale.dtype)

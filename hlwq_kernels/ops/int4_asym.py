@@ -30,7 +30,8 @@ from typing import Callable
 import torch
 
 from hlwq_kernels.ops._triton import use_triton
-from hlwq_kernels.ops.int4 import _div, check_int4_shape, pack_int4, unpack_int4
+from hlwq_kernels.ops._checks import as_int, check_float_dtype, check_tensor
+from hlwq_kernels.ops.int4 import _check_weight, _div, check_int4_shape, check_int4_weight, pack_int4, unpack_int4
 from hlwq_reference.numpy.int4 import QMAX, QMIN
 from hlwq_reference.numpy.int4_asym import (
     MARGIN,
@@ -55,7 +56,6 @@ __all__ = [
     "unpack_zero_points",
 ]
 
-_WEIGHT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _CHUNK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 26}  # elements per step of the torch path (cache-sized on CPU)
 
 
@@ -74,21 +74,12 @@ class Int4AsymWeight:
         return unpack_zero_points(self.zero_point_packed, self.shape[0])
 
 
-def _check_weight(w: torch.Tensor, group_size: int) -> tuple[int, int]:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor weight, got {type(w).__name__}")
-    if w.dtype not in _WEIGHT_DTYPES:
-        raise TypeError(f"INT4 quantization takes bfloat16, float16 or float32 weights, got {w.dtype}")
-    n, k = check_int4_shape(tuple(w.shape), group_size)
-    if n == 0 or k == 0:
-        raise ValueError(f"weight shape {(n, k)} is empty")
-    return n, k
-
-
 def _check_importance(importance: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
     if not isinstance(importance, torch.Tensor) or importance.ndim != 1 or importance.shape[0] != k:
         got = tuple(importance.shape) if isinstance(importance, torch.Tensor) else type(importance).__name__
         raise ValueError(f"importance must be a 1-D tensor of K={k} per-input-channel weights, got {got}")
+    if importance.is_complex() or importance.dtype == torch.bool:
+        raise TypeError(f"importance must be real numbers, got {importance.dtype}")
     lam = importance.to(device=device, dtype=torch.float32)
     if not bool(torch.isfinite(lam).all()) or bool((lam < 0).any()):
         raise ValueError("importance weights must be finite and non-negative")
@@ -97,6 +88,7 @@ def _check_importance(importance: torch.Tensor, k: int, device: torch.device) ->
 
 def _check_params(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> int:
     """Validate per-group scales and zero points for ``w``; return the group size."""
+    check_tensor(w, "weight")
     n, k = check_int4_shape(tuple(w.shape), 8)
     for name, t in (("scale", scale), ("zero_point", zero_point)):
         if not isinstance(t, torch.Tensor):
@@ -296,6 +288,7 @@ def pack_zero_points(zero_point: torch.Tensor) -> torch.Tensor:
 
 def unpack_zero_points(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of ``pack_zero_points``: int8 ``[n, G]``."""
+    n = as_int(n, "n", 0)
     if not isinstance(packed, torch.Tensor) or packed.ndim != 2 or packed.shape[0] * 8 < n:
         raise ValueError(f"unpack_zero_points needs int32 words [>= n/8, G] for n={n}, got {getattr(packed, 'shape', packed)}")
     return unpack_int4(packed.T.contiguous(), n).T.contiguous()
@@ -341,7 +334,13 @@ def quantize_int4_asym(
 
 def dequantize_int4_asym(q: Int4AsymWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``(q - z) * s`` computed in float32 (exact), cast to ``dtype`` (default: the scale's dtype)."""
-    n, k = check_int4_shape(q.shape, q.group_size)
+    n, k = check_int4_weight(q, "for a symmetric Int4Weight use dequantize_int4", Int4AsymWeight)
+    zp = check_tensor(q.zero_point_packed, "q.zero_point_packed")
+    if zp.dtype != torch.int32 or tuple(zp.shape) != (-(-n // 8), k // q.group_size):
+        raise ValueError(f"Int4AsymWeight of shape {(n, k)} needs int32 zero_point_packed {[-(-n // 8), k // q.group_size]}"
+                         f", got {zp.dtype} {list(zp.shape)}")
+    if dtype is not None:
+        check_float_dtype(dtype)
     codes = unpack_int4(q.packed, k).float().reshape(n, k // q.group_size, q.group_size)
     z = q.zero_points().float().unsqueeze(-1)
     return ((codes - z) * q.scale.float().unsqueeze(-1)).reshape(n, k).to(dtype or q.scale.dtype)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
 import numpy as np
 import torch
 from scipy.linalg import solve_banded
 from scipy.special import erfc, ndtri
 
+from hlwq_kernels.ops._checks import as_int
 from hlwq_kernels.ops._triton import use_triton
 
 __all__ = ["Codebook", "lloyd_max", "gaussian_codebook", "original_release_codebook"]
@@ -220,6 +222,17 @@ def _solve_gaussian(n: int, tol: float, max_iter: int) -> Codebook:
     return _codebook(levels, _gaussian_mse(levels), it, converged)
 
 
+_MAX_LEVELS = 1 << 24
+
+
+def _level_count(bits: int) -> int:
+    """``2**bits`` for an integer ``bits`` in [0, 24], else TypeError / ValueError."""
+    bits = as_int(bits, "bits", 0)
+    if bits > 24:
+        raise ValueError(f"bits must be at most 24, got {bits}")
+    return 1 << bits
+
+
 @functools.lru_cache(maxsize=None)
 def gaussian_codebook(levels: int) -> Codebook:
     """The MSE-optimal codebook of N(0,1) with ``levels`` levels (cached; arrays are read-only)."""
@@ -237,7 +250,7 @@ def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
     """
     if outer not in ("inf", "clip"):
         raise ValueError(f"outer must be 'inf' or 'clip', got {outer!r}")
-    n = 1 << bits
+    n = _level_count(bits)
     edges = np.linspace(-4.0, 4.0, n + 1)
     if outer == "inf":
         edges[0], edges[-1] = -np.inf, np.inf
@@ -252,7 +265,7 @@ def original_release_codebook(bits: int, outer: str = "inf") -> Codebook:
 
 
 def _as_tensor(v, name: str) -> torch.Tensor:
-    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    t = v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must be real numbers")
     if not t.dtype.is_floating_point:
@@ -412,11 +425,12 @@ def lloyd_max(
     """
     if (bits is None) == (levels is None):
         raise ValueError("give exactly one of bits and levels")
-    n = (1 << int(bits)) if levels is None else int(levels)
-    if bits is not None and int(bits) < 0:
-        raise ValueError(f"bits must be >= 0, got {bits}")
-    if n < 1:
-        raise ValueError(f"need at least one level, got {n}")
+    n = _level_count(bits) if levels is None else as_int(levels, "levels", 1)
+    if n > _MAX_LEVELS:
+        raise ValueError(f"at most {_MAX_LEVELS} levels, got {n}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0:
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    max_iter = as_int(max_iter, "max_iter", 0)
     if samples is None:
         if weights is not None:
             raise ValueError("weights need samples")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from hlwq_kernels.ops._triton import use_triton
-from hlwq_kernels.ops.int4 import Int4Weight, check_int4_shape, pack_int4, unpack_int4
+from hlwq_kernels.ops._checks import check_instance
+from hlwq_kernels.ops.int4 import Int4Weight, check_int4_shape, check_int4_weight, pack_int4, unpack_int4
 
 __all__ = ["MarlinWeight", "marlin_pack", "marlin_unpack", "marlin_scale_perm", "check_marlin_shape"]
 
@@ -90,9 +91,8 @@ def _permute_runs(s: torch.Tensor, perm: list[int]) -> torch.Tensor:
 
 def marlin_pack(q: Int4Weight, backend: str = "auto") -> MarlinWeight:
     """Repack a compressed-tensors ``Int4Weight`` into the Marlin tile layout (weights and scales)."""
+    check_int4_weight(q, "marlin_pack repacks symmetric INT4 only")
     n, k = check_marlin_shape(q.shape, q.group_size)
-    if q.packed.shape != (n, k // 8) or q.scale.shape != (n, k // q.group_size):
-        raise ValueError(f"Int4Weight tensors {tuple(q.packed.shape)}, {tuple(q.scale.shape)} do not match shape {(n, k)}")
     if use_triton(backend, q.packed):
         from hlwq_kernels.ops.marlin_triton import marlin_repack
 
@@ -105,6 +105,7 @@ def marlin_pack(q: Int4Weight, backend: str = "auto") -> MarlinWeight:
 
 def marlin_unpack(m: MarlinWeight) -> Int4Weight:
     """Inverse of ``marlin_pack``: back to the compressed-tensors layout."""
+    check_instance(m, MarlinWeight, "m")
     n, k = check_marlin_shape(m.shape, m.group_size)
     if m.qweight.shape != (k // 16, 2 * n) or m.scales.shape != (k // m.group_size, n):
         raise ValueError(f"MarlinWeight tensors {tuple(m.qweight.shape)}, {tuple(m.scales.shape)} do not match shape {(n, k)}")

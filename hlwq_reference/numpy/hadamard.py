@@ -204,7 +204,7 @@ def hadamard_factors(n: int) -> tuple[int, int]:
 
 def is_hadamard_size(n: int) -> bool:
     """True when ``hadamard_matrix(n)`` can be built."""
-    return isinstance(n, (int, np.integer)) and _factors_or_none(int(n)) is not None
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and _factors_or_none(int(n)) is not None
 
 
 def hadamard_matrix(n: int) -> np.ndarray:

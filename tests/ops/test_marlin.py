@@ -98,7 +98,7 @@ def test_marlin_round_trip_and_reference(backend: str, n_tiles: int, k_tiles: in
 )
 def test_marlin_bad_shapes_raise(shape: tuple, g: int, match: str) -> None:
     packed = torch.zeros(shape[0], max(shape[-1] // 8, 1), dtype=torch.int32)
-    q = Int4Weight(packed, torch.ones(shape[0], 1), shape, g)
+    q = Int4Weight(packed, torch.ones(shape[0], max(shape[-1] // g, 1)), shape, g)
     with pytest.raises(ValueError, match=match):
         marlin_pack(q)
 
