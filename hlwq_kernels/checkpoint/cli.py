@@ -21,7 +21,7 @@ from hlwq_kernels.checkpoint.distributed import launch, without_option
 from hlwq_kernels.checkpoint.interrupt import EXIT_INTERRUPTED, install_handlers, message, resume_command
 from hlwq_kernels.checkpoint.progress import partial_dir
 from hlwq_kernels.checkpoint.io import CheckpointError
-from hlwq_kernels.checkpoint.pipeline import DEFAULT_SCALES, DEFAULT_SCHEME, SCALES, quantize_checkpoint
+from hlwq_kernels.checkpoint.pipeline import DEFAULT_SCALES, DEFAULT_SCHEME, SCALES, check_device, quantize_checkpoint
 from hlwq_kernels.checkpoint.report import REPORT_NAME
 from hlwq_kernels.models.bundled import minilm_dir
 
@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
         if args.device != "auto" or not devices:
             parser.error("--devices takes a comma-separated list of devices and replaces --device")
+        try:
+            for device in devices:
+                check_device(device)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if len(devices) > 1:
             return launch(without_option(argv, "--devices"), devices, resume_command(argv))
         args.device = devices[0]

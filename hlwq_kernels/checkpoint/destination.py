@@ -5,14 +5,17 @@ Rules (every refusal is one :class:`CheckpointError` line naming the path and th
 - the destination is neither the source, nor inside it, nor a parent of it;
 - an existing destination is a directory; if it is not empty it is replaced only with
   ``overwrite=True`` and only when it holds an earlier output of this converter (a report
-  ``hlwq_report.json`` beside a ``config.json`` with a compressed-tensors ``quantization_config``),
-  so ``--overwrite`` never deletes unrelated files;
+  ``hlwq_report.json`` beside a ``config.json`` with a compressed-tensors ``quantization_config``)
+  and no file that output did not write (its config, report, index, the shards its index names and
+  the files its report says it copied), so ``--overwrite`` never deletes unrelated files;
 - its parent directory exists and accepts new files (probed by creating and removing an empty
   directory, which catches read-only file systems, missing permissions and pseudo file systems
   such as ``/proc`` alike, also for root).
 
 :func:`publish` moves the finished work directory into place atomically (``os.replace``); an
-earlier output is first moved aside and deleted only once the new one is in place.
+earlier output is first moved aside (under a new hidden name) and deleted only once the new one is in
+place. :func:`remove_work_dir` deletes the converter's own hidden working directories beside ``dst``
+and refuses a directory of that name that the converter did not make.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hlwq_kernels.checkpoint.io import CONFIG_NAME, CheckpointError, auxiliary_files
+from typing import Callable
+
+from hlwq_kernels.checkpoint.io import CONFIG_NAME, INDEX_NAME, CheckpointError, auxiliary_files
 from hlwq_kernels.checkpoint.report import REPORT_NAME
 
 HEADER_MARGIN = 2**20  # shard headers, index, config, report: well under 1 MiB for models of 10k tensors
@@ -61,7 +66,38 @@ def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
                     f"beside a compressed-tensors {CONFIG_NAME}): --overwrite replaces only such a directory; "
                     "choose a new or empty directory"
                 )
+            foreign = _foreign_files(dst)
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise CheckpointError(
+                    f"destination {dst} holds files the earlier conversion did not write ({', '.join(foreign[:3])}{more}): "
+                    "--overwrite would delete them; move them out first or choose another directory"
+                )
     _check_parent(dst.parent)
+
+
+def _foreign_files(path: Path) -> list[str]:
+    """The files under an earlier output ``path`` that its conversion did not write (relative POSIX paths, sorted):
+    all of them when its report or index cannot be read."""
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    try:
+        copied = json.loads((path / REPORT_NAME).read_text()).get("copied_files", [])
+        shards = json.loads((path / INDEX_NAME).read_text())["weight_map"].values()
+        written = {CONFIG_NAME, REPORT_NAME, INDEX_NAME, *copied, *shards}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return files
+    return [f for f in files if f not in written]
+
+
+def remove_work_dir(path: Path, ours: Callable[[Path], bool]) -> None:
+    """Delete ``path``, a hidden working directory of this converter, if it exists; refuse (CheckpointError) when
+    something of that name is there that the converter did not make (``ours`` says False and it is not empty)."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_symlink() or not path.is_dir() or not (ours(path) or not any(path.iterdir())):
+        raise CheckpointError(f"{path} exists and was not made by this converter, which keeps its work there: move "
+                              "it away or delete it")
+    shutil.rmtree(path)
 
 
 def _check_parent(parent: Path) -> None:
@@ -109,10 +145,8 @@ def publish(work: Path, dst: Path) -> None:
         if not dst.exists():
             os.replace(work, dst)
             return
-        old = dst.parent / f".{dst.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dst, old)
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old)  # over the new empty directory
         try:
             os.replace(work, dst)
         except OSError:

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import timedelta
 
@@ -114,7 +115,9 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
     """Run ``python -m hlwq_kernels.convert ARGV --device D`` for each of ``devices`` as the ranks of
     one process group on this machine; returns the exit status (the first failure's, 130 when
     interrupted). Signals reach every rank; when one rank fails the others are stopped. ``command``
-    is the user's command line, which rank 0 names when it is interrupted."""
+    is the user's command line, which rank 0 names when it is interrupted. Only rank 0 writes to the
+    terminal; the other ranks' stderr is kept, and the ``error:`` line of a rank that failed is printed
+    when rank 0 printed none (so a user's mistake is still one line)."""
     n = len(devices)
     cpus = cpu_count()
     env = os.environ | {
@@ -122,9 +125,10 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
         "LOCAL_WORLD_SIZE": str(n), "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": str(max(1, cpus // n)),
         COMMAND_ENV: command,
     }
+    logs = [None] + [tempfile.TemporaryFile("w+") for _ in devices[1:]]
     procs = [
         subprocess.Popen([sys.executable, "-m", "hlwq_kernels.convert", *argv, "--device", d],
-                         env=env | {"RANK": str(i), "LOCAL_RANK": str(i)})
+                         env=env | {"RANK": str(i), "LOCAL_RANK": str(i)}, stderr=logs[i])
         for i, d in enumerate(devices)
     ]
 
@@ -142,7 +146,10 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
                 break
             time.sleep(0.05)
         if failed:  # the others may wait for the failed rank forever: stop them
-            _stop(procs)
+            _kill(procs)
+            if procs[0].returncode not in (1, 2):  # rank 0 did not say what went wrong
+                rank = next(i for i, c in enumerate(codes) if c not in (None, 0, 130))
+                print(*_error_lines(logs[rank]), sep="\n", file=sys.stderr)
             if failed[0] < 0:
                 print(f"error: a worker process was killed by signal {-failed[0]}", file=sys.stderr)
                 return 1
@@ -151,16 +158,24 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for log in logs[1:]:
+            log.close()
 
 
-def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+def _error_lines(log) -> list[str]:
+    """The ``error:`` lines a rank wrote to its kept stderr ``log`` (its last line when there is none; none for
+    rank 0, whose stderr is the terminal's)."""
+    if log is None:
+        return []
+    log.seek(0)
+    lines = [line.rstrip("\n") for line in log]
+    return [line for line in lines if line.startswith("error:")] or lines[-1:]
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """Stop the ranks still running at once and silently (their journals survive a kill: a rerun resumes)."""
     for p in procs:
         if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
             p.kill()
-            p.wait()
+    for p in procs:
+        p.wait()

@@ -21,12 +21,13 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 INDEX_NAME = "model.safetensors.index.json"
+SINGLE_FILE_NAME = "model.safetensors"  # the weights of a checkpoint without an index, as transformers reads it
 CONFIG_NAME = "config.json"
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Weight files in other formats that are not copied (they would shadow the quantized weights).
@@ -86,7 +87,11 @@ class OutTensor:
 
 def parse_size(size: int | str) -> int:
     """Bytes in ``size``: an int, or a string such as ``"5GB"``, ``"500MB"``, ``"2GiB"``."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise ValueError(f"cannot parse size {size!r} (use a number of bytes or e.g. 5GB, 500MB, 2GiB)")
     if isinstance(size, int):
+        if size < 0:
+            raise ValueError(f"a size must not be negative, got {size}")
         return size
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B?)\s*", size, re.IGNORECASE)
     if not m:
@@ -138,22 +143,40 @@ def read_config(src: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    if not isinstance(config.get("model_type", ""), str):
+        raise CheckpointError(f"{path}: model_type must be a string, got {config['model_type']!r}")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointError(f"{path}: architectures must be a list of strings, got {architectures!r}")
     return config
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of an index file (tensor name -> shard file name beside it), or a clear error."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: invalid index ({e})") from e
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(name, str) and isinstance(file, str) and file and Path(file).name == file
+            for name, file in weight_map.items()):
+        raise CheckpointError(f"{index}: invalid index (weight_map must map tensor names to shard file names in "
+                              f"{index.parent})")
+    return weight_map
+
+
 def weight_files(src: Path) -> list[Path]:
-    """The safetensors files of ``src`` (from the index when there is one), or a clear error."""
+    """The safetensors files of ``src``, as transformers picks them: those its index names when there is one,
+    else ``model.safetensors`` when there is one, else every ``*.safetensors`` file; or a clear error."""
     index = src / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: invalid index ({e})") from e
-        files = [src / f for f in sorted(set(weight_map.values()))]
+        files = [src / f for f in sorted(set(_weight_map(index).values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index} lists missing shard(s): {', '.join(missing)}")
         return files
+    if (src / SINGLE_FILE_NAME).is_file():
+        return [src / SINGLE_FILE_NAME]
     files = sorted(src.glob("*.safetensors"))
     if files:
         return files
@@ -169,6 +192,38 @@ def weight_files(src: Path) -> list[Path]:
             "metadata={'format': 'pt'})\""
         )
     raise CheckpointError(f"no *.safetensors weight files in {src}")
+
+
+def unread_weight_files(src: Path, files: Sequence[Path]) -> list[str]:
+    """The ``*.safetensors`` files of ``src`` that ``weight_files`` left out (names, sorted)."""
+    return sorted(p.name for p in src.glob("*.safetensors") if p not in files)
+
+
+def index_problems(src: Path, tensors: Mapping[str, SourceTensor], strict: bool = False) -> list[str]:
+    """Where the index of ``src`` disagrees with the tensors its shards hold (``scan_source``): a tensor it names
+    that its shard does not hold; with ``strict``, also a tensor of a shard that it does not name. At most five
+    lines, then a count."""
+    index = src / INDEX_NAME
+    if not index.is_file():
+        return []
+    weight_map = _weight_map(index)
+    problems = [f"{index.name} names tensor {name!r} in {file}, which does not hold it"
+                for name, file in sorted(weight_map.items()) if name not in tensors or tensors[name].file.name != file]
+    if strict:
+        problems += [f"{index.name} does not name tensor {name!r} of {t.file.name}"
+                     for name, t in sorted(tensors.items()) if name not in weight_map]
+    return problems[:5] + ([f"and {len(problems) - 5} more disagreements of {index.name}"] if len(problems) > 5 else [])
+
+
+def read_source(src: Path) -> dict[str, SourceTensor]:
+    """The tensors of the checkpoint ``src`` (``weight_files``, ``scan_source``), or a clear error where its index
+    names a tensor that its shard does not hold."""
+    tensors = scan_source(weight_files(src))
+    problems = index_problems(src, tensors)
+    if problems:
+        raise CheckpointError(f"{src / INDEX_NAME} does not match its shards: {problems[0]}"
+                              + (f" ({len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return tensors
 
 
 def scan_file(path: Path) -> list[SourceTensor]:

@@ -32,13 +32,15 @@ from hlwq_kernels.checkpoint.distributed import Group, assign, join, local_rank
 from hlwq_kernels.checkpoint.io import (
     CONFIG_NAME,
     INDEX_NAME,
+    SINGLE_FILE_NAME,
     CheckpointError,
     auxiliary_files,
     copy_files,
     parse_size,
     read_config,
+    read_source,
     resolve_source,
-    scan_source,
+    unread_weight_files,
     weight_files,
     write_json,
 )
@@ -48,7 +50,9 @@ from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerR
 from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotated_dir
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
-from hlwq_kernels.models.selection import SelectionError, TensorSpec, select_layers
+from hlwq_kernels.models.selection import SelectionError, TensorSpec, check_ignore, select_layers
+from hlwq_kernels.ops._checks import as_int
+from hlwq_kernels.ops.hlwq import HLWQConfig
 from hlwq_kernels.ops.int4 import SCALE_RULES, Int4Weight, quantize_int4
 from hlwq_kernels.ops.int4_asym import METHODS as ASYM_METHODS, Int4AsymWeight, quantize_int4_asym
 
@@ -99,8 +103,20 @@ def _quantizer(method: str, bits: int, group_size: int, block_size: int, scheme:
     return lambda w: hlwq_int4(w, bits=bits, block_size=block_size, group_size=group_size, scale=scale)
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``) parsed, or ValueError naming it."""
+    try:
+        dev = torch.device("cpu" if device == "auto" else device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from e
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return dev
+
+
 def _resolve_device(device: str) -> torch.device:
     """``auto``: the GPU when there is one; a bare ``cuda`` is this process's local GPU (torchrun)."""
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -122,7 +138,7 @@ def quantize_checkpoint(
     scheme: str | None = None,
     scale: str | None = None,
     device: str = "auto",
-    ignore: Iterable[str] = (),
+    ignore: Iterable[str] | str = (),
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
     progress: bool = True,
@@ -144,7 +160,7 @@ def quantize_checkpoint(
     "sym" for a model with quantized MoE experts (``MOE_NOTE``; the report's notes say so).
     scale: the group rule of the scheme, None for its default; for "asym" "minmax"
     (compressed-tensors' rule), "clip" or "hqq", for "sym" "absmax" (compressed-tensors' rule) or
-    "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized.
+    "mse". ignore: module names, dotted suffixes or ``re:`` regexes to keep unquantized (one string or several).
     rotate: fold Hadamard rotations into the weights first (``rotated_source``; seed
     ``rotate_seed``, R1 block ``rotate_block_size``, None = the full hidden size); the output's
     config.json keeps the ``hlwq_rotation`` record.
@@ -152,17 +168,22 @@ def quantize_checkpoint(
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
     resolve_scheme(scheme, scale)  # bad options fail before any work; the model decides when neither is given
-    if group_size <= 0 or group_size % 8:
+    if as_int(group_size, "group_size") <= 0 or group_size % 8:
         raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
-    if method == "hlwq" and not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if method == "hlwq":  # bits in 1..8, block_size a power of two in [16, 256]
+        HLWQConfig(bits=bits, block_size=block_size, group_size=group_size)
+    ignore = check_ignore(ignore)
+    rotate_seed = as_int(rotate_seed, "rotate_seed")
+    if rotate_block_size is not None and as_int(rotate_block_size, "rotate_block_size") < 1:
+        raise ValueError(f"rotate_block_size must be positive, or None for one block of the full hidden size, "
+                         f"got {rotate_block_size}")
     max_bytes = parse_size(max_shard_size)
     t_start = time.perf_counter()
     dev = _resolve_device(device)
     group = join(dev)
     try:
         report = _convert(group, src, dst, dev, method=method, bits=bits, group_size=group_size, block_size=block_size,
-                          scheme=scheme, scale=scale, ignore=tuple(ignore), max_bytes=max_bytes, overwrite=overwrite,
+                          scheme=scheme, scale=scale, ignore=ignore, max_bytes=max_bytes, overwrite=overwrite,
                           show_progress=progress, t_start=t_start,
                           rotation=(rotate_seed, rotate_block_size) if rotate else None)
         return group.broadcast(report)
@@ -179,9 +200,10 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
     dst_path = Path(dst).expanduser().resolve()
     config = read_config(src_path)
     if "quantization_config" in config:
+        qc = config["quantization_config"]
+        kind = qc.get("quant_method", "?") if isinstance(qc, dict) else repr(qc)
         raise CheckpointError(
-            f"{src_path / CONFIG_NAME} already has a quantization_config "
-            f"({config['quantization_config'].get('quant_method', '?')}): the source must be unquantized"
+            f"{src_path / CONFIG_NAME} already has a quantization_config ({kind}): the source must be unquantized"
         )
     check_destination(src_path, dst_path, overwrite)
     notes: tuple[str, ...] = ()
@@ -189,7 +211,11 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         src_path, notes = _rotated_source(group, src_path, dst_path, *rotation, max_bytes)
         config = read_config(src_path)
     files = weight_files(src_path)
-    tensors = scan_source(files)
+    tensors = read_source(src_path)
+    unread = unread_weight_files(src_path, files)
+    if unread:
+        notes += (f"not read: {', '.join(unread[:3])}{' …' if len(unread) > 3 else ''} (not named by the index, or "
+                  f"beside {SINGLE_FILE_NAME}; transformers does not load them either)",)
     try:
         selection = select_layers(
             [TensorSpec(t.name, t.shape, t.dtype) for t in tensors.values()],
@@ -204,6 +230,8 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
     scheme, scale = resolve_scheme(scheme, scale, "sym" if experts else DEFAULT_SCHEME)
     if experts and scheme != DEFAULT_SCHEME:
         notes += (MOE_NOTE,)
+    if not selection.quantize:
+        notes += ("no layer was quantized: every 2-D weight is kept unquantized (the kept list says why)",)
     symmetric = scheme == "sym"
     plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,

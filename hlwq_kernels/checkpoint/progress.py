@@ -12,7 +12,9 @@ and the line is then flushed itself (``fsync``), so after any interruption (sign
 power loss) every line names a tensor whose bytes are complete. A torn last line is ignored. Each
 process appends to a journal of its own, so the number of processes may change between runs. A
 directory whose ``plan.json`` is missing, unreadable or has another fingerprint is never trusted:
-it is deleted and the conversion starts afresh.
+it is deleted and the conversion starts afresh (only when it holds a ``progress`` directory, a
+finished output or nothing: a directory of that name that the converter did not make is refused,
+not deleted).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable
 
+from hlwq_kernels.checkpoint.destination import is_converter_output, remove_work_dir
 from hlwq_kernels.checkpoint.io import CheckpointError, write_at, write_error, write_json
 from hlwq_kernels.checkpoint.plan import Plan
 
@@ -76,9 +79,8 @@ def prepare(work: Path, fprint: str, plan: Plan) -> bool:
         (work / s.name).is_file() and (work / s.name).stat().st_size == s.size for s in plan.shards
     ):
         return True
+    remove_work_dir(work, lambda path: (path / PROGRESS_DIR).is_dir() or is_converter_output(path))
     try:
-        if work.exists():
-            shutil.rmtree(work)
         (work / PROGRESS_DIR).mkdir(parents=True)
     except OSError as e:
         raise CheckpointError(f"cannot create the output's working directory {work}: {e.strerror}") from e

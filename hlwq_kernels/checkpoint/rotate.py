@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def rotate_checkpoint(
     if "quantization_config" in config:
         raise io.CheckpointError(f"{src_path / io.CONFIG_NAME} has a quantization_config: rotate the unquantized model")
     check_destination(src_path, dst_path, overwrite)
-    tensors = io.scan_source(io.weight_files(src_path))
+    tensors = io.read_source(src_path)
     plan = rotation_plan(config, {n: t.shape for n, t in tensors.items()}, seed=seed, block_size=block_size, r1=r1, r2=r2)
     aux = {n: io.read_tensor(tensors[n]) for n in plan.all_aux_names()}
 
@@ -54,10 +55,7 @@ def rotate_checkpoint(
     sources = [t for _, t in sorted(tensors.items())]
     units = [[io.OutTensor(o, out_dtype(t), t.shape) for o in plan.output_names(t.name)] for t in sources]
     shards = io.plan_shards([sum(o.nbytes for o in u) for u in units], io.parse_size(max_shard_size))
-    work = dst_path.parent / f".{dst_path.name}.rotating"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dst_path.name}.rotating-", dir=dst_path.parent))
     weight_map = {}
     try:
         for i, shard in enumerate(shards):

@@ -14,14 +14,14 @@ than the one asked for) is used. Both are noted in the report.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from hlwq_kernels.checkpoint import io
+from hlwq_kernels.checkpoint.destination import remove_work_dir
 from hlwq_kernels.checkpoint.rotate import rotate_checkpoint
-from hlwq_kernels.models.rotation import RotationError, RotationPlan, rotation_plan
+from hlwq_kernels.models.rotation import CONFIG_KEY, RotationError, RotationPlan, rotation_plan
 from hlwq_kernels.ops.hadamard import is_hadamard_size
 
 
@@ -63,7 +63,7 @@ def choose_rotation(config: Mapping, shapes: Mapping[str, Sequence[int]], seed: 
         block = fitting_block(hidden, block)
         if block is None:
             raise io.CheckpointError(f"--rotate: no buildable Hadamard block of at most {block_size} divides hidden "
-                                     f"size {hidden} (pass rotate_block_size=None for one block of the full size)")
+                                     f"size {hidden} (--rotate-block-size 0, or rotate_block_size=None, takes one block of the full size)")
         notes.append(f"rotation: R1 block {block} (hidden size {hidden} is not a multiple of {block_size})")
     try:
         try:
@@ -83,12 +83,20 @@ def choose_rotation(config: Mapping, shapes: Mapping[str, Sequence[int]], seed: 
     return RotationChoice(r1, block, tuple(notes)), plan
 
 
+def _is_rotated_source(path: Path) -> bool:
+    """Whether ``path`` holds a rotated source that this converter wrote (its config records the rotation)."""
+    try:
+        return CONFIG_KEY in io.read_config(path)
+    except (io.CheckpointError, OSError):
+        return False
+
+
 def prepare_rotated_source(src: Path, dst: Path, seed: int, block_size: int | None,
                            max_bytes: int) -> tuple[Path, tuple[str, ...]]:
     """Rotate ``src`` into ``rotated_dir(dst)`` (or reuse a matching earlier one); returns that
     directory and the report notes."""
     config = io.read_config(src)
-    shapes = {n: t.shape for n, t in io.scan_source(io.weight_files(src)).items()}
+    shapes = {n: t.shape for n, t in io.read_source(src).items()}
     choice, plan = choose_rotation(config, shapes, seed, block_size)
     work = rotated_dir(dst)
     expected = json.loads(json.dumps(plan.rotated_config(config)))  # as read back from config.json
@@ -99,6 +107,6 @@ def prepare_rotated_source(src: Path, dst: Path, seed: int, block_size: int | No
             reusable = False
         if reusable:
             return work, choice.notes + (f"rotation: reused {work} from an earlier run",)
-        shutil.rmtree(work)
+    remove_work_dir(work, _is_rotated_source)
     rotate_checkpoint(src, work, seed=seed, block_size=choice.block_size, r1=choice.r1, r2=True, max_shard_size=max_bytes)
     return work, choice.notes

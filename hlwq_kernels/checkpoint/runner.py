@@ -198,6 +198,11 @@ class _Run:
         if not np.isfinite(res.energy).all() and not bool(torch.isfinite(read_tensor(unit.source)).all()):
             t = unit.source
             raise CheckpointError(f"{t.file}: tensor {t.name!r} contains NaN or Inf values; refusing to quantize it")
+        if any(o.name.endswith(".weight_scale") and not bool(torch.isfinite(t).all()) for t, o in zip(res.tensors, per_row)):
+            t = unit.source
+            raise CheckpointError(f"{t.file}: tensor {t.name!r}: a group's scale overflows {t.dtype} (the group's values "
+                                  f"span more than {t.dtype} holds); refusing to write an infinite scale (--scheme sym "
+                                  "takes the largest magnitude instead of the span)")
         fd, path = self.dst_fds[unit.shard], self.work / self.plan.shards[unit.shard].name
         for t, o, r, offset in zip(res.tensors, per_row, ratios, unit.offsets):  # pieces start at whole words
             checkpoint_io.write_at(fd, _bytes_of(t), offset + piece.start // r * (o.nbytes // o.shape[0]), path)

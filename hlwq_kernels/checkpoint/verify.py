@@ -1,5 +1,10 @@
-"""verify_checkpoint: re-read a converted checkpoint, check its config and tensors, and (given the
-source) report each quantized layer's error and check that every kept tensor is byte-identical."""
+"""verify_checkpoint: re-read a converted checkpoint, check its config, index and tensors, and (given the
+source) report each quantized layer's error and check that every kept tensor is byte-identical.
+
+A layer whose relative error against the source is 1 or more (no better than an all-zero weight, which
+no INT4 rule gives) is a problem: its codes, scales or zero points do not belong to that weight. A
+checkpoint rotated before quantizing (``hlwq_rotation`` in its config) holds other values than its source
+by design, so ``against`` then only checks that the source has the same tensors."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from hlwq_kernels.checkpoint.io import (
     INDEX_NAME,
     CheckpointError,
     SourceTensor,
+    index_problems,
     read_bytes,
     read_config,
+    read_source,
     read_tensor,
     resolve_source,
     scan_source,
@@ -23,6 +30,7 @@ from hlwq_kernels.checkpoint.io import (
 from hlwq_kernels.checkpoint.report import LayerReport
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.metrics import relative_error
+from hlwq_kernels.models.rotation import CONFIG_KEY as ROTATION_KEY
 from hlwq_kernels.models.selection import fused_group
 
 
@@ -36,6 +44,7 @@ class VerifyReport:
     kept: int = 0
     problems: list[str] = field(default_factory=list)
     layers: list[LayerReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -50,6 +59,7 @@ class VerifyReport:
                 lines.append(f"| {l.name} | {l.shape[0]}x{l.shape[1]} | {l.rel_error:.4f} | {l.sqnr_db:.2f} |")
         lines.append("")
         lines.append(f"{self.quantized} quantized layers, {self.kept} other tensors")
+        lines += [f"note: {n}" for n in self.notes]
         lines += [f"PROBLEM: {p}" for p in self.problems] or ["OK"]
         return "\n".join(lines)
 
@@ -67,7 +77,12 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     problems += config_problems
     if not (path / INDEX_NAME).is_file():
         problems.append(f"no {INDEX_NAME}")
-    tensors = scan_source(weight_files(path))
+    try:
+        tensors = scan_source(weight_files(path))
+    except CheckpointError as e:  # a damaged shard or index of the checkpoint: a problem found, not a usage error
+        problems.append(str(e))
+        return report
+    problems += index_problems(path, tensors, strict=True)
     modules = sorted(n[: -len(".weight_packed")] for n in tensors if n.endswith(".weight_packed"))
     linear = {n[: -len(".weight")] for n, t in tensors.items() if n.endswith(".weight") and len(t.shape) == 2}
     broken: set[str] = set()  # modules with a problem of their own: no error is measured for them
@@ -80,6 +95,10 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
             continue
         before = len(problems)
         packed, scale, *zero, shape = parts
+        if shape.dtype != "I64" or shape.shape != (2,):
+            problems.append(f"{m}.weight_shape is {shape.dtype} {list(shape.shape)}, expected I64 [2]")
+            broken.add(m)
+            continue
         n, k = (int(v) for v in read_tensor(shape).tolist())
         if packed.dtype != "I32" or packed.shape != (n, k // 8):
             problems.append(f"{m}.weight_packed is {packed.dtype} {list(packed.shape)}, expected I32 [{n}, {k // 8}]")
@@ -109,23 +128,36 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
     report.quantized = len(modules)
     report.kept = sum(1 for n in tensors if not n.rsplit(".", 1)[-1].startswith("weight_"))
     if against is not None:
-        _compare_source(resolve_source(against), tensors, modules, broken, group_size, symmetric, report)
+        _compare_source(resolve_source(against), tensors, modules, broken, group_size, symmetric, report,
+                        rotated=ROTATION_KEY in config)
     return report
 
 
 def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], broken: set[str],
-                    group_size: int, symmetric: bool, report: VerifyReport) -> None:
-    source = scan_source(weight_files(src))
+                    group_size: int, symmetric: bool, report: VerifyReport, rotated: bool) -> None:
+    source = read_source(src)
     quantized = {f"{m}.weight" for m in modules}
+    if rotated:
+        report.notes.append(f"rotated before quantizing ({ROTATION_KEY}): values not compared with the source")
+        missing = sorted(set(source) - set(tensors) - quantized)
+        report.problems += [f"source tensor {n!r} is missing from the checkpoint" for n in missing]
+        return
     for name, t in source.items():
         if name in quantized:
             m = name[: -len(".weight")]
             if m in broken:
                 continue
+            shape = tuple(read_tensor(tensors[f"{m}.weight_shape"]).tolist())
+            if shape != t.shape:
+                report.problems.append(f"{m}: weight_shape {list(shape)} differs from the source's {list(t.shape)}")
+                continue
             q = ct.decompress(m, lambda name: read_tensor(tensors[name]), group_size, symmetric)
             rel, sqnr = relative_error(read_tensor(t), ct.dequantize(q), torch.float64)
             out_bytes = sum(tensors[name].nbytes for name in ct.tensor_names(m, symmetric))
             report.layers.append(LayerReport(m, list(t.shape), t.dtype, rel, sqnr, t.nbytes, out_bytes))
+            if not rel < 1:
+                report.problems.append(f"{m}: relative error {rel:.3g} against the source (an all-zero weight has 1): "
+                                       "its codes, scales or zero points do not belong to this weight")
         elif name not in tensors:
             report.problems.append(f"source tensor {name!r} is missing from the checkpoint")
         elif tensors[name].dtype != t.dtype or tensors[name].shape != t.shape or read_bytes(tensors[name]) != read_bytes(t):

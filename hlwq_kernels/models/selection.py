@@ -90,6 +90,21 @@ class SelectionError(ValueError):
     """A tensor that should be quantized cannot be (e.g. unsupported dtype)."""
 
 
+def check_ignore(patterns: Iterable[str] | str) -> tuple[str, ...]:
+    """The user's ``ignore`` patterns as a tuple (one string is one pattern), or ValueError naming a pattern that
+    is not a string or a ``re:`` pattern that does not compile."""
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"ignore patterns must be strings, got {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as e:
+                raise ValueError(f"ignore pattern {pattern!r} is not a valid regular expression ({e})") from e
+    return patterns
+
+
 def matches_ignore(module: str, patterns: Iterable[str]) -> bool:
     """True when ``module`` matches one user pattern: ``re:<regex>`` (``re.match``, as in
     compressed-tensors), an exact module name, or a dotted suffix (``down_proj``,
@@ -131,6 +146,8 @@ def _fixed_reason(module: str, model_type: str) -> str | None:
 
 def _shape_reason(shape: Sequence[int], group_size: int, block_size: int | None) -> str | None:
     n, k = shape
+    if n == 0 or k == 0:
+        return "empty"
     if k % group_size:
         return f"in_features {k} not a multiple of group_size {group_size}"
     if block_size is not None and k % block_size:

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
 from hlwq_kernels.checkpoint.io import CheckpointError, parse_size, read_tensor, scan_source, weight_files
+from hlwq_kernels.checkpoint.verify import verify_checkpoint
 from tests.tiny_checkpoints import write_config
 
 LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"])
@@ -199,3 +200,191 @@ def test_overwrite_never_deletes_unrelated_files(tmp_path):
         quantize_checkpoint(src, dst, progress=False, overwrite=True)
     assert (dst / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(device="garbage"), ValueError, "device must be auto, cpu, cuda or cuda:N, got 'garbage'"),
+    (dict(device="meta"), ValueError, "device must be"),
+    (dict(ignore=["re:("]), ValueError, r"ignore pattern 're:\(' is not a valid regular expression"),
+    (dict(ignore=[3]), ValueError, "ignore patterns must be strings"),
+    (dict(method="hlwq", block_size=0), ValueError, "block_size must be a power of two in"),
+    (dict(method="hlwq", block_size=48), ValueError, "block_size must be a power of two in"),
+    (dict(method="hlwq", bits=9), ValueError, "bits must be in 1..8"),
+    (dict(rotate=True, rotate_block_size=0), ValueError, "rotate_block_size must be positive, or None"),
+    (dict(rotate=True, rotate_seed="a"), TypeError, "rotate_seed must be an integer"),
+    (dict(max_shard_size=-1), ValueError, "must not be negative"),
+    (dict(group_size=128.0), TypeError, "group_size must be an integer"),
+])
+def test_bad_options_fail_before_any_work(tmp_path, options, error, match):
+    src = make_source(tmp_path / "src")
+    with pytest.raises(error, match=match):
+        quantize_checkpoint(src, tmp_path / "out", progress=False, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_ignore_given_as_one_string(tmp_path):
+    src = make_source(tmp_path / "src")
+    report = quantize_checkpoint(src, tmp_path / "out", ignore="down_proj", progress=False)
+    assert report.layers == [] and report.kept["model.layers.0.mlp.down_proj"] == "ignored by user"
+    assert "no layer was quantized: every 2-D weight is kept unquantized (the kept list says why)" in report.notes
+
+
+@pytest.mark.parametrize("config, match", [
+    (dict(LLAMA, quantization_config=None), r"already has a quantization_config \(None\)"),
+    (dict(LLAMA, quantization_config="gptq"), r"already has a quantization_config \('gptq'\)"),
+    (dict(LLAMA, model_type=["llama"]), r"config\.json: model_type must be a string, got \['llama'\]"),
+    (dict(LLAMA, architectures="LlamaForCausalLM"), r"config\.json: architectures must be a list of strings"),
+])
+def test_config_of_the_wrong_type_names_the_field(tmp_path, config, match):
+    src = make_source(tmp_path / "src", config=config)
+    with pytest.raises(CheckpointError, match=match):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _two_shards(path: Path) -> Path:
+    src = make_source(path, {"a.weight": torch.ones(8, 8)})
+    (src / "model.safetensors").rename(src / "model-1.safetensors")
+    save_file({"b.weight": torch.ones(8, 8)}, src / "model-2.safetensors")
+    return src
+
+
+@pytest.mark.parametrize("weight_map, match", [
+    (["a.weight", "b.weight"], "invalid index .weight_map must map tensor names to shard file names"),
+    ({"a.weight": "model-1.safetensors", "b.weight": None}, "invalid index"),
+    ({"a.weight": "model-1.safetensors", "b.weight": "../model-2.safetensors"}, "invalid index"),
+    ({"a.weight": "model-1.safetensors", "b.weight": "model-1.safetensors"},
+     r"does not match its shards: model\.safetensors\.index\.json names tensor 'b\.weight' in model-1\.safetensors, "
+     "which does not hold it"),
+    ({"a.weight": "model-1.safetensors", "b.weight": "model-2.safetensors", "c.weight": "model-2.safetensors"},
+     "names tensor 'c.weight' in model-2.safetensors, which does not hold it"),
+])
+def test_index_that_disagrees_with_its_shards(tmp_path, weight_map, match):
+    src = _two_shards(tmp_path / "src")
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=match):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_that_transformers_does_not_load_are_not_read(tmp_path):
+    """Without an index, a model.safetensors is the model (a consolidated.safetensors beside it is not); with an
+    index, only the shards it names. The report names what was not read."""
+    src = make_source(tmp_path / "src")
+    save_file({"junk.weight": torch.randn(128, 256).to(torch.bfloat16)}, src / "consolidated.safetensors")
+    report = quantize_checkpoint(src, tmp_path / "out", progress=False)
+    assert "junk.weight" not in scan_source(weight_files(tmp_path / "out"))
+    assert any(n.startswith("not read: consolidated.safetensors") for n in report.notes), report.notes
+
+
+def test_empty_weights_are_kept(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    tensors = {"model.layers.0.mlp.down_proj.weight": torch.randn(128, 256, generator=g).to(torch.bfloat16),
+               "model.layers.0.mlp.up_proj.weight": torch.zeros(0, 128, dtype=torch.bfloat16),
+               "model.layers.0.mlp.gate_proj.weight": torch.zeros(256, 0, dtype=torch.bfloat16)}
+    report = quantize_checkpoint(make_source(tmp_path / "src", tensors), tmp_path / "out", progress=False)
+    assert [l.name for l in report.layers] == ["model.layers.0.mlp.down_proj"]
+    assert report.kept["model.layers.0.mlp.up_proj"] == "empty" == report.kept["model.layers.0.mlp.gate_proj"]
+    out = scan_source(weight_files(tmp_path / "out"))
+    assert out["model.layers.0.mlp.up_proj.weight"].shape == (0, 128)
+
+
+def test_asymmetric_scale_that_overflows_names_the_tensor(tmp_path):
+    """fp16 weights of ±65000 in one group: the span overflows fp16, so the min-max scale would be infinite."""
+    w = torch.randn(128, 256, generator=torch.Generator().manual_seed(2)).half()
+    w[3, 0], w[3, 1] = 65000, -65000
+    src = make_source(tmp_path / "src", {"model.layers.0.mlp.down_proj.weight": w})
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.down_proj\.weight': "
+                                              r"a group's scale overflows F16.*--scheme sym"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    report = quantize_checkpoint(src, tmp_path / "sym", scheme="sym", progress=False)
+    assert report.layers[0].rel_error < 0.2
+
+
+def test_overwrite_keeps_files_the_earlier_output_did_not_write(tmp_path):
+    src = make_source(tmp_path / "src")
+    dst = tmp_path / "out"
+    convert(src, dst)
+    (dst / "eval").mkdir()
+    (dst / "eval" / "results.json").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"holds files the earlier conversion did not write \(eval/results\.json\)"):
+        quantize_checkpoint(src, dst, overwrite=True, progress=False)
+    assert (dst / "eval" / "results.json").read_text() == "mine"
+    (dst / "eval" / "results.json").unlink()
+    quantize_checkpoint(src, dst, overwrite=True, progress=False)  # only its own files (and an empty folder) now
+
+
+def test_hidden_directories_of_the_user_are_not_deleted(tmp_path):
+    """``.<dst>.partial`` that this converter did not make is refused; ``.<dst>.old`` is never touched (an earlier
+    output is moved aside under a new name)."""
+    src = make_source(tmp_path / "src")
+    for name in (".out.partial", ".out.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "precious.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"\.out\.partial exists and was not made by this converter"):
+        convert(src, tmp_path / "out")
+    assert (tmp_path / ".out.partial" / "precious.txt").read_text() == "mine"
+    (tmp_path / ".out.partial" / "precious.txt").unlink()  # an empty directory of that name is reused
+    convert(src, tmp_path / "out")
+    quantize_checkpoint(src, tmp_path / "out", overwrite=True, progress=False)
+    assert (tmp_path / ".out.old" / "precious.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out", "src"]
+
+
+def _damaged_copy(tmp_path: Path, name: str, edit) -> Path:
+    """A converted tiny source whose tensor ``name`` has its bytes replaced by ``edit(bytes)``."""
+    src = make_source(tmp_path / "src")
+    out = tmp_path / "out"
+    convert(src, out)
+    t = scan_source(weight_files(out))[name]
+    data = bytearray(t.file.read_bytes())
+    data[t.start:t.end] = edit(bytes(data[t.start:t.end]))
+    t.file.write_bytes(bytes(data))
+    return src
+
+
+def test_verify_flags_a_layer_no_better_than_zero(tmp_path):
+    src = _damaged_copy(tmp_path, "model.layers.0.mlp.down_proj.weight_zero_point", lambda b: b"\xff" * len(b))
+    result = verify_checkpoint(tmp_path / "out", against=src)
+    assert not result.ok and result.layers[0].rel_error > 1
+    assert result.problems == [f"model.layers.0.mlp.down_proj: relative error {result.layers[0].rel_error:.3g} against "
+                               "the source (an all-zero weight has 1): its codes, scales or zero points do not belong "
+                               "to this weight"]
+    assert verify_checkpoint(tmp_path / "out").ok  # without the source nothing says the values are wrong
+
+
+def test_verify_checks_the_index_and_weight_shapes(tmp_path):
+    src = make_source(tmp_path / "src")
+    out = tmp_path / "out"
+    convert(src, out)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"].pop("model.norm.weight")
+    index["weight_map"]["bogus.weight"] = shard
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = verify_checkpoint(out)
+    assert result.problems == [
+        f"model.safetensors.index.json names tensor 'bogus.weight' in {shard}, which does not hold it",
+        f"model.safetensors.index.json does not name tensor 'model.norm.weight' of {shard}"]
+
+
+def test_verify_reports_a_damaged_shard_as_a_problem(tmp_path):
+    src = _damaged_copy(tmp_path, "model.norm.weight", lambda b: b)
+    shard = next((tmp_path / "out").glob("model-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-64])
+    result = verify_checkpoint(tmp_path / "out", against=src)
+    assert not result.ok and "corrupt or unreadable safetensors file" in result.problems[0]
+
+
+def test_verify_reports_a_malformed_weight_shape(tmp_path):
+    src = _damaged_copy(tmp_path, "model.layers.0.mlp.down_proj.weight_shape", lambda b: b)
+    out = tmp_path / "out"
+    tensors = {name: read_tensor(t) for name, t in scan_source(weight_files(out)).items()}
+    tensors["model.layers.0.mlp.down_proj.weight_shape"] = torch.tensor([128, 256, 1])
+    for shard in out.glob("model-*.safetensors"):
+        shard.unlink()
+    save_file(tensors, out / "model-00001-of-00001.safetensors")
+    index = {"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in tensors}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = verify_checkpoint(out, against=src)
+    assert result.problems == ["model.layers.0.mlp.down_proj.weight_shape is I64 [3], expected I64 [2]"]

@@ -205,3 +205,16 @@ def test_hub_repo_id_offline(tmp_path):
 def test_usage_errors(args, message):
     proc = cli(*args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--device", "garbage"), "device must be auto, cpu, cuda or cuda:N, got 'garbage'"),
+    (("--devices", "cpu,garbage"), "device must be auto, cpu, cuda or cuda:N, got 'garbage'"),
+    (("--ignore", "re:("), "ignore pattern 're:(' is not a valid regular expression"),
+    (("--method", "hlwq", "--block-size", "0"), "block_size must be a power of two in [16, 256], got 0"),
+])
+def test_bad_option_values_are_one_line(converted, tmp_path, args, message):
+    src, _, _ = converted
+    proc = cli(src, tmp_path / "out", "--quiet", *args)
+    assert_one_line_error(proc, message)
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing left behind

@@ -12,13 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from hlwq_kernels.checkpoint import REPORT_NAME, quantize_checkpoint
 from hlwq_kernels.checkpoint import io as checkpoint_io
 from hlwq_kernels.checkpoint.distributed import assign
 from hlwq_kernels.checkpoint.io import CheckpointError
 from hlwq_kernels.checkpoint.progress import load_done
-from tests.tiny_checkpoints import save_tiny
+from tests.tiny_checkpoints import save_tiny, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ("--max-shard-size", "300KB", "--quiet")
@@ -94,3 +96,20 @@ def test_assign_balances_by_size_deterministically():
     loads = [sum(sizes[i] for i in s) for s in shares]
     assert max(loads) - min(loads) <= max(sizes) and loads == [10, 10, 10]
     assert assign(sizes, 1) == [list(range(len(sizes)))]
+
+
+def test_a_failing_worker_is_one_error_line(tmp_path):
+    """A NaN weight found by either rank: one ``error:`` line, the other rank stopped silently."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_config(src, model_type="llama", architectures=["LlamaForCausalLM"])
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"model.layers.{i}.mlp.down_proj.weight": torch.randn(128, 256, generator=g).to(torch.bfloat16)
+               for i in range(4)}
+    for w in tensors.values():
+        w[5, 5] = float("nan")
+    save_file(tensors, src / "model.safetensors")
+    proc = run(src, tmp_path / "out", *OPTIONS, "--devices", "cpu,cpu")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "contains NaN or Inf" in lines[0], proc.stderr

@@ -52,6 +52,9 @@ def test_rotated_conversion_structure_and_function(sources, tmp_path):
     assert not torch.equal(out["model.embed_tokens.weight"], source["model.embed_tokens.weight"])
     result = verify_checkpoint(dst)
     assert result.ok, result.problems
+    against = verify_checkpoint(dst, against=src)  # rotated values are not the source's: only the names are checked
+    assert against.ok and against.notes == ["rotated before quantizing (hlwq_rotation): values not compared with the "
+                                            "source"], against.problems
     # the rotated quantized model stays as close to the source as the plain quantized one
     plain = tmp_path / "plain"
     quantize_checkpoint(src, plain, progress=False)
