@@ -14,8 +14,10 @@ def error_energy(target: torch.Tensor, approx: torch.Tensor, dtype: torch.dtype 
 
 
 def sqnr_db(err: float, energy: float) -> float:
-    """``10 log10(energy / err)``; inf for an exact approximation."""
-    return 10 * math.log10(energy / err) if err > 0 else float("inf")
+    """``10 log10(energy / err)``; inf for an exact approximation, nan when ``err`` is nan."""
+    if math.isnan(err):
+        return math.nan
+    return 10 * math.log10(energy / err) if err > 0 else math.inf
 
 
 def relative_error(target: torch.Tensor, approx: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[float, float]:

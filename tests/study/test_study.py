@@ -16,6 +16,7 @@ from hlwq_kernels.study.data import load_minilm, make_sentences, minilm_linears,
 from hlwq_kernels.study.methods import METHODS, Quantized, method, original_int4_scale, rotate_inputs
 from hlwq_kernels.ops.hlwq import hlwq_dequantize, hlwq_quantize
 from hlwq_kernels.ops.int4 import Int4Weight, int4_codes
+from hlwq_kernels.metrics import sqnr_db
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,7 @@ def test_weight_error_values():
     assert weight_error(t, torch.zeros_like(t))["sqnr_db"] == pytest.approx(0.0)
     e = weight_error(t, 0.9 * t)
     assert e["rel_mse"] == pytest.approx(0.01) and e["sqnr_db"] == pytest.approx(20.0)
+    assert sqnr_db(0.0, 1.0) == math.inf and math.isnan(sqnr_db(math.nan, 1.0))  # a NaN error is no exact result
 
 
 def test_kept_rotation_is_exact_without_quantization(minilm):
