@@ -123,8 +123,11 @@ def _kept_work_note(args: argparse.Namespace) -> str:
     dst = (args.src or DEMO_DST) if args.demo else args.dst
     if args.verify or not dst:
         return ""
-    work = partial_dir(Path(dst).expanduser().resolve())
-    if not work.is_dir():
+    try:
+        work = partial_dir(Path(dst).expanduser().resolve())
+        if not work.is_dir():
+            return ""
+    except OSError:  # e.g. a name too long for the file system
         return ""
     return f" (the completed part is kept in {work}: rerun the same command to resume, or delete it)"
 
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             rotate=args.rotate, rotate_seed=args.rotate_seed, rotate_block_size=args.rotate_block_size or None,
         )
     except (CheckpointError, ValueError) as e:
-        print(f"error: {e}{_kept_work_note(args)}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}{_kept_work_note(args)}", file=sys.stderr)
         return 2
     except OSError as e:  # an unusable path the checks did not foresee: still one line
         print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}{_kept_work_note(args)}",

@@ -33,6 +33,9 @@ from hlwq_kernels.checkpoint.io import CONFIG_NAME, INDEX_NAME, CheckpointError,
 from hlwq_kernels.checkpoint.report import REPORT_NAME
 
 HEADER_MARGIN = 2**20  # shard headers, index, config, report: well under 1 MiB for models of 10k tensors
+# What the longest hidden sibling of DST adds to its name: ..DST.rotated.rotating-XXXXXXXX (the rotation's work
+# directory, beside the rotated source .DST.rotated).
+SIBLING_NAME_EXTRA = len("..") + len(".rotated") + len(".rotating-") + 8
 
 
 def is_converter_output(path: Path) -> bool:
@@ -51,6 +54,10 @@ def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     """Refuse a destination that cannot or must not receive the output (see the module docstring)."""
     if dst == src or src in dst.parents or dst in src.parents:
         raise CheckpointError(f"destination {dst} must not be the source {src}, inside it or contain it")
+    limit = _name_max(dst.parent) - SIBLING_NAME_EXTRA
+    if len(os.fsencode(dst.name)) > limit:
+        raise CheckpointError(f"the destination's name is {len(os.fsencode(dst.name))} bytes long; at most {limit} fit "
+                              f"(the converter works in hidden siblings such as .NAME.partial): choose a shorter name")
     if dst.exists() or dst.is_symlink():
         if not dst.is_dir():
             raise CheckpointError(f"destination {dst} exists and is not a directory")
@@ -74,6 +81,14 @@ def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
                     "--overwrite would delete them; move them out first or choose another directory"
                 )
     _check_parent(dst.parent)
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) the file system of ``directory`` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _foreign_files(path: Path) -> list[str]:

@@ -30,7 +30,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_FILE_NAME = "model.safetensors"  # the weights of a checkpoint without an index, as transformers reads it
 CONFIG_NAME = "config.json"
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Weight files in other formats that are not copied (they would shadow the quantized weights).
+# Weight files in the source's top level that are not copied (they would shadow the quantized weights); in a
+# subfolder (e.g. a sentence-transformers Dense module, 2_Dense/model.safetensors) they belong to another module.
 SKIPPED_WEIGHT_SUFFIXES = PICKLE_WEIGHT_SUFFIXES + (".h5", ".msgpack", ".onnx", ".gguf", ".safetensors")
 SKIPPED_DIRS = frozenset({".git", ".cache", ".huggingface", "onnx", "openvino", "coreml"})
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -192,6 +193,16 @@ def weight_files(src: Path) -> list[Path]:
             "metadata={'format': 'pt'})\""
         )
     raise CheckpointError(f"no *.safetensors weight files in {src}")
+
+
+def file_inventory(files: Iterable[Path]) -> list[list]:
+    """``[name, size, modification time (ns)]`` of each file: what tells a changed source from the same one."""
+    return [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
+
+
+def source_inventory(src: Path) -> list[list]:
+    """``file_inventory`` of the source's config and the weight files it is read from."""
+    return file_inventory([src / CONFIG_NAME, *weight_files(src)])
 
 
 def unread_weight_files(src: Path, files: Sequence[Path]) -> list[str]:
@@ -393,16 +404,17 @@ def write_json(path: Path, data: object, sort_keys: bool = True) -> None:
 
 
 def auxiliary_files(src: Path) -> list[Path]:
-    """Files of ``src`` to copy verbatim (relative paths): everything but weights, the index,
-    config.json and hidden or tool directories."""
+    """Files of ``src`` to copy verbatim (relative paths): everything but the top level's weight files, index
+    and config.json, and hidden or tool directories."""
     out = []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if not path.is_file() or any(p.startswith(".") or p in SKIPPED_DIRS for p in rel.parts[:-1]):
             continue
-        if rel.name.startswith(".") or rel.suffix in SKIPPED_WEIGHT_SUFFIXES:
+        if rel.name.startswith("."):
             continue
-        if rel.as_posix() in (CONFIG_NAME, INDEX_NAME) or rel.name.endswith(".index.json"):
+        if len(rel.parts) == 1 and (rel.suffix in SKIPPED_WEIGHT_SUFFIXES or rel.name in (CONFIG_NAME, INDEX_NAME)
+                                    or rel.name.endswith(".index.json")):
             continue
         out.append(rel)
     return out

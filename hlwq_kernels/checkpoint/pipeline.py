@@ -16,6 +16,7 @@ quantized in blocks of rows.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -47,10 +48,10 @@ from hlwq_kernels.checkpoint.io import (
 from hlwq_kernels.checkpoint.plan import Plan, Unit, make_plan
 from hlwq_kernels.checkpoint.destination import check_destination, check_free_space, publish
 from hlwq_kernels.checkpoint.report import REPORT_NAME, ConversionReport, LayerReport
-from hlwq_kernels.checkpoint.rotated_source import prepare_rotated_source, rotated_dir
+from hlwq_kernels.checkpoint.rotated_source import is_rotated_source, prepare_rotated_source, rotated_dir
 from hlwq_kernels.formats import compressed_tensors as ct
 from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
-from hlwq_kernels.models.selection import SelectionError, TensorSpec, check_ignore, select_layers
+from hlwq_kernels.models.selection import SelectionError, TensorSpec, check_ignore, matches_ignore, select_layers
 from hlwq_kernels.ops._checks import as_int
 from hlwq_kernels.ops.hlwq import HLWQConfig
 from hlwq_kernels.ops.int4 import SCALE_RULES, Int4Weight, quantize_int4
@@ -65,12 +66,14 @@ DEFAULT_SCHEME = "asym"
 DEFAULT_SCALES = {"asym": "minmax", "sym": "absmax"}
 # Every scale rule of each scheme: those its op implements.
 SCALES = {"asym": ASYM_METHODS, "sym": SCALE_RULES}
-# MoE experts stored one module per expert, which transformers fuses while loading: its loader
-# (transformers 5.24) drops their zero points and leaves such experts randomly initialised, so a
-# model with quantized experts gets the symmetric scheme unless a scheme or rule is asked for.
+# MoE experts stored one module per expert, which transformers fuses while loading: its loader cannot
+# take their zero points (5.24 dropped them and left such experts randomly initialised; 5.25 refuses the
+# checkpoint), so a model with quantized experts gets the symmetric scheme unless a scheme or rule is asked for.
 _FUSED_EXPERT = re.compile(r"(^|\.)experts\.\d+\.")
-MOE_NOTE = ("scheme sym: the default for models with quantized MoE experts (transformers 5.24 does not read "
-            "their zero points); --scheme asym for vLLM, which serves them")
+KEPT_EXPERTS_NOTE = ("MoE experts kept unquantized beside quantized ones: transformers 5.25 does not load such a "
+                     "checkpoint (its loader fuses each layer's experts and expects them all quantized)")
+MOE_NOTE = ("scheme sym: the default for models with quantized MoE experts (transformers 5.24 and 5.25 cannot "
+            "load their zero points); --scheme asym for vLLM, which serves them")
 
 
 def resolve_scheme(scheme: str | None, scale: str | None, default: str = DEFAULT_SCHEME) -> tuple[str, str]:
@@ -174,6 +177,8 @@ def quantize_checkpoint(
         HLWQConfig(bits=bits, block_size=block_size, group_size=group_size)
     ignore = check_ignore(ignore)
     rotate_seed = as_int(rotate_seed, "rotate_seed")
+    if not -(2**63) <= rotate_seed < 2**64 - 1:  # R2 takes rotate_seed + 1
+        raise ValueError(f"rotate_seed must be in [-2**63, 2**64 - 1), got {rotate_seed}")
     if rotate_block_size is not None and as_int(rotate_block_size, "rotate_block_size") < 1:
         raise ValueError(f"rotate_block_size must be positive, or None for one block of the full hidden size, "
                          f"got {rotate_block_size}")
@@ -232,6 +237,12 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
         notes += (MOE_NOTE,)
     if not selection.quantize:
         notes += ("no layer was quantized: every 2-D weight is kept unquantized (the kept list says why)",)
+    if any(_FUSED_EXPERT.search(m) for m in selection.kept) and any(_FUSED_EXPERT.search(m) for m in selection.quantize):
+        notes += (KEPT_EXPERTS_NOTE,)
+    modules = [*selection.kept, *selection.quantize]
+    unmatched = [p for p in ignore if not any(matches_ignore(m, [p]) for m in modules)]
+    if unmatched:
+        notes += (f"ignore patterns that match no module: {', '.join(map(repr, unmatched))}",)
     symmetric = scheme == "sym"
     plan = make_plan(tensors, {f"{m}.weight" for m in selection.quantize}, group_size, max_bytes, symmetric)
     options = dict(method=method, bits=bits, group_size=group_size, block_size=block_size, scale=scale,
@@ -291,9 +302,21 @@ def _convert(group: Group, src, dst, dev: torch.device, *, method: str, bits: in
                        "total_s": round(now - t_start, 4)}
     report.save(work / REPORT_NAME)
     publish(work, dst_path)
-    if rotation is not None:
-        shutil.rmtree(rotated_dir(dst_path), ignore_errors=True)
+    _remove_leftovers(dst_path)
     return report
+
+
+def _remove_leftovers(dst: Path) -> None:
+    """After a finished conversion to ``dst``: delete the hidden siblings that this or an interrupted earlier run left,
+    where this converter made them (the rotated source; a rotation's or a replaced output's work directory, named
+    with a random suffix)."""
+    rotated = rotated_dir(dst)
+    if rotated.is_dir() and not rotated.is_symlink() and is_rotated_source(rotated):
+        shutil.rmtree(rotated, ignore_errors=True)
+    for prefix in (f".{rotated.name}.rotating-", f".{dst.name}.old-"):
+        for path in dst.parent.glob(glob.escape(prefix) + "*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _rotated_source(group: Group, src: Path, dst: Path, seed: int, block_size: int | None,

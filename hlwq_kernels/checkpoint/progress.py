@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 from hlwq_kernels.checkpoint.destination import is_converter_output, remove_work_dir
-from hlwq_kernels.checkpoint.io import CheckpointError, write_at, write_error, write_json
+from hlwq_kernels.checkpoint.io import CheckpointError, file_inventory, write_at, write_error, write_json
 from hlwq_kernels.checkpoint.plan import Plan
 
 FORMAT = 1  # bump when the partial directory's layout or the bytes written for the same options change
@@ -49,7 +49,7 @@ def fingerprint(files: Iterable[Path], options: dict, plan: Plan) -> str:
         "format": FORMAT,
         "version": _package_version(),
         "options": options,
-        "files": [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files],
+        "files": file_inventory(files),
         "plan": plan.digest(),
     }
     return hashlib.sha256(json.dumps(inventory, sort_keys=True).encode()).hexdigest()

@@ -15,6 +15,8 @@ from hlwq_kernels.checkpoint import io
 from hlwq_kernels.checkpoint.destination import check_destination, publish
 from hlwq_kernels.models.rotation import rotation_plan
 
+SOURCE_KEY = "hlwq_source"  # in the rotated checkpoint's index metadata: the files it was made from
+
 FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
@@ -35,7 +37,8 @@ def rotate_checkpoint(
     Tensors keep their safetensors dtype unless ``dtype`` ("BF16", "F16", "F32", "F64") is given
     for the floating-point ones. config.json gets ``hlwq_rotation`` and, after R1,
     ``tie_word_embeddings: false``; other files are copied. The output appears at ``dst`` only when
-    complete (written into a hidden sibling directory first).
+    complete (written into a hidden sibling directory first). Its index's metadata names the source's files
+    (``SOURCE_KEY``: ``io.source_inventory``), so a rotated copy of a source that changed since is told apart.
     """
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)} or None, got {dtype!r}")
@@ -75,7 +78,8 @@ def rotate_checkpoint(
             finally:
                 os.close(fd)
         total = sum(o.nbytes for u in units for o in u)
-        io.write_json(work / io.INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        metadata = {"total_size": total, SOURCE_KEY: io.source_inventory(src_path)}
+        io.write_json(work / io.INDEX_NAME, {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))})
         io.write_json(work / io.CONFIG_NAME, plan.rotated_config(config), sort_keys=False)
         io.copy_files(src_path, work, io.auxiliary_files(src_path))
     except BaseException:

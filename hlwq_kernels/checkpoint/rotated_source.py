@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 from hlwq_kernels.checkpoint import io
 from hlwq_kernels.checkpoint.destination import remove_work_dir
-from hlwq_kernels.checkpoint.rotate import rotate_checkpoint
+from hlwq_kernels.checkpoint.rotate import SOURCE_KEY, rotate_checkpoint
 from hlwq_kernels.models.rotation import CONFIG_KEY, RotationError, RotationPlan, rotation_plan
 from hlwq_kernels.ops.hadamard import is_hadamard_size
 
@@ -83,7 +83,7 @@ def choose_rotation(config: Mapping, shapes: Mapping[str, Sequence[int]], seed: 
     return RotationChoice(r1, block, tuple(notes)), plan
 
 
-def _is_rotated_source(path: Path) -> bool:
+def is_rotated_source(path: Path) -> bool:
     """Whether ``path`` holds a rotated source that this converter wrote (its config records the rotation)."""
     try:
         return CONFIG_KEY in io.read_config(path)
@@ -102,11 +102,12 @@ def prepare_rotated_source(src: Path, dst: Path, seed: int, block_size: int | No
     expected = json.loads(json.dumps(plan.rotated_config(config)))  # as read back from config.json
     if work.is_dir():
         try:
-            reusable = io.read_config(work) == expected and (work / io.INDEX_NAME).is_file()
-        except (io.CheckpointError, OSError, ValueError):
+            made_from = json.loads((work / io.INDEX_NAME).read_text())["metadata"].get(SOURCE_KEY)
+            reusable = io.read_config(work) == expected and made_from == io.source_inventory(src)
+        except (io.CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError):
             reusable = False
         if reusable:
             return work, choice.notes + (f"rotation: reused {work} from an earlier run",)
-    remove_work_dir(work, _is_rotated_source)
+    remove_work_dir(work, is_rotated_source)
     rotate_checkpoint(src, work, seed=seed, block_size=choice.block_size, r1=choice.r1, r2=True, max_shard_size=max_bytes)
     return work, choice.notes

@@ -135,6 +135,8 @@ def verify_checkpoint(dst: str | os.PathLike, against: str | os.PathLike | None 
 
 def _compare_source(src: Path, tensors: dict[str, SourceTensor], modules: list[str], broken: set[str],
                     group_size: int, symmetric: bool, report: VerifyReport, rotated: bool) -> None:
+    if "quantization_config" in read_config(src):
+        raise CheckpointError(f"--against {src}: it has a quantization_config; give the unquantized source")
     source = read_source(src)
     quantized = {f"{m}.weight" for m in modules}
     if rotated:

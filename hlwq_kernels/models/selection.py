@@ -167,6 +167,24 @@ def fused_group(module: str, siblings: set[str]) -> tuple[str, ...]:
     return (module,)
 
 
+_EXPERT = re.compile(r"(.*\.experts)\.\d+\.")
+
+
+def _keep_experts_together(names: set[str], reasons: dict[str, str]) -> None:
+    """Where one expert module of a MoE layer is kept, keep every expert module of that layer (``reasons`` updated):
+    vLLM and transformers run a layer's experts as one fused layer, with one quantization for all."""
+    layers: dict[str, list[str]] = {}
+    for module in sorted(names):
+        match = _EXPERT.match(module)
+        if match:
+            layers.setdefault(match.group(1), []).append(module)
+    for members in layers.values():
+        kept = [m for m in members if m in reasons]
+        for module in members:
+            if kept and module not in reasons:
+                reasons[module] = f"fused with {kept[0]} ({reasons[kept[0]]}; the experts of a layer run as one)"
+
+
 def select_layers(
     tensors: Iterable[TensorSpec],
     config: Mapping,
@@ -205,6 +223,7 @@ def select_layers(
         blockers = [m for m in fused_group(module, names) if m in reasons]
         if blockers:
             reasons[module] = f"fused with {blockers[0]} ({reasons[blockers[0]]})"
+    _keep_experts_together(names, reasons)
     ignored = set(reasons) | {"lm_head"}  # also when tied (no tensor) or not a decoder (no such module)
     multimodal = is_multimodal(config)
     return Selection(

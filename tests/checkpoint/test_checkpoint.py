@@ -17,6 +17,7 @@ from hlwq_kernels.checkpoint import io as checkpoint_io
 from hlwq_kernels.checkpoint import REPORT_NAME, quantize_checkpoint
 from hlwq_kernels.formats.compressed_tensors import quantization_config
 from hlwq_kernels.checkpoint.io import CheckpointError, read_tensor, scan_source, weight_files
+from hlwq_kernels.checkpoint.pipeline import KEPT_EXPERTS_NOTE
 from hlwq_kernels.checkpoint.progress import load_done
 from hlwq_kernels.ops.hlwq import hlwq_dequantize, hlwq_int4, hlwq_quantize
 from hlwq_kernels.ops.int4 import Int4Weight, quantize_int4
@@ -284,3 +285,15 @@ def test_changed_options_restart_instead_of_resuming(sources, tmp_path, monkeypa
     monkeypatch.setattr(checkpoint_io, "write_at", real)
     report = quantize_checkpoint(src, dst, method="rtn", scale="mse", max_shard_size="250KB", progress=False)
     assert report.resumed_tensors == 0
+
+
+def test_experts_of_a_layer_are_kept_together(sources, tmp_path):
+    """Ignoring one expert keeps every expert of its layer (loaders fuse a layer's experts); the report says that
+    transformers does not load the result, and names an ignore pattern that matches nothing."""
+    report = quantize_checkpoint(sources("qwen3_moe"), tmp_path / "out", scheme="sym", progress=False,
+                                 ignore=["model.layers.0.mlp.experts.0.down_proj", "dwn_proj"])
+    names = {l.name for l in report.layers}
+    assert not any(".layers.0.mlp.experts." in n for n in names) and any(".layers.1.mlp.experts." in n for n in names)
+    assert report.kept["model.layers.0.mlp.experts.1.up_proj"] == (
+        "fused with model.layers.0.mlp.experts.0.down_proj (ignored by user; the experts of a layer run as one)")
+    assert KEPT_EXPERTS_NOTE in report.notes and "ignore patterns that match no module: 'dwn_proj'" in report.notes

@@ -388,3 +388,37 @@ def test_verify_reports_a_malformed_weight_shape(tmp_path):
     (out / "model.safetensors.index.json").write_text(json.dumps(index))
     result = verify_checkpoint(out, against=src)
     assert result.problems == ["model.layers.0.mlp.down_proj.weight_shape is I64 [3], expected I64 [2]"]
+
+
+def test_destination_name_too_long_for_the_hidden_siblings(tmp_path):
+    src = make_source(tmp_path / "src")
+    with pytest.raises(CheckpointError, match=r"the destination's name is 250 bytes long; at most 227 fit"):
+        convert(src, tmp_path / ("d" * 250))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_finished_run_removes_what_interrupted_runs_left(tmp_path):
+    """A rotated source, a rotation's work directory and a replaced output moved aside, left by interrupted runs,
+    are gone after the next finished conversion (here without --rotate); a user's look-alike is kept."""
+    src = make_source(tmp_path / "src")
+    for name in ("..out.rotated.rotating-k3j2h1g0", ".out.old-a1b2c3d4"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model-00001-of-00001.safetensors").write_bytes(b"partial")
+    (tmp_path / ".out.rotated").mkdir()
+    write_config(tmp_path / ".out.rotated", **LLAMA, hlwq_rotation={"r1": None})
+    (tmp_path / ".out.rotatedX").mkdir()
+    convert(src, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.rotatedX", "out", "src"]
+
+
+def test_rotate_seed_out_of_range(tmp_path):
+    src = make_source(tmp_path / "src")
+    with pytest.raises(ValueError, match=r"rotate_seed must be in \[-2\*\*63, 2\*\*64 - 1\), got 99999999999999999999999"):
+        quantize_checkpoint(src, tmp_path / "out", rotate=True, rotate_seed=99999999999999999999999, progress=False)
+
+
+def test_verify_against_a_quantized_source_is_refused(tmp_path):
+    src = make_source(tmp_path / "src")
+    convert(src, tmp_path / "out")
+    with pytest.raises(CheckpointError, match=r"--against .*out: it has a quantization_config; give the unquantized"):
+        verify_checkpoint(tmp_path / "out", against=tmp_path / "out")

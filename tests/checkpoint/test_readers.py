@@ -219,6 +219,23 @@ def test_sentence_transformers_loads_converted_minilm(minilm_int4, tmp_path):
     assert c.mean() > cos["sym absmax"].mean(), cos
 
 
+def test_sentence_transformers_module_weights_are_copied(tmp_path):
+    """A sentence-transformers model with a Dense module after pooling (its own 2_Dense/model.safetensors): the
+    module's files are copied as they are, and the converted model loads and embeds close to the original."""
+    st = pytest.importorskip("sentence_transformers")
+    torch.manual_seed(0)
+    original = st.SentenceTransformer(str(minilm_dir()), device="cpu")
+    model = st.SentenceTransformer(modules=[*original, st.models.Dense(384, 128)], device="cpu")
+    model.save(str(tmp_path / "src"))
+    report = quantize_checkpoint(tmp_path / "src", tmp_path / "out", progress=False)
+    dense = next(p for p in report.copied_files if p.endswith("/model.safetensors"))
+    assert (tmp_path / "out" / dense).read_bytes() == (tmp_path / "src" / dense).read_bytes()
+    a = model.encode(SENTENCES, convert_to_tensor=True)
+    b = st.SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(SENTENCES, convert_to_tensor=True)
+    assert a.shape == b.shape == (len(SENTENCES), 128)
+    assert (torch.nn.functional.cosine_similarity(a, b) > 0.9).all()
+
+
 @pytest.mark.parametrize("arch, scheme", [("llama", None), ("qwen3_moe", None), ("llama", "sym"), ("qwen3_moe", "asym")])
 def test_compressed_tensors_decompressor(arch, scheme, converted):
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor

@@ -5,10 +5,12 @@ does not divide the hidden size."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from hlwq_kernels.checkpoint import quantize_checkpoint
 from hlwq_kernels.checkpoint.cli import main
@@ -111,6 +113,16 @@ def test_rotated_source_reused_only_when_it_matches(sources, tmp_path):
     _, notes = prepare_rotated_source(src, dst, seed=1, block_size=128, max_bytes=1 << 30)
     assert not notes[-1].startswith("rotation: reused")
     assert json.loads((work / "config.json").read_text())["hlwq_rotation"]["r1"]["seed"] == 1
+    # the same options on a source whose weights changed since: rotated afresh
+    changed = tmp_path / "changed"
+    shutil.copytree(src, changed)
+    prepare_rotated_source(changed, dst, seed=1, block_size=128, max_bytes=1 << 30)
+    weights = next(changed.glob("*.safetensors"))
+    tensors = {name: read_tensor(t) for name, t in scan_source([weights]).items()}
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 2
+    save_file(tensors, weights)
+    _, notes = prepare_rotated_source(changed, dst, seed=1, block_size=128, max_bytes=1 << 30)
+    assert not notes[-1].startswith("rotation: reused")
 
 
 def test_cli_rotate_with_asym(sources, tmp_path, capsys):
