@@ -17,7 +17,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from hlwq_kernels.checkpoint.distributed import launch, without_option
+from hlwq_kernels.checkpoint.distributed import ERROR_FILE_ENV, launch, without_option
 from hlwq_kernels.checkpoint.interrupt import EXIT_INTERRUPTED, install_handlers, message, resume_command
 from hlwq_kernels.checkpoint.progress import partial_dir
 from hlwq_kernels.checkpoint.io import CheckpointError
@@ -132,6 +132,18 @@ def _kept_work_note(args: argparse.Namespace) -> str:
     return f" (the completed part is kept in {work}: rerun the same command to resume, or delete it)"
 
 
+def _error(text: str) -> None:
+    """The one ``error:`` line, on stderr; a rank started by ``--devices`` hands it to its launcher instead
+    (``distributed.ERROR_FILE_ENV``), which prints one rank's."""
+    line = "error: " + " ".join(text.split())
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    else:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -179,11 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             rotate=args.rotate, rotate_seed=args.rotate_seed, rotate_block_size=args.rotate_block_size or None,
         )
     except (CheckpointError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}{_kept_work_note(args)}", file=sys.stderr)
+        _error(f"{e}{_kept_work_note(args)}")
         return 2
     except OSError as e:  # an unusable path the checks did not foresee: still one line
-        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}{_kept_work_note(args)}",
-              file=sys.stderr)
+        _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}{_kept_work_note(args)}")
         return 2
     except KeyboardInterrupt:
         if rank0:

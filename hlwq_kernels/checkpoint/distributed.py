@@ -16,6 +16,7 @@ on CPUs; NVLink SHARP (NVLS) is kept off.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from hlwq_kernels.checkpoint.io import cpu_count
 # The slowest rank may convert for a long time before the final barrier.
 TIMEOUT = timedelta(days=1)
 COMMAND_ENV = "HLWQ_COMMAND"  # the user's command line, for the ranks started by ``launch``
+ERROR_FILE_ENV = "HLWQ_ERROR_FILE"  # where a rank started by ``launch`` writes its ``error:`` line
 
 
 class Group:
@@ -116,8 +118,9 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
     one process group on this machine; returns the exit status (the first failure's, 130 when
     interrupted). Signals reach every rank; when one rank fails the others are stopped. ``command``
     is the user's command line, which rank 0 names when it is interrupted. Only rank 0 writes to the
-    terminal; the other ranks' stderr is kept, and the ``error:`` line of a rank that failed is printed
-    when rank 0 printed none (so a user's mistake is still one line)."""
+    terminal (its progress bar); the other ranks' stderr is kept aside, every rank hands its ``error:`` line
+    to this launcher (``ERROR_FILE_ENV``), and the launcher prints one: that of the first failed rank (so a
+    user's mistake is still one line)."""
     n = len(devices)
     cpus = cpu_count()
     env = os.environ | {
@@ -126,9 +129,11 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
         COMMAND_ENV: command,
     }
     logs = [None] + [tempfile.TemporaryFile("w+") for _ in devices[1:]]
+    errors = tempfile.mkdtemp(prefix="hlwq-ranks-")
     procs = [
         subprocess.Popen([sys.executable, "-m", "hlwq_kernels.convert", *argv, "--device", d],
-                         env=env | {"RANK": str(i), "LOCAL_RANK": str(i)}, stderr=logs[i])
+                         env=env | {"RANK": str(i), "LOCAL_RANK": str(i), ERROR_FILE_ENV: os.path.join(errors, str(i))},
+                         stderr=logs[i])
         for i, d in enumerate(devices)
     ]
 
@@ -147,9 +152,8 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
             time.sleep(0.05)
         if failed:  # the others may wait for the failed rank forever: stop them
             _kill(procs)
-            if procs[0].returncode not in (1, 2):  # rank 0 did not say what went wrong
-                rank = next(i for i, c in enumerate(codes) if c not in (None, 0, 130))
-                print(*_error_lines(logs[rank]), sep="\n", file=sys.stderr)
+            first = next(i for i, c in enumerate(codes) if c not in (None, 0, 130))
+            print(*_error_lines(errors, logs, first), sep="\n", file=sys.stderr)
             if failed[0] < 0:
                 print(f"error: a worker process was killed by signal {-failed[0]}", file=sys.stderr)
                 return 1
@@ -160,16 +164,23 @@ def launch(argv: list[str], devices: list[str], command: str) -> int:
             signal.signal(s, h)
         for log in logs[1:]:
             log.close()
+        shutil.rmtree(errors, ignore_errors=True)
 
 
-def _error_lines(log) -> list[str]:
-    """The ``error:`` lines a rank wrote to its kept stderr ``log`` (its last line when there is none; none for
-    rank 0, whose stderr is the terminal's)."""
+def _error_lines(errors: str, logs: list, first: int) -> list[str]:
+    """What to print when rank ``first`` failed: its ``error:`` line, else one that another rank handed over in the
+    directory ``errors``, else the last line of its kept stderr (none for rank 0, whose stderr is the terminal's)."""
+    for rank in [first, *range(len(logs))]:
+        try:
+            with open(os.path.join(errors, str(rank))) as f:
+                return f.read().splitlines()[:1]
+        except OSError:
+            continue
+    log = logs[first]
     if log is None:
         return []
     log.seek(0)
-    lines = [line.rstrip("\n") for line in log]
-    return [line for line in lines if line.startswith("error:")] or lines[-1:]
+    return [line.rstrip("\n") for line in log][-1:]
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
