@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             for device in devices:
                 check_device(device)
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+            _error(str(e))
             return 2
         if len(devices) > 1:
             return launch(without_option(argv, "--devices"), devices, resume_command(argv))

@@ -26,7 +26,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
 from typing import Callable
 
 from hlwq_kernels.checkpoint.io import CONFIG_NAME, INDEX_NAME, CheckpointError, auxiliary_files

@@ -54,7 +54,7 @@ from hlwq_kernels.models.architectures import KNOWN_MODEL_TYPES
 from hlwq_kernels.models.selection import SelectionError, TensorSpec, check_ignore, matches_ignore, select_layers
 from hlwq_kernels.ops._checks import as_int
 from hlwq_kernels.ops.hlwq import HLWQConfig
-from hlwq_kernels.ops.int4 import SCALE_RULES, Int4Weight, quantize_int4
+from hlwq_kernels.ops.int4 import SCALE_RULES, Int4Weight, check_group_size, quantize_int4
 from hlwq_kernels.ops.int4_asym import METHODS as ASYM_METHODS, Int4AsymWeight, quantize_int4_asym
 
 # The defaults of every entry point (quantize_checkpoint, the command line, --demo): change them here.
@@ -171,8 +171,7 @@ def quantize_checkpoint(
     if method not in ("hlwq", "rtn"):
         raise ValueError(f"method must be 'hlwq' or 'rtn', got {method!r}")
     resolve_scheme(scheme, scale)  # bad options fail before any work; the model decides when neither is given
-    if as_int(group_size, "group_size") <= 0 or group_size % 8:
-        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    check_group_size(group_size)
     if method == "hlwq":  # bits in 1..8, block_size a power of two in [16, 256]
         HLWQConfig(bits=bits, block_size=block_size, group_size=group_size)
     ignore = check_ignore(ignore)

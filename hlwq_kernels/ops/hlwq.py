@@ -32,7 +32,7 @@ import torch
 from hlwq_kernels.ops._checks import as_int, check_float_dtype, check_instance, check_tensor
 from hlwq_kernels.ops._triton import use_triton
 from hlwq_kernels.ops.hadamard import hadamard_tensor
-from hlwq_kernels.ops.int4 import SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_int4_shape, quantize_int4
+from hlwq_kernels.ops.int4 import SCALE_RULES, _WEIGHT_DTYPES, Int4Weight, check_group_size, check_int4_shape, quantize_int4
 from hlwq_kernels.ops.lloyd_max import Codebook, gaussian_codebook
 
 __all__ = ["HLWQConfig", "HLWQCodes", "hlwq_quantize", "hlwq_dequantize", "hlwq_int4"]
@@ -70,8 +70,7 @@ def _check_params(bits: int, block_size: int, group_size: int, scale: str) -> No
         raise ValueError(f"bits must be in 1..8 (uint8 codes), got {bits}")
     if as_int(block_size, "block_size") not in (16, 32, 64, 128, 256):
         raise ValueError(f"block_size must be a power of two in [16, 256], got {block_size}")
-    if as_int(group_size, "group_size") <= 0 or group_size % 8:
-        raise ValueError(f"group_size must be a positive multiple of 8, got {group_size}")
+    check_group_size(group_size)
     if scale not in SCALE_RULES:
         raise ValueError(f"scale must be one of {SCALE_RULES}, got {scale!r}")
 

@@ -46,6 +46,7 @@ __all__ = [
     "int4_codes",
     "pack_int4",
     "unpack_int4",
+    "check_group_size",
     "check_int4_shape",
     "check_int4_weight",
 ]
@@ -64,13 +65,19 @@ class Int4Weight:
     group_size: int
 
 
+def check_group_size(group_size: int) -> int:
+    """``group_size`` if it is a positive multiple of 8, else TypeError (not an integer) or ValueError."""
+    if as_int(group_size, "group_size") <= 0 or group_size % 8:
+        raise ValueError(f"group_size must be a positive multiple of 8 (8 nibbles per int32 word), got {group_size}")
+    return group_size
+
+
 def check_int4_shape(shape: tuple[int, ...], group_size: int) -> tuple[int, int]:
     """Return ``(N, K)`` or raise ValueError naming the shape and the rule it breaks."""
     if len(shape) != 2:
         raise ValueError(f"INT4 group quantization needs a 2-D weight [N, K], got shape {tuple(shape)}")
     n, k = int(shape[0]), int(shape[1])
-    if as_int(group_size, "group_size") <= 0 or group_size % 8:
-        raise ValueError(f"group_size={group_size} must be a positive multiple of 8 (8 nibbles per int32 word)")
+    check_group_size(group_size)
     if k % group_size:
         raise ValueError(f"weight shape {(n, k)}: K={k} must be a multiple of group_size={group_size}")
     return n, k

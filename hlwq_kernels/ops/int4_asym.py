@@ -91,9 +91,7 @@ def _check_params(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     check_tensor(w, "weight")
     n, k = check_int4_shape(tuple(w.shape), 8)
     for name, t in (("scale", scale), ("zero_point", zero_point)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor {name}, got {type(t).__name__}")
-        if t.ndim != 2 or t.shape[0] != n or t.shape[1] == 0 or k % t.shape[1] or t.shape != scale.shape:
+        if check_tensor(t, name).ndim != 2 or t.shape[0] != n or t.shape[1] == 0 or k % t.shape[1] or t.shape != scale.shape:
             raise ValueError(f"{name} shape {tuple(t.shape)} must be [N, K/group_size] for weight shape {(n, k)}")
     if not scale.dtype.is_floating_point or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
         raise ValueError(f"scales must be finite, positive floating-point values (got {scale.dtype})")
